@@ -1,0 +1,74 @@
+"""hpcfutures: ``concurrent.futures`` Executors from a laptop to a supercomputer.
+
+The public API is what ``__all__`` lists.  Names are imported on first use so that
+``import hpcfutures`` (and every worker process that starts) stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "ThreadExecutor": "hpcfutures.executors.threads",
+    "HighThroughputExecutor": "hpcfutures.executors.htex.executor",
+    "Resources": "hpcfutures.resources",
+    "TaskOptions": "hpcfutures.resources",
+    "ExecutorView": "hpcfutures.resources",
+    "HpcFuturesError": "hpcfutures.errors",
+    "ConfigurationError": "hpcfutures.errors",
+    "SerializationError": "hpcfutures.errors",
+    "UnsupportedOptionError": "hpcfutures.errors",
+    "ExecutorError": "hpcfutures.errors",
+    "ExecutorShutdownError": "hpcfutures.errors",
+    "BrokenExecutorError": "hpcfutures.errors",
+    "PoolStartError": "hpcfutures.errors",
+    "InterchangeLostError": "hpcfutures.errors",
+    "VersionMismatchError": "hpcfutures.errors",
+    "TaskError": "hpcfutures.errors",
+    "WorkerLostError": "hpcfutures.errors",
+    "PoolLostError": "hpcfutures.errors",
+    "TaskTimeoutError": "hpcfutures.errors",
+    "RemoteTraceback": "hpcfutures.errors",
+    "RemoteError": "hpcfutures.errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+if TYPE_CHECKING:
+    from .errors import (
+        BrokenExecutorError,
+        ConfigurationError,
+        ExecutorError,
+        ExecutorShutdownError,
+        HpcFuturesError,
+        InterchangeLostError,
+        PoolLostError,
+        PoolStartError,
+        RemoteError,
+        RemoteTraceback,
+        SerializationError,
+        TaskError,
+        TaskTimeoutError,
+        UnsupportedOptionError,
+        VersionMismatchError,
+        WorkerLostError,
+    )
+    from .executors.htex.executor import HighThroughputExecutor
+    from .executors.threads import ThreadExecutor
+    from .resources import ExecutorView, Resources, TaskOptions
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hpcfutures' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

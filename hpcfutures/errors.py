@@ -1,0 +1,100 @@
+"""The exception hierarchy shared by every part of hpcfutures.
+
+Everything the package raises on purpose derives from :class:`HpcFuturesError`, so a caller
+can catch the package's failures in one clause.  A task's own exception is never wrapped:
+it is re-raised with its original type and the remote traceback attached as its cause.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import BrokenExecutor
+
+
+class HpcFuturesError(Exception):
+    """Base class of every error hpcfutures raises on purpose."""
+
+
+class ConfigurationError(HpcFuturesError, ValueError):
+    """A parameter has a value that cannot work; the message names it and the fix."""
+
+
+class SerializationError(HpcFuturesError, TypeError):
+    """A function, argument or result cannot be serialized or deserialized."""
+
+
+class UnsupportedOptionError(ConfigurationError):
+    """A backend was asked for a per-task setting (resource, walltime, …) it cannot honour."""
+
+
+class ExecutorError(HpcFuturesError):
+    """The executor's machinery, not the task, failed."""
+
+
+class ExecutorShutdownError(ExecutorError):
+    """The task was stopped because its executor shut down before it finished."""
+
+
+class BrokenExecutorError(ExecutorError, BrokenExecutor):
+    """The executor cannot run tasks any more; the message and cause say why."""
+
+
+class PoolStartError(BrokenExecutorError):
+    """A worker pool exited before it could run tasks; carries its exit code and stderr tail."""
+
+    def __init__(self, message: str, *, exit_code: int | None = None, stderr_tail: str = ""):
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.stderr_tail = stderr_tail
+
+
+class InterchangeLostError(BrokenExecutorError):
+    """The interchange process died; every task it held fails with this error."""
+
+    def __init__(self, message: str, *, exit_code: int | None = None, stderr_tail: str = ""):
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.stderr_tail = stderr_tail
+
+
+class VersionMismatchError(ExecutorError):
+    """A worker pool speaks another protocol, Python or hpcfutures version than the driver."""
+
+
+class TaskError(HpcFuturesError):
+    """Base class of failures attached to one task rather than raised by its function."""
+
+
+class WorkerLostError(TaskError):
+    """The worker running the task died (signal, OOM kill, ``os._exit``) too many times."""
+
+    def __init__(self, message: str, *, exit_code: int | None = None, signal_name: str | None = None):
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.signal_name = signal_name
+
+
+class PoolLostError(TaskError):
+    """The worker pool holding the task disappeared too many times."""
+
+
+class TaskTimeoutError(TaskError, TimeoutError):
+    """The task ran longer than its walltime and was killed."""
+
+
+class RemoteTraceback(Exception):
+    """Carries the text of a traceback raised on a worker; attached as ``__cause__``."""
+
+    def __init__(self, tb: str):
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+class RemoteError(TaskError):
+    """Stands in for a task exception whose own type could not be pickled back."""
+
+    def __init__(self, type_name: str, message: str):
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name

@@ -1,0 +1,1 @@
+"""The HighThroughputExecutor: a pilot-job pool fed through a ZeroMQ interchange."""

@@ -1,0 +1,224 @@
+"""Per-task settings (:class:`Resources`, :class:`TaskOptions`) and the ``options()`` view.
+
+Settings travel out of band: ``ex.options(walltime=60)`` returns an :class:`ExecutorView`, a
+real ``concurrent.futures.Executor`` whose submits carry those settings, so it can be handed
+to any library that accepts an Executor.  Nothing is smuggled through ``submit``'s kwargs.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
+
+from .errors import ConfigurationError, UnsupportedOptionError
+
+T = TypeVar("T")
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigurationError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one task needs: cores, memory, GPUs, nodes and MPI ranks.
+
+    Tasks *declare* needs with this type; a backend that cannot honour a field rejects it
+    when the options view is made, naming the field.
+    """
+
+    cores: int = 1
+    memory_gb: float | None = None
+    gpus: int = 0
+    num_nodes: int = 1
+    ranks_per_node: int = 1
+
+    def __post_init__(self) -> None:
+        _check_int("Resources.cores", self.cores, 1)
+        _check_int("Resources.gpus", self.gpus, 0)
+        _check_int("Resources.num_nodes", self.num_nodes, 1)
+        _check_int("Resources.ranks_per_node", self.ranks_per_node, 1)
+        if self.memory_gb is not None:
+            if (
+                isinstance(self.memory_gb, bool)
+                or not isinstance(self.memory_gb, (int, float))
+                or not math.isfinite(self.memory_gb)
+                or self.memory_gb <= 0
+            ):
+                raise ConfigurationError(
+                    f"Resources.memory_gb must be a positive number of GiB or None, got {self.memory_gb!r}"
+                )
+
+    def non_default_fields(self) -> dict[str, Any]:
+        """Return the fields whose value differs from the default, by name."""
+        defaults = Resources()
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if getattr(self, f.name) != getattr(defaults, f.name)
+        }
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """The settings a submit carries: resources, walltime in seconds and queue priority.
+
+    A higher ``priority`` runs earlier; tasks of equal priority run in submission order.
+    """
+
+    resources: Resources = field(default_factory=Resources)
+    walltime: float | None = None
+    priority: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.resources, Resources):
+            raise ConfigurationError(
+                f"resources must be a hpcfutures.Resources, got {type(self.resources).__name__}; "
+                "write resources=Resources(cores=..., memory_gb=...)"
+            )
+        if self.walltime is not None:
+            if (
+                isinstance(self.walltime, bool)
+                or not isinstance(self.walltime, (int, float))
+                or not math.isfinite(self.walltime)
+                or self.walltime <= 0
+            ):
+                raise ConfigurationError(
+                    f"walltime must be a positive number of seconds or None, got {self.walltime!r}"
+                )
+        if isinstance(self.priority, bool) or not isinstance(self.priority, int):
+            raise ConfigurationError(f"priority must be an integer, got {self.priority!r}")
+        if not -(2**31) <= self.priority < 2**31:
+            raise ConfigurationError(f"priority must fit in 32 bits, got {self.priority}")
+
+    def merged(self, resources: Resources | None, walltime: float | None, priority: int | None) -> TaskOptions:
+        """Return these options with the given (not-None) settings replacing the current ones."""
+        changes: dict[str, Any] = {}
+        if resources is not None:
+            changes["resources"] = resources
+        if walltime is not None:
+            changes["walltime"] = walltime
+        if priority is not None:
+            changes["priority"] = priority
+        return replace(self, **changes) if changes else self
+
+
+DEFAULT_OPTIONS = TaskOptions()
+
+
+class SupportsOptions(Protocol):
+    """A backend that can run a submit carrying :class:`TaskOptions`."""
+
+    def _submit_with_options(
+        self, options: TaskOptions, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Future[Any]: ...
+
+    def _check_options(self, options: TaskOptions) -> None: ...
+
+
+def reject_unsupported(
+    backend: str,
+    options: TaskOptions,
+    *,
+    resources: bool = False,
+    walltime: bool = False,
+    priority: bool = False,
+    hint: str = "",
+) -> None:
+    """Raise :class:`UnsupportedOptionError` for each setting ``backend`` cannot honour.
+
+    The keyword flags say which settings the backend supports; ``resources=False`` means it
+    honours only the default :class:`Resources`.
+    """
+    suffix = f" {hint}" if hint else ""
+    if not resources:
+        extra = options.resources.non_default_fields()
+        if extra:
+            shown = ", ".join(f"{k}={v!r}" for k, v in extra.items())
+            raise UnsupportedOptionError(
+                f"{backend} cannot honour Resources({shown}): it runs each task on one core "
+                f"of one worker.{suffix}"
+            )
+    if not walltime and options.walltime is not None:
+        raise UnsupportedOptionError(
+            f"{backend} cannot enforce walltime={options.walltime!r}: it has no way to stop a "
+            f"running task.{suffix}"
+        )
+    if not priority and options.priority != 0:
+        raise UnsupportedOptionError(f"{backend} cannot order tasks by priority={options.priority!r}.{suffix}")
+
+
+class ExecutorView(Executor):
+    """An Executor bound to one backend and one set of :class:`TaskOptions`.
+
+    ``submit`` and ``map`` go to the backend with the view's settings.  ``shutdown`` closes
+    the view only: it waits (if asked) for the tasks submitted through it and refuses new
+    ones, and leaves the backend running, since the view does not own it.
+    """
+
+    def __init__(self, backend: SupportsOptions, options: TaskOptions):
+        backend._check_options(options)
+        self._backend = backend
+        self._options = options
+        self._lock = threading.Lock()  # guards _closed and _futures
+        self._closed = False
+        self._futures: set[Future[Any]] = set()
+
+    @property
+    def task_options(self) -> TaskOptions:
+        """The settings every submit through this view carries."""
+        return self._options
+
+    def options(
+        self, *, resources: Resources | None = None, walltime: float | None = None, priority: int | None = None
+    ) -> ExecutorView:
+        """Return a view with these settings layered over this view's own."""
+        return ExecutorView(self._backend, self._options.merged(resources, walltime, priority))
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """Schedule ``fn(*args, **kwargs)`` on the backend with this view's settings."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("cannot schedule new futures after this options() view was shut down")
+            fut = self._backend._submit_with_options(self._options, fn, args, kwargs)
+            self._futures.add(fut)
+        fut.add_done_callback(self._forget)
+        return fut
+
+    def _forget(self, fut: Future[Any]) -> None:
+        with self._lock:
+            self._futures.discard(fut)
+
+    def map(
+        self, fn: Callable[..., T], *iterables: Iterable[Any], timeout: float | None = None, chunksize: int = 1
+    ) -> Iterator[T]:
+        """Like ``Executor.map``, with the view's settings on every task."""
+        backend_map = getattr(self._backend, "_map_with_options", None)
+        if backend_map is not None:
+            with self._lock:
+                if self._closed:
+                    raise RuntimeError("cannot schedule new futures after this options() view was shut down")
+            return backend_map(self._options, fn, iterables, timeout, chunksize, self._futures_hook)
+        return super().map(fn, *iterables, timeout=timeout, chunksize=chunksize)
+
+    def _futures_hook(self, fut: Future[Any]) -> None:
+        with self._lock:
+            self._futures.add(fut)
+        fut.add_done_callback(self._forget)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Close the view; with ``wait`` block until its own tasks are done."""
+        with self._lock:
+            self._closed = True
+            pending = list(self._futures)
+        if cancel_futures:
+            for fut in pending:
+                fut.cancel()
+        if wait:
+            from concurrent.futures import wait as wait_all
+
+            wait_all(pending)

@@ -1,0 +1,209 @@
+"""Serialization of calls and results: pickle first, cloudpickle as the fallback.
+
+A call travels as one main pickle frame plus out-of-band buffer frames (pickle protocol 5),
+so large ``bytes``, ``bytearray``, ``memoryview`` and NumPy buffers are handed to the socket
+without being copied into the pickle.  Functions are pickled once per process and unpickled
+once per worker: the driver caches their bytes by function object, the worker caches the
+loaded function by a digest of those bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import threading
+import traceback
+import types
+from collections import OrderedDict
+from typing import Any, Callable, Sequence
+
+import cloudpickle
+
+from .errors import RemoteError, RemoteTraceback, SerializationError
+
+#: Top-level ``bytes`` arguments at least this large travel out of band.
+OUT_OF_BAND_THRESHOLD = 64 * 1024
+
+_FUNCTION_CACHE_SIZE = 2048
+_CACHEABLE = (types.FunctionType, types.BuiltinFunctionType, type)
+
+Buffer = Any  # a bytes-like object: bytes, memoryview, pickle.PickleBuffer, zmq.Frame
+
+
+def _rebuild_bytes(buffer: Any) -> bytes:
+    return bytes(buffer)
+
+
+def _rebuild_memoryview(buffer: Any) -> memoryview:
+    return memoryview(buffer)
+
+
+class _OutOfBand:
+    """Wraps a top-level ``bytes`` or ``memoryview`` so that pickle sends it out of band."""
+
+    __slots__ = ("data", "rebuild")
+
+    def __init__(self, data: Any, rebuild: Callable[[Any], Any]):
+        self.data = data
+        self.rebuild = rebuild
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return self.rebuild, (pickle.PickleBuffer(self.data),)
+
+
+def _wrap(value: Any) -> Any:
+    kind = type(value)
+    if kind is bytes and len(value) >= OUT_OF_BAND_THRESHOLD:
+        return _OutOfBand(value, _rebuild_bytes)
+    if kind is memoryview:
+        if not value.c_contiguous:
+            value = memoryview(value.tobytes())
+        return _OutOfBand(value, _rebuild_memoryview)
+    return value
+
+
+def dumps(obj: Any, known_main_refs: int = 0) -> list[Buffer]:
+    """Serialize ``obj`` into frames: the main pickle first, then out-of-band buffers.
+
+    Plain pickle is tried first because it is several times faster; cloudpickle takes over
+    for what plain pickle refuses or would pickle by a reference the worker cannot resolve
+    (anything defined in ``__main__``).  ``known_main_refs`` counts the ``__main__`` names
+    already inside ``obj`` as cloudpickled bytes, which need no fallback.
+    """
+    buffers: list[Buffer] = []
+    try:
+        data = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+        if data.count(b"__main__") <= known_main_refs:
+            return [data, *buffers]
+    except Exception:
+        pass
+    buffers = []
+    data = cloudpickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+    return [data, *buffers]
+
+
+def loads(frames: Sequence[Buffer]) -> Any:
+    """Rebuild an object from the frames :func:`dumps` made."""
+    return pickle.loads(frames[0], buffers=frames[1:])
+
+
+class FunctionCache:
+    """Driver side: the pickled bytes of each function, made once per function object."""
+
+    def __init__(self, size: int = _FUNCTION_CACHE_SIZE):
+        self._size = size
+        self._lock = threading.Lock()  # guards _entries
+        # id(fn) -> (fn, key, pickled, count of b"__main__" in pickled); holding fn keeps
+        # its id from being reused while the entry lives.
+        self._entries: OrderedDict[int, tuple[Any, bytes, bytes, int]] = OrderedDict()
+
+    def get(self, fn: Callable[..., Any]) -> tuple[Any, bytes, bytes, int] | None:
+        """Return ``(fn, key, pickled, main_refs)`` for a cacheable function, else None."""
+        entry = self._entries.get(id(fn))
+        if entry is not None and entry[0] is fn:
+            return entry
+        if not isinstance(fn, _CACHEABLE):
+            return None
+        pickled = cloudpickle.dumps(fn, protocol=5)
+        key = hashlib.blake2b(pickled, digest_size=16).digest()
+        entry = (fn, key, pickled, pickled.count(b"__main__"))
+        with self._lock:
+            self._entries[id(fn)] = entry
+            if len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+        return entry
+
+
+class LoadedFunctions:
+    """Worker side: functions unpickled once, found again by the digest of their bytes."""
+
+    def __init__(self, size: int = _FUNCTION_CACHE_SIZE):
+        self._size = size
+        self._functions: OrderedDict[bytes, Callable[..., Any]] = OrderedDict()
+
+    def load(self, key: bytes, pickled: bytes) -> Callable[..., Any]:
+        """Return the function for ``key``, unpickling ``pickled`` only the first time."""
+        fn = self._functions.get(key)
+        if fn is None:
+            fn = pickle.loads(pickled)
+            self._functions[key] = fn
+            if len(self._functions) > self._size:
+                self._functions.popitem(last=False)
+        return fn
+
+
+_driver_functions = FunctionCache()
+
+
+def _describe(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
+
+
+def _diagnose(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], error: Exception) -> SerializationError:
+    """Find which part of a call cannot be pickled and say so."""
+    name = _describe(fn)
+    parts: list[tuple[str, Any]] = [("the function", fn)]
+    parts += [(f"positional argument {i}", a) for i, a in enumerate(args)]
+    parts += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
+    for label, value in parts:
+        try:
+            cloudpickle.dumps(value, protocol=5)
+        except Exception as exc:  # noqa: BLE001 - any failure is the answer we look for
+            return SerializationError(
+                f"{label} of {name}() cannot be serialized ({type(value).__name__}): {exc}. "
+                "Pass something picklable instead (plain data, or an object with __reduce__)."
+            )
+    return SerializationError(f"the call {name}(...) cannot be serialized: {error}")
+
+
+def dumps_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Buffer]:
+    """Serialize a call for a worker; raise :class:`SerializationError` naming the culprit."""
+    try:
+        cached = _driver_functions.get(fn)
+        wrapped_args = tuple(_wrap(a) for a in args) if args else args
+        wrapped_kwargs = {k: _wrap(v) for k, v in kwargs.items()} if kwargs else kwargs
+        if cached is None:
+            return dumps((None, fn, wrapped_args, wrapped_kwargs))
+        return dumps((cached[1], cached[2], wrapped_args, wrapped_kwargs), cached[3])
+    except Exception as exc:
+        raise _diagnose(fn, args, kwargs, exc) from exc
+
+
+def loads_call(
+    frames: Sequence[Buffer], functions: LoadedFunctions
+) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+    """Rebuild a call made by :func:`dumps_call`, loading its function through ``functions``."""
+    key, fn, args, kwargs = loads(frames)
+    if key is not None:
+        fn = functions.load(key, fn)
+    return fn, args, kwargs
+
+
+def dumps_result(value: Any) -> list[Buffer]:
+    """Serialize a task's return value (large top-level bytes travel out of band)."""
+    try:
+        return dumps(_wrap(value))
+    except Exception as exc:
+        raise SerializationError(
+            f"the task's return value ({type(value).__name__}) cannot be serialized: {exc}"
+        ) from exc
+
+
+def dumps_exception(exc: BaseException) -> list[Buffer]:
+    """Serialize a task's exception with its traceback text; fall back to :class:`RemoteError`."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    exc.__traceback__ = None
+    try:
+        frames = dumps((exc, tb))
+        pickle.loads(frames[0], buffers=frames[1:])  # an exception may pickle yet fail to load
+        return frames
+    except Exception:
+        stand_in = RemoteError(f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc))
+        return dumps((stand_in, tb))
+
+
+def loads_exception(frames: Sequence[Buffer]) -> BaseException:
+    """Rebuild a task's exception with the remote traceback attached as its ``__cause__``."""
+    exc, tb = loads(frames)
+    exc.__cause__ = RemoteTraceback(f'\n"""\n{tb}"""')
+    return exc

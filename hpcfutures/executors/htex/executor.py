@@ -1,0 +1,727 @@
+"""HighThroughputExecutor: the driver side of the pilot-job executor.
+
+``submit`` serializes the call on the caller's thread (so a bad argument raises there),
+queues it, and wakes one I/O thread.  That thread owns the ZeroMQ socket to the interchange:
+it sends whatever has queued as one batch, resolves futures from result batches, and keeps
+watch over the interchange process and the provider's blocks, failing futures with the
+evidence (exit code, signal, stderr tail) when either is lost.  No thread per task, no
+polling per task.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import json
+import logging
+import os
+import select
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from concurrent.futures import Executor, Future, InvalidStateError
+from concurrent.futures import wait as wait_futures
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar
+
+import zmq
+
+from ...errors import (
+    BrokenExecutorError,
+    ConfigurationError,
+    ExecutorError,
+    ExecutorShutdownError,
+    InterchangeLostError,
+    PoolStartError,
+    SerializationError,
+    VersionMismatchError,
+)
+from ...resources import DEFAULT_OPTIONS, ExecutorView, Resources, TaskOptions, reject_unsupported
+from ...serialize import dumps, dumps_call, loads, loads_exception
+from ..chunks import run_chunk
+from . import protocol as P
+from . import security
+from .pool import describe_exit
+
+if TYPE_CHECKING:
+    from ...providers.base import ExecutionProvider
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+BATCH_LIMIT = 256
+HOUSEKEEPING_SECONDS = 0.2
+CANCEL_TIMEOUT = 5.0
+STOP_TIMEOUT = 5.0
+MAX_BLOCK_REPLACEMENTS = 3
+
+_live_executors: weakref.WeakSet[HighThroughputExecutor] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all_at_exit() -> None:
+    for executor in list(_live_executors):
+        executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _tail(path: Path, limit: int = 4000) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - limit))
+            return f.read().decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+class _Block:
+    __slots__ = ("block_id", "job_id", "registered", "ended", "cancelled")
+
+    def __init__(self, block_id: str, job_id: str):
+        self.block_id = block_id
+        self.job_id = job_id
+        self.registered = False
+        self.ended = False
+        self.cancelled = False
+
+
+class HtexFuture(Future[Any]):
+    """A Future whose ``cancel()`` reaches the interchange: a task still queued there is removed.
+
+    ``cancel()`` returns True only when the task is guaranteed never to run.  A task already
+    handed to a worker pool counts as started, as with the stdlib's process pool.
+    """
+
+    def __init__(self, executor: HighThroughputExecutor, task_id: int):
+        super().__init__()
+        self.task_id = task_id
+        self._executor = executor
+
+    def cancel(self) -> bool:
+        """Cancel the task if it has not reached a worker pool; return whether it was cancelled."""
+        if self.done():
+            return self.cancelled()
+        return self._executor._cancel([self])
+
+    def _cancel_locally(self) -> bool:
+        return Future.cancel(self)
+
+
+class HighThroughputExecutor(Executor):
+    """A ``concurrent.futures.Executor`` that runs tasks on pilot worker pools.
+
+    With no provider it starts one local pool of ``max_workers`` processes and behaves as a
+    drop-in for ``ProcessPoolExecutor``; with a provider its pools are batch jobs ("blocks").
+    Nothing starts until the first submit.
+
+    Args:
+        max_workers: worker processes per pool (per node); None means one per available CPU.
+        provider: where blocks run; ``LocalProvider()`` by default.
+        label: a name for logs and the run directory.
+        address: the address the interchange binds for pools; loopback by default.
+        run_dir: where keys, block scripts and component logs go.  None: a private temporary
+            directory, removed at shutdown, and no component logs.
+        initializer, initargs: called as ``initializer(*initargs)`` in each worker at start;
+            if it raises, the executor is broken and pending tasks fail, as in the stdlib.
+        prefetch: tasks a pool holds beyond what its workers take (0 keeps queueing and
+            priority decisions in the interchange).
+        heartbeat_period, heartbeat_threshold: seconds between heartbeats, and of silence
+            after which a pool or the interchange counts as lost.
+        lost_task_retries: how often a task whose worker or pool died is run again before it
+            fails with WorkerLostError or PoolLostError.
+        start_timeout: seconds the interchange may take to start.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        provider: ExecutionProvider | None = None,
+        *,
+        label: str = "htex",
+        address: str = "127.0.0.1",
+        run_dir: str | os.PathLike[str] | None = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple[Any, ...] = (),
+        prefetch: int = 0,
+        heartbeat_period: float = 1.0,
+        heartbeat_threshold: float = 10.0,
+        lost_task_retries: int = 2,
+        start_timeout: float = 30.0,
+    ):
+        if max_workers is not None and (isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1):
+            raise ConfigurationError(f"max_workers must be a positive integer or None (one per CPU), got {max_workers!r}")
+        if provider is None:
+            from ...providers.local import LocalProvider
+
+            provider = LocalProvider()
+        elif not hasattr(provider, "submit") or not hasattr(provider, "status"):
+            raise ConfigurationError(
+                f"provider must be an hpcfutures ExecutionProvider (for example LocalProvider()), got {provider!r}"
+            )
+        if not isinstance(label, str) or not label or "/" in label:
+            raise ConfigurationError(f"label must be a non-empty string without '/', got {label!r}")
+        if not isinstance(address, str) or not address:
+            raise ConfigurationError(f"address must be an interface address such as '127.0.0.1', got {address!r}")
+        if initializer is not None and not callable(initializer):
+            raise ConfigurationError(f"initializer must be callable or None, got {initializer!r}")
+        if not isinstance(initargs, tuple):
+            raise ConfigurationError(f"initargs must be a tuple, got {type(initargs).__name__}")
+        for name, value, minimum in (("prefetch", prefetch, 0), ("lost_task_retries", lost_task_retries, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ConfigurationError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        for name, value in (("heartbeat_period", heartbeat_period), ("heartbeat_threshold", heartbeat_threshold),
+                            ("start_timeout", start_timeout)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigurationError(f"{name} must be a positive number of seconds, got {value!r}")
+        if heartbeat_threshold <= heartbeat_period:
+            raise ConfigurationError(
+                f"heartbeat_threshold ({heartbeat_threshold}) must exceed heartbeat_period ({heartbeat_period})"
+            )
+        self.max_workers = max_workers
+        self.provider = provider
+        self.label = label
+        self.address = address
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.prefetch = prefetch
+        self.heartbeat_period = float(heartbeat_period)
+        self.heartbeat_threshold = float(heartbeat_threshold)
+        self.lost_task_retries = lost_task_retries
+        self.start_timeout = float(start_timeout)
+        self._initializer = initializer
+        self._initargs = initargs
+
+        # Must be held while touching _outbox, _wake_pending, _next_id, _taken_upto,
+        # _skip, _controls, _shutdown and _broken, and while adding to _pending.
+        self._lock = threading.Lock()
+        self._outbox: list[tuple[bytes, list[Any]]] = []
+        self._wake_pending = False
+        self._next_id = itertools.count(1)
+        self._taken_upto = 0  # the I/O thread has taken every task with an id up to this
+        self._skip: set[int] = set()  # cancelled before the I/O thread took them
+        self._controls: list[tuple[str, Any]] = []
+        self._pending: dict[int, HtexFuture] = {}
+        self._shutdown = False
+        self._broken: BaseException | None = None
+        self._start_lock = threading.Lock()
+        self._started = False
+        self._io_thread: threading.Thread | None = None
+        self._stop_requested = False
+        self._stop_when_idle = False
+        self._kill_on_stop = False
+        self._stopped = threading.Event()
+        self._blocks: dict[str, _Block] = {}
+        self._block_counter = itertools.count()
+        self._replacements = 0
+        self._pools_connected = 0
+        self._cancel_requests: dict[bytes, tuple[threading.Event, list[HtexFuture]]] = {}
+        self._cancel_counter = itertools.count(1)
+        self.pools: dict[str, dict[str, Any]] = {}
+
+    # -- public API ----------------------------------------------------------------------------
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """Schedule ``fn(*args, **kwargs)`` on a worker and return its Future.
+
+        Raises:
+            SerializationError: ``fn`` or an argument cannot be pickled (the message names it).
+            RuntimeError: the executor was shut down.
+            BrokenExecutorError: the executor can no longer run tasks (the cause says why).
+        """
+        return self._submit_with_options(DEFAULT_OPTIONS, fn, args, kwargs)
+
+    def options(
+        self, *, resources: Resources | None = None, walltime: float | None = None, priority: int | None = None
+    ) -> ExecutorView:
+        """Return an Executor view whose submits carry these settings.
+
+        ``walltime`` (seconds) is enforced by the pool: the task's worker is killed and the
+        future fails with :class:`~hpcfutures.TaskTimeoutError`.  ``priority`` orders the
+        queue (higher first).  Resources other than the default (one core) are rejected.
+        """
+        return ExecutorView(self, DEFAULT_OPTIONS.merged(resources, walltime, priority))
+
+    def map(
+        self, fn: Callable[..., T], *iterables: Iterable[Any], timeout: float | None = None, chunksize: int = 1
+    ) -> Iterator[T]:
+        """Like ``Executor.map``; ``chunksize`` > 1 sends each chunk of calls as one task."""
+        return self._map_with_options(DEFAULT_OPTIONS, fn, iterables, timeout, chunksize, None)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting tasks and release the interchange, pools and workers.
+
+        ``wait=True`` waits for submitted tasks to finish first (with ``cancel_futures``,
+        only for those already handed to a pool).  ``wait=False`` returns at once and lets
+        them finish in the background, unless ``cancel_futures`` is also given: then queued
+        tasks are cancelled, running ones are stopped (their futures fail with
+        :class:`~hpcfutures.ExecutorShutdownError`) and every process is gone on return.
+        """
+        with self._lock:
+            self._shutdown = True
+        if not self._started:
+            self._release_provider()
+            return
+        if cancel_futures:
+            self._cancel(list(self._pending.values()), everything=True)
+        if wait:
+            wait_futures(list(self._pending.values()))
+            self._request_stop(kill=False)
+        elif cancel_futures:
+            self._request_stop(kill=True)
+        else:
+            self._request_stop(kill=False, when_idle=True)
+            return
+        thread = self._io_thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    # -- submitting ----------------------------------------------------------------------------
+
+    def _check_options(self, options: TaskOptions) -> None:
+        reject_unsupported(
+            "HighThroughputExecutor",
+            options,
+            walltime=True,
+            priority=True,
+            hint="Size tasks to one worker, or use an executor that places multi-core tasks.",
+        )
+
+    def _submit_with_options(
+        self, options: TaskOptions, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> HtexFuture:
+        if not callable(fn):
+            raise TypeError(f"submit() needs a callable first argument, got {type(fn).__name__}")
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if self._broken is not None:
+            raise BrokenExecutorError(f"this HighThroughputExecutor is broken: {self._broken}") from self._broken
+        if not self._started:
+            self._start()
+        frames = dumps_call(fn, args, kwargs)
+        walltime = options.walltime or 0.0
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            if self._broken is not None:
+                raise BrokenExecutorError(f"this HighThroughputExecutor is broken: {self._broken}") from self._broken
+            task_id = next(self._next_id)
+            future = HtexFuture(self, task_id)
+            self._pending[task_id] = future
+            self._outbox.append((P.TASK_META.pack(task_id, options.priority, walltime, 0, len(frames)), frames))
+            if not self._wake_pending:
+                self._wake_pending = True
+                os.write(self._wake_w, b"\0")
+        return future
+
+    def _map_with_options(
+        self,
+        options: TaskOptions,
+        fn: Callable[..., Any],
+        iterables: tuple[Iterable[Any], ...],
+        timeout: float | None,
+        chunksize: int,
+        hook: Callable[[Future[Any]], None] | None,
+    ) -> Iterator[Any]:
+        if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
+            raise ValueError(f"chunksize must be a positive integer, got {chunksize!r}")
+        end_time = None if timeout is None else time.monotonic() + timeout
+        calls = zip(*iterables)
+        if chunksize == 1:
+            futures = [self._submit_with_options(options, fn, args, {}) for args in calls]
+        else:
+            futures = []
+            while chunk := list(itertools.islice(calls, chunksize)):
+                futures.append(self._submit_with_options(options, run_chunk, (fn, chunk), {}))
+        if hook is not None:
+            for fut in futures:
+                hook(fut)
+        return self._map_results(futures, end_time, chunksize > 1)
+
+    def _map_results(self, futures: list[HtexFuture], end_time: float | None, chunked: bool) -> Iterator[Any]:
+        futures.reverse()
+        try:
+            while futures:
+                fut = futures[-1]
+                remaining = None if end_time is None else end_time - time.monotonic()
+                value = fut.result(remaining)
+                futures.pop()
+                if chunked:
+                    yield from value
+                else:
+                    yield value
+                del fut, value
+        finally:
+            if futures:
+                self._cancel(futures)
+
+    # -- cancelling -----------------------------------------------------------------------------
+
+    def _cancel(self, futures: list[HtexFuture], everything: bool = False) -> bool:
+        """Cancel what can be cancelled of ``futures``; return whether all of them were."""
+        remote: list[HtexFuture] = []
+        with self._lock:
+            for fut in futures:
+                if fut.task_id > self._taken_upto:
+                    self._skip.add(fut.task_id)
+                    self._pending.pop(fut.task_id, None)
+                    fut._cancel_locally()
+                elif not fut.done():
+                    remote.append(fut)
+        if not remote and not everything:
+            return all(f.cancelled() for f in futures)
+        done = threading.Event()
+        self._control("cancel", (remote, done, everything))
+        if self._io_thread is not threading.current_thread() and not self._stopped.is_set():
+            done.wait(CANCEL_TIMEOUT)
+        return all(f.cancelled() for f in futures)
+
+    def _control(self, kind: str, payload: Any) -> None:
+        with self._lock:
+            self._controls.append((kind, payload))
+            if not self._wake_pending:
+                self._wake_pending = True
+                os.write(self._wake_w, b"\0")
+
+    def _request_stop(self, kill: bool, when_idle: bool = False) -> None:
+        self._control("stop", (kill, when_idle))
+
+    # -- starting --------------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._started:
+                return
+            if self.run_dir is not None:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                self._dir = Path(tempfile.mkdtemp(prefix=f"{self.label}-", dir=self.run_dir))
+                self._temporary_dir = False
+            else:
+                self._dir = Path(tempfile.mkdtemp(prefix=f"hpcfutures-{self.label}-"))
+                self._temporary_dir = True
+            self._keys = security.create_keys(self._dir / "keys")
+            self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            self._start_interchange()
+            self._context = zmq.Context()
+            self._socket = self._context.socket(zmq.DEALER)
+            self._socket.linger = 0
+            self._socket.sndhwm = self._socket.rcvhwm = 0
+            security.make_client(self._socket, self._keys.driver)
+            self._socket.connect(f"tcp://127.0.0.1:{self._ports['client_port']}")
+            settings = {
+                "lost_task_retries": self.lost_task_retries,
+                "heartbeat_period": self.heartbeat_period,
+                "heartbeat_threshold": self.heartbeat_threshold,
+            }
+            init_frames = dumps((self._initializer, self._initargs)) if self._initializer is not None else []
+            self._socket.send_multipart([P.CONFIG, json.dumps(settings).encode(), *init_frames], copy=False)
+            self.provider.script_dir = str(self._dir / "blocks")
+            os.makedirs(self.provider.script_dir, exist_ok=True)
+            for _ in range(max(1, self.provider.init_blocks)):
+                self._start_block()
+            self._io_thread = threading.Thread(target=self._io_loop, name=f"hpcfutures-{self.label}-io", daemon=True)
+            self._started = True
+            _live_executors.add(self)
+            self._io_thread.start()
+
+    def _start_interchange(self) -> None:
+        self._interchange_err = self._dir / "interchange.err"
+        cmd = [
+            sys.executable, "-m", "hpcfutures.executors.htex.interchange",
+            "--keys", str(self._keys.interchange),
+            "--address", self.address,
+            "--driver-pid", str(os.getpid()),
+            "--heartbeat-period", str(self.heartbeat_period),
+            "--heartbeat-threshold", str(self.heartbeat_threshold),
+            "--lost-task-retries", str(self.lost_task_retries),
+        ]
+        if not self._temporary_dir:
+            cmd += ["--log-file", str(self._dir / "interchange.log")]
+        with open(self._interchange_err, "wb") as err:
+            self._interchange = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, start_new_session=True
+            )
+        assert self._interchange.stdout is not None
+        ready, _, _ = select.select([self._interchange.stdout], [], [], self.start_timeout)
+        line = self._interchange.stdout.readline() if ready else b""
+        self._interchange.stdout.close()
+        try:
+            self._ports = json.loads(line)
+        except ValueError:
+            self._interchange.kill()
+            code = self._interchange.wait()
+            stderr = _tail(self._interchange_err)
+            if self._temporary_dir:
+                shutil.rmtree(self._dir, ignore_errors=True)
+            raise ExecutorError(
+                f"the interchange did not start within {self.start_timeout} s "
+                f"(it {describe_exit(code)}); its stderr ends with:\n{stderr}"
+            ) from None
+
+    def _start_block(self) -> None:
+        block_id = str(next(self._block_counter))
+        pool_host = self.address if self.address not in ("0.0.0.0", "*", "::") else "127.0.0.1"
+        cmd = [
+            sys.executable, "-m", "hpcfutures.executors.htex.pool",
+            "--addr", f"tcp://{pool_host}:{self._ports['pool_port']}",
+            "--keys", str(self._keys.pool),
+            "--workers", str(self.max_workers or 0),
+            "--block-id", block_id,
+            "--prefetch", str(self.prefetch),
+            "--heartbeat-period", str(self.heartbeat_period),
+            "--heartbeat-threshold", str(self.heartbeat_threshold),
+        ]
+        if not self._temporary_dir:
+            cmd += ["--log-file", str(self._dir / f"pool-{block_id}.log")]
+        job_id = self.provider.submit(shlex.join(cmd), self.max_workers or 1, f"{self.label}.block-{block_id}")
+        self._blocks[block_id] = _Block(block_id, job_id)
+
+    # -- the I/O thread --------------------------------------------------------------------------
+
+    def _io_loop(self) -> None:
+        sock = self._socket
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        next_check = time.monotonic() + HOUSEKEEPING_SECONDS
+        try:
+            while True:
+                timeout = max(0.0, next_check - time.monotonic()) * 1000
+                events = poller.poll(timeout)
+                if events:
+                    try:
+                        os.read(self._wake_r, 4096)
+                    except BlockingIOError:
+                        pass
+                with self._lock:
+                    outbox, self._outbox = self._outbox, []
+                    controls, self._controls = self._controls, []
+                    self._wake_pending = False
+                    if outbox:
+                        self._taken_upto = P.TASK_META.unpack(outbox[-1][0])[0]
+                    skip = self._skip
+                    if skip:
+                        self._skip = set()
+                if outbox:
+                    self._send_tasks(sock, outbox, skip)
+                for kind, payload in controls:
+                    if kind == "cancel":
+                        self._send_cancel(sock, *payload)
+                    elif kind == "stop":
+                        kill, when_idle = payload
+                        self._kill_on_stop = self._kill_on_stop or kill
+                        if when_idle:
+                            self._stop_when_idle = True
+                        else:
+                            self._stop_requested = True
+                while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    self._on_message(sock.recv_multipart(copy=False))
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + HOUSEKEEPING_SECONDS
+                    self._housekeeping()
+                if self._stop_requested or (self._stop_when_idle and not self._pending) or self._broken_stop():
+                    break
+        except BaseException as exc:  # noqa: BLE001 - a bug here must not leave futures hanging
+            logger.exception("the I/O thread of %s failed", self.label)
+            self._fail_all(ExecutorError(f"the executor's I/O thread failed: {exc!r}"))
+        finally:
+            self._teardown()
+
+    def _broken_stop(self) -> bool:
+        return self._broken is not None and isinstance(self._broken, InterchangeLostError)
+
+    def _send_tasks(self, sock: zmq.Socket, outbox: list[tuple[bytes, list[Any]]], skip: set[int]) -> None:
+        if skip:
+            outbox = [item for item in outbox if P.TASK_META.unpack(item[0])[0] not in skip]
+        for start in range(0, len(outbox), BATCH_LIMIT):
+            batch = outbox[start : start + BATCH_LIMIT]
+            frames: list[Any] = [P.TASKS, b"".join([meta for meta, _ in batch])]
+            for _, payload in batch:
+                frames.extend(payload)
+            sock.send_multipart(frames, copy=False)
+
+    def _send_cancel(self, sock: zmq.Socket, futures: list[HtexFuture], done: threading.Event, everything: bool) -> None:
+        request = b"%d" % next(self._cancel_counter)
+        self._cancel_requests[request] = (done, futures)
+        if everything:
+            sock.send_multipart([P.CANCEL_QUEUED, request])
+        else:
+            sock.send_multipart([P.CANCEL, request, P.pack_ids([f.task_id for f in futures])])
+
+    def _on_message(self, msg: list[zmq.Frame]) -> None:
+        kind = msg[0].bytes
+        if kind == P.RESULTS:
+            self._on_results(msg)
+        elif kind == P.CANCEL_REPLY:
+            waiting = self._cancel_requests.pop(msg[1].bytes, None)
+            for task_id in P.unpack_ids(msg[2].bytes):
+                fut = self._pending.pop(task_id, None)
+                if fut is not None:
+                    fut._cancel_locally()
+            if waiting is not None:
+                waiting[0].set()
+        elif kind == P.EVENT:
+            self._on_event(json.loads(msg[1].bytes), msg[2:])
+
+    def _on_results(self, msg: list[zmq.Frame]) -> None:
+        pending = self._pending
+        for (task_id, status, _elapsed, _count), frames in P.iter_results(msg[1].bytes, msg, 2):
+            fut = pending.pop(task_id, None)
+            if fut is None:
+                continue
+            buffers = [f.buffer for f in frames]
+            try:
+                if status == P.OK:
+                    try:
+                        value = loads(buffers)
+                    except Exception as exc:  # noqa: BLE001
+                        fut.set_exception(SerializationError(f"the result of task {task_id} could not be loaded: {exc!r}"))
+                    else:
+                        fut.set_result(value)
+                elif status == P.ERROR:
+                    fut.set_exception(loads_exception(buffers))
+                elif status == P.FAILED:
+                    fut.set_exception(loads(buffers)[0])
+                else:
+                    fut._cancel_locally()
+            except InvalidStateError:  # cancelled meanwhile
+                pass
+
+    def _on_event(self, event: dict[str, Any], frames: list[zmq.Frame]) -> None:
+        kind = event.get("event")
+        block = self._blocks.get(str(event.get("block")))
+        if kind == "pool_registered":
+            self._pools_connected += 1
+            self.pools[str(event.get("pool"))] = event
+            if block is not None:
+                block.registered = True
+        elif kind == "pool_lost":
+            self._pools_connected -= 1
+            self.pools.pop(str(event.get("pool")), None)
+            logger.warning("worker pool %s lost: %s", event.get("pool"), event.get("reason"))
+        elif kind == "pool_rejected":
+            if self._pools_connected == 0:
+                self._fail_all(VersionMismatchError(event.get("reason", "a worker pool was rejected")))
+        elif kind == "pool_failed":
+            error = PoolStartError(f"worker pool of block {event.get('block')} could not start: {event.get('reason')}")
+            if frames:
+                try:
+                    error.__cause__ = loads_exception([f.buffer for f in frames])
+                except Exception:  # noqa: BLE001
+                    pass
+            self._break(error)
+
+    def _housekeeping(self) -> None:
+        code = self._interchange.poll()
+        if code is not None:
+            self._break(
+                InterchangeLostError(
+                    f"the interchange process {describe_exit(code)}; every task it held is lost. "
+                    f"Its stderr ends with:\n{_tail(self._interchange_err)}",
+                    exit_code=code,
+                    stderr_tail=_tail(self._interchange_err),
+                )
+            )
+            return
+        live = [b for b in self._blocks.values() if not b.ended]
+        if not live:
+            return
+        for block, status in zip(live, self.provider.status([b.job_id for b in live])):
+            if not status.state.terminal:
+                continue
+            block.ended = True
+            if block.cancelled or self._shutdown:
+                continue
+            how = status.message or f"ended as {status.state.name}"
+            if not block.registered:
+                self._break(
+                    PoolStartError(
+                        f"worker pool block {block.block_id} {how} before it could run tasks. "
+                        f"Its stderr ends with:\n{status.stderr_tail}",
+                        exit_code=status.exit_code,
+                        stderr_tail=status.stderr_tail,
+                    )
+                )
+            elif self._replacements < MAX_BLOCK_REPLACEMENTS * max(1, self.provider.init_blocks):
+                logger.warning("worker pool block %s %s; starting a replacement", block.block_id, how)
+                self._replacements += 1
+                self._start_block()
+            else:
+                self._break(
+                    BrokenExecutorError(
+                        f"worker pool block {block.block_id} {how}, and {self._replacements} replacement "
+                        f"blocks were already started; giving up. Its stderr ends with:\n{status.stderr_tail}"
+                    )
+                )
+
+    # -- failing and stopping ---------------------------------------------------------------------
+
+    def _break(self, error: BaseException) -> None:
+        """Mark the executor broken and fail every pending task with ``error``."""
+        if self._broken is None:
+            with self._lock:
+                self._broken = error
+        self._fail_all(error)
+
+    def _fail_all(self, error: BaseException) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            self._outbox = []
+            self._taken_upto = max(self._taken_upto, max(pending, default=0))
+        for fut in pending.values():
+            try:
+                fut.set_exception(error)
+            except InvalidStateError:
+                pass
+        for done, _futures in self._cancel_requests.values():
+            done.set()
+        self._cancel_requests.clear()
+
+    def _teardown(self) -> None:
+        try:
+            try:
+                self._socket.send(P.SHUTDOWN, zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+            try:
+                self._interchange.wait(timeout=1.0 if not self._kill_on_stop else 0.2)
+            except subprocess.TimeoutExpired:
+                self._interchange.kill()
+                self._interchange.wait()
+            self._stop_blocks()
+            self._fail_all(ExecutorShutdownError("the executor shut down before this task finished"))
+        finally:
+            self._socket.close(linger=0)
+            self._context.term()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            _live_executors.discard(self)
+            self._release_provider()
+            if self._temporary_dir:
+                shutil.rmtree(self._dir, ignore_errors=True)
+            self._stopped.set()
+
+    def _stop_blocks(self) -> None:
+        live = [b for b in self._blocks.values() if not b.ended]
+        deadline = time.monotonic() + (0.0 if self._kill_on_stop else 1.0)
+        while live and time.monotonic() < deadline:
+            statuses = self.provider.status([b.job_id for b in live])
+            live = [b for b, s in zip(live, statuses) if not s.state.terminal]
+            if live:
+                time.sleep(0.02)
+        if live:
+            for block in live:
+                block.cancelled = True
+            self.provider.cancel([b.job_id for b in live])
+        for block in self._blocks.values():
+            block.ended = True
+
+    def _release_provider(self) -> None:
+        close = getattr(self.provider, "close", None)
+        if close is not None:
+            close()

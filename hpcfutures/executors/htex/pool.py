@@ -1,0 +1,439 @@
+"""The worker pool manager: one per node, between the interchange and the worker processes.
+
+It registers with the interchange (versions, worker count), forks its workers, and then
+routes: task batches down to workers, result batches up.  It reads only packed headers and
+forwards payload frames untouched.  It owns the failure handling that needs to be close to
+the workers: a dead worker is seen at once through its sentinel, its tasks are requeued (the
+one it was running is charged a loss, and fails after too many), and it is replaced; a task
+past its walltime has its worker's whole process group killed.
+
+Run as ``python -m hpcfutures.executors.htex.pool --addr tcp://HOST:PORT --keys FILE ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+import uuid
+import warnings
+from collections import deque
+from typing import Any
+
+import zmq
+
+from ...errors import TaskTimeoutError, WorkerLostError
+from ...serialize import dumps
+from . import protocol as P
+from . import security
+from .worker import worker_main
+
+logger = logging.getLogger(__name__)
+
+#: A worker is sent enough short tasks to keep it busy about this long.
+TARGET_BUFFER_SECONDS = 0.005
+MAX_DEPTH = 64
+BATCH_LIMIT = 256
+
+
+def _signal_name(exitcode: int | None) -> str | None:
+    if exitcode is None or exitcode >= 0:
+        return None
+    try:
+        return signal.Signals(-exitcode).name
+    except ValueError:
+        return f"signal {-exitcode}"
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """Say how a process ended, in words a user can act on."""
+    name = _signal_name(exitcode)
+    if name == "SIGKILL":
+        return "was killed by SIGKILL (the out-of-memory killer, or another process)"
+    if name is not None:
+        return f"was killed by {name}"
+    return f"exited with code {exitcode}"
+
+
+class _Worker:
+    __slots__ = ("rank", "generation", "identity", "process", "outstanding", "ready", "deadline", "walltime")
+
+    def __init__(self, rank: int, generation: int, process: Any):
+        self.rank = rank
+        self.generation = generation
+        self.identity = b"%d" % rank
+        self.process = process
+        self.outstanding: deque[tuple[tuple[int, int, float, int, int], list[Any], int]] = deque()
+        self.ready = False
+        self.deadline: float | None = None  # set while it runs a task with a walltime
+        self.walltime = 0.0
+
+
+class PoolManager:
+    """Serves one node's workers for one interchange.  See the module docstring."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.workers_wanted = args.workers or len(os.sched_getaffinity(0))
+        self.pool_id = args.pool_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.ipc_dir = tempfile.mkdtemp(prefix="hpcfutures-pool-")
+        self.worker_endpoint = f"ipc://{self.ipc_dir}/workers"
+        self.workers: dict[bytes, _Worker] = {}
+        self.by_sentinel: dict[int, _Worker] = {}
+        self.generation = 0
+        self.queue: list[tuple[int, int, tuple[int, int, float, int, int], list[Any]]] = []
+        self.seq = 0
+        self.received = 0
+        self.credit_sent = 0
+        self.runtime_ewma = 0.0
+        self.depth = 2
+        self.lost_task_retries = 2
+        self.heartbeat_period = args.heartbeat_period
+        self.heartbeat_threshold = args.heartbeat_threshold
+        self.config_frames: list[Any] = [P.CONFIG]
+        self.out_meta: list[bytes] = []
+        self.out_frames: list[Any] = []
+        self.running = True
+        self.env_base = {
+            "HPCFUTURES_POOL_ID": self.pool_id,
+            "HPCFUTURES_BLOCK_ID": str(args.block_id),
+            "HPCFUTURES_WORKER_COUNT": str(self.workers_wanted),
+        }
+        self.fork = multiprocessing.get_context("fork")
+
+    # -- workers ---------------------------------------------------------------------------
+
+    def start_worker(self, rank: int) -> None:
+        self.generation += 1
+        env = dict(self.env_base, HPCFUTURES_WORKER_RANK=str(rank))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with libzmq's I/O threads
+            process = self.fork.Process(
+                target=worker_main,
+                args=(rank, self.worker_endpoint, env, os.getpid()),
+                name=f"hpcfutures-worker-{rank}",
+                daemon=True,
+            )
+            process.start()
+        worker = _Worker(rank, self.generation, process)
+        self.workers[worker.identity] = worker
+        self.by_sentinel[process.sentinel] = worker
+        if hasattr(self, "poller"):
+            self.poller.register(process.sentinel, zmq.POLLIN)
+
+    def forget_worker(self, worker: _Worker) -> None:
+        self.workers.pop(worker.identity, None)
+        self.by_sentinel.pop(worker.process.sentinel, None)
+        try:
+            self.poller.unregister(worker.process.sentinel)
+        except KeyError:
+            pass
+
+    def kill_worker(self, worker: _Worker) -> None:
+        for kill in (os.killpg, os.kill):
+            try:
+                kill(worker.process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        worker.process.join(timeout=5)
+
+    def worker_died(self, worker: _Worker) -> None:
+        worker.process.join(timeout=5)
+        self.forget_worker(worker)
+        how = describe_exit(worker.process.exitcode)
+        logger.warning("worker %s %s", worker.rank, how)
+        if not worker.ready:
+            self.report_broken(f"worker {worker.rank} of pool {self.pool_id} {how} before it was ready")
+            return
+        self.requeue(worker, how, worker.process.exitcode)
+        if self.running:
+            self.start_worker(worker.rank)
+
+    def requeue(self, worker: _Worker, how: str, exitcode: int | None) -> None:
+        """Put a lost worker's tasks back; the one it was running is charged a loss."""
+        first = True
+        while worker.outstanding:
+            meta, frames, seq = worker.outstanding.popleft()
+            task_id, priority, walltime, lost, count = meta
+            if first:
+                first = False
+                lost += 1
+                if lost > self.lost_task_retries:
+                    error = WorkerLostError(
+                        f"task {task_id}: its worker {how}, {lost} time(s); it is not retried again",
+                        exit_code=exitcode,
+                        signal_name=_signal_name(exitcode),
+                    )
+                    self.add_failure(task_id, error)
+                    continue
+            heapq.heappush(self.queue, (-priority, seq, (task_id, priority, walltime, lost, count), frames))
+
+    def add_failure(self, task_id: int, error: BaseException) -> None:
+        frames = dumps((error, ""))
+        self.out_meta.append(P.RESULT_META.pack(task_id, P.FAILED, 0.0, len(frames)))
+        self.out_frames.extend(frames)
+
+    def check_walltimes(self, now: float) -> float | None:
+        """Kill workers whose task ran past its walltime; return the next deadline."""
+        soonest = None
+        for worker in list(self.workers.values()):
+            if worker.deadline is None:
+                continue
+            if now >= worker.deadline:
+                meta, _frames, _seq = worker.outstanding.popleft()
+                self.kill_worker(worker)
+                self.forget_worker(worker)
+                self.add_failure(
+                    meta[0],
+                    TaskTimeoutError(f"task {meta[0]} ran past its walltime of {worker.walltime:g} s and was killed"),
+                )
+                self.requeue(worker, "was killed", None)
+                if self.running:
+                    self.start_worker(worker.rank)
+            elif soonest is None or worker.deadline < soonest:
+                soonest = worker.deadline
+        return soonest
+
+    # -- messages ------------------------------------------------------------------------
+
+    def credit(self) -> int:
+        held = len(self.queue) + sum(len(w.outstanding) for w in self.workers.values())
+        wanted = len(self.workers) * self.depth + self.args.prefetch
+        return max(self.credit_sent, self.received + max(0, wanted - held))
+
+    def send_up(self, kind: bytes, *frames: Any) -> None:
+        credit = self.credit()
+        self.credit_sent = credit
+        self.ix.send_multipart([kind, P.CREDIT.pack(credit), *frames], copy=False)
+
+    def report_broken(self, reason: str, frames: list[Any] | None = None) -> None:
+        """Tell the interchange this pool cannot run tasks, then stop."""
+        logger.error("%s", reason)
+        print(reason, file=sys.stderr, flush=True)
+        payload = frames if frames is not None else dumps((RuntimeError(reason), ""))
+        self.send_up(P.INIT_FAILED, json.dumps({"reason": reason}).encode(), *payload)
+        self.running = False
+        self.exit_code = 3
+
+    def on_interchange(self, msg: list[zmq.Frame]) -> None:
+        kind = msg[0].bytes
+        if kind == P.TASKS:
+            seq = self.seq
+            for meta, frames in P.iter_tasks(msg[1].bytes, msg, 2):
+                seq += 1
+                heapq.heappush(self.queue, (-meta[1], seq, meta, frames))
+                self.received += 1
+            self.seq = seq
+        elif kind == P.HEARTBEAT:
+            pass
+        elif kind == P.CANCEL_QUEUED:
+            while self.queue:
+                _p, _s, meta, _f = heapq.heappop(self.queue)
+                self.out_meta.append(P.RESULT_META.pack(meta[0], P.CANCELLED, 0.0, 0))
+        elif kind == P.SHUTDOWN:
+            self.running = False
+
+    def on_worker(self, msg: list[zmq.Frame]) -> None:
+        worker = self.workers.get(msg[0].bytes)
+        if worker is None:
+            return
+        kind = msg[1].bytes
+        if kind == P.RESULTS:
+            meta = msg[2].bytes
+            self.out_meta.append(meta)
+            self.out_frames.extend(msg[3:])
+            outstanding = worker.outstanding
+            total = 0.0
+            n = 0
+            for _id, _status, elapsed, _count in P.RESULT_META.iter_unpack(meta):
+                outstanding.popleft()
+                total += elapsed
+                n += 1
+            worker.deadline = None
+            average = total / n
+            self.runtime_ewma = average if not self.runtime_ewma else 0.7 * self.runtime_ewma + 0.3 * average
+            self.depth = max(1, min(MAX_DEPTH, int(TARGET_BUFFER_SECONDS / max(self.runtime_ewma, 1e-7))))
+        elif kind == P.READY:
+            worker.ready = True
+            self.wk.send_multipart([worker.identity, *self.config_frames], copy=False)
+        elif kind == P.INIT_FAILED:
+            worker.ready = True  # it started; its initializer failed
+            self.report_broken(
+                f"the initializer failed in worker {worker.rank} of pool {self.pool_id}",
+                [f.buffer for f in msg[2:]],
+            )
+
+    def dispatch(self, now: float) -> None:
+        queue = self.queue
+        if not queue:
+            return
+        for worker in self.workers.values():
+            if not queue:
+                return
+            if not worker.ready or worker.deadline is not None:
+                continue
+            room = self.depth - len(worker.outstanding)
+            if room <= 0:
+                continue
+            metas: list[bytes] = []
+            frames: list[Any] = []
+            while room > 0 and queue:
+                entry = queue[0]
+                meta = entry[2]
+                if meta[2] > 0:  # a walltime task goes alone to an idle worker
+                    if worker.outstanding or metas:
+                        break
+                    heapq.heappop(queue)
+                    worker.deadline = now + meta[2]
+                    worker.walltime = meta[2]
+                    room = 0
+                else:
+                    heapq.heappop(queue)
+                    room -= 1
+                metas.append(P.TASK_META.pack(*meta))
+                frames.extend(entry[3])
+                worker.outstanding.append((meta, entry[3], entry[1]))
+            if metas:
+                self.wk.send_multipart([worker.identity, P.TASKS, b"".join(metas), *frames], copy=False)
+
+    # -- main loop -----------------------------------------------------------------------
+
+    def register(self) -> bool:
+        """Register with the interchange; return False if it refused this pool."""
+        info = P.registration(
+            pool_id=self.pool_id,
+            block_id=self.args.block_id,
+            workers=self.workers_wanted,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+        )
+        self.ix.send_multipart([P.REGISTER, P.CREDIT.pack(0), info])
+        if not self.ix.poll(self.args.start_timeout * 1000):
+            print(f"the interchange at {self.args.addr} did not answer within {self.args.start_timeout} s",
+                  file=sys.stderr, flush=True)
+            return False
+        reply = self.ix.recv_multipart(copy=False)
+        if reply[0].bytes == P.REJECT:
+            print(f"the interchange refused this pool: {reply[1].bytes.decode()}", file=sys.stderr, flush=True)
+            return False
+        settings = json.loads(reply[1].bytes)
+        self.lost_task_retries = settings["lost_task_retries"]
+        self.heartbeat_period = settings["heartbeat_period"]
+        self.heartbeat_threshold = settings["heartbeat_threshold"]
+        self.config_frames = [P.CONFIG, *(f.buffer for f in reply[2:])]
+        return True
+
+    def run(self) -> int:
+        self.exit_code = 0
+        for rank in range(self.workers_wanted):
+            self.start_worker(rank)
+        self.context = zmq.Context()
+        self.wk = self.context.socket(zmq.ROUTER)
+        self.wk.linger = 0
+        self.wk.sndhwm = self.wk.rcvhwm = 0
+        self.wk.bind(self.worker_endpoint)
+        self.ix = self.context.socket(zmq.DEALER)
+        self.ix.linger = 0
+        self.ix.sndhwm = self.ix.rcvhwm = 0
+        security.make_client(self.ix, self.args.keys)
+        self.ix.connect(self.args.addr)
+        self.poller = zmq.Poller()
+        if not self.register():
+            return 2
+        self.poller.register(self.ix, zmq.POLLIN)
+        self.poller.register(self.wk, zmq.POLLIN)
+        for sentinel in self.by_sentinel:
+            self.poller.register(sentinel, zmq.POLLIN)
+        last_heard = last_beat = time.monotonic()
+        next_deadline: float | None = None
+        while self.running:
+            now = time.monotonic()
+            wake = last_beat + self.heartbeat_period
+            if next_deadline is not None:
+                wake = min(wake, next_deadline)
+            events = dict(self.poller.poll(max(0.0, wake - now) * 1000))
+            now = time.monotonic()
+            if self.ix in events:
+                last_heard = now
+                while self.ix.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    self.on_interchange(self.ix.recv_multipart(copy=False))
+            if self.wk in events:
+                while self.wk.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    self.on_worker(self.wk.recv_multipart(copy=False))
+            for fd in events:
+                worker = self.by_sentinel.get(fd) if isinstance(fd, int) else None
+                if worker is not None:
+                    self.worker_died(worker)
+            next_deadline = self.check_walltimes(now)
+            if self.running:
+                self.dispatch(now)
+                next_deadline = self.check_walltimes(now) if next_deadline is None else next_deadline
+            if self.out_meta:
+                self.send_up(P.RESULTS, b"".join(self.out_meta), *self.out_frames)
+                self.out_meta, self.out_frames = [], []
+                last_beat = now
+            elif now - last_beat >= self.heartbeat_period or self.credit() > self.credit_sent:
+                self.send_up(P.HEARTBEAT)
+                last_beat = now
+            if now - last_heard > self.heartbeat_threshold:
+                print(f"lost the interchange: nothing heard for {self.heartbeat_threshold} s",
+                      file=sys.stderr, flush=True)
+                self.exit_code = 4
+                self.running = False
+        return self.exit_code
+
+    def close(self) -> None:
+        for worker in list(self.workers.values()):
+            self.kill_worker(worker)
+        if hasattr(self, "context"):
+            self.context.destroy(linger=0)
+        shutil.rmtree(self.ipc_dir, ignore_errors=True)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="hpcfutures pool", description="Run one worker pool for an interchange.")
+    parser.add_argument("--addr", required=True, help="the interchange's pool endpoint, tcp://HOST:PORT")
+    parser.add_argument("--keys", required=True, help="the pool's CurveZMQ key file")
+    parser.add_argument("--workers", type=int, default=0, help="worker processes (0: one per available CPU)")
+    parser.add_argument("--block-id", default="0")
+    parser.add_argument("--pool-id", default="")
+    parser.add_argument("--prefetch", type=int, default=0, help="tasks held beyond what the workers take")
+    parser.add_argument("--heartbeat-period", type=float, default=1.0)
+    parser.add_argument("--heartbeat-threshold", type=float, default=10.0)
+    parser.add_argument("--start-timeout", type=float, default=60.0)
+    parser.add_argument("--log-file", default="")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run a pool manager until the interchange tells it to stop or is lost."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.log_file:
+        logging.basicConfig(
+            filename=args.log_file, level=logging.DEBUG,
+            format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",
+        )
+
+    def stop(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    manager = PoolManager(args)
+    try:
+        return manager.run()
+    finally:
+        manager.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -51,6 +51,9 @@ class _OutOfBand:
         return self.rebuild, (pickle.PickleBuffer(self.data),)
 
 
+_WRAPPED_TYPES = frozenset({bytes, memoryview})
+
+
 def _wrap(value: Any) -> Any:
     kind = type(value)
     if kind is bytes and len(value) >= OUT_OF_BAND_THRESHOLD:
@@ -160,8 +163,16 @@ def dumps_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, 
     """Serialize a call for a worker; raise :class:`SerializationError` naming the culprit."""
     try:
         cached = _driver_functions.get(fn)
-        wrapped_args = tuple(_wrap(a) for a in args) if args else args
-        wrapped_kwargs = {k: _wrap(v) for k, v in kwargs.items()} if kwargs else kwargs
+        wrapped_args = args
+        for a in args:
+            if type(a) in _WRAPPED_TYPES:
+                wrapped_args = tuple([_wrap(a) for a in args])
+                break
+        wrapped_kwargs = kwargs
+        for v in kwargs.values():
+            if type(v) in _WRAPPED_TYPES:
+                wrapped_kwargs = {k: _wrap(v) for k, v in kwargs.items()}
+                break
         if cached is None:
             return dumps((None, fn, wrapped_args, wrapped_kwargs))
         return dumps((cached[1], cached[2], wrapped_args, wrapped_kwargs), cached[3])

@@ -15,9 +15,9 @@ import itertools
 import json
 import logging
 import os
-import select
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -68,6 +68,15 @@ _live_executors: weakref.WeakSet[HighThroughputExecutor] = weakref.WeakSet()
 def _stop_all_at_exit() -> None:
     for executor in list(_live_executors):
         executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _free_port(address: str) -> int:
+    """Return a TCP port that is free on ``address`` now (the interchange binds it next)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    host = {"*": "0.0.0.0", "::": "::"}.get(address, address)
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
 
 
 def _tail(path: Path, limit: int = 4000) -> str:
@@ -200,7 +209,7 @@ class HighThroughputExecutor(Executor):
         # Must be held while touching _outbox, _wake_pending, _next_id, _taken_upto,
         # _skip, _controls, _shutdown and _broken, and while adding to _pending.
         self._lock = threading.Lock()
-        self._outbox: list[tuple[bytes, list[Any]]] = []
+        self._outbox: list[tuple[bytes, Any, list[Any]]] = []  # (meta, main pickle, out-of-band)
         self._wake_pending = False
         self._next_id = itertools.count(1)
         self._taken_upto = 0  # the I/O thread has taken every task with an id up to this
@@ -223,6 +232,7 @@ class HighThroughputExecutor(Executor):
         self._cancel_requests: dict[bytes, tuple[threading.Event, list[HtexFuture]]] = {}
         self._cancel_counter = itertools.count(1)
         self.pools: dict[str, dict[str, Any]] = {}
+        self._force_tcp = False  # tests: make local pools take the remote (CurveZMQ) path
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -313,7 +323,10 @@ class HighThroughputExecutor(Executor):
             task_id = next(self._next_id)
             future = HtexFuture(self, task_id)
             self._pending[task_id] = future
-            self._outbox.append((P.TASK_META.pack(task_id, options.priority, walltime, 0, len(frames)), frames))
+            self._outbox.append(
+                (P.TASK_META.pack(task_id, options.priority, walltime, 0, len(frames[0]), len(frames) - 1),
+                 frames[0], frames[1:])
+            )
             if not self._wake_pending:
                 self._wake_pending = True
                 os.write(self._wake_w, b"\0")
@@ -411,8 +424,8 @@ class HighThroughputExecutor(Executor):
             self._socket = self._context.socket(zmq.DEALER)
             self._socket.linger = 0
             self._socket.sndhwm = self._socket.rcvhwm = 0
-            security.make_client(self._socket, self._keys.driver)
-            self._socket.connect(f"tcp://127.0.0.1:{self._ports['client_port']}")
+            self._socket.reconnect_ivl = 20
+            self._socket.connect(f"ipc://{self._ipc_dir}/driver")
             settings = {
                 "lost_task_retries": self.lost_task_retries,
                 "heartbeat_period": self.heartbeat_period,
@@ -430,11 +443,16 @@ class HighThroughputExecutor(Executor):
             self._io_thread.start()
 
     def _start_interchange(self) -> None:
+        """Start the interchange on ports picked here; its failures surface in housekeeping."""
+        self._ipc_dir = tempfile.mkdtemp(prefix="hpcf-")  # short: Unix socket paths are limited
+        self._ports = {"pool_port": _free_port(self.address)}
         self._interchange_err = self._dir / "interchange.err"
         cmd = [
             sys.executable, "-m", "hpcfutures.executors.htex.interchange",
             "--keys", str(self._keys.interchange),
             "--address", self.address,
+            "--ipc-dir", self._ipc_dir,
+            "--pool-port", str(self._ports["pool_port"]),
             "--driver-pid", str(os.getpid()),
             "--heartbeat-period", str(self.heartbeat_period),
             "--heartbeat-threshold", str(self.heartbeat_threshold),
@@ -444,31 +462,24 @@ class HighThroughputExecutor(Executor):
             cmd += ["--log-file", str(self._dir / "interchange.log")]
         with open(self._interchange_err, "wb") as err:
             self._interchange = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, start_new_session=True
+                cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True
             )
-        assert self._interchange.stdout is not None
-        ready, _, _ = select.select([self._interchange.stdout], [], [], self.start_timeout)
-        line = self._interchange.stdout.readline() if ready else b""
-        self._interchange.stdout.close()
-        try:
-            self._ports = json.loads(line)
-        except ValueError:
-            self._interchange.kill()
-            code = self._interchange.wait()
-            stderr = _tail(self._interchange_err)
-            if self._temporary_dir:
-                shutil.rmtree(self._dir, ignore_errors=True)
-            raise ExecutorError(
-                f"the interchange did not start within {self.start_timeout} s "
-                f"(it {describe_exit(code)}); its stderr ends with:\n{stderr}"
-            ) from None
+
+    def _pools_are_local(self) -> bool:
+        from ...providers.local import LocalProvider
+
+        return isinstance(self.provider, LocalProvider) and not self._force_tcp
 
     def _start_block(self) -> None:
         block_id = str(next(self._block_counter))
-        pool_host = self.address if self.address not in ("0.0.0.0", "*", "::") else "127.0.0.1"
+        if self._pools_are_local():
+            address = f"ipc://{self._ipc_dir}/pools"
+        else:
+            pool_host = self.address if self.address not in ("0.0.0.0", "*", "::") else socket.gethostname()
+            address = f"tcp://{pool_host}:{self._ports['pool_port']}"
         cmd = [
             sys.executable, "-m", "hpcfutures.executors.htex.pool",
-            "--addr", f"tcp://{pool_host}:{self._ports['pool_port']}",
+            "--addr", address,
             "--keys", str(self._keys.pool),
             "--workers", str(self.max_workers or 0),
             "--block-id", block_id,
@@ -535,15 +546,19 @@ class HighThroughputExecutor(Executor):
     def _broken_stop(self) -> bool:
         return self._broken is not None and isinstance(self._broken, InterchangeLostError)
 
-    def _send_tasks(self, sock: zmq.Socket, outbox: list[tuple[bytes, list[Any]]], skip: set[int]) -> None:
+    def _send_tasks(self, sock: zmq.Socket, outbox: list[tuple[bytes, Any, list[Any]]], skip: set[int]) -> None:
         if skip:
             outbox = [item for item in outbox if P.TASK_META.unpack(item[0])[0] not in skip]
         for start in range(0, len(outbox), BATCH_LIMIT):
             batch = outbox[start : start + BATCH_LIMIT]
-            frames: list[Any] = [P.TASKS, b"".join([meta for meta, _ in batch])]
-            for _, payload in batch:
-                frames.extend(payload)
-            sock.send_multipart(frames, copy=False)
+            extra: list[Any] = []
+            for _meta, _main, oob in batch:
+                if oob:
+                    extra.extend(oob)
+            sock.send_multipart(
+                [P.TASKS, b"".join([item[0] for item in batch]), b"".join([item[1] for item in batch]), *extra],
+                copy=False,
+            )
 
     def _send_cancel(self, sock: zmq.Socket, futures: list[HtexFuture], done: threading.Event, everything: bool) -> None:
         request = b"%d" % next(self._cancel_counter)
@@ -570,11 +585,13 @@ class HighThroughputExecutor(Executor):
 
     def _on_results(self, msg: list[zmq.Frame]) -> None:
         pending = self._pending
-        for (task_id, status, _elapsed, _count), frames in P.iter_results(msg[1].bytes, msg, 2):
+        extra = [f.buffer for f in msg[3:]] if len(msg) > 3 else []
+        for fields, main, oob in P.split(P.RESULT_META, msg[1].bytes, msg[2].buffer, extra):
+            task_id, status = fields[0], fields[1]
             fut = pending.pop(task_id, None)
             if fut is None:
                 continue
-            buffers = [f.buffer for f in frames]
+            buffers = [main, *oob]
             try:
                 if status == P.OK:
                     try:
@@ -704,6 +721,7 @@ class HighThroughputExecutor(Executor):
             self._release_provider()
             if self._temporary_dir:
                 shutil.rmtree(self._dir, ignore_errors=True)
+            shutil.rmtree(self._ipc_dir, ignore_errors=True)
             self._stopped.set()
 
     def _stop_blocks(self) -> None:

@@ -1,7 +1,8 @@
 """The interchange: queues the driver's tasks and deals them out to worker pools.
 
-A separate process, started by the driver.  It binds two CurveZMQ server sockets — one the
-driver connects to, one for pools — and admits only peers holding this executor's keys.
+A separate process, started by the driver.  The driver and pools on the same node connect
+through Unix sockets in a private directory (local pools must also present the executor's
+token); pools on other nodes connect over TCP with CurveZMQ and must hold the pool key.
 Tasks wait in a priority queue (higher priority first, then submission order) and go to
 pools as the pools grant credit; results go straight back to the driver.  Only packed
 headers are read here; payload frames pass through untouched.
@@ -10,14 +11,16 @@ It notices a lost pool by the socket closing (a probe of every pool follows each
 event) or, failing that, by missed heartbeats, and requeues the pool's tasks.  It exits when
 the driver asks, or when the driver's process is gone.
 
-Run as ``python -m hpcfutures.executors.htex.interchange --keys FILE ...``; it prints one
-JSON line with the ports it bound.
+Run as ``python -m hpcfutures.executors.htex.interchange --keys FILE --ipc-dir DIR
+--pool-port M ...``.  The driver picks the ports, so that it and the pools can connect while
+this process is still starting.
 """
 
 from __future__ import annotations
 
 import argparse
 import heapq
+import hmac
 import json
 import logging
 import os
@@ -26,7 +29,6 @@ import time
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import parse_monitor_message
 
 from ...errors import PoolLostError
 from ...serialize import dumps
@@ -40,14 +42,16 @@ _PROBE_DELAYS = (0.0, 0.05, 0.25, 1.0)
 
 
 class _Pool:
-    __slots__ = ("identity", "info", "credit", "sent", "outstanding", "last_heard")
+    __slots__ = ("sock", "identity", "key", "info", "credit", "sent", "outstanding", "last_heard")
 
-    def __init__(self, identity: bytes, info: dict[str, Any], credit: int, now: float):
+    def __init__(self, sock: zmq.Socket, identity: bytes, info: dict[str, Any], credit: int, now: float):
+        self.sock = sock
         self.identity = identity
+        self.key = (id(sock), identity)
         self.info = info
         self.credit = credit
         self.sent = 0
-        self.outstanding: dict[int, tuple[int, tuple[int, int, float, int, int], list[Any]]] = {}
+        self.outstanding: dict[int, tuple[int, P.Item]] = {}  # task id -> (sequence number, task)
         self.last_heard = now
 
 
@@ -59,33 +63,37 @@ class Interchange:
         keys = security.load(args.keys)
         self.context = zmq.Context()
         self.zap = security.ZapHandler(self.context, keys)
+        self.token = keys["token"]
+        # The driver and local pools reach this process through Unix sockets in a private
+        # directory (mode 0700): only the owner can connect, and encryption would only cost
+        # bandwidth.  Remote pools come over TCP and must hold the CurveZMQ pool key.
         self.client = self.context.socket(zmq.DEALER)
-        self.pools_sock = self.context.socket(zmq.ROUTER)
-        for sock in (self.client, self.pools_sock):
+        self.tcp_pools = self.context.socket(zmq.ROUTER)
+        self.ipc_pools = self.context.socket(zmq.ROUTER)
+        for sock in (self.client, self.tcp_pools, self.ipc_pools):
             sock.linger = 0
             sock.sndhwm = sock.rcvhwm = 0
-        self.pools_sock.router_mandatory = True
-        security.make_server(self.client, keys, security.DRIVER_DOMAIN)
-        security.make_server(self.pools_sock, keys, security.POOL_DOMAIN)
-        self.client_port = self.client.bind_to_random_port("tcp://127.0.0.1")
-        host = args.address
-        if args.pool_port:
-            self.pools_sock.bind(f"tcp://{host}:{args.pool_port}")
-            self.pool_port = args.pool_port
-        else:
-            self.pool_port = self.pools_sock.bind_to_random_port(f"tcp://{host}")
-        self.monitor = self.pools_sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-        self.queue: list[tuple[int, int, tuple[int, int, float, int, int], list[Any]]] = []
+        for sock in (self.tcp_pools, self.ipc_pools):
+            sock.router_mandatory = True
+        security.make_server(self.tcp_pools, keys, security.POOL_DOMAIN)
+        self.client.bind(f"ipc://{args.ipc_dir}/driver")
+        self.ipc_pools.bind(f"ipc://{args.ipc_dir}/pools")
+        self.tcp_pools.bind(f"tcp://{args.address}:{args.pool_port}")
+        self.pool_socks = (self.tcp_pools, self.ipc_pools)
+        self.monitors = [s.get_monitor_socket(zmq.EVENT_DISCONNECTED) for s in self.pool_socks]
+        self.queue: list[tuple[int, int, P.Item]] = []  # (-priority, sequence number, task)
         self.seq = 0
-        self.pools: dict[bytes, _Pool] = {}
-        self.waiting_registrations: list[tuple[bytes, list[zmq.Frame]]] = []
+        self.pools: dict[tuple[int, bytes], _Pool] = {}
+        self.waiting_registrations: list[tuple[zmq.Socket, list[zmq.Frame]]] = []
         self.config: list[Any] | None = None
         self.settings = b""
         self.probes: list[float] = []
         self.driver_pid = args.driver_pid
         self.running = True
+        self.refused = 0
         self.to_driver_meta: list[bytes] = []
-        self.to_driver_frames: list[Any] = []
+        self.to_driver_mains: list[Any] = []
+        self.to_driver_extra: list[Any] = []
 
     # -- driver side ------------------------------------------------------------------------
 
@@ -94,9 +102,9 @@ class Interchange:
         if kind == P.TASKS:
             seq = self.seq
             queue = self.queue
-            for meta, frames in P.iter_tasks(msg[1].bytes, msg, 2):
+            for item in P.split(P.TASK_META, msg[1].bytes, msg[2].buffer, msg[3:]):
                 seq += 1
-                heapq.heappush(queue, (-meta[1], seq, meta, frames))
+                heapq.heappush(queue, (-item[0][1], seq, item))
             self.seq = seq
         elif kind == P.CANCEL:
             self.cancel(msg[1].bytes, set(P.unpack_ids(msg[2].bytes)))
@@ -107,8 +115,8 @@ class Interchange:
         elif kind == P.CONFIG:
             self.settings = msg[1].bytes
             self.config = msg[2:]
-            for identity, frames in self.waiting_registrations:
-                self.register(identity, frames)
+            for sock, frames in self.waiting_registrations:
+                self.register(sock, frames)
             self.waiting_registrations = []
         elif kind == P.SHUTDOWN:
             self.running = False
@@ -118,8 +126,9 @@ class Interchange:
         kept = []
         dropped = []
         for entry in self.queue:
-            if ids is None or entry[2][0] in ids:
-                dropped.append(entry[2][0])
+            task_id = entry[2][0][0]
+            if ids is None or task_id in ids:
+                dropped.append(task_id)
             else:
                 kept.append(entry)
         if dropped:
@@ -134,7 +143,7 @@ class Interchange:
 
     def send_pool(self, pool: _Pool, frames: list[Any]) -> bool:
         try:
-            self.pools_sock.send_multipart([pool.identity, *frames], copy=False)
+            pool.sock.send_multipart([pool.identity, *frames], copy=False)
             return True
         except zmq.ZMQError as exc:
             if exc.errno != zmq.EHOSTUNREACH:
@@ -142,32 +151,35 @@ class Interchange:
             self.pool_lost(pool, "its connection closed")
             return False
 
-    def register(self, identity: bytes, msg: list[zmq.Frame]) -> None:
+    def register(self, sock: zmq.Socket, msg: list[zmq.Frame]) -> None:
+        identity = msg[0].bytes
         try:
             info = json.loads(msg[3].bytes)
         except (ValueError, IndexError):
             info = {}
+        if sock is self.ipc_pools and not hmac.compare_digest(str(info.get("token", "")).encode(), self.token):
+            self.refused += 1
+            return  # not one of ours: say nothing
         problem = P.version_mismatch(info)
         if problem is not None:
-            self.pools_sock.send_multipart([identity, P.REJECT, problem.encode()])
+            sock.send_multipart([identity, P.REJECT, problem.encode()])
             self.event(event="pool_rejected", reason=problem, block=info.get("block_id"))
             return
         if self.config is None:
-            self.waiting_registrations.append((identity, msg))
+            self.waiting_registrations.append((sock, msg))
             return
-        pool = _Pool(identity, info, P.CREDIT.unpack(msg[2].bytes)[0], time.monotonic())
-        self.pools[identity] = pool
+        pool = _Pool(sock, identity, info, P.CREDIT.unpack(msg[2].bytes)[0], time.monotonic())
+        self.pools[pool.key] = pool
         self.send_pool(pool, [P.ACCEPT, self.settings, *self.config])
         self.event(event="pool_registered", pool=info.get("pool_id"), block=info.get("block_id"),
                    workers=info.get("workers"), host=info.get("host"))
 
-    def on_pool(self, msg: list[zmq.Frame], now: float) -> None:
-        identity = msg[0].bytes
+    def on_pool(self, sock: zmq.Socket, msg: list[zmq.Frame], now: float) -> None:
         kind = msg[1].bytes
-        pool = self.pools.get(identity)
+        pool = self.pools.get((id(sock), msg[0].bytes))
         if pool is None:
             if kind == P.REGISTER:
-                self.register(identity, msg)
+                self.register(sock, msg)
             return
         pool.last_heard = now
         credit = P.CREDIT.unpack(msg[2].bytes)[0]
@@ -179,7 +191,9 @@ class Interchange:
             for fields in P.RESULT_META.iter_unpack(meta):
                 outstanding.pop(fields[0], None)
             self.to_driver_meta.append(meta)
-            self.to_driver_frames.extend(msg[4:])
+            self.to_driver_mains.append(msg[4].buffer)
+            if len(msg) > 5:
+                self.to_driver_extra.extend(msg[5:])
         elif kind == P.INIT_FAILED:
             info = json.loads(msg[3].bytes)
             self.client.send_multipart(
@@ -191,21 +205,23 @@ class Interchange:
 
     def pool_lost(self, pool: _Pool, why: str, notify: bool = True) -> None:
         """Forget a pool and requeue its tasks; a task lost too often fails instead."""
-        if self.pools.pop(pool.identity, None) is None:
+        if self.pools.pop(pool.key, None) is None:
             return
         limit = self.args.lost_task_retries
-        for task_id, (seq, meta, frames) in pool.outstanding.items():
-            lost = meta[3] + 1
+        for task_id, (seq, (fields, main, oob)) in pool.outstanding.items():
+            lost = fields[3] + 1
             if lost > limit:
                 error = PoolLostError(
                     f"task {task_id}: the worker pool running it was lost ({why}) {lost} time(s); "
                     "it is not retried again"
                 )
                 out = dumps((error, ""))
-                self.to_driver_meta.append(P.RESULT_META.pack(task_id, P.FAILED, 0.0, len(out)))
-                self.to_driver_frames.extend(out)
+                self.to_driver_meta.append(P.RESULT_META.pack(task_id, P.FAILED, 0.0, len(out[0]), len(out) - 1))
+                self.to_driver_mains.append(out[0])
+                self.to_driver_extra.extend(out[1:])
             else:
-                heapq.heappush(self.queue, (-meta[1], seq, (meta[0], meta[1], meta[2], lost, meta[4]), frames))
+                fields = (fields[0], fields[1], fields[2], lost, fields[4], fields[5])
+                heapq.heappush(self.queue, (-fields[1], seq, (fields, main, oob)))
         pool.outstanding.clear()
         if notify:
             self.event(event="pool_lost", pool=pool.info.get("pool_id"), block=pool.info.get("block_id"), reason=why)
@@ -219,18 +235,15 @@ class Interchange:
             if room <= 0:
                 continue
             room = min(room, BATCH_LIMIT)
-            metas = []
-            frames: list[Any] = []
+            items = []
             outstanding = pool.outstanding
-            pack = P.TASK_META.pack
             while room and queue:
-                _p, seq, meta, payload = heapq.heappop(queue)
-                metas.append(pack(*meta))
-                frames.extend(payload)
-                outstanding[meta[0]] = (seq, meta, payload)
+                _p, seq, item = heapq.heappop(queue)
+                items.append(item)
+                outstanding[item[0][0]] = (seq, item)
                 room -= 1
-            pool.sent += len(metas)
-            self.send_pool(pool, [P.TASKS, b"".join(metas), *frames])
+            pool.sent += len(items)
+            self.send_pool(pool, P.join(P.TASKS, P.TASK_META, items))
             if not queue:
                 return
 
@@ -252,13 +265,12 @@ class Interchange:
     def run(self) -> None:
         poller = zmq.Poller()
         poller.register(self.client, zmq.POLLIN)
-        poller.register(self.pools_sock, zmq.POLLIN)
-        poller.register(self.zap.socket, zmq.POLLIN)
-        poller.register(self.monitor, zmq.POLLIN)
+        for sock in (*self.pool_socks, *self.monitors, self.zap.socket):
+            poller.register(sock, zmq.POLLIN)
         period = self.args.heartbeat_period
         threshold = self.args.heartbeat_threshold
         last_beat = time.monotonic()
-        client, pools_sock = self.client, self.pools_sock
+        client = self.client
         while self.running:
             now = time.monotonic()
             wake = last_beat + period
@@ -268,16 +280,18 @@ class Interchange:
             now = time.monotonic()
             if self.zap.socket in events:
                 self.zap.handle()
-            if self.monitor in events:
-                while self.monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                    parse_monitor_message(self.monitor.recv_multipart())
-                self.probes = sorted(now + d for d in _PROBE_DELAYS)
+            for monitor in self.monitors:
+                if monitor in events:
+                    while monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                        monitor.recv_multipart()
+                    self.probes = sorted(now + d for d in _PROBE_DELAYS)
             if client in events:
                 while client.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                     self.on_driver(client.recv_multipart(copy=False))
-            if pools_sock in events:
-                while pools_sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                    self.on_pool(pools_sock.recv_multipart(copy=False), now)
+            for sock in self.pool_socks:
+                if sock in events:
+                    while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                        self.on_pool(sock, sock.recv_multipart(copy=False), now)
             if self.probes and now >= self.probes[0]:
                 while self.probes and now >= self.probes[0]:
                     self.probes.pop(0)
@@ -294,17 +308,21 @@ class Interchange:
                     self.running = False
             self.dispatch()
             if self.to_driver_meta:
-                client.send_multipart([P.RESULTS, b"".join(self.to_driver_meta), *self.to_driver_frames],
-                                      copy=False)
-                self.to_driver_meta, self.to_driver_frames = [], []
+                client.send_multipart(
+                    [P.RESULTS, b"".join(self.to_driver_meta), b"".join(self.to_driver_mains),
+                     *self.to_driver_extra],
+                    copy=False,
+                )
+                self.to_driver_meta, self.to_driver_mains, self.to_driver_extra = [], [], []
 
     def close(self) -> None:
         for pool in list(self.pools.values()):
             try:
-                self.pools_sock.send_multipart([pool.identity, P.SHUTDOWN])
+                pool.sock.send_multipart([pool.identity, P.SHUTDOWN])
             except zmq.ZMQError:
                 pass
-        self.pools_sock.disable_monitor()
+        for sock in self.pool_socks:
+            sock.disable_monitor()
         time.sleep(0.05)  # let the shutdown messages leave before the sockets close
         self.zap.close()
         self.context.destroy(linger=0)
@@ -314,7 +332,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="hpcfutures-interchange")
     parser.add_argument("--keys", required=True, help="the interchange's key file")
     parser.add_argument("--address", default="127.0.0.1", help="the address pools connect to")
-    parser.add_argument("--pool-port", type=int, default=0)
+    parser.add_argument("--ipc-dir", required=True, help="a private directory for the driver's and local pools' sockets")
+    parser.add_argument("--pool-port", type=int, required=True)
     parser.add_argument("--driver-pid", type=int, default=0)
     parser.add_argument("--heartbeat-period", type=float, default=1.0)
     parser.add_argument("--heartbeat-threshold", type=float, default=10.0)
@@ -324,7 +343,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: bind, print the ports as one JSON line, then route until told to stop."""
+    """Entry point: bind the given ports, then route until told to stop."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.log_file:
         logging.basicConfig(
@@ -332,7 +351,6 @@ def main(argv: list[str] | None = None) -> int:
             format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",
         )
     interchange = Interchange(args)
-    print(json.dumps({"client_port": interchange.client_port, "pool_port": interchange.pool_port}), flush=True)
     try:
         interchange.run()
     finally:

@@ -72,7 +72,7 @@ class _Worker:
         self.generation = generation
         self.identity = b"%d" % rank
         self.process = process
-        self.outstanding: deque[tuple[tuple[int, int, float, int, int], list[Any], int]] = deque()
+        self.outstanding: deque[tuple[P.Item, int]] = deque()  # (task, queue sequence number)
         self.ready = False
         self.deadline: float | None = None  # set while it runs a task with a walltime
         self.walltime = 0.0
@@ -90,7 +90,7 @@ class PoolManager:
         self.workers: dict[bytes, _Worker] = {}
         self.by_sentinel: dict[int, _Worker] = {}
         self.generation = 0
-        self.queue: list[tuple[int, int, tuple[int, int, float, int, int], list[Any]]] = []
+        self.queue: list[tuple[int, int, P.Item]] = []  # (-priority, sequence number, task)
         self.seq = 0
         self.received = 0
         self.credit_sent = 0
@@ -101,7 +101,8 @@ class PoolManager:
         self.heartbeat_threshold = args.heartbeat_threshold
         self.config_frames: list[Any] = [P.CONFIG]
         self.out_meta: list[bytes] = []
-        self.out_frames: list[Any] = []
+        self.out_mains: list[Any] = []
+        self.out_extra: list[Any] = []
         self.running = True
         self.env_base = {
             "HPCFUTURES_POOL_ID": self.pool_id,
@@ -162,8 +163,8 @@ class PoolManager:
         """Put a lost worker's tasks back; the one it was running is charged a loss."""
         first = True
         while worker.outstanding:
-            meta, frames, seq = worker.outstanding.popleft()
-            task_id, priority, walltime, lost, count = meta
+            (fields, main, oob), seq = worker.outstanding.popleft()
+            task_id, priority, walltime, lost, size, count = fields
             if first:
                 first = False
                 lost += 1
@@ -175,12 +176,13 @@ class PoolManager:
                     )
                     self.add_failure(task_id, error)
                     continue
-            heapq.heappush(self.queue, (-priority, seq, (task_id, priority, walltime, lost, count), frames))
+            heapq.heappush(self.queue, (-priority, seq, ((task_id, priority, walltime, lost, size, count), main, oob)))
 
     def add_failure(self, task_id: int, error: BaseException) -> None:
         frames = dumps((error, ""))
-        self.out_meta.append(P.RESULT_META.pack(task_id, P.FAILED, 0.0, len(frames)))
-        self.out_frames.extend(frames)
+        self.out_meta.append(P.RESULT_META.pack(task_id, P.FAILED, 0.0, len(frames[0]), len(frames) - 1))
+        self.out_mains.append(frames[0])
+        self.out_extra.extend(frames[1:])
 
     def check_walltimes(self, now: float) -> float | None:
         """Kill workers whose task ran past its walltime; return the next deadline."""
@@ -189,12 +191,12 @@ class PoolManager:
             if worker.deadline is None:
                 continue
             if now >= worker.deadline:
-                meta, _frames, _seq = worker.outstanding.popleft()
+                (fields, _main, _oob), _seq = worker.outstanding.popleft()
                 self.kill_worker(worker)
                 self.forget_worker(worker)
                 self.add_failure(
-                    meta[0],
-                    TaskTimeoutError(f"task {meta[0]} ran past its walltime of {worker.walltime:g} s and was killed"),
+                    fields[0],
+                    TaskTimeoutError(f"task {fields[0]} ran past its walltime of {worker.walltime:g} s and was killed"),
                 )
                 self.requeue(worker, "was killed", None)
                 if self.running:
@@ -228,17 +230,19 @@ class PoolManager:
         kind = msg[0].bytes
         if kind == P.TASKS:
             seq = self.seq
-            for meta, frames in P.iter_tasks(msg[1].bytes, msg, 2):
+            queue = self.queue
+            items = P.split(P.TASK_META, msg[1].bytes, msg[2].buffer, msg[3:])
+            for item in items:
                 seq += 1
-                heapq.heappush(self.queue, (-meta[1], seq, meta, frames))
-                self.received += 1
+                heapq.heappush(queue, (-item[0][1], seq, item))
+            self.received += len(items)
             self.seq = seq
         elif kind == P.HEARTBEAT:
             pass
         elif kind == P.CANCEL_QUEUED:
             while self.queue:
-                _p, _s, meta, _f = heapq.heappop(self.queue)
-                self.out_meta.append(P.RESULT_META.pack(meta[0], P.CANCELLED, 0.0, 0))
+                _p, _s, (fields, _main, _oob) = heapq.heappop(self.queue)
+                self.out_meta.append(P.RESULT_META.pack(fields[0], P.CANCELLED, 0.0, 0, 0))
         elif kind == P.SHUTDOWN:
             self.running = False
 
@@ -250,11 +254,13 @@ class PoolManager:
         if kind == P.RESULTS:
             meta = msg[2].bytes
             self.out_meta.append(meta)
-            self.out_frames.extend(msg[3:])
+            self.out_mains.append(msg[3].buffer)
+            if len(msg) > 4:
+                self.out_extra.extend(msg[4:])
             outstanding = worker.outstanding
             total = 0.0
             n = 0
-            for _id, _status, elapsed, _count in P.RESULT_META.iter_unpack(meta):
+            for _id, _status, elapsed, _size, _count in P.RESULT_META.iter_unpack(meta):
                 outstanding.popleft()
                 total += elapsed
                 n += 1
@@ -284,26 +290,24 @@ class PoolManager:
             room = self.depth - len(worker.outstanding)
             if room <= 0:
                 continue
-            metas: list[bytes] = []
-            frames: list[Any] = []
+            items: list[P.Item] = []
             while room > 0 and queue:
                 entry = queue[0]
-                meta = entry[2]
-                if meta[2] > 0:  # a walltime task goes alone to an idle worker
-                    if worker.outstanding or metas:
+                item = entry[2]
+                walltime = item[0][2]
+                if walltime > 0:  # a walltime task goes alone to an idle worker
+                    if worker.outstanding or items:
                         break
-                    heapq.heappop(queue)
-                    worker.deadline = now + meta[2]
-                    worker.walltime = meta[2]
+                    worker.deadline = now + walltime
+                    worker.walltime = walltime
                     room = 0
                 else:
-                    heapq.heappop(queue)
                     room -= 1
-                metas.append(P.TASK_META.pack(*meta))
-                frames.extend(entry[3])
-                worker.outstanding.append((meta, entry[3], entry[1]))
-            if metas:
-                self.wk.send_multipart([worker.identity, P.TASKS, b"".join(metas), *frames], copy=False)
+                heapq.heappop(queue)
+                items.append(item)
+                worker.outstanding.append((item, entry[1]))
+            if items:
+                self.wk.send_multipart([worker.identity, *P.join(P.TASKS, P.TASK_META, items)], copy=False)
 
     # -- main loop -----------------------------------------------------------------------
 
@@ -315,6 +319,7 @@ class PoolManager:
             workers=self.workers_wanted,
             host=socket.gethostname(),
             pid=os.getpid(),
+            token=self.token,
         )
         self.ix.send_multipart([P.REGISTER, P.CREDIT.pack(0), info])
         if not self.ix.poll(self.args.start_timeout * 1000):
@@ -344,7 +349,11 @@ class PoolManager:
         self.ix = self.context.socket(zmq.DEALER)
         self.ix.linger = 0
         self.ix.sndhwm = self.ix.rcvhwm = 0
-        security.make_client(self.ix, self.args.keys)
+        self.ix.reconnect_ivl = 20  # the interchange may still be starting
+        keys = security.load(self.args.keys)
+        if not self.args.addr.startswith("ipc://"):
+            security.make_client(self.ix, self.args.keys)
+        self.token = keys["token"].decode()
         self.ix.connect(self.args.addr)
         self.poller = zmq.Poller()
         if not self.register():
@@ -378,8 +387,8 @@ class PoolManager:
                 self.dispatch(now)
                 next_deadline = self.check_walltimes(now) if next_deadline is None else next_deadline
             if self.out_meta:
-                self.send_up(P.RESULTS, b"".join(self.out_meta), *self.out_frames)
-                self.out_meta, self.out_frames = [], []
+                self.send_up(P.RESULTS, b"".join(self.out_meta), b"".join(self.out_mains), *self.out_extra)
+                self.out_meta, self.out_mains, self.out_extra = [], [], []
                 last_beat = now
             elif now - last_beat >= self.heartbeat_period or self.credit() > self.credit_sent:
                 self.send_up(P.HEARTBEAT)
@@ -401,7 +410,10 @@ class PoolManager:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="hpcfutures pool", description="Run one worker pool for an interchange.")
-    parser.add_argument("--addr", required=True, help="the interchange's pool endpoint, tcp://HOST:PORT")
+    parser.add_argument(
+        "--addr", required=True,
+        help="the interchange's pool endpoint: tcp://HOST:PORT (CurveZMQ), or ipc://PATH on its own node",
+    )
     parser.add_argument("--keys", required=True, help="the pool's CurveZMQ key file")
     parser.add_argument("--workers", type=int, default=0, help="worker processes (0: one per available CPU)")
     parser.add_argument("--block-id", default="0")

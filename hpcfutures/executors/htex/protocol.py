@@ -1,12 +1,15 @@
 """The HighThroughputExecutor's versioned wire format.
 
 Every message is a ZeroMQ multipart message whose first frame is one byte naming its kind.
-Routers (the interchange and the pool manager) read only the kind and a small fixed-layout
-header of packed structs; task and result payloads travel in later frames that routers
-forward untouched, never unpickled.
+Tasks and results travel in batches shaped alike:
 
-Tasks:   [TASKS, meta, payload frames…]   meta = TASK_META × n, each saying how many frames follow
-Results: [RESULTS, meta, payload frames…] meta = RESULT_META × n
+    [kind, meta, blob, out-of-band frames…]
+
+``meta`` packs one fixed-layout struct per item (TASK_META or RESULT_META).  ``blob`` is
+the items' main pickles laid end to end, each as long as its struct says; the out-of-band
+buffers of large arguments and results follow as frames of their own, in item order.  One
+batch costs a handful of frames however many tasks it holds, and the routers (interchange,
+pool manager) read only ``meta``: payloads are sliced and forwarded, never unpickled.
 Messages from a pool to the interchange carry the pool's cumulative credit (how many tasks
 it has ever been willing to accept) as a CREDIT struct in the frame after the kind.
 """
@@ -45,32 +48,45 @@ FAILED = 2  # payload: (exception, "") raised by the machinery: worker lost, wal
 CANCELLED = 3  # no payload: the task was cancelled before it started
 
 #: task id, priority, walltime in seconds (0 for none), times its worker or pool was lost,
-#: number of payload frames.
-TASK_META = struct.Struct("<QidBH")
-#: task id, status, seconds the function ran, number of payload frames.
-RESULT_META = struct.Struct("<QBdH")
+#: length of its main pickle, number of its out-of-band frames.
+TASK_META = struct.Struct("<QidBIH")
+#: task id, status, seconds the function ran, length of the main pickle, out-of-band frames.
+RESULT_META = struct.Struct("<QBdIH")
 #: cumulative count of tasks a pool is willing to have received.
 CREDIT = struct.Struct("<Q")
-#: one task id (cancel requests and replies are arrays of these, after a request id).
-TASK_ID = struct.Struct("<Q")
+
+Item = tuple[tuple[Any, ...], Any, list[Any]]  # (meta fields, main pickle, out-of-band frames)
 
 
-def iter_tasks(meta: bytes, frames: Sequence[Any], first: int) -> Iterator[tuple[tuple[int, int, float, int, int], list[Any]]]:
-    """Yield ``(meta tuple, payload frames)`` for each task of a TASKS-shaped message."""
-    pos = first
-    for fields in TASK_META.iter_unpack(meta):
-        count = fields[4]
-        yield fields, list(frames[pos : pos + count])
-        pos += count
+def split(layout: struct.Struct, meta: bytes, blob: Any, extra: Sequence[Any]) -> list[Item]:
+    """Cut a batch into items: ``(meta fields, main pickle slice, out-of-band frames)``.
+
+    ``blob`` should be a memoryview so that slicing does not copy.
+    """
+    items: list[Item] = []
+    offset = 0
+    frame = 0
+    for fields in layout.iter_unpack(meta):
+        size = fields[-2]
+        count = fields[-1]
+        items.append((fields, blob[offset : offset + size], list(extra[frame : frame + count]) if count else []))
+        offset += size
+        frame += count
+    return items
 
 
-def iter_results(meta: bytes, frames: Sequence[Any], first: int) -> Iterator[tuple[tuple[int, int, float, int], list[Any]]]:
-    """Yield ``(meta tuple, payload frames)`` for each result of a RESULTS-shaped message."""
-    pos = first
-    for fields in RESULT_META.iter_unpack(meta):
-        count = fields[3]
-        yield fields, list(frames[pos : pos + count])
-        pos += count
+def join(kind: bytes, layout: struct.Struct, items: Sequence[Item]) -> list[Any]:
+    """Build a batch message from items (the inverse of :func:`split`)."""
+    metas = []
+    mains = []
+    extra: list[Any] = []
+    pack = layout.pack
+    for fields, main, oob in items:
+        metas.append(pack(*fields))
+        mains.append(main)
+        if oob:
+            extra.extend(oob)
+    return [kind, b"".join(metas), b"".join(mains), *extra]
 
 
 def pack_ids(ids: Sequence[int]) -> bytes:

@@ -1,7 +1,9 @@
 """CurveZMQ keys for one executor, and the ZAP check that admits only their holders.
 
-Each executor makes three key pairs: the interchange's (server), the driver's and the
-pools'.  They are written to files readable only by their owner.  The interchange answers
+Each executor makes three key pairs (the interchange's, the driver's and the pools') and a
+random token, written to files readable only by their owner.  Pools on other nodes connect
+over TCP with CurveZMQ; the driver and pools on the interchange's own node connect through
+Unix sockets in a private directory and present the token.  The interchange answers
 ZeroMQ's authentication requests itself and admits a peer only if it presents the client key
 expected on that socket, so a process without the key files can neither register as a pool
 nor inject results.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,9 +60,11 @@ def create_keys(directory: Path) -> KeyFiles:
     server_public, server_secret = zmq.curve_keypair()
     driver_public, driver_secret = zmq.curve_keypair()
     pool_public, pool_secret = zmq.curve_keypair()
+    token = secrets.token_hex(32)
     _write_private(
         files.interchange,
         {
+            "token": token,
             "public": server_public.decode(),
             "secret": server_secret.decode(),
             "driver_public": driver_public.decode(),
@@ -67,7 +72,10 @@ def create_keys(directory: Path) -> KeyFiles:
         },
     )
     for path, public, secret in ((files.driver, driver_public, driver_secret), (files.pool, pool_public, pool_secret)):
-        _write_private(path, {"public": public.decode(), "secret": secret.decode(), "server": server_public.decode()})
+        _write_private(
+            path,
+            {"public": public.decode(), "secret": secret.decode(), "server": server_public.decode(), "token": token},
+        )
     return files
 
 

@@ -88,16 +88,17 @@ def worker_main(rank: int, endpoint: str, env: dict[str, str], parent_pid: int) 
 
 def _serve(sock: zmq.Socket) -> None:
     functions = LoadedFunctions()
-    queue: deque[tuple[tuple[int, int, float, int, int], list[Any]]] = deque()
-    result_meta: list[bytes] = []
-    result_frames: list[Any] = []
+    queue: deque[P.Item] = deque()
+    metas: list[bytes] = []
+    mains: list[Any] = []
+    extra: list[Any] = []
     first_unsent = 0.0
     pack = P.RESULT_META.pack
     while True:
         if not queue:
-            if result_meta:
-                sock.send_multipart([P.RESULTS, b"".join(result_meta), *result_frames], copy=False)
-                result_meta, result_frames = [], []
+            if metas:
+                sock.send_multipart([P.RESULTS, b"".join(metas), b"".join(mains), *extra], copy=False)
+                metas, mains, extra = [], [], []
             msg = sock.recv_multipart(copy=False)
         elif sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             msg = sock.recv_multipart(copy=False)
@@ -106,25 +107,26 @@ def _serve(sock: zmq.Socket) -> None:
         if msg is not None:
             kind = msg[0].bytes
             if kind == P.TASKS:
-                queue.extend(P.iter_tasks(msg[1].bytes, [f.buffer for f in msg], 2))
+                queue.extend(P.split(P.TASK_META, msg[1].bytes, msg[2].buffer, [f.buffer for f in msg[3:]]))
             elif kind == P.SHUTDOWN:
                 return
             continue
-        meta, frames = queue.popleft()
-        task_id = meta[0]
+        fields, main, oob = queue.popleft()
         try:
-            fn, args, kwargs = loads_call(frames, functions)
+            fn, args, kwargs = loads_call([main, *oob], functions)
         except BaseException as exc:  # noqa: BLE001
             error = SerializationError(f"the task could not be loaded on the worker: {exc!r}")
             status, out, elapsed = P.ERROR, dumps_exception(error), 0.0
         else:
-            del frames
+            del main, oob
             status, out, elapsed = _run_one(fn, args, kwargs)
             del fn, args, kwargs
-        if not result_meta:
+        if not metas:
             first_unsent = time.monotonic()
-        result_meta.append(pack(task_id, status, elapsed, len(out)))
-        result_frames.extend(out)
-        if len(result_meta) >= RESULT_FLUSH_COUNT or time.monotonic() - first_unsent >= RESULT_FLUSH_SECONDS:
-            sock.send_multipart([P.RESULTS, b"".join(result_meta), *result_frames], copy=False)
-            result_meta, result_frames = [], []
+        metas.append(pack(fields[0], status, elapsed, len(out[0]), len(out) - 1))
+        mains.append(out[0])
+        if len(out) > 1:
+            extra.extend(out[1:])
+        if len(metas) >= RESULT_FLUSH_COUNT or time.monotonic() - first_unsent >= RESULT_FLUSH_SECONDS:
+            sock.send_multipart([P.RESULTS, b"".join(metas), b"".join(mains), *extra], copy=False)
+            metas, mains, extra = [], [], []

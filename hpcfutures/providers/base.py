@@ -1,0 +1,204 @@
+"""The ExecutionProvider interface, and the job states and statuses every provider reports.
+
+A provider starts *blocks*: batch jobs (or local process groups) that each run one worker-pool
+command.  It knows nothing about tasks; the executor decides when to start or stop blocks and
+asks about all of its jobs in one :meth:`ExecutionProvider.status` call.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..errors import ConfigurationError
+from ..launchers.base import Launcher, SimpleLauncher
+
+#: How many trailing lines of a job's stdout and stderr a :class:`JobStatus` carries.
+TAIL_LINES = 20
+
+#: At most this many trailing bytes of a job's output file are read to build a tail.
+TAIL_BYTES = 16 * 1024
+
+
+class JobState(enum.Enum):
+    """Where a block's job stands, in the words every provider maps its scheduler's states to."""
+
+    PENDING = "pending"
+    """Queued; not running yet."""
+    RUNNING = "running"
+    COMPLETED = "completed"
+    """Ended with exit code 0."""
+    FAILED = "failed"
+    """Ended with a nonzero exit code or a signal, or the scheduler reports a failure."""
+    CANCELLED = "cancelled"
+    """Stopped by :meth:`ExecutionProvider.cancel` or by someone else (``scancel``, …)."""
+    TIMEOUT = "timeout"
+    """Killed by the scheduler because it reached its walltime."""
+    HELD = "held"
+    """Kept in the queue by the scheduler or an administrator; may run later."""
+    MISSING = "missing"
+    """The provider does not know the job (never submitted here, or forgotten by the scheduler)."""
+    UNKNOWN = "unknown"
+    """The scheduler reported a state that maps to none of the others."""
+
+    @property
+    def terminal(self) -> bool:
+        """Return True for states a job never leaves (it will not run, or run again)."""
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset(
+    {JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.TIMEOUT, JobState.MISSING}
+)
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """What a provider knows about one job.
+
+    ``exit_code`` follows :class:`subprocess.Popen`: a negative value ``-N`` means the job was
+    killed by signal ``N``, and ``message`` then names the signal.  The tails hold the last
+    lines of the job's stdout and stderr where the provider can read them, else ``""``.
+    """
+
+    state: JobState
+    exit_code: int | None = None
+    message: str = ""
+    stdout_tail: str = ""
+    stderr_tail: str = ""
+
+
+def _check_count(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigurationError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+class ExecutionProvider(abc.ABC):
+    """Starts, watches and stops blocks: jobs that each run one worker-pool command.
+
+    Attributes:
+        label: a short name for logs and job names.
+        init_blocks: blocks the executor starts when it starts.
+        min_blocks: blocks the executor keeps running even when idle.
+        max_blocks: blocks the executor never exceeds.
+        nodes_per_block: nodes each block asks for.
+        worker_init: shell lines run in the job script before the pool command (``module
+            load …``, ``source env/bin/activate``).
+        launcher: wraps the pool command so it runs on every node of the block.
+        script_dir: the directory where job scripts, stdout and stderr go.  The executor sets
+            it before the first :meth:`submit`; a provider may pick its own when it is None.
+
+    Subclasses implement :meth:`submit`, :meth:`status` and :meth:`cancel`, and override
+    :meth:`close` when they hold resources.  Every method may be called from any thread.
+    """
+
+    def __init__(
+        self,
+        *,
+        label: str,
+        init_blocks: int = 1,
+        min_blocks: int = 0,
+        max_blocks: int = 1,
+        nodes_per_block: int = 1,
+        worker_init: str = "",
+        launcher: Launcher | None = None,
+    ) -> None:
+        """Validate and store the settings every provider shares.
+
+        Raises:
+            ConfigurationError: a count is negative or not an integer, ``min_blocks`` exceeds
+                ``max_blocks``, ``nodes_per_block`` is below 1, or ``label``, ``worker_init``
+                or ``launcher`` has the wrong type.
+        """
+        if not isinstance(label, str) or not label:
+            raise ConfigurationError(f"label must be a non-empty string, got {label!r}")
+        _check_count("init_blocks", init_blocks, 0)
+        _check_count("min_blocks", min_blocks, 0)
+        _check_count("max_blocks", max_blocks, 0)
+        _check_count("nodes_per_block", nodes_per_block, 1)
+        if min_blocks > max_blocks:
+            raise ConfigurationError(
+                f"min_blocks ({min_blocks}) must not exceed max_blocks ({max_blocks}); "
+                f"raise max_blocks to at least {min_blocks} or lower min_blocks"
+            )
+        if not isinstance(worker_init, str):
+            raise ConfigurationError(
+                f"worker_init must be a string of shell lines, got {type(worker_init).__name__}; "
+                "join a list of commands with newlines"
+            )
+        if launcher is None:
+            launcher = SimpleLauncher()
+        elif not isinstance(launcher, Launcher):
+            raise ConfigurationError(f"launcher must be a hpcfutures.launchers.Launcher, got {launcher!r}")
+        self.label = label
+        self.init_blocks = init_blocks
+        self.min_blocks = min_blocks
+        self.max_blocks = max_blocks
+        self.nodes_per_block = nodes_per_block
+        self.worker_init = worker_init
+        self.launcher = launcher
+        self.script_dir: str | None = None
+
+    @abc.abstractmethod
+    def submit(self, command: str, tasks_per_node: int, job_name: str = "hpcfutures.block") -> str:
+        """Start one block that runs *command*, wrapped by the launcher, and return its job id.
+
+        Args:
+            command: the worker-pool command, one shell command line.
+            tasks_per_node: how many workers each node's pool runs; passed to the launcher.
+            job_name: a name for the job, used in file names and the scheduler's queue.
+
+        Raises:
+            OSError: the job script could not be written or started.
+        """
+
+    @abc.abstractmethod
+    def status(self, job_ids: Sequence[str]) -> list[JobStatus]:
+        """Return the status of each job in *job_ids*, in order, asking the scheduler once.
+
+        An id the provider does not know gets :attr:`JobState.MISSING`; this never raises
+        for an unknown or finished job.
+        """
+
+    @abc.abstractmethod
+    def cancel(self, job_ids: Sequence[str]) -> list[bool]:
+        """Stop each job in *job_ids* and return, in order, whether it is now stopped.
+
+        Jobs that already ended are tolerated (True); unknown ids give False.  Returns in
+        bounded time.
+        """
+
+    def close(self) -> None:
+        """Release what the provider holds.  The default does nothing."""
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(label={self.label!r}, init_blocks={self.init_blocks}, "
+            f"min_blocks={self.min_blocks}, max_blocks={self.max_blocks}, "
+            f"nodes_per_block={self.nodes_per_block})"
+        )
+
+
+def read_tail(path: str | os.PathLike[str], lines: int = TAIL_LINES, max_bytes: int = TAIL_BYTES) -> str:
+    """Return the last *lines* lines of the text file at *path*, reading at most *max_bytes*.
+
+    Returns ``""`` when the file is missing or unreadable.  Undecodable bytes are replaced, so
+    a binary crash dump cannot make this raise.
+    """
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            start = max(0, size - max_bytes)
+            f.seek(start)
+            data = f.read(max_bytes)
+    except OSError:
+        return ""
+    text = data.decode("utf-8", errors="replace")
+    parts = text.splitlines()
+    if start > 0 and len(parts) > 1:
+        parts = parts[1:]  # the first line was cut by the byte limit
+    return "\n".join(parts[-lines:])

@@ -164,7 +164,12 @@ class ExecutorView(Executor):
         backend._check_options(options)
         self._backend = backend
         self._options = options
-        self._lock = threading.Lock()  # guards _closed and _futures
+        # Held across the backend's submit so that shutdown() cannot slip between the check of
+        # _closed and the registration of the new future.  Must be held while setting _closed.
+        self._submit_lock = threading.Lock()
+        # Guards _futures.  Never held while calling the backend: done callbacks take it, and a
+        # backend may run them while holding its own lock (the stdlib pools do when they cancel).
+        self._lock = threading.Lock()
         self._closed = False
         self._futures: set[Future[Any]] = set()
 
@@ -181,11 +186,12 @@ class ExecutorView(Executor):
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """Schedule ``fn(*args, **kwargs)`` on the backend with this view's settings."""
-        with self._lock:
+        with self._submit_lock:
             if self._closed:
                 raise RuntimeError("cannot schedule new futures after this options() view was shut down")
             fut = self._backend._submit_with_options(self._options, fn, args, kwargs)
-            self._futures.add(fut)
+            with self._lock:
+                self._futures.add(fut)
         fut.add_done_callback(self._forget)
         return fut
 
@@ -199,7 +205,7 @@ class ExecutorView(Executor):
         """Like ``Executor.map``, with the view's settings on every task."""
         backend_map = getattr(self._backend, "_map_with_options", None)
         if backend_map is not None:
-            with self._lock:
+            with self._submit_lock:
                 if self._closed:
                     raise RuntimeError("cannot schedule new futures after this options() view was shut down")
             return backend_map(self._options, fn, iterables, timeout, chunksize, self._futures_hook)
@@ -212,13 +218,16 @@ class ExecutorView(Executor):
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Close the view; with ``wait`` block until its own tasks are done."""
-        with self._lock:
+        with self._submit_lock:
             self._closed = True
-            pending = list(self._futures)
+            with self._lock:
+                pending = list(self._futures)
         if cancel_futures:
             for fut in pending:
                 fut.cancel()
         if wait:
             from concurrent.futures import wait as wait_all
 
-            wait_all(pending)
+            # Skip cancelled futures: wait() counts one as done only once the backend has
+            # called set_running_or_notify_cancel() on it, which may be never.
+            wait_all([fut for fut in pending if not fut.cancelled()])

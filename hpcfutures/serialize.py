@@ -21,7 +21,7 @@ import cloudpickle
 
 from .errors import RemoteError, RemoteTraceback, SerializationError
 
-#: Top-level ``bytes`` arguments at least this large travel out of band.
+#: Top-level ``bytes`` and ``bytearray`` arguments at least this large travel out of band.
 OUT_OF_BAND_THRESHOLD = 64 * 1024
 
 _FUNCTION_CACHE_SIZE = 2048
@@ -34,12 +34,24 @@ def _rebuild_bytes(buffer: Any) -> bytes:
     return bytes(buffer)
 
 
-def _rebuild_memoryview(buffer: Any) -> memoryview:
-    return memoryview(buffer)
+def _rebuild_bytearray(buffer: Any) -> bytearray:
+    return bytearray(buffer)
+
+
+def _rebuild_memoryview(buffer: Any, fmt: str = "B", shape: tuple[int, ...] | None = None) -> memoryview:
+    view = memoryview(buffer)
+    if view.format == fmt and (shape is None or view.shape == shape):
+        return view
+    # Off the wire the buffer is plain bytes: give the view back its item format and shape.
+    try:
+        flat: Any = view.cast("B")  # Any: typeshed wants the format as a literal
+        return flat.cast(fmt) if shape is None else flat.cast(fmt, shape)
+    except (TypeError, ValueError):
+        return view  # a format cast() cannot make (non-native): the raw bytes are all we have
 
 
 class _OutOfBand:
-    """Wraps a top-level ``bytes`` or ``memoryview`` so that pickle sends it out of band."""
+    """Wraps a top-level ``bytes``, ``bytearray`` or ``memoryview`` so that pickle sends it out of band."""
 
     __slots__ = ("data", "rebuild")
 
@@ -48,19 +60,27 @@ class _OutOfBand:
         self.rebuild = rebuild
 
     def __reduce_ex__(self, protocol: Any) -> Any:
+        if self.rebuild is _rebuild_memoryview:
+            return self.rebuild, (pickle.PickleBuffer(self.data), self.data.format, self.data.shape)
         return self.rebuild, (pickle.PickleBuffer(self.data),)
 
 
-_WRAPPED_TYPES = frozenset({bytes, memoryview})
+_WRAPPED_TYPES = frozenset({bytes, bytearray, memoryview})
 
 
 def _wrap(value: Any) -> Any:
     kind = type(value)
     if kind is bytes and len(value) >= OUT_OF_BAND_THRESHOLD:
         return _OutOfBand(value, _rebuild_bytes)
+    if kind is bytearray and len(value) >= OUT_OF_BAND_THRESHOLD:  # pickle 5 keeps these in band
+        return _OutOfBand(value, _rebuild_bytearray)
     if kind is memoryview:
         if not value.c_contiguous:
-            value = memoryview(value.tobytes())
+            flat = memoryview(value.tobytes())
+            try:
+                value = flat.cast(value.format, value.shape)
+            except (TypeError, ValueError):
+                value = flat
         return _OutOfBand(value, _rebuild_memoryview)
     return value
 
@@ -209,8 +229,25 @@ def dumps_exception(exc: BaseException) -> list[Buffer]:
         pickle.loads(frames[0], buffers=frames[1:])  # an exception may pickle yet fail to load
         return frames
     except Exception:
-        stand_in = RemoteError(f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc))
+        stand_in = _RemoteErrorStandIn(f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc))
         return dumps((stand_in, tb))
+
+
+class _RemoteErrorStandIn:
+    """Pickles as a call that makes a :class:`RemoteError`.
+
+    A RemoteError's own pickle cannot be loaded: Exception pickles ``self.args`` (one
+    string), but ``RemoteError.__init__`` takes two arguments.
+    """
+
+    __slots__ = ("message", "type_name")
+
+    def __init__(self, type_name: str, message: str):
+        self.type_name = type_name
+        self.message = message
+
+    def __reduce__(self) -> Any:
+        return RemoteError, (self.type_name, self.message)
 
 
 def loads_exception(frames: Sequence[Buffer]) -> BaseException:

@@ -1,9 +1,9 @@
 """Implements ThreadExecutor: the stdlib thread pool plus ``options()`` and task priorities.
 
-A plain ``submit`` is the stdlib's own code path, item for item: work goes straight into the
-C ``SimpleQueue``.  Only a submit with a non-zero priority (made through
-``ex.options(priority=...)``) takes the slower path through a heap, and workers consult the
-heap only while it holds something.
+While no task with a non-zero priority is queued, a submit is the stdlib's own code path:
+work goes straight into the C ``SimpleQueue`` and workers take it from there.  Only while a
+prioritized task (submitted through ``ex.options(priority=...)``) is queued do submits and
+workers go through a heap.
 """
 
 from __future__ import annotations
@@ -12,46 +12,59 @@ import heapq
 import itertools
 import queue
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import thread as _thread
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import ConfigurationError
 from ..resources import DEFAULT_OPTIONS, ExecutorView, Resources, TaskOptions, reject_unsupported
 
 __all__ = ["ThreadExecutor"]
 
-# Stands in the FIFO for one entry of the heap: whoever takes it pops the heap's best entry.
+# Stands in the FIFO for one heap entry: whoever takes it pops the heap's best entry.
 _HEAP_TOKEN = object()
 
 
 class _WorkQueue:
-    """The pool's work queue: a FIFO for priority-0 items and a heap for the others.
+    """The pool's work queue: a FIFO while every queued item has priority 0, else a heap too.
 
-    Each heap entry has one token in the FIFO, so the blocking ``get`` of the stdlib worker
-    loop wakes for heap entries too, and ``None`` sentinels (always put into the FIFO after
-    every work item, since nothing is submitted after shutdown) come out after all work.
-    When a worker takes a plain item while the heap holds something that should run first
-    (higher priority, or an older plain item parked there earlier), it parks the plain item
-    in the heap with priority 0 and runs the heap's best entry instead; the heap keeps its
-    size, so entries and tokens stay one to one.
+    While no item of another priority is queued, ``put`` *is* ``SimpleQueue.put`` and the
+    pool runs exactly as the stdlib's.  Once one is, ``put`` switches to pushing onto a heap
+    of ``(-priority, seq, item)`` until the heap drains.  Every heap entry has one token in
+    the FIFO, so the stdlib worker loop's blocking ``get`` wakes for it, and the ``None``
+    sentinels (put into the FIFO after every work item, since nothing is submitted after
+    shutdown) come out last.  A plain item that was already in the FIFO when the heap filled
+    is older than any plain item in the heap: when a worker takes it while the heap holds
+    something better, it is parked in the heap ahead of the heap's own priority-0 items.
     """
+
+    put: Callable[[Any], None]
 
     def __init__(self) -> None:
         fifo: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._fifo = fifo
-        # The plain-submit path: the C queue's own method, no Python frame in between.
-        self.put = fifo.put
         self._fifo_get = fifo.get
-        # Entries are (-priority, sequence number, work item): the smallest runs first.
+        self.put = fifo.put
         self._heap: list[tuple[int, int, Any]] = []
-        self._lock = threading.Lock()  # Must be held while mutating _heap or drawing from _seq.
         self._seq = itertools.count()
+        # Parked items sort before every item pushed directly, in the order they were parked.
+        self._parked_seq = itertools.count(-(1 << 62))
+        self._lock = threading.Lock()  # Must be held while mutating _heap or rebinding put.
 
     def put_priority(self, item: Any, priority: int) -> None:
-        """Queue ``item`` to run before every item of lower priority."""
+        """Queue ``item`` to run before every queued item of lower priority."""
         with self._lock:
             heapq.heappush(self._heap, (-priority, next(self._seq), item))
+            self.put = self._put_behind_heap
+        self._fifo.put(_HEAP_TOKEN)
+
+    def _put_behind_heap(self, item: Any) -> None:
+        if item is None:
+            self._fifo.put(None)
+            return
+        with self._lock:
+            heapq.heappush(self._heap, (0, next(self._seq), item))
         self._fifo.put(_HEAP_TOKEN)
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
@@ -67,12 +80,15 @@ class _WorkQueue:
 
     def _reorder(self, item: Any) -> Any:
         with self._lock:
+            heap = self._heap
             if item is _HEAP_TOKEN:
-                return heapq.heappop(self._heap)[2]
-            if item is None:
-                return None
-            # Returns the plain item itself when the heap's best entry has negative priority.
-            return heapq.heappushpop(self._heap, (0, next(self._seq), item))[2]
+                item = heapq.heappop(heap)[2]
+            elif item is not None:
+                # Returns the item itself if the heap's best entry has a negative priority.
+                item = heapq.heappushpop(heap, (0, next(self._parked_seq), item))[2]
+            if not heap:
+                self.put = self._fifo.put
+            return item
 
     def qsize(self) -> int:
         """Return the approximate number of queued items (sentinels included)."""
@@ -88,7 +104,8 @@ class ThreadExecutor(_thread.ThreadPoolExecutor):
 
     It honours ``priority`` (higher runs first, submission order among equals) and rejects
     ``walltime`` and non-default :class:`~hpcfutures.Resources`, since a thread can neither
-    be stopped nor placed; :class:`~hpcfutures.HighThroughputExecutor` can do both.
+    be stopped nor given cores of its own; :class:`~hpcfutures.HighThroughputExecutor`
+    enforces walltime.
     """
 
     _work_queue: Any  # a _WorkQueue, which the stdlib machinery uses like its SimpleQueue
@@ -131,7 +148,11 @@ class ThreadExecutor(_thread.ThreadPoolExecutor):
         self._work_queue = _WorkQueue()
 
     def options(
-        self, *, resources: Resources | None = None, walltime: float | None = None, priority: int | None = None
+        self,
+        *,
+        resources: Resources | None = None,
+        walltime: float | None = None,
+        priority: int | None = None,
     ) -> ExecutorView:
         """Return an Executor view whose submits carry these settings.
 
@@ -153,14 +174,14 @@ class ThreadExecutor(_thread.ThreadPoolExecutor):
             options,
             walltime=True,
             priority=True,
-            hint="Use HighThroughputExecutor, which places each task on a worker with the resources it declares.",
+            hint="Size the task to one core, or run it on a backend that places tasks by their Resources.",
         )
         reject_unsupported(
             "ThreadExecutor",
             options,
             resources=True,
             priority=True,
-            hint="Use HighThroughputExecutor, which enforces walltime by stopping the task's worker.",
+            hint="Use HighThroughputExecutor, which enforces walltime by killing the task's worker.",
         )
 
     def _submit_with_options(

@@ -6,6 +6,12 @@ One line in a test module runs every check against a backend::
 
     TestMyExecutor = conformance_suite(lambda: MyExecutor(max_workers=2), workers=2)
 
+or, to override a check or the ``timeout``, subclass :class:`ExecutorConformance`::
+
+    class TestMyExecutor(ExecutorConformance):
+        factory = staticmethod(make_my_executor)
+        workers = 2
+
 Each test makes a fresh executor from the factory and shuts it down afterwards.  Tasks may
 run in other processes: they are module-level functions of :mod:`hpcfutures.testing.tasks`,
 picklable :class:`~hpcfutures.testing.Gate` / :class:`~hpcfutures.testing.Recorder`
@@ -21,6 +27,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import (
     FIRST_COMPLETED,
     FIRST_EXCEPTION,
@@ -30,7 +37,7 @@ from concurrent.futures import (
     as_completed,
     wait,
 )
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -47,7 +54,7 @@ def _call_within(timeout: float, what: str, fn: Callable[..., Any], *args: Any, 
     def target() -> None:
         try:
             outcome["value"] = fn(*args, **kwargs)
-        except BaseException as exc:  # re-raised in the test's thread below
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread below
             outcome["error"] = exc
 
     thread = threading.Thread(target=target, name=f"conformance: {what}", daemon=True)
@@ -61,10 +68,28 @@ def _call_within(timeout: float, what: str, fn: Callable[..., Any], *args: Any, 
 
 
 class ExecutorConformance:
-    """The checks every backend must pass; :func:`conformance_suite` makes a pytest class of it.
+    """The checks every backend must pass, as a pytest class to subclass.
 
-    Subclass the class it returns to change ``timeout`` or to skip a check that a backend
-    documents as unsupported (for example lambdas on a plain-pickle backend).
+    A subclass named ``Test…`` sets ``factory`` (as a staticmethod) and ``workers``, and may
+    change ``timeout`` or ``queued_tasks``, or override a check that its backend documents
+    as unsupported (lambdas on a plain-pickle backend, say).  :func:`conformance_suite` makes
+    such a subclass in one call.
+
+    What a backend must do to pass, beyond the stdlib's documented semantics:
+
+    - run ``workers`` tasks at once, each on its own worker, and start queued tasks as
+      workers free up;
+    - mark a future running (``set_running_or_notify_cancel``) no later than when its task
+      starts, so that ``cancel()`` of a started task returns False; and keep fewer than
+      ``queued_tasks`` tasks buffered beyond the busy workers, so the last one queued can
+      still be cancelled;
+    - return plain ``concurrent.futures.Future`` objects (or subclasses that keep its
+      waiter machinery), since the checks use ``wait`` and ``as_completed``;
+    - let its tasks open loopback TCP connections to the test process (the Gate and the
+      Recorder), and unpickle functions of :mod:`hpcfutures.testing.tasks` by reference;
+    - let running tasks finish on ``shutdown(cancel_futures=True)``: only queued ones are
+      cancelled;
+    - accept ``shutdown()`` more than once (each test's teardown shuts down again).
     """
 
     #: Makes a fresh executor for each test.
@@ -198,9 +223,9 @@ class ExecutorConformance:
         done, not_done = wait(futures, timeout=self.timeout)
         assert not not_done and done == set(futures)
 
-        failing = executor.submit(raise_error, "first")
+        failing: Future[Any] = executor.submit(raise_error, "first")
         failing.exception(timeout=self.timeout)
-        blocked = executor.submit(gate.wait)
+        blocked: Future[Any] = executor.submit(gate.wait)
         gate.wait_entered(1, self.timeout)
 
         done, not_done = wait([failing, blocked], timeout=self.timeout, return_when=FIRST_COMPLETED)
@@ -254,7 +279,12 @@ class ExecutorConformance:
         failing = executor.submit(raise_error, "x")
         failed_calls: list[Future[Any]] = []
         failed = threading.Event()
-        failing.add_done_callback(lambda f: (failed_calls.append(f), failed.set()))
+
+        def failed_callback(fut: Future[Any]) -> None:
+            failed_calls.append(fut)
+            failed.set()
+
+        failing.add_done_callback(failed_callback)
         assert failed.wait(self.timeout)
 
         self._shutdown(executor)
@@ -300,7 +330,9 @@ class ExecutorConformance:
         gate.open()
         shutting_down.join(self.timeout)
         assert not shutting_down.is_alive(), f"shutdown(wait=True) did not return within {self.timeout} s"
-        assert all(f.done() for f in blockers + queued), "shutdown(wait=True) returned before its tasks were done"
+        assert all(f.done() for f in blockers + queued), (
+            "shutdown(wait=True) returned before its tasks were done"
+        )
         assert [f.result(timeout=0) for f in queued] == [i * i for i in range(10)]
 
     def test_shutdown_cancel_futures(self, executor: Executor, gate: Gate, recorder: Recorder) -> None:
@@ -309,12 +341,21 @@ class ExecutorConformance:
         queued = [executor.submit(recorder.record, i) for i in range(n)]
 
         _call_within(
-            self.timeout, "shutdown(wait=False, cancel_futures=True)", executor.shutdown, wait=False, cancel_futures=True
+            self.timeout,
+            "shutdown(wait=False, cancel_futures=True)",
+            executor.shutdown,
+            wait=False,
+            cancel_futures=True,
         )
-        # The stdlib process pool cancels from its manager thread, so give it time.
-        wait([queued[-1]], timeout=self.timeout)
+        # The stdlib process pool cancels from its manager thread, so wait for it; not with
+        # wait(), which ignores a future cancelled without set_running_or_notify_cancel().
+        last_done = threading.Event()
+        queued[-1].add_done_callback(lambda _: last_done.set())
+        last_done.wait(self.timeout)
         assert queued[-1].cancelled(), "shutdown(cancel_futures=True) did not cancel the last queued task"
-        assert not any(b.cancelled() for b in blockers), "shutdown(cancel_futures=True) cancelled a running task"
+        assert not any(b.cancelled() for b in blockers), (
+            "shutdown(cancel_futures=True) cancelled a running task"
+        )
 
         gate.open()
         for b in blockers:
@@ -344,10 +385,9 @@ class ExecutorConformance:
             assert all(f.done() for f in futures), "leaving the with block must wait for tasks"
             with pytest.raises(RuntimeError):
                 ex.submit(square, 1)
-            with pytest.raises(ConformanceError):
-                with type(self).factory() as ex2:
-                    futures.append(ex2.submit(square, 10))
-                    raise ConformanceError("inside the with block")
+            with pytest.raises(ConformanceError), type(self).factory() as ex2:
+                futures.append(ex2.submit(square, 10))
+                raise ConformanceError("inside the with block")
             return futures
 
         futures = _call_within(self.timeout, "using the executor as a context manager", body)
@@ -384,7 +424,7 @@ class ExecutorConformance:
     def test_many_small_tasks(self, executor: Executor) -> None:
         n = 2000
         futures = [executor.submit(square, i) for i in range(n)]
-        done, not_done = wait(futures, timeout=self.timeout)
+        _, not_done = wait(futures, timeout=self.timeout)
         assert not not_done, f"{len(not_done)} of {n} tasks were not done within {self.timeout} s"
         assert [f.result() for f in futures] == [i * i for i in range(n)]
 
@@ -394,7 +434,8 @@ def conformance_suite(
 ) -> type[ExecutorConformance]:
     """Return a pytest test class that checks an Executor backend against the stdlib's semantics.
 
-    Bind the result to a ``Test…`` name in a test module so pytest collects it.
+    Bind the result to a ``Test…`` name in a test module so pytest collects it; see
+    :class:`ExecutorConformance` for what the backend must do to pass.
 
     Args:
         factory: called with no arguments to make a fresh executor for each test.
@@ -417,6 +458,5 @@ def conformance_suite(
         "workers": workers,
         "__module__": caller,
         "__qualname__": cls_name,
-        "__test__": True,
     }
     return type(cls_name, (ExecutorConformance,), namespace)

@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Any
 
-__all__ = ["Gate", "Recorder", "GateWait", "RecordCall"]
+__all__ = ["Gate", "GateWait", "RecordCall", "Recorder"]
 
 Address = tuple[str, int]
 
@@ -132,7 +132,7 @@ class GateWait:
             with conn:
                 try:
                     conn.recv(1)  # b"O" when opened, b"" when the gate was closed
-                except socket.timeout:
+                except TimeoutError:
                     raise TimeoutError(
                         f"the Gate at {self.address[0]}:{self.address[1]} was not opened within "
                         f"{self.timeout} s"

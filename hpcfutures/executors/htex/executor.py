@@ -91,21 +91,23 @@ def _tail(path: Path, limit: int = 4000) -> str:
 
 
 class _Block:
-    __slots__ = ("block_id", "job_id", "registered", "ended", "cancelled")
+    __slots__ = ("block_id", "job_id", "registered", "ended", "cancelled", "lost")
 
     def __init__(self, block_id: str, job_id: str):
         self.block_id = block_id
         self.job_id = job_id
         self.registered = False
         self.ended = False
-        self.cancelled = False
+        self.cancelled = False  # we cancelled it
+        self.lost = False  # its pool went silent, so we cancelled it and want a replacement
 
 
 class HtexFuture(Future[Any]):
     """A Future whose ``cancel()`` reaches the interchange: a task still queued there is removed.
 
-    ``cancel()`` returns True only when the task is guaranteed never to run.  A task already
-    handed to a worker pool counts as started, as with the stdlib's process pool.
+    ``cancel()`` returns True only when the task is guaranteed never to run.  A task counts
+    as started (``running()`` is True) once the interchange hands it to a worker pool, as
+    the stdlib's process pool counts tasks in its call queue.
     """
 
     def __init__(self, executor: HighThroughputExecutor, task_id: int):
@@ -232,6 +234,7 @@ class HighThroughputExecutor(Executor):
         self._cancel_requests: dict[bytes, tuple[threading.Event, list[HtexFuture]]] = {}
         self._cancel_counter = itertools.count(1)
         self.pools: dict[str, dict[str, Any]] = {}
+        self._ports: dict[str, int] | None = None
         self._force_tcp = False  # tests: make local pools take the remote (CurveZMQ) path
 
     # -- public API ----------------------------------------------------------------------------
@@ -290,6 +293,22 @@ class HighThroughputExecutor(Executor):
         thread = self._io_thread
         if thread is not None and thread is not threading.current_thread():
             thread.join()
+
+    @property
+    def endpoints(self) -> dict[str, str]:
+        """Where worker pools connect: ``tcp`` (CurveZMQ) and, on this node, ``ipc``.
+
+        Empty until the executor has started (at the first submit).
+        """
+        if self._ports is None:
+            return {}
+        host = self.address if self.address not in ("0.0.0.0", "*", "::") else socket.gethostname()
+        return {"tcp": f"tcp://{host}:{self._ports['pool_port']}", "ipc": f"ipc://{self._ipc_dir}/pools"}
+
+    @property
+    def key_dir(self) -> Path | None:
+        """The directory holding this executor's key files (owner-only), once started."""
+        return self._keys.directory if self._ports is not None else None
 
     # -- submitting ----------------------------------------------------------------------------
 
@@ -472,11 +491,7 @@ class HighThroughputExecutor(Executor):
 
     def _start_block(self) -> None:
         block_id = str(next(self._block_counter))
-        if self._pools_are_local():
-            address = f"ipc://{self._ipc_dir}/pools"
-        else:
-            pool_host = self.address if self.address not in ("0.0.0.0", "*", "::") else socket.gethostname()
-            address = f"tcp://{pool_host}:{self._ports['pool_port']}"
+        address = self.endpoints["ipc" if self._pools_are_local() else "tcp"]
         cmd = [
             sys.executable, "-m", "hpcfutures.executors.htex.pool",
             "--addr", address,
@@ -572,6 +587,12 @@ class HighThroughputExecutor(Executor):
         kind = msg[0].bytes
         if kind == P.RESULTS:
             self._on_results(msg)
+        elif kind == P.STARTED:
+            pending = self._pending
+            for task_id in P.unpack_ids(msg[1].bytes):
+                fut = pending.get(task_id)
+                if fut is not None and not fut.running():
+                    fut.set_running_or_notify_cancel()
         elif kind == P.CANCEL_REPLY:
             waiting = self._cancel_requests.pop(msg[1].bytes, None)
             for task_id in P.unpack_ids(msg[2].bytes):
@@ -621,6 +642,9 @@ class HighThroughputExecutor(Executor):
             self._pools_connected -= 1
             self.pools.pop(str(event.get("pool")), None)
             logger.warning("worker pool %s lost: %s", event.get("pool"), event.get("reason"))
+            if block is not None and not block.ended:
+                block.cancelled = block.lost = True  # a silent pool may be hung: end its block
+                self.provider.cancel([block.job_id])
         elif kind == "pool_rejected":
             if self._pools_connected == 0:
                 self._fail_all(VersionMismatchError(event.get("reason", "a worker pool was rejected")))
@@ -652,7 +676,7 @@ class HighThroughputExecutor(Executor):
             if not status.state.terminal:
                 continue
             block.ended = True
-            if block.cancelled or self._shutdown:
+            if (block.cancelled and not block.lost) or self._shutdown:
                 continue
             how = status.message or f"ended as {status.state.name}"
             if not block.registered:

@@ -91,6 +91,7 @@ class Interchange:
         self.driver_pid = args.driver_pid
         self.running = True
         self.refused = 0
+        self.started: list[int] = []
         self.to_driver_meta: list[bytes] = []
         self.to_driver_mains: list[Any] = []
         self.to_driver_extra: list[Any] = []
@@ -241,6 +242,7 @@ class Interchange:
                 _p, seq, item = heapq.heappop(queue)
                 items.append(item)
                 outstanding[item[0][0]] = (seq, item)
+                self.started.append(item[0][0])
                 room -= 1
             pool.sent += len(items)
             self.send_pool(pool, P.join(P.TASKS, P.TASK_META, items))
@@ -307,6 +309,9 @@ class Interchange:
                     logger.warning("the driver process is gone; shutting down")
                     self.running = False
             self.dispatch()
+            if self.started:
+                client.send_multipart([P.STARTED, P.pack_ids(self.started)])
+                self.started = []
             if self.to_driver_meta:
                 client.send_multipart(
                     [P.RESULTS, b"".join(self.to_driver_meta), b"".join(self.to_driver_mains),

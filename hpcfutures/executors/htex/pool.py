@@ -95,7 +95,7 @@ class PoolManager:
         self.received = 0
         self.credit_sent = 0
         self.runtime_ewma = 0.0
-        self.depth = 2
+        self.depth = 1  # tasks per worker; grows once results show the tasks are short
         self.lost_task_retries = 2
         self.heartbeat_period = args.heartbeat_period
         self.heartbeat_threshold = args.heartbeat_threshold

@@ -40,6 +40,7 @@ CANCEL_REPLY = b"C"
 SHUTDOWN = b"x"
 INIT_FAILED = b"F"
 READY = b"w"
+STARTED = b"s"  # interchange -> driver: these tasks went to a pool and can no longer be cancelled
 
 # Result statuses.
 OK = 0  # payload: the return value

@@ -1,0 +1,70 @@
+"""Shared helpers for the HighThroughputExecutor tests: process accounting and attackers."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import psutil
+import zmq
+
+from hpcfutures import HighThroughputExecutor
+from hpcfutures.executors.htex import protocol as P
+
+
+def descendants() -> set[int]:
+    """The pids of every live process below this one."""
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def assert_all_gone(pids: set[int], timeout: float = 15.0) -> None:
+    """Wait for every process in ``pids`` to end (zombies count as ended), then check."""
+    procs = []
+    for pid in pids:
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+    _gone, alive = psutil.wait_procs(procs, timeout=timeout)
+    still = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not still, f"processes left behind: {[(p.pid, p.cmdline()) for p in still]}"
+
+
+def pool_key(ex: HighThroughputExecutor) -> dict[str, str]:
+    """Read the pool key file of a started executor (what a legitimate remote pool holds)."""
+    assert ex.key_dir is not None
+    return json.loads((Path(ex.key_dir) / "pool.json").read_text())
+
+
+def fake_pool(endpoint: str, *, curve: dict[str, str] | None = None, **info: Any) -> tuple[zmq.Context, zmq.Socket]:
+    """Connect a raw socket as a would-be pool and send a registration carrying ``info``."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    if curve is not None:
+        sock.curve_publickey = curve["public"].encode()
+        sock.curve_secretkey = curve["secret"].encode()
+        sock.curve_serverkey = curve["server"].encode()
+    sock.connect(endpoint)
+    registration = {"pool_id": "intruder", "block_id": "x", "workers": 1, "host": "nowhere", "pid": os.getpid(),
+                    "protocol": P.PROTOCOL_VERSION, "python": P.python_version()}
+    from hpcfutures import __version__
+
+    registration["hpcfutures"] = __version__
+    registration.update(info)
+    sock.send_multipart([P.REGISTER, P.CREDIT.pack(100), json.dumps(registration).encode()])
+    return ctx, sock
+
+
+def fake_results(sock: zmq.Socket, task_ids: list[int], value: Any) -> None:
+    """Send results for ``task_ids`` as if this socket were a pool."""
+    from hpcfutures.serialize import dumps
+
+    items = []
+    for task_id in task_ids:
+        frames = dumps(value)
+        items.append(((task_id, P.OK, 0.0, len(frames[0]), 0), frames[0], []))
+    msg = P.join(P.RESULTS, P.RESULT_META, items)
+    sock.send_multipart([msg[0], P.CREDIT.pack(100), *msg[1:]])

@@ -8,6 +8,13 @@ it is re-raised with its original type and the remote traceback attached as its 
 from __future__ import annotations
 
 from concurrent.futures import BrokenExecutor
+from typing import Any
+
+
+def _rebuild(cls: type[BaseException], args: tuple[Any, ...], fields: dict[str, Any]) -> BaseException:
+    """Unpickle an error whose constructor takes keyword-only fields besides its message."""
+    error = cls(*args, **fields)
+    return error
 
 
 class HpcFuturesError(Exception):
@@ -46,6 +53,9 @@ class PoolStartError(BrokenExecutorError):
         self.exit_code = exit_code
         self.stderr_tail = stderr_tail
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild, (type(self), self.args, {"exit_code": self.exit_code, "stderr_tail": self.stderr_tail})
+
 
 class InterchangeLostError(BrokenExecutorError):
     """The interchange process died; every task it held fails with this error."""
@@ -54,6 +64,9 @@ class InterchangeLostError(BrokenExecutorError):
         super().__init__(message)
         self.exit_code = exit_code
         self.stderr_tail = stderr_tail
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild, (type(self), self.args, {"exit_code": self.exit_code, "stderr_tail": self.stderr_tail})
 
 
 class VersionMismatchError(ExecutorError):
@@ -71,6 +84,9 @@ class WorkerLostError(TaskError):
         super().__init__(message)
         self.exit_code = exit_code
         self.signal_name = signal_name
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild, (type(self), self.args, {"exit_code": self.exit_code, "signal_name": self.signal_name})
 
 
 class PoolLostError(TaskError):
@@ -98,3 +114,7 @@ class RemoteError(TaskError):
     def __init__(self, type_name: str, message: str):
         super().__init__(f"{type_name}: {message}")
         self.type_name = type_name
+        self.message = message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return RemoteError, (self.type_name, self.message)

@@ -37,7 +37,7 @@ def htex():
     ex = HighThroughputExecutor(max_workers=2)
     yield ex
     ours = descendants() - before
-    ex.shutdown(wait=False, cancel_futures=True)
+    ex.terminate()
     assert_all_gone(ours)
 
 

@@ -67,7 +67,7 @@ _live_executors: weakref.WeakSet[HighThroughputExecutor] = weakref.WeakSet()
 @atexit.register
 def _stop_all_at_exit() -> None:
     for executor in list(_live_executors):
-        executor.shutdown(wait=False, cancel_futures=True)
+        executor.terminate()
 
 
 def _free_port(address: str) -> int:
@@ -227,6 +227,7 @@ class HighThroughputExecutor(Executor):
         self._stop_when_idle = False
         self._kill_on_stop = False
         self._stopped = threading.Event()
+        self._io_closed = False  # the wake pipe is closed; set under _lock
         self._blocks: dict[str, _Block] = {}
         self._block_counter = itertools.count()
         self._replacements = 0
@@ -267,29 +268,47 @@ class HighThroughputExecutor(Executor):
         return self._map_with_options(DEFAULT_OPTIONS, fn, iterables, timeout, chunksize, None)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stop accepting tasks and release the interchange, pools and workers.
+        """Stop accepting tasks; release the interchange, pools and workers once tasks are done.
 
-        ``wait=True`` waits for submitted tasks to finish first (with ``cancel_futures``,
-        only for those already handed to a pool).  ``wait=False`` returns at once and lets
-        them finish in the background, unless ``cancel_futures`` is also given: then queued
-        tasks are cancelled, running ones are stopped (their futures fail with
-        :class:`~hpcfutures.ExecutorShutdownError`) and every process is gone on return.
+        As in the stdlib: ``wait=True`` returns after every submitted task has finished and
+        every process of the executor is gone; ``wait=False`` returns at once and the
+        release happens in the background when the last task finishes (or at interpreter
+        exit, which calls :meth:`terminate`).  ``cancel_futures=True`` cancels the tasks
+        not yet handed to a worker pool.  To stop running tasks too, use :meth:`terminate`.
         """
         with self._lock:
             self._shutdown = True
         if not self._started:
             self._release_provider()
             return
+        if self._stopped.is_set():
+            return
         if cancel_futures:
             self._cancel(list(self._pending.values()), everything=True)
-        if wait:
-            wait_futures(list(self._pending.values()))
-            self._request_stop(kill=False)
-        elif cancel_futures:
-            self._request_stop(kill=True)
-        else:
+        if not wait:
             self._request_stop(kill=False, when_idle=True)
             return
+        wait_futures(list(self._pending.values()))
+        self._request_stop(kill=False)
+        self._join_io_thread()
+
+    def terminate(self) -> None:
+        """Stop now: cancel queued tasks, kill running ones, and return once all processes are gone.
+
+        Running tasks' futures fail with :class:`~hpcfutures.ExecutorShutdownError`.  This
+        returns in bounded time even when a task is stuck in C code.
+        """
+        with self._lock:
+            self._shutdown = True
+        if not self._started:
+            self._release_provider()
+            return
+        if self._stopped.is_set():
+            return
+        self._request_stop(kill=True)
+        self._join_io_thread()
+
+    def _join_io_thread(self) -> None:
         thread = self._io_thread
         if thread is not None and thread is not threading.current_thread():
             thread.join()
@@ -407,14 +426,18 @@ class HighThroughputExecutor(Executor):
                     remote.append(fut)
         if not remote and not everything:
             return all(f.cancelled() for f in futures)
+        if self._stopped.is_set():
+            return all(f.cancelled() for f in futures)
         done = threading.Event()
         self._control("cancel", (remote, done, everything))
-        if self._io_thread is not threading.current_thread() and not self._stopped.is_set():
+        if self._io_thread is not threading.current_thread():
             done.wait(CANCEL_TIMEOUT)
         return all(f.cancelled() for f in futures)
 
     def _control(self, kind: str, payload: Any) -> None:
         with self._lock:
+            if self._io_closed:
+                return
             self._controls.append((kind, payload))
             if not self._wake_pending:
                 self._wake_pending = True
@@ -739,8 +762,10 @@ class HighThroughputExecutor(Executor):
         finally:
             self._socket.close(linger=0)
             self._context.term()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+            with self._lock:
+                self._io_closed = True
+                os.close(self._wake_r)
+                os.close(self._wake_w)
             _live_executors.discard(self)
             self._release_provider()
             if self._temporary_dir:

@@ -135,10 +135,18 @@ class Interchange:
         if dropped:
             heapq.heapify(kept)
             self.queue = kept
-        self.client.send_multipart([P.CANCEL_REPLY, request, P.pack_ids(dropped)])
+        self.to_driver([P.CANCEL_REPLY, request, P.pack_ids(dropped)])
 
     def event(self, **info: Any) -> None:
-        self.client.send_multipart([P.EVENT, json.dumps(info).encode()])
+        self.to_driver([P.EVENT, json.dumps(info).encode()])
+
+    def to_driver(self, frames: list[Any]) -> None:
+        """Send to the driver without ever blocking: with no driver connected, stop."""
+        try:
+            self.client.send_multipart(frames, zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            if not self.driver_alive():
+                self.running = False
 
     # -- pool side ----------------------------------------------------------------------------
 
@@ -197,10 +205,9 @@ class Interchange:
                 self.to_driver_extra.extend(msg[5:])
         elif kind == P.INIT_FAILED:
             info = json.loads(msg[3].bytes)
-            self.client.send_multipart(
+            self.to_driver(
                 [P.EVENT, json.dumps({"event": "pool_failed", "reason": info["reason"],
-                                      "block": pool.info.get("block_id")}).encode(), *msg[4:]],
-                copy=False,
+                                      "block": pool.info.get("block_id")}).encode(), *msg[4:]]
             )
             self.pool_lost(pool, "its workers could not start", notify=False)
 
@@ -257,6 +264,7 @@ class Interchange:
     # -- main loop -----------------------------------------------------------------------
 
     def driver_alive(self) -> bool:
+        """Whether the driver process still exists (the interchange is its child)."""
         if self.driver_pid and os.getppid() != self.driver_pid:
             try:
                 os.kill(self.driver_pid, 0)
@@ -301,7 +309,7 @@ class Interchange:
             if now - last_beat >= period:
                 last_beat = now
                 self.probe_pools()
-                client.send(P.HEARTBEAT)
+                self.to_driver([P.HEARTBEAT])
                 for pool in list(self.pools.values()):
                     if now - pool.last_heard > threshold:
                         self.pool_lost(pool, f"no heartbeat for {threshold:g} s")
@@ -310,13 +318,12 @@ class Interchange:
                     self.running = False
             self.dispatch()
             if self.started:
-                client.send_multipart([P.STARTED, P.pack_ids(self.started)])
+                self.to_driver([P.STARTED, P.pack_ids(self.started)])
                 self.started = []
             if self.to_driver_meta:
-                client.send_multipart(
+                self.to_driver(
                     [P.RESULTS, b"".join(self.to_driver_meta), b"".join(self.to_driver_mains),
-                     *self.to_driver_extra],
-                    copy=False,
+                     *self.to_driver_extra]
                 )
                 self.to_driver_meta, self.to_driver_mains, self.to_driver_extra = [], [], []
 

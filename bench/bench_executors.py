@@ -50,6 +50,7 @@ POOLS_WAIT = 60.0
 
 # -- tasks (module level: workers must be able to load them) -------------------------------------
 
+
 def noop() -> None:
     return None
 
@@ -63,6 +64,7 @@ def where() -> int:
 
 
 # -- executors --------------------------------------------------------------------------------------
+
 
 def make_stdlib(workers: int = 2) -> Executor:
     return ProcessPoolExecutor(max_workers=workers)
@@ -124,6 +126,7 @@ def warm_up(executor: Executor, payload: bytes | None) -> None:
 
 # -- timed workloads --------------------------------------------------------------------------------
 
+
 def run_throughput(executor: Executor, tasks: int) -> float:
     """Submit ``tasks`` no-ops with submit(), then collect every result; return tasks/s."""
     gc.collect()
@@ -182,6 +185,7 @@ def run_startup(factory: Callable[[], Executor]) -> dict[str, float]:
 
 # -- running and reporting --------------------------------------------------------------------------
 
+
 class Results:
     """Collects each measurement's repeats, and the errors that stopped any of them."""
 
@@ -214,8 +218,9 @@ def progress(message: str) -> None:
     print(f"  .. {message}", file=sys.stderr, flush=True)
 
 
-def measure_steady(who: str, factory: Callable[[], Executor], only: set[str], args: argparse.Namespace,
-                   results: Results) -> None:
+def measure_steady(
+    who: str, factory: Callable[[], Executor], only: set[str], args: argparse.Namespace, results: Results
+) -> None:
     """Run throughput, latency and bandwidth on one warmed-up executor."""
     steady = [w for w in ("throughput", "latency", "bandwidth") if w in only]
     if not steady:
@@ -259,7 +264,9 @@ def measure_steady(who: str, factory: Callable[[], Executor], only: set[str], ar
         results.notes[f"{who} shutdown after steady workloads (s)"] = round(time.perf_counter() - stop, 3)
 
 
-def measure_startup(who: str, factory: Callable[[], Executor], args: argparse.Namespace, results: Results) -> None:
+def measure_startup(
+    who: str, factory: Callable[[], Executor], args: argparse.Namespace, results: Results
+) -> None:
     progress(f"{who}: construct -> first result x{args.repeat}")
     for _ in range(args.repeat):
         try:
@@ -351,41 +358,78 @@ def report(results: Results, args: argparse.Namespace, env: dict[str, Any]) -> s
         f"stdlib = ProcessPoolExecutor(max_workers=2), start method {env['start_method']!r}; "
         f"HTEX = HighThroughputExecutor(max_workers=2) with its default LocalProvider (one pool)."
     )
-    out.append(f"Each figure is the median of {args.repeat} repeat(s); ±x% is half the spread "
-               "(max - min) of the repeats relative to that median.")
+    out.append(
+        f"Each figure is the median of {args.repeat} repeat(s); ±x% is half the spread "
+        "(max - min) of the repeats relative to that median."
+    )
     out.append("")
 
     rows = []
     r = results
     if "throughput" in r.samples:
-        rows.append([f"throughput ({args.tasks:,} no-op submit(), then all results)", "tasks/s",
-                     fmt_rate(r.median("throughput", "stdlib")), fmt_spread(r.spread("throughput", "stdlib")),
-                     fmt_rate(r.median("throughput", "HTEX")), fmt_spread(r.spread("throughput", "HTEX")),
-                     fmt_ratio(r.median("throughput", "HTEX"), r.median("throughput", "stdlib"))])
+        rows.append(
+            [
+                f"throughput ({args.tasks:,} no-op submit(), then all results)",
+                "tasks/s",
+                fmt_rate(r.median("throughput", "stdlib")),
+                fmt_spread(r.spread("throughput", "stdlib")),
+                fmt_rate(r.median("throughput", "HTEX")),
+                fmt_spread(r.spread("throughput", "HTEX")),
+                fmt_ratio(r.median("throughput", "HTEX"), r.median("throughput", "stdlib")),
+            ]
+        )
     for key, label in (("latency_p50", "p50"), ("latency_p99", "p99")):
         if key in r.samples:
-            rows.append([f"latency ({LATENCY_ROUND_TRIPS} sequential submit().result() of a no-op)", label,
-                         fmt_time(r.median(key, "stdlib")), fmt_spread(r.spread(key, "stdlib")),
-                         fmt_time(r.median(key, "HTEX")), fmt_spread(r.spread(key, "HTEX")),
-                         fmt_ratio(r.median(key, "HTEX"), r.median(key, "stdlib"))])
+            rows.append(
+                [
+                    f"latency ({LATENCY_ROUND_TRIPS} sequential submit().result() of a no-op)",
+                    label,
+                    fmt_time(r.median(key, "stdlib")),
+                    fmt_spread(r.spread(key, "stdlib")),
+                    fmt_time(r.median(key, "HTEX")),
+                    fmt_spread(r.spread(key, "HTEX")),
+                    fmt_ratio(r.median(key, "HTEX"), r.median(key, "stdlib")),
+                ]
+            )
     if "bandwidth" in r.samples:
-        rows.append([f"bandwidth ({BANDWIDTH_ROUND_TRIPS} sequential echoes of 1 MiB bytes)", "MiB/s *",
-                     fmt_rate(r.median("bandwidth", "stdlib")), fmt_spread(r.spread("bandwidth", "stdlib")),
-                     fmt_rate(r.median("bandwidth", "HTEX")), fmt_spread(r.spread("bandwidth", "HTEX")),
-                     fmt_ratio(r.median("bandwidth", "HTEX"), r.median("bandwidth", "stdlib"))])
-    for key, label in (("first_result", "construct -> first result"), ("shutdown", "shutdown(wait=True) after it")):
+        rows.append(
+            [
+                f"bandwidth ({BANDWIDTH_ROUND_TRIPS} sequential echoes of 1 MiB bytes)",
+                "MiB/s *",
+                fmt_rate(r.median("bandwidth", "stdlib")),
+                fmt_spread(r.spread("bandwidth", "stdlib")),
+                fmt_rate(r.median("bandwidth", "HTEX")),
+                fmt_spread(r.spread("bandwidth", "HTEX")),
+                fmt_ratio(r.median("bandwidth", "HTEX"), r.median("bandwidth", "stdlib")),
+            ]
+        )
+    for key, label in (
+        ("first_result", "construct -> first result"),
+        ("shutdown", "shutdown(wait=True) after it"),
+    ):
         if key in r.samples:
-            rows.append([label, "wall time",
-                         fmt_time(r.median(key, "stdlib")), fmt_spread(r.spread(key, "stdlib")),
-                         fmt_time(r.median(key, "HTEX")), fmt_spread(r.spread(key, "HTEX")),
-                         fmt_ratio(r.median(key, "HTEX"), r.median(key, "stdlib"))])
+            rows.append(
+                [
+                    label,
+                    "wall time",
+                    fmt_time(r.median(key, "stdlib")),
+                    fmt_spread(r.spread(key, "stdlib")),
+                    fmt_time(r.median(key, "HTEX")),
+                    fmt_spread(r.spread(key, "HTEX")),
+                    fmt_ratio(r.median(key, "HTEX"), r.median(key, "stdlib")),
+                ]
+            )
     if rows:
         out.append(table(["workload", "unit", "stdlib", "", "HTEX", "", "HTEX/stdlib"], rows))
         out.append("")
-        out.append("HTEX/stdlib: above 1 means HTEX is faster for tasks/s and MiB/s, slower for latency and times.")
+        out.append(
+            "HTEX/stdlib: above 1 means HTEX is faster for tasks/s and MiB/s, slower for latency and times."
+        )
         if "bandwidth" in r.samples:
-            out.append("* MiB/s counts the 1 MiB payload once per round trip (it crosses the wire twice: "
-                       "to the worker and back), i.e. 100 MiB / elapsed.")
+            out.append(
+                "* MiB/s counts the 1 MiB payload once per round trip (it crosses the wire twice: "
+                "to the worker and back), i.e. 100 MiB / elapsed."
+            )
         out.append("")
 
     if "pools_throughput" in r.samples:
@@ -394,14 +438,31 @@ def report(results: Results, args: argparse.Namespace, env: dict[str, Any]) -> s
         rows = []
         for name, _, _ in POOL_CONFIGS:
             value = r.median("pools_throughput", name)
-            rows.append([f"HTEX {name}", fmt_rate(value), fmt_spread(r.spread("pools_throughput", name)),
-                         fmt_ratio(value, base), fmt_ratio(many, value)])
-        out.append(table([f"HTEX pools ({args.tasks:,} no-op tasks)", "tasks/s", "", "vs 1x2", "8x1 vs this"], rows))
+            rows.append(
+                [
+                    f"HTEX {name}",
+                    fmt_rate(value),
+                    fmt_spread(r.spread("pools_throughput", name)),
+                    fmt_ratio(value, base),
+                    fmt_ratio(many, value),
+                ]
+            )
+        out.append(
+            table([f"HTEX pools ({args.tasks:,} no-op tasks)", "tasks/s", "", "vs 1x2", "8x1 vs this"], rows)
+        )
         out.append("")
-        out.append("8 pools cannot share 2 workers, so 8 pools x 1 worker (8 workers) is compared twice: with the")
-        out.append("default 1 pool x 2 workers (what a user gets; differs in both pools and workers), and with")
-        out.append("1 pool x 8 workers (same 8 workers; differs only in the number of pools, i.e. interchange")
-        out.append("fan-out). On 2 CPUs extra workers add no compute for no-op tasks, only processes to schedule.")
+        out.append(
+            "8 pools cannot share 2 workers, so 8 pools x 1 worker (8 workers) is compared twice: with the"
+        )
+        out.append(
+            "default 1 pool x 2 workers (what a user gets; differs in both pools and workers), and with"
+        )
+        out.append(
+            "1 pool x 8 workers (same 8 workers; differs only in the number of pools, i.e. interchange"
+        )
+        out.append(
+            "fan-out). On 2 CPUs extra workers add no compute for no-op tasks, only processes to schedule."
+        )
         out.append("")
 
     if r.notes:
@@ -415,10 +476,20 @@ def report(results: Results, args: argparse.Namespace, env: dict[str, Any]) -> s
 def environment() -> dict[str, Any]:
     here = os.path.dirname(os.path.abspath(__file__))
     try:
-        rev = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"],
-                             check=False, capture_output=True, text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
-                               check=False, capture_output=True, text=True, timeout=5).stdout.strip()
+        rev = subprocess.run(
+            ["git", "-C", here, "rev-parse", "--short", "HEAD"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         git = f"git {rev}{'+dirty' if dirty else ''}" if rev else "no git"
     except (OSError, subprocess.SubprocessError):
         git = "no git"
@@ -449,10 +520,17 @@ def environment() -> dict[str, Any]:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeat", type=int, default=3, help="repeats of each timed workload (median reported)")
-    parser.add_argument("--tasks", type=int, default=10_000, help="tasks in the throughput and pools workloads")
-    parser.add_argument("--only", default=",".join(WORKLOADS),
-                        help=f"comma-separated workloads to run, of: {','.join(WORKLOADS)}")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="repeats of each timed workload (median reported)"
+    )
+    parser.add_argument(
+        "--tasks", type=int, default=10_000, help="tasks in the throughput and pools workloads"
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(WORKLOADS),
+        help=f"comma-separated workloads to run, of: {','.join(WORKLOADS)}",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write every repeat and the medians to FILE")
     args = parser.parse_args(argv)
     only = {w.strip() for w in args.only.split(",") if w.strip()}
@@ -485,15 +563,31 @@ def main(argv: list[str] | None = None) -> int:
 
     print(report(results, args, env), flush=True)
     if args.json:
-        medians = {key: {who: statistics.median(v) for who, v in by.items()} for key, by in results.samples.items()}
+        medians = {
+            key: {who: statistics.median(v) for who, v in by.items()} for key, by in results.samples.items()
+        }
         with open(args.json, "w") as f:
-            json.dump({"environment": env, "options": {"repeat": args.repeat, "tasks": args.tasks,
-                                                       "only": sorted(args.only_set)},
-                       "units": {"throughput": "tasks/s", "latency_p50": "s", "latency_p99": "s",
-                                 "bandwidth": "MiB/s (payload counted once per round trip)",
-                                 "first_result": "s", "shutdown": "s", "pools_throughput": "tasks/s"},
-                       "medians": medians, "repeats": results.samples, "notes": results.notes,
-                       "errors": results.errors}, f, indent=2)
+            json.dump(
+                {
+                    "environment": env,
+                    "options": {"repeat": args.repeat, "tasks": args.tasks, "only": sorted(args.only_set)},
+                    "units": {
+                        "throughput": "tasks/s",
+                        "latency_p50": "s",
+                        "latency_p99": "s",
+                        "bandwidth": "MiB/s (payload counted once per round trip)",
+                        "first_result": "s",
+                        "shutdown": "s",
+                        "pools_throughput": "tasks/s",
+                    },
+                    "medians": medians,
+                    "repeats": results.samples,
+                    "notes": results.notes,
+                    "errors": results.errors,
+                },
+                f,
+                indent=2,
+            )
     return 1 if results.errors else 0
 
 

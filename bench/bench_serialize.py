@@ -51,8 +51,12 @@ def time_per_call(fn: Callable[[], Any], repeat: int) -> float:
     return min(timer.repeat(repeat=repeat, number=number)) / number * 1e6
 
 
-def bench_case(fn: Callable[..., Any] | None, args: tuple[Any, ...], repeat: int,
-               make_fn: Callable[[], Callable[..., Any]] | None = None) -> dict[str, dict[str, Any]]:
+def bench_case(
+    fn: Callable[..., Any] | None,
+    args: tuple[Any, ...],
+    repeat: int,
+    make_fn: Callable[[], Callable[..., Any]] | None = None,
+) -> dict[str, dict[str, Any]]:
     """Time dumps and loads of the call ``fn(*args)`` with each serializer.
 
     With ``make_fn``, every dumps serializes a new function object from it (a lambda written
@@ -63,7 +67,10 @@ def bench_case(fn: Callable[..., Any] | None, args: tuple[Any, ...], repeat: int
         if fn is None:
             raise ValueError("give fn or make_fn")
         same: Callable[..., Any] = fn
-        make_fn = lambda: same  # one call per timed iteration either way, for equal overhead
+
+        def make_fn() -> Callable[..., Any]:  # one call per timed iteration either way, for equal overhead
+            return same
+
     current = make_fn
     sample_fn = current()
     out: dict[str, dict[str, Any]] = {}
@@ -123,8 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         ("module-level function add(1, 2)", {"fn": module.add, "args": (1, 2)}),
         ("same, defined in __main__", {"fn": add, "args": (1, 2)}),
         ("lambda x: x + 1, (1,) (same object)", {"fn": lambda x: x + 1, "args": (1,)}),
-        ("lambda x: x + 1, (1,) (new object per call)",
-         {"fn": None, "args": (1,), "make_fn": lambda: (lambda x: x + 1)}),
+        (
+            "lambda x: x + 1, (1,) (new object per call)",
+            {"fn": None, "args": (1,), "make_fn": lambda: lambda x: x + 1},
+        ),
         ("module-level echo(1 MiB bytes)", {"fn": module.echo, "args": (payload,)}),
         ("module-level echo((1 MiB bytes,)), nested", {"fn": module.echo, "args": ((payload,),)}),
     ]
@@ -138,8 +147,10 @@ def main(argv: list[str] | None = None) -> int:
 
     header = ["call", "", "pickle", "cloudpickle", "hpcfutures"]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    print(f"Python {platform.python_version()} | cloudpickle {cloudpickle.__version__} | "
-          f"µs per call, best of {args.repeat}; bytes = serialized size")
+    print(
+        f"Python {platform.python_version()} | cloudpickle {cloudpickle.__version__} | "
+        f"µs per call, best of {args.repeat}; bytes = serialized size"
+    )
     print("  ".join(h.ljust(w) if i < 2 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths))))
     print("  ".join("-" * w for w in widths))
     for row in rows:

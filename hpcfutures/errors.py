@@ -54,7 +54,11 @@ class PoolStartError(BrokenExecutorError):
         self.stderr_tail = stderr_tail
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return _rebuild, (type(self), self.args, {"exit_code": self.exit_code, "stderr_tail": self.stderr_tail})
+        return _rebuild, (
+            type(self),
+            self.args,
+            {"exit_code": self.exit_code, "stderr_tail": self.stderr_tail},
+        )
 
 
 class InterchangeLostError(BrokenExecutorError):
@@ -66,7 +70,11 @@ class InterchangeLostError(BrokenExecutorError):
         self.stderr_tail = stderr_tail
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return _rebuild, (type(self), self.args, {"exit_code": self.exit_code, "stderr_tail": self.stderr_tail})
+        return _rebuild, (
+            type(self),
+            self.args,
+            {"exit_code": self.exit_code, "stderr_tail": self.stderr_tail},
+        )
 
 
 class VersionMismatchError(ExecutorError):
@@ -86,7 +94,11 @@ class WorkerLostError(TaskError):
         self.signal_name = signal_name
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return _rebuild, (type(self), self.args, {"exit_code": self.exit_code, "signal_name": self.signal_name})
+        return _rebuild, (
+            type(self),
+            self.args,
+            {"exit_code": self.exit_code, "signal_name": self.signal_name},
+        )
 
 
 class PoolLostError(TaskError):

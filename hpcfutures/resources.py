@@ -95,7 +95,9 @@ class TaskOptions:
         if not -(2**31) <= self.priority < 2**31:
             raise ConfigurationError(f"priority must fit in 32 bits, got {self.priority}")
 
-    def merged(self, resources: Resources | None, walltime: float | None, priority: int | None) -> TaskOptions:
+    def merged(
+        self, resources: Resources | None, walltime: float | None, priority: int | None
+    ) -> TaskOptions:
         """Return these options with the given (not-None) settings replacing the current ones."""
         changes: dict[str, Any] = {}
         if resources is not None:
@@ -149,7 +151,9 @@ def reject_unsupported(
             f"running task.{suffix}"
         )
     if not priority and options.priority != 0:
-        raise UnsupportedOptionError(f"{backend} cannot order tasks by priority={options.priority!r}.{suffix}")
+        raise UnsupportedOptionError(
+            f"{backend} cannot order tasks by priority={options.priority!r}.{suffix}"
+        )
 
 
 class ExecutorView(Executor):
@@ -179,7 +183,11 @@ class ExecutorView(Executor):
         return self._options
 
     def options(
-        self, *, resources: Resources | None = None, walltime: float | None = None, priority: int | None = None
+        self,
+        *,
+        resources: Resources | None = None,
+        walltime: float | None = None,
+        priority: int | None = None,
     ) -> ExecutorView:
         """Return a view with these settings layered over this view's own."""
         return ExecutorView(self._backend, self._options.merged(resources, walltime, priority))
@@ -200,7 +208,11 @@ class ExecutorView(Executor):
             self._futures.discard(fut)
 
     def map(
-        self, fn: Callable[..., T], *iterables: Iterable[Any], timeout: float | None = None, chunksize: int = 1
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
     ) -> Iterator[T]:
         """Like ``Executor.map``, with the view's settings on every task."""
         backend_map = getattr(self._backend, "_map_with_options", None)

@@ -162,7 +162,9 @@ def _describe(fn: Any) -> str:
     return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
 
 
-def _diagnose(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], error: Exception) -> SerializationError:
+def _diagnose(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], error: Exception
+) -> SerializationError:
     """Find which part of a call cannot be pickled and say so."""
     name = _describe(fn)
     parts: list[tuple[str, Any]] = [("the function", fn)]

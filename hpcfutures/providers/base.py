@@ -172,7 +172,7 @@ class ExecutionProvider(abc.ABC):
         bounded time.
         """
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Release what the provider holds.  The default does nothing."""
 
     def __repr__(self) -> str:

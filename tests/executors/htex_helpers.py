@@ -38,7 +38,9 @@ def pool_key(ex: HighThroughputExecutor) -> dict[str, str]:
     return json.loads((Path(ex.key_dir) / "pool.json").read_text())
 
 
-def fake_pool(endpoint: str, *, curve: dict[str, str] | None = None, **info: Any) -> tuple[zmq.Context, zmq.Socket]:
+def fake_pool(
+    endpoint: str, *, curve: dict[str, str] | None = None, **info: Any
+) -> tuple[zmq.Context, zmq.Socket]:
     """Connect a raw socket as a would-be pool and send a registration carrying ``info``."""
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
@@ -49,8 +51,15 @@ def fake_pool(endpoint: str, *, curve: dict[str, str] | None = None, **info: Any
         sock.curve_secretkey = curve["secret"].encode()
         sock.curve_serverkey = curve["server"].encode()
     sock.connect(endpoint)
-    registration = {"pool_id": "intruder", "block_id": "x", "workers": 1, "host": "nowhere", "pid": os.getpid(),
-                    "protocol": P.PROTOCOL_VERSION, "python": P.python_version()}
+    registration = {
+        "pool_id": "intruder",
+        "block_id": "x",
+        "workers": 1,
+        "host": "nowhere",
+        "pid": os.getpid(),
+        "protocol": P.PROTOCOL_VERSION,
+        "python": P.python_version(),
+    }
     from hpcfutures import __version__
 
     registration["hpcfutures"] = __version__

@@ -22,8 +22,7 @@ from hpcfutures import (
 )
 from hpcfutures.errors import ConfigurationError
 from hpcfutures.providers import LocalProvider
-from hpcfutures.testing import Gate, Recorder, conformance_suite
-from hpcfutures.testing import faults
+from hpcfutures.testing import Gate, Recorder, conformance_suite, faults
 from hpcfutures.testing.tasks import ConformanceError
 
 from .htex_helpers import assert_all_gone, descendants, fake_pool, fake_results, pool_key
@@ -127,7 +126,9 @@ def test_bad_configuration_fails_at_construction(kwargs, message):
 
 
 def test_initializer_runs_in_every_worker():
-    with HighThroughputExecutor(max_workers=2, initializer=faults.set_env, initargs=("HPCF_INIT", "yes")) as ex:
+    with HighThroughputExecutor(
+        max_workers=2, initializer=faults.set_env, initargs=("HPCF_INIT", "yes")
+    ) as ex:
         assert set(ex.map(faults.get_env, ["HPCF_INIT"] * 8)) == {"yes"}
 
 
@@ -198,8 +199,10 @@ def test_a_process_without_the_keys_can_neither_register_nor_inject_results(htex
 
             public, secret = zmq.curve_keypair()
             server = pool_key(htex)["server"]
-            ctx, sock = fake_pool(endpoints["tcp"], curve={"public": public.decode(), "secret": secret.decode(),
-                                                            "server": server})
+            ctx, sock = fake_pool(
+                endpoints["tcp"],
+                curve={"public": public.decode(), "secret": secret.decode(), "server": server},
+            )
         else:
             ctx, sock = fake_pool(endpoints["ipc"], token="guess")
         try:

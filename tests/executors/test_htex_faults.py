@@ -24,8 +24,7 @@ from hpcfutures import (
     WorkerLostError,
 )
 from hpcfutures.providers import LocalProvider
-from hpcfutures.testing import Gate, Recorder
-from hpcfutures.testing import faults
+from hpcfutures.testing import Gate, Recorder, faults
 
 from .htex_helpers import assert_all_gone, descendants, fake_pool, pool_key
 

@@ -166,8 +166,12 @@ class HighThroughputExecutor(Executor):
         lost_task_retries: int = 2,
         start_timeout: float = 30.0,
     ):
-        if max_workers is not None and (isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1):
-            raise ConfigurationError(f"max_workers must be a positive integer or None (one per CPU), got {max_workers!r}")
+        if max_workers is not None and (
+            isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1
+        ):
+            raise ConfigurationError(
+                f"max_workers must be a positive integer or None (one per CPU), got {max_workers!r}"
+            )
         if provider is None:
             from ...providers.local import LocalProvider
 
@@ -179,16 +183,21 @@ class HighThroughputExecutor(Executor):
         if not isinstance(label, str) or not label or "/" in label:
             raise ConfigurationError(f"label must be a non-empty string without '/', got {label!r}")
         if not isinstance(address, str) or not address:
-            raise ConfigurationError(f"address must be an interface address such as '127.0.0.1', got {address!r}")
+            raise ConfigurationError(
+                f"address must be an interface address such as '127.0.0.1', got {address!r}"
+            )
         if initializer is not None and not callable(initializer):
             raise ConfigurationError(f"initializer must be callable or None, got {initializer!r}")
         if not isinstance(initargs, tuple):
             raise ConfigurationError(f"initargs must be a tuple, got {type(initargs).__name__}")
-        for name, value, minimum in (("prefetch", prefetch, 0), ("lost_task_retries", lost_task_retries, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ConfigurationError(f"{name} must be an integer >= {minimum}, got {value!r}")
-        for name, value in (("heartbeat_period", heartbeat_period), ("heartbeat_threshold", heartbeat_threshold),
-                            ("start_timeout", start_timeout)):
+        for name, count, minimum in (("prefetch", prefetch, 0), ("lost_task_retries", lost_task_retries, 0)):
+            if isinstance(count, bool) or not isinstance(count, int) or count < minimum:
+                raise ConfigurationError(f"{name} must be an integer >= {minimum}, got {count!r}")
+        for name, value in (
+            ("heartbeat_period", heartbeat_period),
+            ("heartbeat_threshold", heartbeat_threshold),
+            ("start_timeout", start_timeout),
+        ):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ConfigurationError(f"{name} must be a positive number of seconds, got {value!r}")
         if heartbeat_threshold <= heartbeat_period:
@@ -251,7 +260,11 @@ class HighThroughputExecutor(Executor):
         return self._submit_with_options(DEFAULT_OPTIONS, fn, args, kwargs)
 
     def options(
-        self, *, resources: Resources | None = None, walltime: float | None = None, priority: int | None = None
+        self,
+        *,
+        resources: Resources | None = None,
+        walltime: float | None = None,
+        priority: int | None = None,
     ) -> ExecutorView:
         """Return an Executor view whose submits carry these settings.
 
@@ -262,7 +275,11 @@ class HighThroughputExecutor(Executor):
         return ExecutorView(self, DEFAULT_OPTIONS.merged(resources, walltime, priority))
 
     def map(
-        self, fn: Callable[..., T], *iterables: Iterable[Any], timeout: float | None = None, chunksize: int = 1
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
     ) -> Iterator[T]:
         """Like ``Executor.map``; ``chunksize`` > 1 sends each chunk of calls as one task."""
         return self._map_with_options(DEFAULT_OPTIONS, fn, iterables, timeout, chunksize, None)
@@ -348,7 +365,9 @@ class HighThroughputExecutor(Executor):
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
         if self._broken is not None:
-            raise BrokenExecutorError(f"this HighThroughputExecutor is broken: {self._broken}") from self._broken
+            raise BrokenExecutorError(
+                f"this HighThroughputExecutor is broken: {self._broken}"
+            ) from self._broken
         if not self._started:
             self._start()
         frames = dumps_call(fn, args, kwargs)
@@ -357,13 +376,18 @@ class HighThroughputExecutor(Executor):
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             if self._broken is not None:
-                raise BrokenExecutorError(f"this HighThroughputExecutor is broken: {self._broken}") from self._broken
+                raise BrokenExecutorError(
+                    f"this HighThroughputExecutor is broken: {self._broken}"
+                ) from self._broken
             task_id = next(self._next_id)
             future = HtexFuture(self, task_id)
             self._pending[task_id] = future
             self._outbox.append(
-                (P.TASK_META.pack(task_id, options.priority, walltime, 0, len(frames[0]), len(frames) - 1),
-                 frames[0], frames[1:])
+                (
+                    P.TASK_META.pack(task_id, options.priority, walltime, 0, len(frames[0]), len(frames) - 1),
+                    frames[0],
+                    frames[1:],
+                )
             )
             if not self._wake_pending:
                 self._wake_pending = True
@@ -479,7 +503,9 @@ class HighThroughputExecutor(Executor):
             os.makedirs(self.provider.script_dir, exist_ok=True)
             for _ in range(max(1, self.provider.init_blocks)):
                 self._start_block()
-            self._io_thread = threading.Thread(target=self._io_loop, name=f"hpcfutures-{self.label}-io", daemon=True)
+            self._io_thread = threading.Thread(
+                target=self._io_loop, name=f"hpcfutures-{self.label}-io", daemon=True
+            )
             self._started = True
             _live_executors.add(self)
             self._io_thread.start()
@@ -490,15 +516,25 @@ class HighThroughputExecutor(Executor):
         self._ports = {"pool_port": _free_port(self.address)}
         self._interchange_err = self._dir / "interchange.err"
         cmd = [
-            sys.executable, "-m", "hpcfutures.executors.htex.interchange",
-            "--keys", str(self._keys.interchange),
-            "--address", self.address,
-            "--ipc-dir", self._ipc_dir,
-            "--pool-port", str(self._ports["pool_port"]),
-            "--driver-pid", str(os.getpid()),
-            "--heartbeat-period", str(self.heartbeat_period),
-            "--heartbeat-threshold", str(self.heartbeat_threshold),
-            "--lost-task-retries", str(self.lost_task_retries),
+            sys.executable,
+            "-m",
+            "hpcfutures.executors.htex.interchange",
+            "--keys",
+            str(self._keys.interchange),
+            "--address",
+            self.address,
+            "--ipc-dir",
+            self._ipc_dir,
+            "--pool-port",
+            str(self._ports["pool_port"]),
+            "--driver-pid",
+            str(os.getpid()),
+            "--heartbeat-period",
+            str(self.heartbeat_period),
+            "--heartbeat-threshold",
+            str(self.heartbeat_threshold),
+            "--lost-task-retries",
+            str(self.lost_task_retries),
         ]
         if not self._temporary_dir:
             cmd += ["--log-file", str(self._dir / "interchange.log")]
@@ -516,18 +552,29 @@ class HighThroughputExecutor(Executor):
         block_id = str(next(self._block_counter))
         address = self.endpoints["ipc" if self._pools_are_local() else "tcp"]
         cmd = [
-            sys.executable, "-m", "hpcfutures.executors.htex.pool",
-            "--addr", address,
-            "--keys", str(self._keys.pool),
-            "--workers", str(self.max_workers or 0),
-            "--block-id", block_id,
-            "--prefetch", str(self.prefetch),
-            "--heartbeat-period", str(self.heartbeat_period),
-            "--heartbeat-threshold", str(self.heartbeat_threshold),
+            sys.executable,
+            "-m",
+            "hpcfutures.executors.htex.pool",
+            "--addr",
+            address,
+            "--keys",
+            str(self._keys.pool),
+            "--workers",
+            str(self.max_workers or 0),
+            "--block-id",
+            block_id,
+            "--prefetch",
+            str(self.prefetch),
+            "--heartbeat-period",
+            str(self.heartbeat_period),
+            "--heartbeat-threshold",
+            str(self.heartbeat_threshold),
         ]
         if not self._temporary_dir:
             cmd += ["--log-file", str(self._dir / f"pool-{block_id}.log")]
-        job_id = self.provider.submit(shlex.join(cmd), self.max_workers or 1, f"{self.label}.block-{block_id}")
+        job_id = self.provider.submit(
+            shlex.join(cmd), self.max_workers or 1, f"{self.label}.block-{block_id}"
+        )
         self._blocks[block_id] = _Block(block_id, job_id)
 
     # -- the I/O thread --------------------------------------------------------------------------
@@ -541,7 +588,7 @@ class HighThroughputExecutor(Executor):
         try:
             while True:
                 timeout = max(0.0, next_check - time.monotonic()) * 1000
-                events = poller.poll(timeout)
+                events = poller.poll(int(timeout))
                 if events:
                     try:
                         os.read(self._wake_r, 4096)
@@ -568,12 +615,16 @@ class HighThroughputExecutor(Executor):
                             self._stop_when_idle = True
                         else:
                             self._stop_requested = True
-                while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                while P.readable(sock):
                     self._on_message(sock.recv_multipart(copy=False))
                 if time.monotonic() >= next_check:
                     next_check = time.monotonic() + HOUSEKEEPING_SECONDS
                     self._housekeeping()
-                if self._stop_requested or (self._stop_when_idle and not self._pending) or self._broken_stop():
+                if (
+                    self._stop_requested
+                    or (self._stop_when_idle and not self._pending)
+                    or self._broken_stop()
+                ):
                     break
         except BaseException as exc:  # noqa: BLE001 - a bug here must not leave futures hanging
             logger.exception("the I/O thread of %s failed", self.label)
@@ -584,7 +635,9 @@ class HighThroughputExecutor(Executor):
     def _broken_stop(self) -> bool:
         return self._broken is not None and isinstance(self._broken, InterchangeLostError)
 
-    def _send_tasks(self, sock: zmq.Socket, outbox: list[tuple[bytes, Any, list[Any]]], skip: set[int]) -> None:
+    def _send_tasks(
+        self, sock: zmq.Socket, outbox: list[tuple[bytes, Any, list[Any]]], skip: set[int]
+    ) -> None:
         if skip:
             outbox = [item for item in outbox if P.TASK_META.unpack(item[0])[0] not in skip]
         for start in range(0, len(outbox), BATCH_LIMIT):
@@ -594,11 +647,18 @@ class HighThroughputExecutor(Executor):
                 if oob:
                     extra.extend(oob)
             sock.send_multipart(
-                [P.TASKS, b"".join([item[0] for item in batch]), b"".join([item[1] for item in batch]), *extra],
+                [
+                    P.TASKS,
+                    b"".join([item[0] for item in batch]),
+                    b"".join([item[1] for item in batch]),
+                    *extra,
+                ],
                 copy=False,
             )
 
-    def _send_cancel(self, sock: zmq.Socket, futures: list[HtexFuture], done: threading.Event, everything: bool) -> None:
+    def _send_cancel(
+        self, sock: zmq.Socket, futures: list[HtexFuture], done: threading.Event, everything: bool
+    ) -> None:
         request = b"%d" % next(self._cancel_counter)
         self._cancel_requests[request] = (done, futures)
         if everything:
@@ -641,7 +701,9 @@ class HighThroughputExecutor(Executor):
                     try:
                         value = loads(buffers)
                     except Exception as exc:  # noqa: BLE001
-                        fut.set_exception(SerializationError(f"the result of task {task_id} could not be loaded: {exc!r}"))
+                        fut.set_exception(
+                            SerializationError(f"the result of task {task_id} could not be loaded: {exc!r}")
+                        )
                     else:
                         fut.set_result(value)
                 elif status == P.ERROR:
@@ -672,7 +734,9 @@ class HighThroughputExecutor(Executor):
             if self._pools_connected == 0:
                 self._fail_all(VersionMismatchError(event.get("reason", "a worker pool was rejected")))
         elif kind == "pool_failed":
-            error = PoolStartError(f"worker pool of block {event.get('block')} could not start: {event.get('reason')}")
+            error = PoolStartError(
+                f"worker pool of block {event.get('block')} could not start: {event.get('reason')}"
+            )
             if frames:
                 try:
                     error.__cause__ = loads_exception([f.buffer for f in frames])

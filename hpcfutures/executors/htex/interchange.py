@@ -166,7 +166,9 @@ class Interchange:
             info = json.loads(msg[3].bytes)
         except (ValueError, IndexError):
             info = {}
-        if sock is self.ipc_pools and not hmac.compare_digest(str(info.get("token", "")).encode(), self.token):
+        if sock is self.ipc_pools and not hmac.compare_digest(
+            str(info.get("token", "")).encode(), self.token
+        ):
             self.refused += 1
             return  # not one of ours: say nothing
         problem = P.version_mismatch(info)
@@ -180,8 +182,13 @@ class Interchange:
         pool = _Pool(sock, identity, info, P.CREDIT.unpack(msg[2].bytes)[0], time.monotonic())
         self.pools[pool.key] = pool
         self.send_pool(pool, [P.ACCEPT, self.settings, *self.config])
-        self.event(event="pool_registered", pool=info.get("pool_id"), block=info.get("block_id"),
-                   workers=info.get("workers"), host=info.get("host"))
+        self.event(
+            event="pool_registered",
+            pool=info.get("pool_id"),
+            block=info.get("block_id"),
+            workers=info.get("workers"),
+            host=info.get("host"),
+        )
 
     def on_pool(self, sock: zmq.Socket, msg: list[zmq.Frame], now: float) -> None:
         kind = msg[1].bytes
@@ -206,8 +213,13 @@ class Interchange:
         elif kind == P.INIT_FAILED:
             info = json.loads(msg[3].bytes)
             self.to_driver(
-                [P.EVENT, json.dumps({"event": "pool_failed", "reason": info["reason"],
-                                      "block": pool.info.get("block_id")}).encode(), *msg[4:]]
+                [
+                    P.EVENT,
+                    json.dumps(
+                        {"event": "pool_failed", "reason": info["reason"], "block": pool.info.get("block_id")}
+                    ).encode(),
+                    *msg[4:],
+                ]
             )
             self.pool_lost(pool, "its workers could not start", notify=False)
 
@@ -224,7 +236,9 @@ class Interchange:
                     "it is not retried again"
                 )
                 out = dumps((error, ""))
-                self.to_driver_meta.append(P.RESULT_META.pack(task_id, P.FAILED, 0.0, len(out[0]), len(out) - 1))
+                self.to_driver_meta.append(
+                    P.RESULT_META.pack(task_id, P.FAILED, 0.0, len(out[0]), len(out) - 1)
+                )
                 self.to_driver_mains.append(out[0])
                 self.to_driver_extra.extend(out[1:])
             else:
@@ -232,7 +246,9 @@ class Interchange:
                 heapq.heappush(self.queue, (-fields[1], seq, (fields, main, oob)))
         pool.outstanding.clear()
         if notify:
-            self.event(event="pool_lost", pool=pool.info.get("pool_id"), block=pool.info.get("block_id"), reason=why)
+            self.event(
+                event="pool_lost", pool=pool.info.get("pool_id"), block=pool.info.get("block_id"), reason=why
+            )
 
     def dispatch(self) -> None:
         queue = self.queue
@@ -292,15 +308,15 @@ class Interchange:
                 self.zap.handle()
             for monitor in self.monitors:
                 if monitor in events:
-                    while monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    while P.readable(monitor):
                         monitor.recv_multipart()
                     self.probes = sorted(now + d for d in _PROBE_DELAYS)
             if client in events:
-                while client.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                while P.readable(client):
                     self.on_driver(client.recv_multipart(copy=False))
             for sock in self.pool_socks:
                 if sock in events:
-                    while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    while P.readable(sock):
                         self.on_pool(sock, sock.recv_multipart(copy=False), now)
             if self.probes and now >= self.probes[0]:
                 while self.probes and now >= self.probes[0]:
@@ -322,8 +338,12 @@ class Interchange:
                 self.started = []
             if self.to_driver_meta:
                 self.to_driver(
-                    [P.RESULTS, b"".join(self.to_driver_meta), b"".join(self.to_driver_mains),
-                     *self.to_driver_extra]
+                    [
+                        P.RESULTS,
+                        b"".join(self.to_driver_meta),
+                        b"".join(self.to_driver_mains),
+                        *self.to_driver_extra,
+                    ]
                 )
                 self.to_driver_meta, self.to_driver_mains, self.to_driver_extra = [], [], []
 
@@ -344,7 +364,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="hpcfutures-interchange")
     parser.add_argument("--keys", required=True, help="the interchange's key file")
     parser.add_argument("--address", default="127.0.0.1", help="the address pools connect to")
-    parser.add_argument("--ipc-dir", required=True, help="a private directory for the driver's and local pools' sockets")
+    parser.add_argument(
+        "--ipc-dir", required=True, help="a private directory for the driver's and local pools' sockets"
+    )
     parser.add_argument("--pool-port", type=int, required=True)
     parser.add_argument("--driver-pid", type=int, default=0)
     parser.add_argument("--heartbeat-period", type=float, default=1.0)
@@ -359,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.log_file:
         logging.basicConfig(
-            filename=args.log_file, level=logging.DEBUG,
+            filename=args.log_file,
+            level=logging.DEBUG,
             format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",
         )
     interchange = Interchange(args)

@@ -176,7 +176,9 @@ class PoolManager:
                     )
                     self.add_failure(task_id, error)
                     continue
-            heapq.heappush(self.queue, (-priority, seq, ((task_id, priority, walltime, lost, size, count), main, oob)))
+            heapq.heappush(
+                self.queue, (-priority, seq, ((task_id, priority, walltime, lost, size, count), main, oob))
+            )
 
     def add_failure(self, task_id: int, error: BaseException) -> None:
         frames = dumps((error, ""))
@@ -196,7 +198,9 @@ class PoolManager:
                 self.forget_worker(worker)
                 self.add_failure(
                     fields[0],
-                    TaskTimeoutError(f"task {fields[0]} ran past its walltime of {worker.walltime:g} s and was killed"),
+                    TaskTimeoutError(
+                        f"task {fields[0]} ran past its walltime of {worker.walltime:g} s and was killed"
+                    ),
                 )
                 self.requeue(worker, "was killed", None)
                 if self.running:
@@ -323,12 +327,17 @@ class PoolManager:
         )
         self.ix.send_multipart([P.REGISTER, P.CREDIT.pack(0), info])
         if not self.ix.poll(self.args.start_timeout * 1000):
-            print(f"the interchange at {self.args.addr} did not answer within {self.args.start_timeout} s",
-                  file=sys.stderr, flush=True)
+            print(
+                f"the interchange at {self.args.addr} did not answer within {self.args.start_timeout} s",
+                file=sys.stderr,
+                flush=True,
+            )
             return False
         reply = self.ix.recv_multipart(copy=False)
         if reply[0].bytes == P.REJECT:
-            print(f"the interchange refused this pool: {reply[1].bytes.decode()}", file=sys.stderr, flush=True)
+            print(
+                f"the interchange refused this pool: {reply[1].bytes.decode()}", file=sys.stderr, flush=True
+            )
             return False
         settings = json.loads(reply[1].bytes)
         self.lost_task_retries = settings["lost_task_retries"]
@@ -373,10 +382,10 @@ class PoolManager:
             now = time.monotonic()
             if self.ix in events:
                 last_heard = now
-                while self.ix.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                while P.readable(self.ix):
                     self.on_interchange(self.ix.recv_multipart(copy=False))
             if self.wk in events:
-                while self.wk.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                while P.readable(self.wk):
                     self.on_worker(self.wk.recv_multipart(copy=False))
             for fd in events:
                 worker = self.by_sentinel.get(fd) if isinstance(fd, int) else None
@@ -394,8 +403,11 @@ class PoolManager:
                 self.send_up(P.HEARTBEAT)
                 last_beat = now
             if now - last_heard > self.heartbeat_threshold:
-                print(f"lost the interchange: nothing heard for {self.heartbeat_threshold} s",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"lost the interchange: nothing heard for {self.heartbeat_threshold} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 self.exit_code = 4
                 self.running = False
         return self.exit_code
@@ -409,9 +421,12 @@ class PoolManager:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="hpcfutures pool", description="Run one worker pool for an interchange.")
+    parser = argparse.ArgumentParser(
+        prog="hpcfutures pool", description="Run one worker pool for an interchange."
+    )
     parser.add_argument(
-        "--addr", required=True,
+        "--addr",
+        required=True,
         help="the interchange's pool endpoint: tcp://HOST:PORT (CurveZMQ), or ipc://PATH on its own node",
     )
     parser.add_argument("--keys", required=True, help="the pool's CurveZMQ key file")
@@ -431,7 +446,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.log_file:
         logging.basicConfig(
-            filename=args.log_file, level=logging.DEBUG,
+            filename=args.log_file,
+            level=logging.DEBUG,
             format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",
         )
 

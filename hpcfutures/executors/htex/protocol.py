@@ -19,7 +19,9 @@ from __future__ import annotations
 import json
 import platform
 import struct
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
+
+import zmq
 
 from ... import __version__
 
@@ -70,7 +72,9 @@ def split(layout: struct.Struct, meta: bytes, blob: Any, extra: Sequence[Any]) -
     for fields in layout.iter_unpack(meta):
         size = fields[-2]
         count = fields[-1]
-        items.append((fields, blob[offset : offset + size], list(extra[frame : frame + count]) if count else []))
+        items.append(
+            (fields, blob[offset : offset + size], list(extra[frame : frame + count]) if count else [])
+        )
         offset += size
         frame += count
     return items
@@ -88,6 +92,11 @@ def join(kind: bytes, layout: struct.Struct, items: Sequence[Item]) -> list[Any]
         if oob:
             extra.extend(oob)
     return [kind, b"".join(metas), b"".join(mains), *extra]
+
+
+def readable(sock: Any) -> bool:
+    """Whether a message waits on ``sock`` (cheaper than a poll for one socket)."""
+    return bool(int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
 
 
 def pack_ids(ids: Sequence[int]) -> bytes:
@@ -119,6 +128,7 @@ def version_mismatch(info: dict[str, Any]) -> str | None:
         return None
     host = info.get("host", "?")
     return (
-        f"worker pool {info.get('pool_id', '?')} on {host} speaks " + ", ".join(wrong)
+        f"worker pool {info.get('pool_id', '?')} on {host} speaks "
+        + ", ".join(wrong)
         + "; install the same Python and hpcfutures version on the workers as on the driver"
     )

@@ -71,10 +71,18 @@ def create_keys(directory: Path) -> KeyFiles:
             "pool_public": pool_public.decode(),
         },
     )
-    for path, public, secret in ((files.driver, driver_public, driver_secret), (files.pool, pool_public, pool_secret)):
+    for path, public, secret in (
+        (files.driver, driver_public, driver_secret),
+        (files.pool, pool_public, pool_secret),
+    ):
         _write_private(
             path,
-            {"public": public.decode(), "secret": secret.decode(), "server": server_public.decode(), "token": token},
+            {
+                "public": public.decode(),
+                "secret": secret.decode(),
+                "server": server_public.decode(),
+                "token": token,
+            },
         )
     return files
 

@@ -47,7 +47,9 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(70)
 
 
-def _run_one(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, list[Any], float]:
+def _run_one(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[int, list[Any], float]:
     start = time.perf_counter()
     try:
         value = fn(*args, **kwargs)
@@ -100,7 +102,7 @@ def _serve(sock: zmq.Socket) -> None:
                 sock.send_multipart([P.RESULTS, b"".join(metas), b"".join(mains), *extra], copy=False)
                 metas, mains, extra = [], [], []
             msg = sock.recv_multipart(copy=False)
-        elif sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        elif P.readable(sock):
             msg = sock.recv_multipart(copy=False)
         else:
             msg = None

@@ -210,3 +210,33 @@ def test_shutdown_without_wait_finishes_running_tasks_in_the_background(leak_che
         gate.open()
         assert running.result(timeout=30) == "finished"
     ex.shutdown(wait=True)  # a second call waits for the background release
+
+
+DRIVER_SCRIPT = """
+import os, sys, psutil
+from hpcfutures import HighThroughputExecutor
+ex = HighThroughputExecutor(max_workers=1)
+assert ex.submit(pow, 2, 2).result(timeout=60) == 4
+pids = [p.pid for p in psutil.Process().children(recursive=True)]
+print(" ".join(map(str, pids)), flush=True)
+sys.stdin.read()  # wait until the test kills this process
+"""
+
+
+def test_a_killed_driver_leaves_no_interchange_or_pool_behind():
+    import subprocess
+    import sys
+
+    driver = subprocess.Popen(
+        [sys.executable, "-c", DRIVER_SCRIPT], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        line = driver.stdout.readline()
+        pids = {int(p) for p in line.split()}
+        assert len(pids) >= 3, f"expected interchange, pool and worker, got {line!r}"
+        driver.kill()
+        driver.wait()
+        assert_all_gone(pids, timeout=30)
+    finally:
+        driver.kill()
+        driver.wait()

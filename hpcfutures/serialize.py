@@ -10,6 +10,8 @@ loaded function by a digest of those bytes.
 from __future__ import annotations
 
 import hashlib
+import itertools
+import os
 import pickle
 import threading
 import traceback
@@ -50,6 +52,48 @@ def _rebuild_memoryview(buffer: Any, fmt: str = "B", shape: tuple[int, ...] | No
         return view  # a format cast() cannot make (non-native): the raw bytes are all we have
 
 
+class SharedSpill:
+    """Puts large top-level buffers in files of a shared-memory directory instead of frames.
+
+    Used between processes of one node: a buffer written once to ``/dev/shm`` and read once
+    by the receiver costs less than carrying it through every socket hop.  The pickle holds
+    the file's path; the receiver reads it, and removes it when ``unlink`` says it owns it.
+    """
+
+    def __init__(self, directory: str, prefix: str, *, unlink_on_load: bool, threshold: int = 256 * 1024):
+        self.directory = directory
+        self.prefix = prefix
+        self.unlink_on_load = unlink_on_load
+        self.threshold = threshold
+        self._names = itertools.count()
+
+    def write(self, data: Any) -> str:
+        """Write ``data`` to a new private file and return its path."""
+        path = f"{self.directory}/{self.prefix}{next(self._names)}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(data).cast("B")
+            written = 0
+            while written < len(view):
+                written += os.write(fd, view[written:])
+        finally:
+            os.close(fd)
+        return path
+
+
+_spilling = threading.local()  # .spill: the SharedSpill in use, .paths: what it wrote
+
+
+def _load_shared(path: str, rebuild: Callable[..., Any], extra: tuple[Any, ...], unlink: bool) -> Any:
+    with open(path, "rb") as f:
+        data: Any = f.read() if rebuild is not _rebuild_bytearray else bytearray(f.read())
+    if unlink:
+        os.unlink(path)
+    if rebuild is _rebuild_bytes or rebuild is _rebuild_bytearray:
+        return data
+    return rebuild(data, *extra)
+
+
 class _OutOfBand:
     """Wraps a top-level ``bytes``, ``bytearray`` or ``memoryview`` so that pickle sends it out of band."""
 
@@ -60,9 +104,13 @@ class _OutOfBand:
         self.rebuild = rebuild
 
     def __reduce_ex__(self, protocol: Any) -> Any:
-        if self.rebuild is _rebuild_memoryview:
-            return self.rebuild, (pickle.PickleBuffer(self.data), self.data.format, self.data.shape)
-        return self.rebuild, (pickle.PickleBuffer(self.data),)
+        extra = (self.data.format, self.data.shape) if self.rebuild is _rebuild_memoryview else ()
+        spill: SharedSpill | None = getattr(_spilling, "spill", None)
+        if spill is not None and memoryview(self.data).nbytes >= spill.threshold:
+            path = spill.write(self.data)
+            _spilling.paths.append(path)
+            return _load_shared, (path, self.rebuild, extra, spill.unlink_on_load)
+        return self.rebuild, (pickle.PickleBuffer(self.data), *extra)
 
 
 _WRAPPED_TYPES = frozenset({bytes, bytearray, memoryview})
@@ -257,3 +305,22 @@ def loads_exception(frames: Sequence[Buffer]) -> BaseException:
     exc, tb = loads(frames)
     exc.__cause__ = RemoteTraceback(f'\n"""\n{tb}"""')
     return exc
+
+
+def spilling(
+    spill: SharedSpill | None, dump: Callable[..., list[Buffer]], *args: Any
+) -> tuple[list[Buffer], list[str]]:
+    """Run ``dump(*args)`` with large top-level buffers going to ``spill``; return frames and paths."""
+    if spill is None:
+        return dump(*args), []
+    _spilling.spill = spill
+    paths: list[str] = []
+    _spilling.paths = paths
+    try:
+        return dump(*args), paths
+    except BaseException:
+        for path in paths:
+            os.unlink(path)
+        raise
+    finally:
+        _spilling.spill = None

@@ -221,3 +221,20 @@ def test_processes_run_with_the_drivers_python(htex):
 
     assert htex.submit(faults.python_version).result(timeout=30) == sys.version
     assert psutil.Process().children()  # the interchange and the pool are our children
+
+
+def test_large_buffers_travel_through_shared_memory_and_are_cleaned_up(htex):
+    from hpcfutures.testing.tasks import identity
+
+    payloads = [b"b" * (1 << 20), bytearray(b"a" * (600 << 10)), memoryview(b"m" * (300 << 10))]
+    results = [htex.submit(identity, p).result(timeout=30) for p in payloads]
+    assert results[0] == payloads[0] and type(results[0]) is bytes
+    assert results[1] == payloads[1] and type(results[1]) is bytearray
+    assert bytes(results[2]) == bytes(payloads[2]) and type(results[2]) is memoryview
+    spill = htex._spill
+    if spill is None:
+        pytest.skip("no writable /dev/shm here: large buffers travel as frames")
+    assert os.listdir(spill.directory) == []  # every argument and result file was removed
+    directory = spill.directory
+    htex.shutdown()
+    assert not os.path.exists(directory)

@@ -42,7 +42,7 @@ from ...errors import (
     VersionMismatchError,
 )
 from ...resources import DEFAULT_OPTIONS, ExecutorView, Resources, TaskOptions, reject_unsupported
-from ...serialize import dumps, dumps_call, loads, loads_exception
+from ...serialize import SharedSpill, dumps, dumps_call, loads, loads_exception, spilling
 from ..chunks import run_chunk
 from . import protocol as P
 from . import security
@@ -68,6 +68,17 @@ _live_executors: weakref.WeakSet[HighThroughputExecutor] = weakref.WeakSet()
 def _stop_all_at_exit() -> None:
     for executor in list(_live_executors):
         executor.terminate()
+
+
+def _unlink_spilled(future: Future[Any]) -> None:
+    paths = getattr(future, "spilled", None)
+    if paths:
+        future.spilled = None  # type: ignore[attr-defined]
+        for path in paths:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
 
 
 def _free_port(address: str) -> int:
@@ -110,6 +121,8 @@ class HtexFuture(Future[Any]):
     the stdlib's process pool counts tasks in its call queue.
     """
 
+    spilled: list[str] | None = None  # shared-memory files holding large arguments
+
     def __init__(self, executor: HighThroughputExecutor, task_id: int):
         super().__init__()
         self.task_id = task_id
@@ -141,13 +154,14 @@ class HighThroughputExecutor(Executor):
             directory, removed at shutdown, and no component logs.
         initializer, initargs: called as ``initializer(*initargs)`` in each worker at start;
             if it raises, the executor is broken and pending tasks fail, as in the stdlib.
-        prefetch: tasks a pool holds beyond what its workers take (0 keeps queueing and
-            priority decisions in the interchange).
+        prefetch: tasks a pool asks for beyond what its workers take.  Each worker takes
+            between 1 and 64 tasks at a time, adapting to how long tasks run (about 5 ms of
+            work); priority cannot reorder tasks a worker already holds.
         heartbeat_period, heartbeat_threshold: seconds between heartbeats, and of silence
             after which a pool or the interchange counts as lost.
         lost_task_retries: how often a task whose worker or pool died is run again before it
             fails with WorkerLostError or PoolLostError.
-        start_timeout: seconds the interchange may take to start.
+        start_timeout: seconds a pool waits for the interchange to accept it before it exits.
     """
 
     def __init__(
@@ -245,6 +259,7 @@ class HighThroughputExecutor(Executor):
         self._cancel_counter = itertools.count(1)
         self.pools: dict[str, dict[str, Any]] = {}
         self._ports: dict[str, int] | None = None
+        self._spill: SharedSpill | None = None
         self._force_tcp = False  # tests: make local pools take the remote (CurveZMQ) path
 
     # -- public API ----------------------------------------------------------------------------
@@ -310,10 +325,11 @@ class HighThroughputExecutor(Executor):
         self._join_io_thread()
 
     def terminate(self) -> None:
-        """Stop now: cancel queued tasks, kill running ones, and return once all processes are gone.
+        """Stop now: kill running tasks and return once every process of the executor is gone.
 
-        Running tasks' futures fail with :class:`~hpcfutures.ExecutorShutdownError`.  This
-        returns in bounded time even when a task is stuck in C code.
+        Every unfinished future, queued or running, fails with
+        :class:`~hpcfutures.ExecutorShutdownError`.  This returns in bounded time even when a
+        task is stuck in C code.  It runs at interpreter exit for executors still alive.
         """
         with self._lock:
             self._shutdown = True
@@ -370,7 +386,7 @@ class HighThroughputExecutor(Executor):
             ) from self._broken
         if not self._started:
             self._start()
-        frames = dumps_call(fn, args, kwargs)
+        frames, spilled = spilling(self._spill, dumps_call, fn, args, kwargs)
         walltime = options.walltime or 0.0
         with self._lock:
             if self._shutdown:
@@ -392,6 +408,9 @@ class HighThroughputExecutor(Executor):
             if not self._wake_pending:
                 self._wake_pending = True
                 os.write(self._wake_w, b"\0")
+        if spilled:
+            future.spilled = spilled
+            future.add_done_callback(_unlink_spilled)  # for paths that end it outside the I/O thread
         return future
 
     def _map_with_options(
@@ -484,6 +503,7 @@ class HighThroughputExecutor(Executor):
                 self._dir = Path(tempfile.mkdtemp(prefix=f"hpcfutures-{self.label}-"))
                 self._temporary_dir = True
             self._keys = security.create_keys(self._dir / "keys")
+            self._spill = self._make_spill()
             self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
             self._start_interchange()
             self._context = zmq.Context()
@@ -538,10 +558,24 @@ class HighThroughputExecutor(Executor):
         ]
         if not self._temporary_dir:
             cmd += ["--log-file", str(self._dir / "interchange.log")]
+        for directory in (
+            self._ipc_dir,
+            self._spill.directory if self._spill else None,
+            self._dir if self._temporary_dir else None,
+        ):
+            if directory is not None:
+                cmd += ["--cleanup", str(directory)]
         with open(self._interchange_err, "wb") as err:
             self._interchange = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True
             )
+
+    def _make_spill(self) -> SharedSpill | None:
+        """Large buffers to and from pools on this node go through /dev/shm when it exists."""
+        if not self._pools_are_local() or not os.access("/dev/shm", os.W_OK):
+            return None
+        directory = tempfile.mkdtemp(prefix="hpcf-", dir="/dev/shm")
+        return SharedSpill(directory, "a", unlink_on_load=False)
 
     def _pools_are_local(self) -> bool:
         from ...providers.local import LocalProvider
@@ -569,9 +603,15 @@ class HighThroughputExecutor(Executor):
             str(self.heartbeat_period),
             "--heartbeat-threshold",
             str(self.heartbeat_threshold),
+            "--start-timeout",
+            str(self.start_timeout),
         ]
         if not self._temporary_dir:
             cmd += ["--log-file", str(self._dir / f"pool-{block_id}.log")]
+        if self._spill is not None:
+            cmd += ["--shm-dir", self._spill.directory]
+        if self._pools_are_local():
+            cmd += ["--ipc-dir", self._ipc_dir]
         job_id = self.provider.submit(
             shlex.join(cmd), self.max_workers or 1, f"{self.label}.block-{block_id}"
         )
@@ -695,6 +735,8 @@ class HighThroughputExecutor(Executor):
             fut = pending.pop(task_id, None)
             if fut is None:
                 continue
+            if fut.spilled:
+                _unlink_spilled(fut)
             buffers = [main, *oob]
             try:
                 if status == P.OK:
@@ -729,7 +771,13 @@ class HighThroughputExecutor(Executor):
             logger.warning("worker pool %s lost: %s", event.get("pool"), event.get("reason"))
             if block is not None and not block.ended:
                 block.cancelled = block.lost = True  # a silent pool may be hung: end its block
-                self.provider.cancel([block.job_id])
+                # Cancelling can take the provider's grace period: not on this thread.
+                threading.Thread(
+                    target=self.provider.cancel,
+                    args=([block.job_id],),
+                    name="hpcfutures-cancel-block",
+                    daemon=True,
+                ).start()
         elif kind == "pool_rejected":
             if self._pools_connected == 0:
                 self._fail_all(VersionMismatchError(event.get("reason", "a worker pool was rejected")))
@@ -835,6 +883,8 @@ class HighThroughputExecutor(Executor):
             if self._temporary_dir:
                 shutil.rmtree(self._dir, ignore_errors=True)
             shutil.rmtree(self._ipc_dir, ignore_errors=True)
+            if self._spill is not None:
+                shutil.rmtree(self._spill.directory, ignore_errors=True)
             self._stopped.set()
 
     def _stop_blocks(self) -> None:

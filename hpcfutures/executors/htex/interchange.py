@@ -24,6 +24,7 @@ import hmac
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from typing import Any
@@ -90,6 +91,7 @@ class Interchange:
         self.probes: list[float] = []
         self.driver_pid = args.driver_pid
         self.running = True
+        self.orphaned = False  # the driver died: clean up what it would have
         self.refused = 0
         self.started: list[int] = []
         self.to_driver_meta: list[bytes] = []
@@ -109,10 +111,8 @@ class Interchange:
             self.seq = seq
         elif kind == P.CANCEL:
             self.cancel(msg[1].bytes, set(P.unpack_ids(msg[2].bytes)))
-        elif kind == P.CANCEL_QUEUED:
+        elif kind == P.CANCEL_QUEUED:  # tasks already handed to pools count as started
             self.cancel(msg[1].bytes, None)
-            for pool in self.pools.values():
-                self.send_pool(pool, [P.CANCEL_QUEUED])
         elif kind == P.CONFIG:
             self.settings = msg[1].bytes
             self.config = msg[2:]
@@ -332,6 +332,7 @@ class Interchange:
                 if not self.driver_alive():
                     logger.warning("the driver process is gone; shutting down")
                     self.running = False
+                    self.orphaned = True
             self.dispatch()
             if self.started:
                 self.to_driver([P.STARTED, P.pack_ids(self.started)])
@@ -358,6 +359,9 @@ class Interchange:
         time.sleep(0.05)  # let the shutdown messages leave before the sockets close
         self.zap.close()
         self.context.destroy(linger=0)
+        if self.orphaned or not self.driver_alive():
+            for directory in self.args.cleanup:
+                shutil.rmtree(directory, ignore_errors=True)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -373,6 +377,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--heartbeat-threshold", type=float, default=10.0)
     parser.add_argument("--lost-task-retries", type=int, default=2)
     parser.add_argument("--log-file", default="")
+    parser.add_argument(
+        "--cleanup",
+        action="append",
+        default=[],
+        help="a directory of the driver's to remove if the driver dies",
+    )
     return parser.parse_args(argv)
 
 

@@ -85,7 +85,11 @@ class PoolManager:
         self.args = args
         self.workers_wanted = args.workers or len(os.sched_getaffinity(0))
         self.pool_id = args.pool_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.ipc_dir = tempfile.mkdtemp(prefix="hpcfutures-pool-")
+        # On the driver's node the sockets go in the driver's private directory, which it
+        # removes even if this process is killed.
+        self.ipc_dir = tempfile.mkdtemp(
+            prefix="pool-" if args.ipc_dir else "hpcfutures-pool-", dir=args.ipc_dir or None
+        )
         self.worker_endpoint = f"ipc://{self.ipc_dir}/workers"
         self.workers: dict[bytes, _Worker] = {}
         self.by_sentinel: dict[int, _Worker] = {}
@@ -120,7 +124,7 @@ class PoolManager:
             warnings.simplefilter("ignore", DeprecationWarning)  # fork with libzmq's I/O threads
             process = self.fork.Process(
                 target=worker_main,
-                args=(rank, self.worker_endpoint, env, os.getpid()),
+                args=(rank, self.worker_endpoint, env, os.getpid(), self.args.shm_dir),
                 name=f"hpcfutures-worker-{rank}",
                 daemon=True,
             )
@@ -243,10 +247,6 @@ class PoolManager:
             self.seq = seq
         elif kind == P.HEARTBEAT:
             pass
-        elif kind == P.CANCEL_QUEUED:
-            while self.queue:
-                _p, _s, (fields, _main, _oob) = heapq.heappop(self.queue)
-                self.out_meta.append(P.RESULT_META.pack(fields[0], P.CANCELLED, 0.0, 0, 0))
         elif kind == P.SHUTDOWN:
             self.running = False
 
@@ -438,6 +438,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--heartbeat-threshold", type=float, default=10.0)
     parser.add_argument("--start-timeout", type=float, default=60.0)
     parser.add_argument("--log-file", default="")
+    parser.add_argument("--ipc-dir", default="", help="a private directory for the workers' socket")
+    parser.add_argument(
+        "--shm-dir",
+        default="",
+        help="the driver's shared-memory directory, when the pool is on the driver's node",
+    )
     return parser.parse_args(argv)
 
 

@@ -1,9 +1,9 @@
 """CurveZMQ keys for one executor, and the ZAP check that admits only their holders.
 
-Each executor makes three key pairs (the interchange's, the driver's and the pools') and a
+Each executor makes two key pairs (the interchange's and the pools') and a
 random token, written to files readable only by their owner.  Pools on other nodes connect
-over TCP with CurveZMQ; the driver and pools on the interchange's own node connect through
-Unix sockets in a private directory and present the token.  The interchange answers
+over TCP with CurveZMQ.  The driver, and pools on the interchange's own node, connect through
+Unix sockets in a private (0700) directory; such pools must also present the token.  The interchange answers
 ZeroMQ's authentication requests itself and admits a peer only if it presents the client key
 expected on that socket, so a process without the key files can neither register as a pool
 nor inject results.
@@ -21,7 +21,6 @@ import zmq
 from zmq.utils import z85
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
-DRIVER_DOMAIN = b"driver"
 POOL_DOMAIN = b"pool"
 
 
@@ -36,10 +35,6 @@ class KeyFiles:
         return self.directory / "interchange.json"
 
     @property
-    def driver(self) -> Path:
-        return self.directory / "driver.json"
-
-    @property
     def pool(self) -> Path:
         return self.directory / "pool.json"
 
@@ -51,14 +46,13 @@ def _write_private(path: Path, data: dict[str, str]) -> None:
 
 
 def create_keys(directory: Path) -> KeyFiles:
-    """Generate the three key pairs into ``directory`` (created with mode 0700)."""
+    """Generate the key pairs and token into ``directory`` (created with mode 0700)."""
     if not zmq.has("curve"):
         raise RuntimeError("this libzmq was built without CURVE security; reinstall pyzmq from its wheels")
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
     files = KeyFiles(directory)
     server_public, server_secret = zmq.curve_keypair()
-    driver_public, driver_secret = zmq.curve_keypair()
     pool_public, pool_secret = zmq.curve_keypair()
     token = secrets.token_hex(32)
     _write_private(
@@ -67,23 +61,18 @@ def create_keys(directory: Path) -> KeyFiles:
             "token": token,
             "public": server_public.decode(),
             "secret": server_secret.decode(),
-            "driver_public": driver_public.decode(),
             "pool_public": pool_public.decode(),
         },
     )
-    for path, public, secret in (
-        (files.driver, driver_public, driver_secret),
-        (files.pool, pool_public, pool_secret),
-    ):
-        _write_private(
-            path,
-            {
-                "public": public.decode(),
-                "secret": secret.decode(),
-                "server": server_public.decode(),
-                "token": token,
-            },
-        )
+    _write_private(
+        files.pool,
+        {
+            "public": pool_public.decode(),
+            "secret": pool_secret.decode(),
+            "server": server_public.decode(),
+            "token": token,
+        },
+    )
     return files
 
 
@@ -117,7 +106,6 @@ class ZapHandler:
         self.socket.linger = 0
         self.socket.bind(ZAP_ENDPOINT)
         self._allowed = {
-            DRIVER_DOMAIN: z85.decode(keys["driver_public"]),
             POOL_DOMAIN: z85.decode(keys["pool_public"]),
         }
         self.refused = 0

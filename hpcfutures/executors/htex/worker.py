@@ -19,7 +19,15 @@ from typing import Any, Callable
 import zmq
 
 from ...errors import SerializationError
-from ...serialize import LoadedFunctions, dumps_exception, dumps_result, loads, loads_call
+from ...serialize import (
+    LoadedFunctions,
+    SharedSpill,
+    dumps_exception,
+    dumps_result,
+    loads,
+    loads_call,
+    spilling,
+)
 from . import protocol as P
 
 #: Results wait at most this long for company before they are sent.
@@ -48,7 +56,7 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def _run_one(
-    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], spill: SharedSpill | None
 ) -> tuple[int, list[Any], float]:
     start = time.perf_counter()
     try:
@@ -57,12 +65,12 @@ def _run_one(
         return P.ERROR, dumps_exception(exc), time.perf_counter() - start
     elapsed = time.perf_counter() - start
     try:
-        return P.OK, dumps_result(value), elapsed
+        return P.OK, spilling(spill, dumps_result, value)[0], elapsed
     except SerializationError as exc:
         return P.ERROR, dumps_exception(exc), elapsed
 
 
-def worker_main(rank: int, endpoint: str, env: dict[str, str], parent_pid: int) -> None:
+def worker_main(rank: int, endpoint: str, env: dict[str, str], parent_pid: int, shm_dir: str = "") -> None:
     """Serve tasks from the pool manager at ``endpoint`` until told to stop; never returns."""
     os.setpgid(0, 0)  # one process group per worker, so a walltime kill takes its children too
     _die_with_parent(parent_pid)
@@ -83,12 +91,12 @@ def worker_main(rank: int, endpoint: str, env: dict[str, str], parent_pid: int) 
                 sock.send_multipart([P.INIT_FAILED, *dumps_exception(exc)], copy=False)
                 time.sleep(0.1)  # let the message leave before the process does
                 os._exit(3)
-        _serve(sock)
+        _serve(sock, SharedSpill(shm_dir, f"r{os.getpid()}-", unlink_on_load=True) if shm_dir else None)
     finally:
         os._exit(0)
 
 
-def _serve(sock: zmq.Socket) -> None:
+def _serve(sock: zmq.Socket, spill: SharedSpill | None) -> None:
     functions = LoadedFunctions()
     queue: deque[P.Item] = deque()
     metas: list[bytes] = []
@@ -121,7 +129,7 @@ def _serve(sock: zmq.Socket) -> None:
             status, out, elapsed = P.ERROR, dumps_exception(error), 0.0
         else:
             del main, oob
-            status, out, elapsed = _run_one(fn, args, kwargs)
+            status, out, elapsed = _run_one(fn, args, kwargs, spill)
             del fn, args, kwargs
         if not metas:
             first_unsent = time.monotonic()

@@ -81,9 +81,6 @@ class SharedSpill:
         return path
 
 
-_spilling = threading.local()  # .spill: the SharedSpill in use, .paths: what it wrote
-
-
 def _load_shared(path: str, rebuild: Callable[..., Any], extra: tuple[Any, ...], unlink: bool) -> Any:
     with open(path, "rb") as f:
         data: Any = f.read() if rebuild is not _rebuild_bytearray else bytearray(f.read())
@@ -95,20 +92,33 @@ def _load_shared(path: str, rebuild: Callable[..., Any], extra: tuple[Any, ...],
 
 
 class _OutOfBand:
-    """Wraps a top-level ``bytes``, ``bytearray`` or ``memoryview`` so that pickle sends it out of band."""
+    """Wraps a top-level ``bytes``, ``bytearray`` or ``memoryview`` so that pickle sends it out of band.
 
-    __slots__ = ("data", "rebuild")
+    With a :class:`SharedSpill`, a large buffer goes to a shared-memory file instead, and its
+    path is added to ``spilled``.
+    """
 
-    def __init__(self, data: Any, rebuild: Callable[[Any], Any]):
+    __slots__ = ("data", "rebuild", "spill", "spilled")
+
+    def __init__(
+        self,
+        data: Any,
+        rebuild: Callable[..., Any],
+        spill: SharedSpill | None = None,
+        spilled: list[str] | None = None,
+    ):
         self.data = data
         self.rebuild = rebuild
+        self.spill = spill
+        self.spilled = spilled
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         extra = (self.data.format, self.data.shape) if self.rebuild is _rebuild_memoryview else ()
-        spill: SharedSpill | None = getattr(_spilling, "spill", None)
+        spill = self.spill
         if spill is not None and memoryview(self.data).nbytes >= spill.threshold:
             path = spill.write(self.data)
-            _spilling.paths.append(path)
+            if self.spilled is not None:
+                self.spilled.append(path)
             return _load_shared, (path, self.rebuild, extra, spill.unlink_on_load)
         return self.rebuild, (pickle.PickleBuffer(self.data), *extra)
 
@@ -116,12 +126,12 @@ class _OutOfBand:
 _WRAPPED_TYPES = frozenset({bytes, bytearray, memoryview})
 
 
-def _wrap(value: Any) -> Any:
+def _wrap(value: Any, spill: SharedSpill | None = None, spilled: list[str] | None = None) -> Any:
     kind = type(value)
     if kind is bytes and len(value) >= OUT_OF_BAND_THRESHOLD:
-        return _OutOfBand(value, _rebuild_bytes)
+        return _OutOfBand(value, _rebuild_bytes, spill, spilled)
     if kind is bytearray and len(value) >= OUT_OF_BAND_THRESHOLD:  # pickle 5 keeps these in band
-        return _OutOfBand(value, _rebuild_bytearray)
+        return _OutOfBand(value, _rebuild_bytearray, spill, spilled)
     if kind is memoryview:
         if not value.c_contiguous:
             flat = memoryview(value.tobytes())
@@ -129,7 +139,7 @@ def _wrap(value: Any) -> Any:
                 value = flat.cast(value.format, value.shape)
             except (TypeError, ValueError):
                 value = flat
-        return _OutOfBand(value, _rebuild_memoryview)
+        return _OutOfBand(value, _rebuild_memoryview, spill, spilled)
     return value
 
 
@@ -229,24 +239,36 @@ def _diagnose(
     return SerializationError(f"the call {name}(...) cannot be serialized: {error}")
 
 
-def dumps_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Buffer]:
-    """Serialize a call for a worker; raise :class:`SerializationError` naming the culprit."""
+def dumps_call(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    spill: SharedSpill | None = None,
+    spilled: list[str] | None = None,
+) -> list[Buffer]:
+    """Serialize a call for a worker; raise :class:`SerializationError` naming the culprit.
+
+    With ``spill``, large top-level buffers go to shared-memory files whose paths are added
+    to ``spilled`` (the caller removes them once the task is over).
+    """
     try:
         cached = _driver_functions.get(fn)
         wrapped_args = args
         for a in args:
             if type(a) in _WRAPPED_TYPES:
-                wrapped_args = tuple([_wrap(a) for a in args])
+                wrapped_args = tuple([_wrap(a, spill, spilled) for a in args])
                 break
         wrapped_kwargs = kwargs
         for v in kwargs.values():
             if type(v) in _WRAPPED_TYPES:
-                wrapped_kwargs = {k: _wrap(v) for k, v in kwargs.items()}
+                wrapped_kwargs = {k: _wrap(v, spill, spilled) for k, v in kwargs.items()}
                 break
         if cached is None:
             return dumps((None, fn, wrapped_args, wrapped_kwargs))
         return dumps((cached[1], cached[2], wrapped_args, wrapped_kwargs), cached[3])
     except Exception as exc:
+        for path in spilled or ():
+            os.unlink(path)
         raise _diagnose(fn, args, kwargs, exc) from exc
 
 
@@ -260,10 +282,10 @@ def loads_call(
     return fn, args, kwargs
 
 
-def dumps_result(value: Any) -> list[Buffer]:
-    """Serialize a task's return value (large top-level bytes travel out of band)."""
+def dumps_result(value: Any, spill: SharedSpill | None = None) -> list[Buffer]:
+    """Serialize a task's return value (large top-level buffers travel out of band or spill)."""
     try:
-        return dumps(_wrap(value))
+        return dumps(_wrap(value, spill))
     except Exception as exc:
         raise SerializationError(
             f"the task's return value ({type(value).__name__}) cannot be serialized: {exc}"
@@ -305,22 +327,3 @@ def loads_exception(frames: Sequence[Buffer]) -> BaseException:
     exc, tb = loads(frames)
     exc.__cause__ = RemoteTraceback(f'\n"""\n{tb}"""')
     return exc
-
-
-def spilling(
-    spill: SharedSpill | None, dump: Callable[..., list[Buffer]], *args: Any
-) -> tuple[list[Buffer], list[str]]:
-    """Run ``dump(*args)`` with large top-level buffers going to ``spill``; return frames and paths."""
-    if spill is None:
-        return dump(*args), []
-    _spilling.spill = spill
-    paths: list[str] = []
-    _spilling.paths = paths
-    try:
-        return dump(*args), paths
-    except BaseException:
-        for path in paths:
-            os.unlink(path)
-        raise
-    finally:
-        _spilling.spill = None

@@ -15,6 +15,7 @@ import itertools
 import json
 import logging
 import os
+import pickle
 import shlex
 import shutil
 import socket
@@ -42,7 +43,7 @@ from ...errors import (
     VersionMismatchError,
 )
 from ...resources import DEFAULT_OPTIONS, ExecutorView, Resources, TaskOptions, reject_unsupported
-from ...serialize import SharedSpill, dumps, dumps_call, loads, loads_exception, spilling
+from ...serialize import SharedSpill, dumps, dumps_call, loads, loads_exception
 from ..chunks import run_chunk
 from . import protocol as P
 from . import security
@@ -132,7 +133,13 @@ class HtexFuture(Future[Any]):
         """Cancel the task if it has not reached a worker pool; return whether it was cancelled."""
         if self.done():
             return self.cancelled()
+        if self.task_id in self._executor._started_ids:
+            return False
         return self._executor._cancel([self])
+
+    def running(self) -> bool:
+        """Return True if the task was handed to a worker pool and has not finished."""
+        return not self.done() and self.task_id in self._executor._started_ids
 
     def _cancel_locally(self) -> bool:
         return Future.cancel(self)
@@ -241,6 +248,9 @@ class HighThroughputExecutor(Executor):
         self._skip: set[int] = set()  # cancelled before the I/O thread took them
         self._controls: list[tuple[str, Any]] = []
         self._pending: dict[int, HtexFuture] = {}
+        # Tasks handed to a pool and not finished: running() asks here, so that marking a task
+        # started costs a set insertion instead of a state change on its future.
+        self._started_ids: set[int] = set()
         self._shutdown = False
         self._broken: BaseException | None = None
         self._start_lock = threading.Lock()
@@ -386,7 +396,8 @@ class HighThroughputExecutor(Executor):
             ) from self._broken
         if not self._started:
             self._start()
-        frames, spilled = spilling(self._spill, dumps_call, fn, args, kwargs)
+        spilled: list[str] = []
+        frames = dumps_call(fn, args, kwargs, self._spill, spilled)
         walltime = options.walltime or 0.0
         with self._lock:
             if self._shutdown:
@@ -711,11 +722,7 @@ class HighThroughputExecutor(Executor):
         if kind == P.RESULTS:
             self._on_results(msg)
         elif kind == P.STARTED:
-            pending = self._pending
-            for task_id in P.unpack_ids(msg[1].bytes):
-                fut = pending.get(task_id)
-                if fut is not None and not fut.running():
-                    fut.set_running_or_notify_cancel()
+            self._started_ids.update(P.unpack_ids(msg[1].bytes))
         elif kind == P.CANCEL_REPLY:
             waiting = self._cancel_requests.pop(msg[1].bytes, None)
             for task_id in P.unpack_ids(msg[2].bytes):
@@ -729,19 +736,29 @@ class HighThroughputExecutor(Executor):
 
     def _on_results(self, msg: list[zmq.Frame]) -> None:
         pending = self._pending
+        started = self._started_ids
         extra = [f.buffer for f in msg[3:]] if len(msg) > 3 else []
-        for fields, main, oob in P.split(P.RESULT_META, msg[1].bytes, msg[2].buffer, extra):
-            task_id, status = fields[0], fields[1]
+        blob = msg[2].buffer
+        offset = 0
+        frame = 0
+        for task_id, status, _elapsed, size, count in P.RESULT_META.iter_unpack(msg[1].bytes):
+            main = blob[offset : offset + size]
+            offset += size
+            if count:
+                buffers = [main, *extra[frame : frame + count]]
+                frame += count
+            else:
+                buffers = [main]
             fut = pending.pop(task_id, None)
             if fut is None:
                 continue
+            started.discard(task_id)
             if fut.spilled:
                 _unlink_spilled(fut)
-            buffers = [main, *oob]
             try:
                 if status == P.OK:
                     try:
-                        value = loads(buffers)
+                        value = pickle.loads(main) if not count else loads(buffers)
                     except Exception as exc:  # noqa: BLE001
                         fut.set_exception(
                             SerializationError(f"the result of task {task_id} could not be loaded: {exc!r}")
@@ -847,6 +864,7 @@ class HighThroughputExecutor(Executor):
     def _fail_all(self, error: BaseException) -> None:
         with self._lock:
             pending, self._pending = self._pending, {}
+            self._started_ids = set()
             self._outbox = []
             self._taken_upto = max(self._taken_upto, max(pending, default=0))
         for fut in pending.values():

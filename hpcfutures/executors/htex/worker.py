@@ -26,7 +26,6 @@ from ...serialize import (
     dumps_result,
     loads,
     loads_call,
-    spilling,
 )
 from . import protocol as P
 
@@ -65,7 +64,7 @@ def _run_one(
         return P.ERROR, dumps_exception(exc), time.perf_counter() - start
     elapsed = time.perf_counter() - start
     try:
-        return P.OK, spilling(spill, dumps_result, value)[0], elapsed
+        return P.OK, dumps_result(value, spill), elapsed
     except SerializationError as exc:
         return P.ERROR, dumps_exception(exc), elapsed
 

@@ -318,12 +318,7 @@ class HighThroughputExecutor(Executor):
         exit, which calls :meth:`terminate`).  ``cancel_futures=True`` cancels the tasks
         not yet handed to a worker pool.  To stop running tasks too, use :meth:`terminate`.
         """
-        with self._lock:
-            self._shutdown = True
-        if not self._started:
-            self._release_provider()
-            return
-        if self._stopped.is_set():
+        if not self._close_for_submits():
             return
         if cancel_futures:
             self._cancel(list(self._pending.values()), everything=True)
@@ -341,15 +336,19 @@ class HighThroughputExecutor(Executor):
         :class:`~hpcfutures.ExecutorShutdownError`.  This returns in bounded time even when a
         task is stuck in C code.  It runs at interpreter exit for executors still alive.
         """
+        if not self._close_for_submits():
+            return
+        self._request_stop(kill=True)
+        self._join_io_thread()
+
+    def _close_for_submits(self) -> bool:
+        """Refuse new submits; return whether there is anything left to stop."""
         with self._lock:
             self._shutdown = True
         if not self._started:
             self._release_provider()
-            return
-        if self._stopped.is_set():
-            return
-        self._request_stop(kill=True)
-        self._join_io_thread()
+            return False
+        return not self._stopped.is_set()
 
     def _join_io_thread(self) -> None:
         thread = self._io_thread

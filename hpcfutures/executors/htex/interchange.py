@@ -35,6 +35,7 @@ from ...errors import PoolLostError
 from ...serialize import dumps
 from . import protocol as P
 from . import security
+from .component import setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -389,12 +390,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: bind the given ports, then route until told to stop."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    if args.log_file:
-        logging.basicConfig(
-            filename=args.log_file,
-            level=logging.DEBUG,
-            format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",
-        )
+    setup_logging(args.log_file)
     interchange = Interchange(args)
     try:
         interchange.run()

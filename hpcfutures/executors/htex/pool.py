@@ -35,6 +35,7 @@ from ...errors import TaskTimeoutError, WorkerLostError
 from ...serialize import dumps
 from . import protocol as P
 from . import security
+from .component import setup_logging
 from .worker import worker_main
 
 logger = logging.getLogger(__name__)
@@ -450,12 +451,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run a pool manager until the interchange tells it to stop or is lost."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    if args.log_file:
-        logging.basicConfig(
-            filename=args.log_file,
-            level=logging.DEBUG,
-            format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",
-        )
+    setup_logging(args.log_file)
 
     def stop(signum: int, _frame: Any) -> None:
         raise SystemExit(128 + signum)

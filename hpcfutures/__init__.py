@@ -34,6 +34,24 @@ _EXPORTS = {
     "TaskTimeoutError": "hpcfutures.errors",
     "RemoteTraceback": "hpcfutures.errors",
     "RemoteError": "hpcfutures.errors",
+    "DependencyError": "hpcfutures.errors",
+    "JoinError": "hpcfutures.errors",
+    "AppError": "hpcfutures.errors",
+    "BashExitFailure": "hpcfutures.errors",
+    "BashAppNoReturn": "hpcfutures.errors",
+    "MissingOutputs": "hpcfutures.errors",
+    "NoExecutorBoundError": "hpcfutures.errors",
+    "DataflowExecutor": "hpcfutures.dataflow.executor",
+    "DataflowView": "hpcfutures.dataflow.executor",
+    "DataflowFuture": "hpcfutures.dataflow.futures",
+    "DataFuture": "hpcfutures.dataflow.futures",
+    "File": "hpcfutures.dataflow.files",
+    "TaskRecord": "hpcfutures.dataflow.retry",
+    "register_container": "hpcfutures.dataflow.deps",
+    "python_app": "hpcfutures.dataflow.apps",
+    "bash_app": "hpcfutures.dataflow.apps",
+    "join_app": "hpcfutures.dataflow.apps",
+    "AUTO_LOGNAME": "hpcfutures.dataflow.apps",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -42,13 +60,26 @@ __all__ = ["__version__", *_EXPORTS]
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
+    from .dataflow.apps import AUTO_LOGNAME, bash_app, join_app, python_app
+    from .dataflow.deps import register_container
+    from .dataflow.executor import DataflowExecutor, DataflowView
+    from .dataflow.files import File
+    from .dataflow.futures import DataflowFuture, DataFuture
+    from .dataflow.retry import TaskRecord
     from .errors import (
+        AppError,
+        BashAppNoReturn,
+        BashExitFailure,
         BrokenExecutorError,
         ConfigurationError,
+        DependencyError,
         ExecutorError,
         ExecutorShutdownError,
         HpcFuturesError,
         InterchangeLostError,
+        JoinError,
+        MissingOutputs,
+        NoExecutorBoundError,
         PoolLostError,
         PoolStartError,
         RemoteError,

@@ -130,3 +130,65 @@ class RemoteError(TaskError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return RemoteError, (self.type_name, self.message)
+
+
+class DependencyError(TaskError):
+    """A task did not run because a task it depends on failed or was cancelled.
+
+    ``failed`` lists ``(task id, task name, exception)`` for each failed dependency (a task id
+    is None for a future that did not come from a DataflowExecutor); ``chain`` names the
+    tasks from the root failure down to this one.  The first failure is the ``__cause__``.
+    """
+
+    def __init__(self, message: str, failed: list[tuple[int | None, str, BaseException]], chain: list[str]):
+        super().__init__(message)
+        self.failed = failed
+        self.chain = chain
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return DependencyError, (self.args[0], self.failed, self.chain)
+
+
+class JoinError(TaskError):
+    """A join app's inner tasks failed; ``failed`` lists ``(task id, task name, exception)``."""
+
+    def __init__(self, message: str, failed: list[tuple[int | None, str, BaseException]]):
+        super().__init__(message)
+        self.failed = failed
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return JoinError, (self.args[0], self.failed)
+
+
+class AppError(TaskError):
+    """Base class of failures of bash apps reported by the app machinery."""
+
+
+class BashExitFailure(AppError):
+    """A bash app's command exited with a non-zero code."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return BashExitFailure, (self.args[0], self.exit_code)
+
+
+class BashAppNoReturn(AppError, TypeError):
+    """A bash app's function returned something other than a command string."""
+
+
+class MissingOutputs(AppError):
+    """An app finished without creating outputs it declared; ``outputs`` lists their paths."""
+
+    def __init__(self, message: str, outputs: list[str]):
+        super().__init__(message)
+        self.outputs = outputs
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return MissingOutputs, (self.args[0], self.outputs)
+
+
+class NoExecutorBoundError(HpcFuturesError, RuntimeError):
+    """An app was called with no DataflowExecutor bound to it or active."""

@@ -142,7 +142,10 @@ class HtexFuture(Future[Any]):
         return not self.done() and self.task_id in self._executor._started_ids
 
     def _cancel_locally(self) -> bool:
-        return Future.cancel(self)
+        if Future.cancel(self):
+            self.set_running_or_notify_cancel()  # wait() and as_completed() see it at once
+            return True
+        return self.cancelled()
 
 
 class HighThroughputExecutor(Executor):

@@ -1,0 +1,71 @@
+"""The futures a DataflowExecutor returns: ``DataflowFuture`` and ``DataFuture``."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+
+from .files import File
+
+if TYPE_CHECKING:
+    from .executor import _Task
+
+
+class DataflowFuture(Future[Any]):
+    """The future of one DataflowExecutor task.
+
+    ``task_id`` numbers tasks within their executor; ``name`` is the function's or app's
+    name.  Apps also set ``outputs`` (a DataFuture per declared output file), ``stdout`` and
+    ``stderr`` (the paths their streams go to).  ``cancel()`` works while the task waits for
+    dependencies and while it is queued in the backend executor.
+    """
+
+    def __init__(self, task_id: int, name: str):
+        super().__init__()
+        self.task_id = task_id
+        self.name = name
+        self.outputs: list[DataFuture] = []
+        self.stdout: str | None = None
+        self.stderr: str | None = None
+        self._task: _Task | None = None  # dropped when the task ends, so records do not pile up
+
+    def cancel(self) -> bool:
+        """Cancel the task if it is waiting or queued; return whether it was cancelled."""
+        task = self._task
+        if task is None:
+            return Future.cancel(self)
+        return task.cancel()
+
+    def __repr__(self) -> str:
+        return f"<DataflowFuture task {self.task_id} ({self.name}) state={self._state.lower()}>"
+
+
+class DataFuture(Future[File]):
+    """A future for one output file of an app: it resolves to the ``File`` once the app succeeds.
+
+    It fails with the app's exception if the app fails.  Passed to another app (in its
+    arguments or ``inputs``), it makes that app wait for the file.
+    """
+
+    def __init__(self, parent: Future[Any], file: File):
+        super().__init__()
+        self.parent = parent
+        self.file = file
+        parent.add_done_callback(self._parent_done)
+
+    @property
+    def filepath(self) -> str:
+        """The file's local path (known before the file exists)."""
+        return self.file.filepath
+
+    def _parent_done(self, parent: Future[Any]) -> None:
+        if parent.cancelled():
+            Future.cancel(self)
+            self.set_running_or_notify_cancel()
+        elif parent.exception() is not None:
+            self.set_exception(parent.exception())
+        else:
+            self.set_result(self.file)
+
+    def __repr__(self) -> str:
+        return f"<DataFuture {self.file.url!r} state={self._state.lower()}>"

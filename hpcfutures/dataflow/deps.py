@@ -13,7 +13,7 @@ from concurrent.futures import Future
 from typing import Any, Callable
 
 # Types that cannot hold a future: skipped without a look inside.
-_ATOMIC = frozenset({int, float, complex, str, bytes, bool, type(None), bytearray, memoryview, range})
+ATOMIC_TYPES = frozenset({int, float, complex, str, bytes, bool, type(None), bytearray, memoryview, range})
 
 Walk = Callable[[Any, Callable[[Any], Any]], Any]
 _walkers: dict[type, Walk] = {}
@@ -99,7 +99,7 @@ def find_futures(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Future[A
 
     def visit(obj: Any) -> Any:
         kind = type(obj)
-        if kind in _ATOMIC:
+        if kind in ATOMIC_TYPES:
             return obj
         if isinstance(obj, Future):
             if id(obj) not in seen:
@@ -112,10 +112,10 @@ def find_futures(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Future[A
         return obj
 
     for a in args:
-        if type(a) not in _ATOMIC:
+        if type(a) not in ATOMIC_TYPES:
             visit(a)
     for v in kwargs.values():
-        if type(v) not in _ATOMIC:
+        if type(v) not in ATOMIC_TYPES:
             visit(v)
     return found
 
@@ -125,7 +125,7 @@ def substitute(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any
 
     def visit(obj: Any) -> Any:
         kind = type(obj)
-        if kind in _ATOMIC:
+        if kind in ATOMIC_TYPES:
             return obj
         if isinstance(obj, Future):
             return obj.result()

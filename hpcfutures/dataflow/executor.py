@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 from ..errors import ConfigurationError, DependencyError, JoinError, UnsupportedOptionError
 from ..resources import Resources
-from .deps import find_futures, substitute
+from .deps import ATOMIC_TYPES, find_futures, substitute
 from .futures import DataflowFuture
 from .retry import RetryHandler, TaskRecord, should_retry
 
@@ -37,6 +37,7 @@ current_executor: contextvars.ContextVar[DataflowExecutor | None] = contextvars.
 )
 
 _WAITING, _QUEUED, _DONE = 0, 1, 2
+_FINISHED = "FINISHED"  # concurrent.futures' state name for a future with a result or exception
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,13 @@ class TaskSettings:
     resources: Resources | None = None
     join: bool = False
 
+    def __post_init__(self) -> None:
+        opts = {"walltime": self.walltime, "priority": self.priority, "resources": self.resources}
+        object.__setattr__(self, "_backend_options", {k: v for k, v in opts.items() if v is not None})
+
     def backend_options(self) -> dict[str, Any]:
         """The settings the backend executor's ``options()`` must carry, if any."""
-        opts = {"walltime": self.walltime, "priority": self.priority, "resources": self.resources}
-        return {k: v for k, v in opts.items() if v is not None}
+        return self._backend_options  # type: ignore[attr-defined,no-any-return]
 
 
 DEFAULT_SETTINGS = TaskSettings()
@@ -117,7 +121,7 @@ class _Task:
         self.label = dfx._choose_label(settings)
         self.wrap = wrap
         self.deps: list[Future[Any]] = []
-        self.done_count: Iterator[int] = iter(())
+        self.done_count: Iterator[int] | None = None
         self.state = _WAITING
         self.inner: Future[Any] | None = None
         self.record: TaskRecord | None = None
@@ -126,6 +130,13 @@ class _Task:
     # -- waiting for dependencies --------------------------------------------------------------
 
     def start(self) -> None:
+        for a in self.args:
+            if type(a) not in ATOMIC_TYPES:
+                break
+        else:
+            if not self.kwargs:  # nothing can hold a future: skip the search
+                self.launch()
+                return
         deps = find_futures(self.args, self.kwargs)
         if not deps:
             self.launch()
@@ -137,7 +148,7 @@ class _Task:
 
     def _dep_done(self, _dep: Future[Any]) -> None:
         # itertools.count advances atomically: exactly one callback sees the last number.
-        if next(self.done_count) == len(self.deps):
+        if next(self.done_count) == len(self.deps):  # type: ignore[arg-type]
             self.launch()
 
     def launch(self) -> None:
@@ -200,13 +211,20 @@ class _Task:
         inner.add_done_callback(self._inner_done)
 
     def _inner_done(self, inner: Future[Any]) -> None:
-        if inner.cancelled():
+        # A done future no longer changes: read its outcome without taking its lock three times.
+        if inner._state == _FINISHED:  # type: ignore[attr-defined]
+            error = inner._exception  # type: ignore[attr-defined]
+            if error is None:
+                self.finish(result=inner._result)  # type: ignore[attr-defined]
+                return
+        elif inner.cancelled():
             self.finish(cancelled=True)
             return
-        error = inner.exception()
-        if error is None:
-            self.finish(result=inner.result())
-            return
+        else:
+            error = inner.exception()
+            if error is None:
+                self.finish(result=inner.result())
+                return
         if self.dfx._shutting_down and self.dfx._cancelling:
             self.finish(exception=error)
             return
@@ -479,10 +497,10 @@ class DataflowExecutor(Executor):
 
     def _backend(self, label: str, settings: TaskSettings) -> Executor:
         """The executor for ``label``, through an options() view when the task needs one."""
-        executor = self.executors[label]
         wanted = settings.backend_options()
         if not wanted:
-            return executor
+            return self.executors[label]
+        executor = self.executors[label]
         key = (label, tuple(sorted(wanted.items(), key=lambda kv: kv[0])))
         view = self._views.get(key)
         if view is None:

@@ -20,13 +20,15 @@ class DataflowFuture(Future[Any]):
     dependencies and while it is queued in the backend executor.
     """
 
+    # Class-level defaults: apps set them per future; plain tasks allocate nothing for them.
+    outputs: list[DataFuture] = []  # noqa: RUF012 - replaced, never mutated in place
+    stdout: str | None = None
+    stderr: str | None = None
+
     def __init__(self, task_id: int, name: str):
         super().__init__()
         self.task_id = task_id
         self.name = name
-        self.outputs: list[DataFuture] = []
-        self.stdout: str | None = None
-        self.stderr: str | None = None
         self._task: _Task | None = None  # dropped when the task ends, so records do not pile up
 
     def cancel(self) -> bool:

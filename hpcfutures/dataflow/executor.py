@@ -57,7 +57,7 @@ class TaskSettings:
 
     def backend_options(self) -> dict[str, Any]:
         """The settings the backend executor's ``options()`` must carry, if any."""
-        return self._backend_options  # type: ignore[attr-defined,no-any-return]
+        return self._backend_options  # type: ignore[attr-defined]
 
 
 DEFAULT_SETTINGS = TaskSettings()
@@ -212,10 +212,10 @@ class _Task:
 
     def _inner_done(self, inner: Future[Any]) -> None:
         # A done future no longer changes: read its outcome without taking its lock three times.
-        if inner._state == _FINISHED:  # type: ignore[attr-defined]
-            error = inner._exception  # type: ignore[attr-defined]
+        if inner._state == _FINISHED:
+            error = inner._exception
             if error is None:
-                self.finish(result=inner._result)  # type: ignore[attr-defined]
+                self.finish(result=inner._result)
                 return
         elif inner.cancelled():
             self.finish(cancelled=True)

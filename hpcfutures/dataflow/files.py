@@ -17,7 +17,7 @@ class File(os.PathLike[str]):
 
     def __init__(self, url: str | os.PathLike[str]):
         if isinstance(url, File):
-            url = url.url
+            url = url.__getstate__()[0]
         if not isinstance(url, (str, os.PathLike)):
             raise TypeError(f"File needs a path or URL string, got {type(url).__name__}")
         text = os.fspath(url)

@@ -138,12 +138,37 @@ class DependencyError(TaskError):
     ``failed`` lists ``(task id, task name, exception)`` for each failed dependency (a task id
     is None for a future that did not come from a DataflowExecutor); ``chain`` names the
     tasks from the root failure down to this one.  The first failure is the ``__cause__``.
+
+    With ``upstream``, ``chain`` continues that error's chain: the error links to it rather
+    than copy it, so that a failure travelling down a chain of n tasks takes O(n) memory.
     """
 
-    def __init__(self, message: str, failed: list[tuple[int | None, str, BaseException]], chain: list[str]):
+    def __init__(
+        self,
+        message: str,
+        failed: list[tuple[int | None, str, BaseException]],
+        chain: list[str],
+        *,
+        upstream: DependencyError | None = None,
+    ):
         super().__init__(message)
         self.failed = failed
-        self.chain = chain
+        self._links = list(chain)
+        self._upstream = upstream
+        #: How many tasks ``chain`` names.
+        self.chain_length: int = len(self._links) + (upstream.chain_length if upstream is not None else 0)
+        root = upstream._root if upstream is not None else (self._links[0] if self._links else None)
+        self._root: str | None = root
+
+    @property
+    def chain(self) -> list[str]:
+        """The tasks from the root failure down to this one, as ``"task 3 (name)"``."""
+        parts = []
+        error: DependencyError | None = self
+        while error is not None:
+            parts.append(error._links)
+            error = error._upstream
+        return [name for links in reversed(parts) for name in links]
 
     def __reduce__(self) -> tuple[Any, ...]:
         return DependencyError, (self.args[0], self.failed, self.chain)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import operator
 from concurrent.futures import Future
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 # Types that cannot hold a future: skipped without a look inside.
 ATOMIC_TYPES = frozenset({int, float, complex, str, bytes, bool, type(None), bytearray, memoryview, range})
@@ -35,12 +36,29 @@ def register_container(cls: type, walk: Walk) -> None:
     _walkers[cls] = walk
 
 
+def _unchanged(new: Iterable[Any], old: Iterable[Any]) -> bool:
+    return all(map(operator.is_, new, old))
+
+
+# Each walker returns ``obj`` itself when no item changed: an argument without futures
+# reaches the task as the caller's own object, as it would through a thread pool.
+
+
 def _walk_list(obj: list[Any], visit: Callable[[Any], Any]) -> list[Any]:
-    return [visit(x) for x in obj]
+    items = [visit(x) for x in obj]
+    if _unchanged(items, obj):
+        return obj
+    if type(obj) is list:
+        return items
+    new = copy.copy(obj)  # a subclass keeps its type
+    new[:] = items
+    return new
 
 
 def _walk_tuple(obj: tuple[Any, ...], visit: Callable[[Any], Any]) -> tuple[Any, ...]:
     items = [visit(x) for x in obj]
+    if _unchanged(items, obj):
+        return obj
     if type(obj) is tuple:
         return tuple(items)
     if hasattr(obj, "_fields"):  # a named tuple
@@ -49,23 +67,38 @@ def _walk_tuple(obj: tuple[Any, ...], visit: Callable[[Any], Any]) -> tuple[Any,
 
 
 def _walk_set(obj: set[Any] | frozenset[Any], visit: Callable[[Any], Any]) -> Any:
-    return type(obj)(visit(x) for x in obj)
+    items = [visit(x) for x in obj]
+    if _unchanged(items, obj):
+        return obj
+    return type(obj)(items)
 
 
 def _walk_dict(obj: dict[Any, Any], visit: Callable[[Any], Any]) -> dict[Any, Any]:
+    keys = [visit(k) for k in obj]
+    values = [visit(v) for v in obj.values()]
+    if _unchanged(keys, obj) and _unchanged(values, obj.values()):
+        return obj
     if type(obj) is dict:
-        return {visit(k): visit(v) for k, v in obj.items()}
+        return dict(zip(keys, values))
     new = copy.copy(obj)
     new.clear()
-    for k, v in obj.items():
-        new[visit(k)] = visit(v)
+    for k, v in zip(keys, values):
+        new[k] = v
     return new
 
 
 def _walk_dataclass(obj: Any, visit: Callable[[Any], Any]) -> Any:
+    changed = {}
+    for f in dataclasses.fields(obj):
+        old = getattr(obj, f.name)
+        new_value = visit(old)
+        if new_value is not old:
+            changed[f.name] = new_value
+    if not changed:
+        return obj
     new = copy.copy(obj)
-    for field in dataclasses.fields(obj):
-        object.__setattr__(new, field.name, visit(getattr(obj, field.name)))
+    for name, value in changed.items():
+        object.__setattr__(new, name, value)  # also for a frozen dataclass
     return new
 
 
@@ -107,7 +140,8 @@ def find_futures(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Future[A
                 found.append(obj)
             return obj
         walk = _walker_for(obj)
-        if walk is not None:
+        if walk is not None and id(obj) not in seen:  # each container once, even in a cycle
+            seen.add(id(obj))
             walk(obj, visit)
         return obj
 
@@ -122,6 +156,9 @@ def find_futures(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Future[A
 
 def substitute(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """Return ``args`` and ``kwargs`` with each (done, successful) future replaced by its result."""
+    # id of a container -> what replaces it: a container met again (shared, or in a cycle) is
+    # walked once, and a cycle back to a container still being walked keeps the original.
+    rebuilt: dict[int, Any] = {}
 
     def visit(obj: Any) -> Any:
         kind = type(obj)
@@ -130,8 +167,12 @@ def substitute(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any
         if isinstance(obj, Future):
             return obj.result()
         walk = _walker_for(obj)
-        if walk is not None:
-            return walk(obj, visit)
-        return obj
+        if walk is None:
+            return obj
+        key = id(obj)
+        if key not in rebuilt:
+            rebuilt[key] = obj
+            rebuilt[key] = walk(obj, visit)
+        return rebuilt[key]
 
     return tuple([visit(a) for a in args]), {k: visit(v) for k, v in kwargs.items()}

@@ -8,6 +8,7 @@ the chain back to the first failure, while tasks that do not depend on the failu
 
 from __future__ import annotations
 
+import collections
 import contextvars
 import itertools
 import logging
@@ -149,7 +150,7 @@ class _Task:
     def _dep_done(self, _dep: Future[Any]) -> None:
         # itertools.count advances atomically: exactly one callback sees the last number.
         if next(self.done_count) == len(self.deps):  # type: ignore[arg-type]
-            self.launch()
+            _launch_in_turn(self)
 
     def launch(self) -> None:
         with self.lock:
@@ -174,23 +175,32 @@ class _Task:
 
     def _dependency_error(self, failed: list[tuple[Future[Any], BaseException]]) -> DependencyError:
         fut = self.future
-        entries = []
-        chain: list[str] = []
-        for dep, err in failed:
-            task_id, name = _describe(dep)
-            entries.append((task_id, name, err))
-            if not chain:
-                chain = list(err.chain) if isinstance(err, DependencyError) else [f"task {task_id} ({name})"]
-        chain = [*chain, f"task {fut.task_id} ({fut.name})"]
+        entries = [(*_describe(dep), err) for dep, err in failed]
+        me = f"task {fut.task_id} ({fut.name})"
+        first_id, first_name, first_error = entries[0]
+        # The chain goes through the first failed dependency; it links to that dependency's
+        # own DependencyError rather than copy its chain, which would be quadratic.
+        upstream = first_error if isinstance(first_error, DependencyError) else None
+        if upstream is None:
+            links = [f"task {first_id} ({first_name})" if first_id is not None else first_name, me]
+            path = " -> ".join(links)
+        elif upstream.chain_length < 6:
+            links = [me]
+            path = " -> ".join([*upstream.chain, me])
+        else:  # a long chain: its ends say enough, and writing it all out would be quadratic
+            links = [me]
+            middle = upstream.chain_length - 2
+            path = f"{upstream._root} -> ... ({middle} more) -> {upstream._links[-1]} -> {me}"
         root = failed[0][1]
         while isinstance(root, DependencyError) and root.__cause__ is not None:
             root = root.__cause__
         names = ", ".join(f"task {i} ({n})" if i is not None else n for i, n, _ in entries)
         error = DependencyError(
             f"task {fut.task_id} ({fut.name}) did not run: its dependency {names} failed "
-            f"({type(root).__name__}: {root}); failing chain: {' -> '.join(chain)}",
+            f"({type(root).__name__}: {root}); failing chain: {path}",
             entries,
-            chain,
+            links,
+            upstream=upstream,
         )
         error.__cause__ = root
         return error
@@ -278,6 +288,32 @@ class _Task:
         self.future._task = None
         self.dfx._live.pop(self.future.task_id, None)
         self.fn = self.args = self.kwargs = self.inner = None  # type: ignore[assignment]
+        self.record = None  # it holds the arguments and the failed attempts' tracebacks
+
+
+# The tasks this thread still has to launch while it launches one.  A failure or a cancel
+# travels down a chain of waiting tasks through done-callbacks; launching each dependent from
+# its dependency's callback would nest one call per task and overflow the stack on a long
+# chain (the stdlib logs a RecursionError in a callback and leaves the futures pending).
+_launching = threading.local()
+
+
+def _launch_in_turn(task: _Task) -> None:
+    """Launch ``task`` now, or after the launch this thread is making, without nesting."""
+    queue: collections.deque[_Task] | None = getattr(_launching, "queue", None)
+    if queue is not None:
+        queue.append(task)
+        return
+    _launching.queue = queue = collections.deque([task])
+    try:
+        while queue:
+            next_task = queue.popleft()
+            try:
+                next_task.launch()
+            except Exception:  # noqa: BLE001 - keep launching the others, as callbacks would
+                logger.exception("launching task %s failed", next_task.future.task_id)
+    finally:
+        _launching.queue = None
 
 
 def _cancel_future(fut: Future[Any]) -> bool:
@@ -319,6 +355,10 @@ class DataflowExecutor(Executor):
     ):
         if executor is not None and executors is not None:
             raise ConfigurationError("give either executor= or executors={label: executor, ...}, not both")
+        if executor is not None and not callable(getattr(executor, "submit", None)):
+            raise ConfigurationError(
+                f"executor must be a concurrent.futures.Executor, got {type(executor).__name__}"
+            )
         owned: set[str] = set()
         if executors is None:
             if executor is None:
@@ -400,10 +440,31 @@ class DataflowExecutor(Executor):
             for task in list(self._live.values()):
                 task.cancel()
         if wait:
-            while self._live:
-                wait_futures([t.future for t in list(self._live.values())])
+            self._wait_then_shut_backends(True, cancel_futures)
+        elif self._live:
+            # As in the stdlib, pending tasks still run after shutdown(wait=False); those
+            # still waiting for dependencies need the backends, so release them afterwards.
+            threading.Thread(
+                target=self._wait_then_shut_backends,
+                args=(False, cancel_futures),
+                name="hpcfutures-dataflow-shutdown",
+                daemon=True,
+            ).start()
+        else:
+            self._wait_then_shut_backends(False, cancel_futures)
+
+    def _wait_then_shut_backends(self, wait: bool, cancel_futures: bool) -> None:
+        while self._live:
+            wait_futures([t.future for t in list(self._live.values())])
         for label in self._owned:
-            self.executors[label].shutdown(wait=wait, cancel_futures=cancel_futures)
+            executor = self.executors[label]
+            if cancel_futures:
+                try:
+                    executor.shutdown(wait=wait, cancel_futures=True)
+                    continue
+                except TypeError:  # an Executor without Python 3.9's cancel_futures (loky's)
+                    pass
+            executor.shutdown(wait=wait)
         if self._join_pool is not None:
             self._join_pool.shutdown(wait=wait)
 
@@ -537,7 +598,11 @@ class DataflowExecutor(Executor):
         if setup is not None:
             setup(future)
         self._live[task_id] = task
-        task.start()
+        try:
+            task.start()
+        except BaseException:
+            task._release()  # e.g. a container walker raised: the future was never handed out
+            raise
         return future
 
     def _run_join(self, task: _Task) -> None:

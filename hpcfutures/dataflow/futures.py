@@ -38,6 +38,18 @@ class DataflowFuture(Future[Any]):
             return Future.cancel(self)
         return task.cancel()
 
+    def running(self) -> bool:
+        """Return True if the task is running in its backend executor.
+
+        The backend's own future knows when the task starts; this future stays pending
+        until the task ends.
+        """
+        task = self._task
+        inner = task.inner if task is not None else None
+        if inner is None:
+            return Future.running(self)
+        return inner.running() and not self.done()
+
     def __repr__(self) -> str:
         return f"<DataflowFuture task {self.task_id} ({self.name}) state={self._state.lower()}>"
 

@@ -83,3 +83,38 @@ def record_then_stuck(record: Callable[[Any], Any]) -> None:
     """Report this worker's pid through ``record``, then block in C code."""
     record(os.getpid())
     stuck_in_c()
+
+
+def kill_self_once(marker: str, value: Any = None) -> Any:
+    """Kill this worker unless ``marker`` exists (creating it first); then return ``value``.
+
+    The first attempt dies and any later one succeeds: a transient loss of a worker.
+    """
+    try:
+        with open(marker, "x"):
+            pass
+    except FileExistsError:
+        return value
+    os.kill(os.getpid(), signal.SIGKILL)
+    return None  # not reached
+
+
+def record_then_kill(record: Callable[[Any], Any]) -> None:
+    """Report this worker's pid through ``record``, then kill the worker with SIGKILL."""
+    record(os.getpid())
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fail_until(path: str, failures: int, value: Any = None) -> Any:
+    """Count this attempt in the file ``path``; raise for the first ``failures`` attempts.
+
+    Return ``value`` from attempt ``failures + 1`` on.  A file rather than a global, so that
+    the attempts are counted across worker processes.
+    """
+    with open(path, "a") as f:
+        f.write("x")
+    with open(path) as f:
+        attempt = len(f.read())
+    if attempt <= failures:
+        raise RuntimeError(f"attempt {attempt} of {path} fails on purpose")
+    return value

@@ -238,3 +238,14 @@ def test_large_buffers_travel_through_shared_memory_and_are_cleaned_up(htex):
     directory = spill.directory
     htex.shutdown()
     assert not os.path.exists(directory)
+
+
+def test_a_burst_after_short_tasks_spreads_over_all_workers(htex):
+    # Short tasks let a worker take many tasks at once; a burst that follows must still
+    # reach every idle worker rather than queue behind one.
+    assert sum(htex.map(pow, range(200), [2] * 200)) == sum(i * i for i in range(200))
+    with Gate() as gate:
+        futures = [htex.submit(faults.report_pid_then, gate.wait, os.devnull) for _ in range(4)]
+        gate.wait_entered(2, timeout=30)  # both workers hold one of the burst
+        gate.open()
+        assert len({f.result(timeout=30) for f in futures}) == 2

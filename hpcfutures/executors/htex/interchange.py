@@ -252,26 +252,27 @@ class Interchange:
             )
 
     def dispatch(self) -> None:
+        """Hand queued tasks to pools with credit, spreading a burst evenly across them."""
         queue = self.queue
-        if not queue:
-            return
-        for pool in list(self.pools.values()):
-            room = pool.credit - pool.sent
-            if room <= 0:
-                continue
-            room = min(room, BATCH_LIMIT)
-            items = []
-            outstanding = pool.outstanding
-            while room and queue:
-                _p, seq, item = heapq.heappop(queue)
-                items.append(item)
-                outstanding[item[0][0]] = (seq, item)
-                self.started.append(item[0][0])
-                room -= 1
-            pool.sent += len(items)
-            self.send_pool(pool, P.join(P.TASKS, P.TASK_META, items))
-            if not queue:
+        while queue:
+            ready = [p for p in self.pools.values() if p.credit > p.sent]
+            if not ready:
                 return
+            share = -(-len(queue) // len(ready))  # ceiling division
+            for pool in ready:
+                if not queue:
+                    return
+                room = min(pool.credit - pool.sent, share, BATCH_LIMIT)
+                items = []
+                outstanding = pool.outstanding
+                while room and queue:
+                    _p, seq, item = heapq.heappop(queue)
+                    items.append(item)
+                    outstanding[item[0][0]] = (seq, item)
+                    self.started.append(item[0][0])
+                    room -= 1
+                pool.sent += len(items)
+                self.send_pool(pool, P.join(P.TASKS, P.TASK_META, items))
 
     def probe_pools(self) -> None:
         """Send every pool a heartbeat; a pool whose connection is gone is found lost."""

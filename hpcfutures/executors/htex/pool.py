@@ -284,35 +284,47 @@ class PoolManager:
             )
 
     def dispatch(self, now: float) -> None:
+        """Hand queued tasks to workers with room, spreading a burst evenly, idle workers first."""
         queue = self.queue
-        if not queue:
-            return
-        for worker in self.workers.values():
-            if not queue:
+        while queue:
+            eligible = [
+                w
+                for w in self.workers.values()
+                if w.ready and w.deadline is None and len(w.outstanding) < self.depth
+            ]
+            if not eligible:
                 return
-            if not worker.ready or worker.deadline is not None:
-                continue
-            room = self.depth - len(worker.outstanding)
-            if room <= 0:
-                continue
-            items: list[P.Item] = []
-            while room > 0 and queue:
-                entry = queue[0]
-                item = entry[2]
-                walltime = item[0][2]
-                if walltime > 0:  # a walltime task goes alone to an idle worker
-                    if worker.outstanding or items:
-                        break
-                    worker.deadline = now + walltime
-                    worker.walltime = walltime
-                    room = 0
-                else:
-                    room -= 1
-                heapq.heappop(queue)
-                items.append(item)
-                worker.outstanding.append((item, entry[1]))
-            if items:
-                self.wk.send_multipart([worker.identity, *P.join(P.TASKS, P.TASK_META, items)], copy=False)
+            eligible.sort(key=lambda w: len(w.outstanding))
+            share = -(-len(queue) // len(eligible))  # ceiling division
+            sent = 0
+            for worker in eligible:
+                if not queue:
+                    return
+                sent += self._send_to(worker, min(share, self.depth - len(worker.outstanding)), now)
+            if not sent:  # e.g. a walltime task waits for an idle worker
+                return
+
+    def _send_to(self, worker: _Worker, room: int, now: float) -> int:
+        queue = self.queue
+        items: list[P.Item] = []
+        while room > 0 and queue:
+            entry = queue[0]
+            item = entry[2]
+            walltime = item[0][2]
+            if walltime > 0:  # a walltime task goes alone to an idle worker
+                if worker.outstanding or items:
+                    break
+                worker.deadline = now + walltime
+                worker.walltime = walltime
+                room = 0
+            else:
+                room -= 1
+            heapq.heappop(queue)
+            items.append(item)
+            worker.outstanding.append((item, entry[1]))
+        if items:
+            self.wk.send_multipart([worker.identity, *P.join(P.TASKS, P.TASK_META, items)], copy=False)
+        return len(items)
 
     # -- main loop -----------------------------------------------------------------------
 

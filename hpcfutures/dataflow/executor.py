@@ -76,6 +76,8 @@ def _describe(fut: Future[Any]) -> tuple[int | None, str]:
 
 
 def _failure(fut: Future[Any]) -> BaseException | None:
+    if fut._state == _FINISHED:  # settled: read it without taking its lock
+        return fut._exception
     if fut.cancelled():
         from concurrent.futures import CancelledError
 

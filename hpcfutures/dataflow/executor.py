@@ -320,6 +320,8 @@ def _launch_in_turn(task: _Task) -> None:
 
 def _cancel_future(fut: Future[Any]) -> bool:
     """Cancel a pending future and tell its waiters at once (as an executor does on dequeue)."""
+    if isinstance(fut, DataflowFuture):
+        return fut._cancel_self()
     if Future.cancel(fut):
         fut.set_running_or_notify_cancel()
         return True

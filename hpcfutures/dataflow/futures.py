@@ -5,13 +5,14 @@ from __future__ import annotations
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
+from ..leanfuture import LeanFuture
 from .files import File
 
 if TYPE_CHECKING:
     from .executor import _Task
 
 
-class DataflowFuture(Future[Any]):
+class DataflowFuture(LeanFuture):
     """The future of one DataflowExecutor task.
 
     ``task_id`` numbers tasks within their executor; ``name`` is the function's or app's
@@ -35,8 +36,15 @@ class DataflowFuture(Future[Any]):
         """Cancel the task if it is waiting or queued; return whether it was cancelled."""
         task = self._task
         if task is None:
-            return Future.cancel(self)
+            return self._cancel_self()
         return task.cancel()
+
+    def _cancel_self(self) -> bool:
+        """Cancel this future object (not the task) and tell its waiters at once."""
+        if LeanFuture.cancel(self):
+            self.set_running_or_notify_cancel()
+            return True
+        return self.cancelled()
 
     def running(self) -> bool:
         """Return True if the task is running in its backend executor.

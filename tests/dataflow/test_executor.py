@@ -369,8 +369,9 @@ def test_a_dependency_graph_over_any_executor(backend):
         assert type(error.__cause__) is ConformanceError and error.__cause__.args == ("remote",)
 
         assert list(dfx.map(add, [a, b, 5], [1, c, 1], timeout=60)) == [10, 29, 6]
-    finally:
         dfx.shutdown(wait=True)
+    finally:
+        dfx.shutdown(wait=False, cancel_futures=True)  # a failed test must not hang here
 
 
 # -- shutdown ---------------------------------------------------------------------------------------

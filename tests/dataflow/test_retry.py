@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from concurrent.futures import CancelledError
+from concurrent.futures import CancelledError, Executor, Future, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from hpcfutures import (
     DataflowExecutor,
     DependencyError,
     HighThroughputExecutor,
+    PoolLostError,
     TaskRecord,
     ThreadExecutor,
     WorkerLostError,
@@ -222,12 +224,59 @@ def test_a_task_raising_dependency_or_cancelled_error_runs_once(make_dfx):
 # -- lost workers -------------------------------------------------------------------------------
 
 
+class LossyExecutor(Executor):
+    """A third-party backend whose first ``losses`` tasks fail with ``error`` without running."""
+
+    def __init__(self, losses: int, error: BaseException) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1)
+        self._losses = losses
+        self._error = error
+        self.submits = 0
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self.submits += 1
+        if self.submits <= self._losses:
+            lost: Future[Any] = Future()
+            lost.set_exception(self._error)
+            return lost
+        return self._pool.submit(fn, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+
+@pytest.mark.parametrize("error", [WorkerLostError("worker died"), PoolLostError("pool died")])
+def test_infrastructure_failures_of_any_backend_are_retried_for_free(error):
+    backend = LossyExecutor(INFRASTRUCTURE_RETRIES, error)
+    with DataflowExecutor(backend, retries=0, shutdown_executors=True) as dfx:
+        assert dfx.submit(identity, "ran").result(timeout=TIMEOUT) == "ran"
+    assert backend.submits == 1 + INFRASTRUCTURE_RETRIES
+
+
+def test_infrastructure_failures_beyond_the_bound_spend_the_budget():
+    backend = LossyExecutor(INFRASTRUCTURE_RETRIES + 2, PoolLostError("pool died"))
+    with DataflowExecutor(backend, retries=1, shutdown_executors=True) as dfx:
+        assert isinstance(dfx.submit(identity, "ran").exception(timeout=TIMEOUT), PoolLostError)
+    assert backend.submits == INFRASTRUCTURE_RETRIES + 2
+
+    backend = LossyExecutor(INFRASTRUCTURE_RETRIES + 1, PoolLostError("pool died"))
+    with DataflowExecutor(backend, retries=1, shutdown_executors=True) as dfx:
+        assert dfx.submit(identity, "ran").result(timeout=TIMEOUT) == "ran"
+
+
+def test_a_broken_executor_is_not_retried():
+    backend = LossyExecutor(1, BrokenProcessPool("a worker died"))
+    with DataflowExecutor(backend, retries=5, shutdown_executors=True) as dfx:
+        assert isinstance(dfx.submit(identity, 1).exception(timeout=TIMEOUT), BrokenProcessPool)
+    assert backend.submits == 1
+
+
 @pytest.fixture(scope="module")
 def htex():
     """One worker and no retries of its own: the HTEX reports every lost worker at once."""
     ex = HighThroughputExecutor(max_workers=1, lost_task_retries=0)
     yield ex
-    ex.shutdown(wait=True)
+    ex.terminate()  # bounded even if a failed test left a task stuck, unlike shutdown(wait=True)
 
 
 def test_htex_reports_a_killed_worker(htex):

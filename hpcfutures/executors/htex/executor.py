@@ -42,6 +42,7 @@ from ...errors import (
     SerializationError,
     VersionMismatchError,
 )
+from ...leanfuture import LeanFuture
 from ...resources import DEFAULT_OPTIONS, ExecutorView, Resources, TaskOptions, reject_unsupported
 from ...serialize import SharedSpill, dumps, dumps_call, loads, loads_exception
 from ..chunks import run_chunk
@@ -114,7 +115,7 @@ class _Block:
         self.lost = False  # its pool went silent, so we cancelled it and want a replacement
 
 
-class HtexFuture(Future[Any]):
+class HtexFuture(LeanFuture):
     """A Future whose ``cancel()`` reaches the interchange: a task still queued there is removed.
 
     ``cancel()`` returns True only when the task is guaranteed never to run.  A task counts
@@ -142,7 +143,7 @@ class HtexFuture(Future[Any]):
         return not self.done() and self.task_id in self._executor._started_ids
 
     def _cancel_locally(self) -> bool:
-        if Future.cancel(self):
+        if LeanFuture.cancel(self):
             self.set_running_or_notify_cancel()  # wait() and as_completed() see it at once
             return True
         return self.cancelled()

@@ -71,7 +71,11 @@ class _Worker:
     def __init__(self, rank: int, generation: int, process: Any):
         self.rank = rank
         self.generation = generation
-        self.identity = b"%d" % rank
+        # Unique per process, not per rank: a replacement that connected under its dead
+        # predecessor's identity before the ROUTER noticed the death would be refused by
+        # the ROUTER (and never get its config), and a late message of the dead worker
+        # would be taken for the replacement's.
+        self.identity = b"%d.%d" % (rank, generation)
         self.process = process
         self.outstanding: deque[tuple[P.Item, int]] = deque()  # (task, queue sequence number)
         self.ready = False
@@ -125,7 +129,7 @@ class PoolManager:
             warnings.simplefilter("ignore", DeprecationWarning)  # fork with libzmq's I/O threads
             process = self.fork.Process(
                 target=worker_main,
-                args=(rank, self.worker_endpoint, env, os.getpid(), self.args.shm_dir),
+                args=(rank, self.worker_endpoint, env, os.getpid(), self.args.shm_dir, self.generation),
                 name=f"hpcfutures-worker-{rank}",
                 daemon=True,
             )
@@ -295,12 +299,17 @@ class PoolManager:
             if not eligible:
                 return
             eligible.sort(key=lambda w: len(w.outstanding))
-            share = -(-len(queue) // len(eligible))  # ceiling division
+            # Each worker's fair part of all the work, counting workers still starting: a
+            # worker that is ready first must not take what a slower starter will run.
+            held = sum(len(w.outstanding) for w in self.workers.values())
+            share = -(-(len(queue) + held) // max(len(self.workers), 1))  # ceiling division
             sent = 0
             for worker in eligible:
                 if not queue:
                     return
-                sent += self._send_to(worker, min(share, self.depth - len(worker.outstanding)), now)
+                room = min(share - len(worker.outstanding), self.depth - len(worker.outstanding))
+                if room > 0:
+                    sent += self._send_to(worker, room, now)
             if not sent:  # e.g. a walltime task waits for an idle worker
                 return
 
@@ -361,13 +370,14 @@ class PoolManager:
 
     def run(self) -> int:
         self.exit_code = 0
-        for rank in range(self.workers_wanted):
-            self.start_worker(rank)
+        # Bind before forking, so that workers connect at once instead of retrying.
         self.context = zmq.Context()
         self.wk = self.context.socket(zmq.ROUTER)
         self.wk.linger = 0
         self.wk.sndhwm = self.wk.rcvhwm = 0
         self.wk.bind(self.worker_endpoint)
+        for rank in range(self.workers_wanted):
+            self.start_worker(rank)
         self.ix = self.context.socket(zmq.DEALER)
         self.ix.linger = 0
         self.ix.sndhwm = self.ix.rcvhwm = 0

@@ -69,7 +69,9 @@ def _run_one(
         return P.ERROR, dumps_exception(exc), elapsed
 
 
-def worker_main(rank: int, endpoint: str, env: dict[str, str], parent_pid: int, shm_dir: str = "") -> None:
+def worker_main(
+    rank: int, endpoint: str, env: dict[str, str], parent_pid: int, shm_dir: str = "", generation: int = 0
+) -> None:
     """Serve tasks from the pool manager at ``endpoint`` until told to stop; never returns."""
     os.setpgid(0, 0)  # one process group per worker, so a walltime kill takes its children too
     _die_with_parent(parent_pid)
@@ -77,7 +79,8 @@ def worker_main(rank: int, endpoint: str, env: dict[str, str], parent_pid: int, 
     context = zmq.Context()
     sock = context.socket(zmq.DEALER)
     sock.linger = 0
-    sock.identity = b"%d" % rank
+    sock.identity = b"%d.%d" % (rank, generation)  # as the pool's _Worker.identity
+    sock.reconnect_ivl = 10  # the pool binds just after forking us: do not wait 100 ms to retry
     sock.connect(endpoint)
     sock.send(P.READY)
     try:

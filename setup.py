@@ -16,7 +16,7 @@ def read_version() -> str:
     return match.group(1)
 
 
-TEST_REQUIRES = ["pytest", "pytest-xdist", "loky", "numpy"]
+TEST_REQUIRES = ["pytest", "pytest-xdist", "loky", "numpy", "pyftpdlib"]
 
 setup(
     name="hpcfutures",

@@ -247,7 +247,16 @@ class App:
         labels = self.options.executors
         if labels == ("all",) and "all" not in dfx.executors:
             labels = tuple(dfx.executors)
-        return dfx._settings(DEFAULT_SETTINGS, labels, self.options.retries, walltime, None, None)
+        return dfx._settings(
+            DEFAULT_SETTINGS,
+            labels,
+            self.options.retries,
+            walltime,
+            None,
+            None,
+            self.options.cache or None,
+            self.options.ignore_for_cache or None,
+        )
 
     def _walltime(self, kwargs: dict[str, Any]) -> float | None:
         """Take the call's walltime out of ``kwargs`` (unless the function takes it by name)."""

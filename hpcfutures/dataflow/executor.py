@@ -24,8 +24,10 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 from ..errors import ConfigurationError, DependencyError, JoinError, UnsupportedOptionError
 from ..resources import Resources
+from .caching import Memoizer
 from .deps import ATOMIC_TYPES, find_futures, substitute
 from .futures import DataflowFuture
+from .memo import CacheKey
 from .retry import RetryHandler, TaskRecord, should_retry
 
 logger = logging.getLogger(__name__)
@@ -51,6 +53,8 @@ class TaskSettings:
     priority: int | None = None
     resources: Resources | None = None
     join: bool = False
+    cache: bool | None = None  # None: the DataflowExecutor's default
+    ignore_for_cache: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         opts = {"walltime": self.walltime, "priority": self.priority, "resources": self.resources}
@@ -103,6 +107,7 @@ class _Task:
         "inner",
         "record",
         "lock",
+        "cache_key",
     )
 
     def __init__(
@@ -128,6 +133,7 @@ class _Task:
         self.state = _WAITING
         self.inner: Future[Any] | None = None
         self.record: TaskRecord | None = None
+        self.cache_key: CacheKey | None = None  # set while this task leads a cached call
         self.lock = threading.Lock()  # guards state and inner
 
     # -- waiting for dependencies --------------------------------------------------------------
@@ -170,10 +176,45 @@ class _Task:
             self.finish(exception=exc)
             return
         self.args, self.kwargs = args, kwargs
+        cache = self.settings.cache
+        if (self.dfx.cache if cache is None else cache) and self._answered_from_cache():
+            return
+        self.run()
+
+    def run(self) -> None:
         if self.settings.join:
             self.dfx._run_join(self)
         else:
             self.submit()
+
+    # -- memoisation -----------------------------------------------------------------------------
+
+    def _answered_from_cache(self) -> bool:
+        """Look the call up in the cache; return True if that settled the task."""
+        memo = self.dfx._memoizer()
+        try:
+            key = memo.key(self.fn, self.args, self.kwargs, self.settings.ignore_for_cache)
+        except Exception as exc:  # noqa: BLE001 - e.g. an argument type with no cache key
+            self.finish(exception=exc)
+            return True
+        found, value = memo.lookup(key)
+        if found:
+            self.finish(result=value)
+            return True
+        leader = memo.lead_or_follow(key, self.future)
+        if leader is not None:  # the same call is running: share its outcome
+            leader.add_done_callback(self._follow)
+            return True
+        self.cache_key = key
+        return False
+
+    def _follow(self, leader: Future[Any]) -> None:
+        if leader.cancelled():  # the call we waited for will not run: run this one
+            self.run()
+        elif leader.exception() is not None:
+            self.finish(exception=leader.exception())
+        else:
+            self.finish(result=leader.result())
 
     def _dependency_error(self, failed: list[tuple[Future[Any], BaseException]]) -> DependencyError:
         fut = self.future
@@ -276,6 +317,12 @@ class _Task:
     ) -> None:
         with self.lock:
             self.state = _DONE
+        key = self.cache_key
+        if key is not None:
+            if exception is None and not cancelled:
+                self.dfx._memo.succeeded(key, result, self.future.name)  # type: ignore[union-attr]
+            else:
+                self.dfx._memo.ended(key)  # type: ignore[union-attr]
         self._release()
         fut = self.future
         if cancelled:
@@ -345,6 +392,12 @@ class DataflowExecutor(Executor):
             cost stops the retries.  Without it every failure costs 1.
         run_dir: where apps' automatic log files go; a temporary directory when None.
         shutdown_executors: also shut down the executors that were given.
+        cache: memoise every task unless its settings say otherwise (apps: ``cache=``;
+            plain submits: ``options(cache=True)``).
+        checkpoint: a path or a ``Checkpoint``: results of cached tasks are kept in that
+            SQLite file, and a later run pointed at it takes them from there.
+        cache_file_digest: how a ``File`` argument enters a cache key: ``"content"`` (a
+            hash of its bytes) or ``"stat"`` (its size and modification time).
     """
 
     def __init__(
@@ -356,6 +409,9 @@ class DataflowExecutor(Executor):
         retry_handler: RetryHandler | None = None,
         run_dir: str | os.PathLike[str] | None = None,
         shutdown_executors: bool = False,
+        cache: bool = False,
+        checkpoint: str | os.PathLike[str] | Any | None = None,
+        cache_file_digest: str = "content",
     ):
         if executor is not None and executors is not None:
             raise ConfigurationError("give either executor= or executors={label: executor, ...}, not both")
@@ -400,6 +456,18 @@ class DataflowExecutor(Executor):
         self._cancelling = False
         self._join_pool: Executor | None = None
         self._tokens: list[contextvars.Token[DataflowExecutor | None]] = []
+        if not isinstance(cache, bool):
+            raise ConfigurationError(f"cache must be True or False, got {cache!r}")
+        if cache_file_digest not in ("content", "stat"):
+            raise ConfigurationError(
+                f"cache_file_digest must be 'content' (hash files) or 'stat' (size and mtime), got {cache_file_digest!r}"
+            )
+        self.cache = cache
+        self.cache_file_digest = cache_file_digest
+        self._checkpoint = self._open_checkpoint(checkpoint)
+        self._memo: Memoizer | None = None
+        if self._checkpoint is not None:
+            self._memoizer()
 
     # -- the Executor interface --------------------------------------------------------------------
 
@@ -425,11 +493,36 @@ class DataflowExecutor(Executor):
         walltime: float | None = None,
         priority: int | None = None,
         resources: Resources | None = None,
+        cache: bool | None = None,
+        ignore_for_cache: Iterable[str] | None = None,
     ) -> DataflowView:
         """Return an Executor view whose submits carry these settings."""
         return DataflowView(
-            self, self._settings(DEFAULT_SETTINGS, executors, retries, walltime, priority, resources)
+            self,
+            self._settings(
+                DEFAULT_SETTINGS, executors, retries, walltime, priority, resources, cache, ignore_for_cache
+            ),
         )
+
+    def checkpoint(self) -> int:
+        """Write the results buffered for the checkpoint file now; return how many were written."""
+        return self._memo.flush() if self._memo is not None else 0
+
+    def explain_cache(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
+        """Say whether ``fn(*args, **kwargs)`` would be answered from the cache, and why not.
+
+        ``fn`` may be a function or an app (its ``ignore_for_cache`` applies).  Arguments
+        must be plain values (or finished futures), as the task would see them.
+        """
+        func = getattr(fn, "func", fn)
+        ignore = tuple(getattr(getattr(fn, "options", None), "ignore_for_cache", ()) or ())
+        args, kwargs = substitute(args, kwargs)
+        return self._memoizer().explain(func, args, kwargs, ignore)
+
+    @property
+    def unsaved_results(self) -> list[tuple[str, str]]:
+        """``(task name, reason)`` for each result that could not be written to the checkpoint."""
+        return list(self._memo.unsaved) if self._memo is not None else []
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting tasks; shut down the backends this executor owns.
@@ -471,6 +564,8 @@ class DataflowExecutor(Executor):
             executor.shutdown(wait=wait)
         if self._join_pool is not None:
             self._join_pool.shutdown(wait=wait)
+        if self._memo is not None:
+            self._memo.close()  # writes what the checkpoint still buffers
 
     def __enter__(self) -> DataflowExecutor:
         self._tokens.append(current_executor.set(self))
@@ -525,8 +620,19 @@ class DataflowExecutor(Executor):
         walltime: float | None,
         priority: int | None,
         resources: Resources | None,
+        cache: bool | None = None,
+        ignore_for_cache: Iterable[str] | None = None,
     ) -> TaskSettings:
         changes: dict[str, Any] = {}
+        if cache is not None:
+            if not isinstance(cache, bool):
+                raise ConfigurationError(f"cache must be True or False, got {cache!r}")
+            changes["cache"] = cache
+        if ignore_for_cache is not None:
+            names = (ignore_for_cache,) if isinstance(ignore_for_cache, str) else tuple(ignore_for_cache)
+            if not all(isinstance(n, str) for n in names):
+                raise ConfigurationError(f"ignore_for_cache must be argument names, got {ignore_for_cache!r}")
+            changes["ignore_for_cache"] = names
         if executors is not None:
             labels = (executors,) if isinstance(executors, str) else tuple(executors)
             unknown = [label for label in labels if label not in self.executors]
@@ -553,6 +659,30 @@ class DataflowExecutor(Executor):
             for label in settings.executors or (self.default_label,):
                 self._backend(label, settings)  # fail now, not when the task is ready
         return settings
+
+    @staticmethod
+    def _open_checkpoint(checkpoint: Any) -> Any:
+        if checkpoint is None:
+            return None
+        from .checkpoint import Checkpoint
+
+        if isinstance(checkpoint, Checkpoint):
+            return checkpoint
+        if isinstance(checkpoint, (str, os.PathLike)):
+            return Checkpoint(checkpoint)
+        raise ConfigurationError(
+            f"checkpoint must be a path or a hpcfutures.dataflow.checkpoint.Checkpoint, got {type(checkpoint).__name__}"
+        )
+
+    def _memoizer(self) -> Memoizer:
+        """The cache, made on first use."""
+        memo = self._memo
+        if memo is None:
+            with self._lock:
+                if self._memo is None:
+                    self._memo = Memoizer(self._checkpoint, self.cache_file_digest)
+                memo = self._memo
+        return memo
 
     def _choose_label(self, settings: TaskSettings) -> str:
         labels = settings.executors
@@ -713,10 +843,15 @@ class DataflowView(Executor):
         walltime: float | None = None,
         priority: int | None = None,
         resources: Resources | None = None,
+        cache: bool | None = None,
+        ignore_for_cache: Iterable[str] | None = None,
     ) -> DataflowView:
         """Return a view with these settings layered over this view's own."""
         return DataflowView(
-            self._dfx, self._dfx._settings(self._settings, executors, retries, walltime, priority, resources)
+            self._dfx,
+            self._dfx._settings(
+                self._settings, executors, retries, walltime, priority, resources, cache, ignore_for_cache
+            ),
         )
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:

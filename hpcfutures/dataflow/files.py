@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+import functools
 import os
-from urllib.parse import urlparse
+import re
+from urllib.parse import SplitResult, urlparse, urlsplit
+
+# scp's "user@host:path": no "/" before the ":" (so "./a@b:c" stays a local path), and an
+# IPv6 host in brackets.
+_SCP_LIKE = re.compile(r"^(?P<user>[^@/:\s]+)@(?P<host>\[[^\]/]+\]|[^:/\s\[\]]+):(?P<path>.*)$")
 
 
+@functools.total_ordering
 class File(os.PathLike[str]):
-    """A file named by a local path or a URL (``file://``, ``http://``, ``ftp://``, …).
+    """A file named by a local path or a URL.
+
+    Accepted forms: a path (``"data/a.txt"``), ``file:///abs/path``, ``http://…``,
+    ``https://…``, ``ftp://[user[:password]@]host[:port]/path``, ``rsync://[user@]host[:port]/abs/path``
+    and scp's ``user@host:path``.  Both rsync forms mean rsync over ssh (no rsync daemon): the
+    port of an ``rsync://`` URL is the ssh port, its path is absolute on the host, and the path
+    of ``user@host:path`` is relative to the user's home unless it starts with ``/``.  A local
+    name that looks like ``user@host:path`` must be written ``./user@host:path``.
 
     It is ``os.PathLike``, so ``open(File("a.txt"))`` works; ``filepath`` is the local path
-    the file has (for a URL, the path part, until staging gives it a local copy).
+    the file has: for a URL, the path part until staging sets ``local_path`` to a local copy.
+    Two Files are equal, and hash and sort alike, when their URLs are equal: ``local_path``
+    is where a copy is, not what the file is, and staging sets it on Files that may already
+    be in sets or dict keys.
     """
 
     __slots__ = ("url", "scheme", "netloc", "path", "local_path")
@@ -24,8 +41,15 @@ class File(os.PathLike[str]):
         if not text:
             raise ValueError("File needs a non-empty path or URL")
         self.url = text
+        scp = _SCP_LIKE.match(text) if "://" not in text else None
         parsed = urlparse(text)
-        if parsed.scheme and len(parsed.scheme) > 1:  # "C:" is a drive, not a scheme
+        if scp is not None:
+            if not scp["path"]:
+                raise ValueError(f"File {text!r} names a host but no path; write user@host:path")
+            self.scheme = "rsync"
+            self.netloc = f"{scp['user']}@{scp['host']}"
+            self.path = scp["path"]
+        elif parsed.scheme and len(parsed.scheme) > 1:  # "C:" is a drive, not a scheme
             self.scheme = parsed.scheme
             self.netloc = parsed.netloc
             self.path = parsed.path
@@ -43,6 +67,34 @@ class File(os.PathLike[str]):
         return self.path
 
     @property
+    def is_remote(self) -> bool:
+        """Whether the file must be staged to be used here (any scheme but ``file``)."""
+        return self.scheme != "file"
+
+    def _netloc_parts(self) -> SplitResult:
+        return urlsplit("//" + self.netloc)
+
+    @property
+    def host(self) -> str | None:
+        """The host part of the URL, or None for a local file."""
+        return self._netloc_parts().hostname
+
+    @property
+    def port(self) -> int | None:
+        """The port given in the URL, or None."""
+        return self._netloc_parts().port
+
+    @property
+    def username(self) -> str | None:
+        """The user given in the URL, or None."""
+        return self._netloc_parts().username
+
+    @property
+    def password(self) -> str | None:
+        """The password given in the URL, or None."""
+        return self._netloc_parts().password
+
+    @property
     def filename(self) -> str:
         """The last component of the path."""
         return os.path.basename(self.path)
@@ -57,10 +109,17 @@ class File(os.PathLike[str]):
         return f"File({self.url!r})"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, File) and (self.url, self.local_path) == (other.url, other.local_path)
+        if not isinstance(other, File):
+            return NotImplemented
+        return self.url == other.url
+
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, File):
+            return NotImplemented
+        return self.url < other.url
 
     def __hash__(self) -> int:
-        return hash((self.url, self.local_path))
+        return hash(self.url)
 
     def __getstate__(self) -> tuple[str, str | None]:
         return self.url, self.local_path

@@ -39,13 +39,15 @@ def pool_key(ex: HighThroughputExecutor) -> dict[str, str]:
 
 
 def fake_pool(
-    endpoint: str, *, curve: dict[str, str] | None = None, **info: Any
+    endpoint: str, *, curve: dict[str, str] | None = None, send_timeout: int = 1000, **info: Any
 ) -> tuple[zmq.Context, zmq.Socket]:
     """Connect a raw socket as a would-be pool and send a registration carrying ``info``."""
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.linger = 0
-    sock.sndtimeo = 1000  # a refused peer has no connection to send on: do not block the test
+    # A refused peer has no connection to send on: do not block the test for long.  A peer
+    # with the right keys passes a longer timeout: the interchange may still be starting.
+    sock.sndtimeo = send_timeout
     if curve is not None:
         sock.curve_publickey = curve["public"].encode()
         sock.curve_secretkey = curve["secret"].encode()

@@ -161,7 +161,7 @@ def test_a_pool_of_another_version_is_refused_with_a_clear_error(leak_check):
     ex = HighThroughputExecutor(max_workers=1, provider=LocalProvider(worker_init="exec sleep 1000"))
     future = ex.submit(pow, 2, 2)
     leak_check()
-    ctx, sock = fake_pool(ex.endpoints["tcp"], curve=pool_key(ex), protocol=0)
+    ctx, sock = fake_pool(ex.endpoints["tcp"], curve=pool_key(ex), send_timeout=30_000, protocol=0)
     try:
         assert sock.poll(30_000), "the interchange did not answer the outdated pool"
         reply = sock.recv_multipart()

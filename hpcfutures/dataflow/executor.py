@@ -20,7 +20,7 @@ from concurrent.futures import Executor, Future
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 from ..errors import ConfigurationError, DependencyError, JoinError, UnsupportedOptionError
 from ..resources import Resources
@@ -254,6 +254,8 @@ class _Task:
         fn, args, kwargs = self.fn, self.args, self.kwargs
         if self.wrap is not None:
             fn, args, kwargs = self.wrap(fn, args, kwargs)
+        if not _plain(args, kwargs):
+            fn, args, kwargs = self.dfx._staged(self, fn, args, kwargs)
         try:
             inner = self.dfx._backend(self.label, self.settings).submit(fn, *args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - e.g. an argument that cannot be pickled
@@ -365,6 +367,17 @@ def _launch_in_turn(task: _Task) -> None:
         _launching.queue = None
 
 
+def _plain(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether every argument is a plain value (so no File can hide in the call)."""
+    for a in args:
+        if type(a) not in ATOMIC_TYPES:
+            return False
+    for v in kwargs.values():
+        if type(v) not in ATOMIC_TYPES:
+            return False
+    return True
+
+
 def _cancel_future(fut: Future[Any]) -> bool:
     """Cancel a pending future and tell its waiters at once (as an executor does on dequeue)."""
     if isinstance(fut, DataflowFuture):
@@ -398,6 +411,8 @@ class DataflowExecutor(Executor):
             SQLite file, and a later run pointed at it takes them from there.
         cache_file_digest: how a ``File`` argument enters a cache key: ``"content"`` (a
             hash of its bytes) or ``"stat"`` (its size and modification time).
+        staging: the staging providers that fetch remote ``File`` inputs and send remote
+            outputs, for every backend or by label; ``staging.DEFAULT_PROVIDERS`` when None.
     """
 
     def __init__(
@@ -412,6 +427,7 @@ class DataflowExecutor(Executor):
         cache: bool = False,
         checkpoint: str | os.PathLike[str] | Any | None = None,
         cache_file_digest: str = "content",
+        staging: Sequence[Any] | Mapping[str, Sequence[Any]] | None = None,
     ):
         if executor is not None and executors is not None:
             raise ConfigurationError("give either executor= or executors={label: executor, ...}, not both")
@@ -464,6 +480,7 @@ class DataflowExecutor(Executor):
             )
         self.cache = cache
         self.cache_file_digest = cache_file_digest
+        self._staging = self._staging_providers(staging)
         self._checkpoint = self._open_checkpoint(checkpoint)
         self._memo: Memoizer | None = None
         if self._checkpoint is not None:
@@ -659,6 +676,43 @@ class DataflowExecutor(Executor):
             for label in settings.executors or (self.default_label,):
                 self._backend(label, settings)  # fail now, not when the task is ready
         return settings
+
+    def _staging_providers(self, staging: Any) -> dict[str, tuple[Any, ...] | None]:
+        """The staging providers of each backend label (None: the default list)."""
+        from .staging.base import StagingProvider
+
+        def checked(providers: Any, where: str) -> tuple[Any, ...]:
+            if isinstance(providers, (str, bytes)) or not isinstance(providers, Sequence):
+                raise ConfigurationError(f"{where} must be a sequence of StagingProvider, got {providers!r}")
+            for p in providers:
+                if not isinstance(p, StagingProvider):
+                    raise ConfigurationError(f"{where} must hold StagingProvider objects, got {p!r}")
+            return tuple(providers)
+
+        if staging is None:
+            return {label: None for label in self.executors}
+        if isinstance(staging, Mapping):
+            unknown = [label for label in staging if label not in self.executors]
+            if unknown:
+                raise ConfigurationError(f"staging names unknown executor label(s) {unknown}")
+            return {
+                label: checked(staging[label], f"staging[{label!r}]") if label in staging else None
+                for label in self.executors
+            }
+        providers = checked(staging, "staging")
+        return {label: providers for label in self.executors}
+
+    def _staged(
+        self, task: _Task, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+        """Wrap a call that has remote Files so that they are staged where the task runs."""
+        from .staging.task import private_copies, remote_files, run_staged
+
+        if not remote_files(args, kwargs):
+            return fn, args, kwargs
+        args, kwargs = private_copies(args, kwargs)
+        directory = str(self.run_dir / "staging" / f"task-{task.future.task_id}")
+        return run_staged, (fn, self._staging[task.label], directory, *args), kwargs
 
     @staticmethod
     def _open_checkpoint(checkpoint: Any) -> Any:

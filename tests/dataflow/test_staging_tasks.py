@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import cloudpickle
 import pytest
@@ -17,7 +18,7 @@ from hpcfutures import (
 )
 from hpcfutures.dataflow.staging import StagingError
 
-cloudpickle.register_pickle_by_value(__import__(__name__))  # HTEX workers cannot import this module
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # HTEX workers cannot import this module
 
 
 def read(path: File) -> str:

@@ -52,6 +52,12 @@ _EXPORTS = {
     "bash_app": "hpcfutures.dataflow.apps",
     "join_app": "hpcfutures.dataflow.apps",
     "AUTO_LOGNAME": "hpcfutures.dataflow.apps",
+    "Checkpoint": "hpcfutures.dataflow.checkpoint",
+    "CheckpointError": "hpcfutures.dataflow.checkpoint",
+    "CacheKeyError": "hpcfutures.dataflow.memo",
+    "register_cache_key": "hpcfutures.dataflow.memo",
+    "StagingError": "hpcfutures.dataflow.staging.base",
+    "StagingProvider": "hpcfutures.dataflow.staging.base",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -61,11 +67,14 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
     from .dataflow.apps import AUTO_LOGNAME, bash_app, join_app, python_app
+    from .dataflow.checkpoint import Checkpoint, CheckpointError
     from .dataflow.deps import register_container
     from .dataflow.executor import DataflowExecutor, DataflowView
     from .dataflow.files import File
     from .dataflow.futures import DataflowFuture, DataFuture
+    from .dataflow.memo import CacheKeyError, register_cache_key
     from .dataflow.retry import TaskRecord
+    from .dataflow.staging.base import StagingError, StagingProvider
     from .errors import (
         AppError,
         BashAppNoReturn,

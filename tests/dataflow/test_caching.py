@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from hpcfutures import DataflowExecutor, ThreadExecutor, python_app
+from hpcfutures import DataflowExecutor, File, ThreadExecutor, python_app
 from hpcfutures.testing import Gate, Recorder
 
 
@@ -176,3 +176,36 @@ def test_a_run_killed_with_sigkill_resumes_from_its_checkpoint(tmp_path):
         assert out.stdout.strip() == str(sum(i * 10 for i in range(10)))
         ran = sorted((v for v in second.values if v.startswith("ran-")), key=lambda v: int(v[4:]))
         assert ran == [f"ran-{i}" for i in range(5, 10)]  # finished tasks never ran again
+
+
+def make_lock(x: int) -> object:
+    return threading.Lock()
+
+
+def test_a_result_that_cannot_be_checkpointed_is_reported_not_lost(tmp_path):
+    with DataflowExecutor(
+        ThreadExecutor(max_workers=1), shutdown_executors=True, cache=True, checkpoint=str(tmp_path / "c.db")
+    ) as dfx:
+        result = dfx.submit(make_lock, 1).result(timeout=30)
+        assert hasattr(result, "acquire")  # the caller still gets the result
+        ((name, reason),) = dfx.unsaved_results
+        assert name == "make_lock" and "lock" in reason.lower()
+
+
+def count_lines(path: File, counter: Counter) -> int:
+    counter(os.fspath(path))
+    with open(path) as f:
+        return len(f.read().splitlines())
+
+
+def test_a_file_argument_is_keyed_by_its_content(tmp_path):
+    data = tmp_path / "data.txt"
+    data.write_text("a\nb\n")
+    counter = Counter()
+    with DataflowExecutor(ThreadExecutor(max_workers=1), shutdown_executors=True, cache=True) as ex:
+        dfx = ex.options(ignore_for_cache=["counter"])
+        assert dfx.submit(count_lines, File(str(data)), counter).result(timeout=30) == 2
+        assert dfx.submit(count_lines, File(str(data)), counter).result(timeout=30) == 2
+        data.write_text("a\nb\nc\n")
+        assert dfx.submit(count_lines, File(str(data)), counter).result(timeout=30) == 3
+    assert len(counter.calls) == 2

@@ -194,10 +194,10 @@ class _Task:
         memo = self.dfx._memoizer()
         try:
             key = memo.key(self.fn, self.args, self.kwargs, self.settings.ignore_for_cache)
-        except Exception as exc:  # noqa: BLE001 - e.g. an argument type with no cache key
+            found, value = memo.lookup(key)
+        except Exception as exc:  # noqa: BLE001 - an argument with no cache key, an unreadable checkpoint
             self.finish(exception=exc)
             return True
-        found, value = memo.lookup(key)
         if found:
             self.finish(result=value)
             return True

@@ -88,6 +88,9 @@ class LeanFuture(Future[Any]):
                         else:
                             waiter.add_result(self)
                 condition.notify_all()
+        self._run_callbacks()
+
+    def _run_callbacks(self) -> None:
         callbacks = self.__dict__.get("_done_callbacks")
         if callbacks:
             for callback in callbacks:
@@ -124,13 +127,7 @@ class LeanFuture(Future[Any]):
         if condition is not None:
             with condition:
                 condition.notify_all()
-        callbacks = self.__dict__.get("_done_callbacks")
-        if callbacks:
-            for callback in callbacks:
-                try:
-                    callback(self)
-                except Exception:
-                    logger.exception("exception calling callback for %r", self)
+        self._run_callbacks()
         return True
 
     def set_running_or_notify_cancel(self) -> bool:

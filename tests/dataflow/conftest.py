@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from hpcfutures import DataflowExecutor, HighThroughputExecutor, ThreadExecutor
+
 START_TIMEOUT = 15.0
 
 # A pyftpdlib server: anonymous read-only, one user with write access; prints its port.
@@ -234,3 +236,30 @@ def rsync_binary() -> str:
         _missing("rsync is not installed (apt-get install rsync)")
     assert rsync is not None
     return rsync
+
+
+# -- executors shared by the apps and tutorial tests -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def htex():
+    """One local HighThroughputExecutor per test module (its pool is slow to start per test)."""
+    ex = HighThroughputExecutor(max_workers=2)
+    try:
+        yield ex
+    finally:
+        ex.shutdown(wait=True)
+
+
+@pytest.fixture(params=["threads", "htex"])
+def dfx(request, tmp_path):
+    """A DataflowExecutor over threads, then over the module's HighThroughputExecutor."""
+    if request.param == "threads":
+        backend, owned = ThreadExecutor(max_workers=4), True
+    else:
+        backend, owned = request.getfixturevalue("htex"), False
+    dfx = DataflowExecutor(backend, run_dir=tmp_path / "run", shutdown_executors=owned)
+    try:
+        yield dfx
+    finally:
+        dfx.shutdown(wait=True, cancel_futures=True)

@@ -18,7 +18,6 @@ from hpcfutures import (
     DataFuture,
     DependencyError,
     File,
-    HighThroughputExecutor,
     JoinError,
     MissingOutputs,
     NoExecutorBoundError,
@@ -36,28 +35,6 @@ from tests.executors.htex_helpers import assert_all_gone
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 TIMEOUT = 60
-
-
-@pytest.fixture(scope="module")
-def htex():
-    ex = HighThroughputExecutor(max_workers=2)
-    try:
-        yield ex
-    finally:
-        ex.shutdown(wait=True)
-
-
-@pytest.fixture(params=["threads", "htex"])
-def dfx(request, tmp_path):
-    if request.param == "threads":
-        backend, owned = ThreadExecutor(max_workers=4), True
-    else:
-        backend, owned = request.getfixturevalue("htex"), False
-    dfx = DataflowExecutor(backend, run_dir=tmp_path / "run", shutdown_executors=owned)
-    try:
-        yield dfx
-    finally:
-        dfx.shutdown(wait=True, cancel_futures=True)
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
 from .errors import ConfigurationError, UnsupportedOptionError
 
 T = TypeVar("T")
+F = TypeVar("F", bound="Future[Any]")
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:
@@ -156,7 +157,69 @@ def reject_unsupported(
         )
 
 
-class ExecutorView(Executor):
+class ClosableView(Executor):
+    """The bookkeeping an options view shares with its kind: it tracks its own tasks.
+
+    A view does not own its backend.  ``shutdown`` closes the view only: it refuses new
+    submits, waits (if asked) for the tasks submitted through it, and leaves the backend
+    running.  Subclasses call :meth:`_submit_tracked` with a zero-argument callable that
+    submits one task to the backend.
+    """
+
+    _closed_message = "cannot schedule new futures after this options() view was shut down"
+
+    def __init__(self) -> None:
+        # Held across the backend's submit so that shutdown() cannot slip between the check of
+        # _closed and the registration of the new future.  Must be held while setting _closed.
+        self._submit_lock = threading.Lock()
+        # Guards _futures.  Never held while calling the backend: done callbacks take it, and a
+        # backend may run them while holding its own lock (the stdlib pools do when they cancel).
+        self._lock = threading.Lock()
+        self._closed = False
+        self._futures: set[Future[Any]] = set()
+
+    def _submit_tracked(self, submit: Callable[[], F]) -> F:
+        with self._submit_lock:
+            if self._closed:
+                raise RuntimeError(self._closed_message)
+            fut = submit()
+            with self._lock:
+                self._futures.add(fut)
+        fut.add_done_callback(self._forget)
+        return fut
+
+    def _refuse_if_closed(self) -> None:
+        with self._submit_lock:
+            if self._closed:
+                raise RuntimeError(self._closed_message)
+
+    def _track(self, fut: Future[Any]) -> None:
+        with self._lock:
+            self._futures.add(fut)
+        fut.add_done_callback(self._forget)
+
+    def _forget(self, fut: Future[Any]) -> None:
+        with self._lock:
+            self._futures.discard(fut)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Close the view; with ``wait`` block until its own tasks are done."""
+        with self._submit_lock:
+            self._closed = True
+            with self._lock:
+                pending = list(self._futures)
+        if cancel_futures:
+            for fut in pending:
+                fut.cancel()
+        if wait:
+            from concurrent.futures import wait as wait_all
+
+            # Skip cancelled futures: wait() counts one as done only once the backend has
+            # called set_running_or_notify_cancel() on it, which may be never.
+            wait_all([fut for fut in pending if not fut.cancelled()])
+
+
+class ExecutorView(ClosableView):
     """An Executor bound to one backend and one set of :class:`TaskOptions`.
 
     ``submit`` and ``map`` go to the backend with the view's settings.  ``shutdown`` closes
@@ -166,16 +229,9 @@ class ExecutorView(Executor):
 
     def __init__(self, backend: SupportsOptions, options: TaskOptions):
         backend._check_options(options)
+        super().__init__()
         self._backend = backend
         self._options = options
-        # Held across the backend's submit so that shutdown() cannot slip between the check of
-        # _closed and the registration of the new future.  Must be held while setting _closed.
-        self._submit_lock = threading.Lock()
-        # Guards _futures.  Never held while calling the backend: done callbacks take it, and a
-        # backend may run them while holding its own lock (the stdlib pools do when they cancel).
-        self._lock = threading.Lock()
-        self._closed = False
-        self._futures: set[Future[Any]] = set()
 
     @property
     def task_options(self) -> TaskOptions:
@@ -194,18 +250,9 @@ class ExecutorView(Executor):
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """Schedule ``fn(*args, **kwargs)`` on the backend with this view's settings."""
-        with self._submit_lock:
-            if self._closed:
-                raise RuntimeError("cannot schedule new futures after this options() view was shut down")
-            fut = self._backend._submit_with_options(self._options, fn, args, kwargs)
-            with self._lock:
-                self._futures.add(fut)
-        fut.add_done_callback(self._forget)
-        return fut
-
-    def _forget(self, fut: Future[Any]) -> None:
-        with self._lock:
-            self._futures.discard(fut)
+        return self._submit_tracked(
+            lambda: self._backend._submit_with_options(self._options, fn, args, kwargs)
+        )
 
     def map(
         self,
@@ -217,29 +264,6 @@ class ExecutorView(Executor):
         """Like ``Executor.map``, with the view's settings on every task."""
         backend_map = getattr(self._backend, "_map_with_options", None)
         if backend_map is not None:
-            with self._submit_lock:
-                if self._closed:
-                    raise RuntimeError("cannot schedule new futures after this options() view was shut down")
-            return backend_map(self._options, fn, iterables, timeout, chunksize, self._futures_hook)
+            self._refuse_if_closed()
+            return backend_map(self._options, fn, iterables, timeout, chunksize, self._track)
         return super().map(fn, *iterables, timeout=timeout, chunksize=chunksize)
-
-    def _futures_hook(self, fut: Future[Any]) -> None:
-        with self._lock:
-            self._futures.add(fut)
-        fut.add_done_callback(self._forget)
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Close the view; with ``wait`` block until its own tasks are done."""
-        with self._submit_lock:
-            self._closed = True
-            with self._lock:
-                pending = list(self._futures)
-        if cancel_futures:
-            for fut in pending:
-                fut.cancel()
-        if wait:
-            from concurrent.futures import wait as wait_all
-
-            # Skip cancelled futures: wait() counts one as done only once the backend has
-            # called set_running_or_notify_cancel() on it, which may be never.
-            wait_all([fut for fut in pending if not fut.cancelled()])

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 from ..errors import ConfigurationError, DependencyError, JoinError, UnsupportedOptionError
-from ..resources import Resources
+from ..resources import ClosableView, Resources
 from .caching import Memoizer
 from .deps import ATOMIC_TYPES, find_futures, substitute
 from .futures import DataflowFuture
@@ -856,19 +856,19 @@ class DataflowExecutor(Executor):
             f.add_done_callback(inner_done)
 
 
-class DataflowView(Executor):
+class DataflowView(ClosableView):
     """A DataflowExecutor with fixed settings (executor labels, retries, walltime, …).
 
     ``shutdown`` closes the view only: it waits (if asked) for the tasks submitted through
     it and refuses new ones; the DataflowExecutor goes on.
     """
 
+    _closed_message = "cannot schedule new futures after this view was shut down"
+
     def __init__(self, dfx: DataflowExecutor, settings: TaskSettings):
+        super().__init__()
         self._dfx = dfx
         self._settings = settings
-        self._closed = False
-        self._futures: set[Future[Any]] = set()
-        self._lock = threading.Lock()
 
     @property
     def settings(self) -> TaskSettings:
@@ -877,17 +877,7 @@ class DataflowView(Executor):
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> DataflowFuture:
         """Schedule ``fn(*args, **kwargs)`` with the view's settings."""
-        if self._closed:
-            raise RuntimeError("cannot schedule new futures after this view was shut down")
-        fut = self._dfx._submit(fn, args, kwargs, self._settings)
-        with self._lock:
-            self._futures.add(fut)
-        fut.add_done_callback(self._forget)
-        return fut
-
-    def _forget(self, fut: Future[Any]) -> None:
-        with self._lock:
-            self._futures.discard(fut)
+        return self._submit_tracked(lambda: self._dfx._submit(fn, args, kwargs, self._settings))
 
     def options(
         self,
@@ -907,14 +897,3 @@ class DataflowView(Executor):
                 self._settings, executors, retries, walltime, priority, resources, cache, ignore_for_cache
             ),
         )
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Close the view; with ``wait`` block until its own tasks are done."""
-        self._closed = True
-        with self._lock:
-            pending = list(self._futures)
-        if cancel_futures:
-            for fut in pending:
-                fut.cancel()
-        if wait:
-            wait_futures(pending)

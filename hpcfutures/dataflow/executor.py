@@ -108,6 +108,7 @@ class _Task:
         "record",
         "lock",
         "cache_key",
+        "plain",
     )
 
     def __init__(
@@ -134,18 +135,16 @@ class _Task:
         self.inner: Future[Any] | None = None
         self.record: TaskRecord | None = None
         self.cache_key: CacheKey | None = None  # set while this task leads a cached call
+        self.plain = False  # every argument is a plain value (known at submit, so not looked at again)
         self.lock = threading.Lock()  # guards state and inner
 
     # -- waiting for dependencies --------------------------------------------------------------
 
     def start(self) -> None:
-        for a in self.args:
-            if type(a) not in ATOMIC_TYPES:
-                break
-        else:
-            if not self.kwargs:  # nothing can hold a future: skip the search
-                self.launch()
-                return
+        if _plain(self.args, self.kwargs):  # nothing can hold a future (or a File): skip searches
+            self.plain = True
+            self.launch()
+            return
         deps = find_futures(self.args, self.kwargs)
         if not deps:
             self.launch()
@@ -254,7 +253,7 @@ class _Task:
         fn, args, kwargs = self.fn, self.args, self.kwargs
         if self.wrap is not None:
             fn, args, kwargs = self.wrap(fn, args, kwargs)
-        if not _plain(args, kwargs):
+        if not (self.plain and self.wrap is None) and not _plain(args, kwargs):
             fn, args, kwargs = self.dfx._staged(self, fn, args, kwargs)
         try:
             inner = self.dfx._backend(self.label, self.settings).submit(fn, *args, **kwargs)

@@ -17,10 +17,8 @@ import argparse
 import collections
 import functools
 import gc
-import hashlib
 import json
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -33,20 +31,31 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the benchmarks' shared module
+from _shared import (  # noqa: E402
+    MIB,
+    TIMEOUT,
+    WARMUP_BURST,
+    WARMUP_SEQUENTIAL,
+    Results,
+    fmt_rate,
+    fmt_ratio,
+    fmt_spread,
+    progress,
+    provenance,
+    table,
+)
+
 WORKLOADS = ("throughput", "graph", "memory")
 PARSL_WORKLOADS = ("throughput", "graph")
 LAYERS = 100
 WIDTH = 10
-WARMUP_BURST = 300
-WARMUP_SEQUENTIAL = 20
 WARMUP_LAYERS = 10
 WINDOW = 10_000
 SAMPLE_EVERY = 100_000
 THREADS = 2
 HTEX_WORKERS = 2
-MIB = 1024 * 1024
 #: No single timed workload may take longer than this; a stuck executor is reported, not waited on.
-TIMEOUT = 120.0
 #: How long processes may take to exit after a shutdown before they are reported and killed.
 LEFTOVER_WAIT = 30.0
 #: The Parsl subprocess as a whole (Parsl runs at about 1,000 tasks/s: 60,000+ tasks take a minute).
@@ -315,42 +324,6 @@ def parsl_side(args: argparse.Namespace) -> dict[str, Any]:
 # -- the hpcfutures side -------------------------------------------------------------------------------
 
 
-class Results:
-    """Collects each measurement's repeats, and the errors that stopped any of them."""
-
-    def __init__(self) -> None:
-        self.samples: dict[str, dict[str, list[float]]] = {}
-        self.errors: dict[str, str] = {}
-        self.notes: dict[str, Any] = {}
-        self.memory: dict[str, Any] | None = None
-
-    def add(self, key: str, who: str, value: float) -> None:
-        self.samples.setdefault(key, {}).setdefault(who, []).append(value)
-
-    def median(self, key: str, who: str) -> float | None:
-        values = self.samples.get(key, {}).get(who)
-        return statistics.median(values) if values else None
-
-    def spread(self, key: str, who: str) -> float | None:
-        """(max - min) / median of the repeats, or None with fewer than two."""
-        values = self.samples.get(key, {}).get(who)
-        if not values or len(values) < 2:
-            return None
-        return (max(values) - min(values)) / statistics.median(values)
-
-    def fail(self, where: str, exc: BaseException | str) -> None:
-        if isinstance(exc, BaseException):
-            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        else:
-            text = exc
-        self.errors[where] = text
-        print(f"\n!! {where} failed:\n{text}", file=sys.stderr, flush=True)
-
-
-def progress(message: str) -> None:
-    print(f"  .. {message}", file=sys.stderr, flush=True)
-
-
 def _let_workers_import_tasks() -> None:
     """Put this module's import root on PYTHONPATH when it is not ``__main__``.
 
@@ -507,29 +480,8 @@ def measure_parsl(args: argparse.Namespace, results: Results) -> None:
 # -- reporting -----------------------------------------------------------------------------------------
 
 
-def fmt_rate(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.0f}"
-
-
-def fmt_spread(value: float | None) -> str:
-    return "" if value is None else f"±{value * 50:.0f}%"
-
-
-def fmt_ratio(a: float | None, b: float | None) -> str:
-    return "-" if a is None or b is None or b == 0 else f"{a / b:.2f}x"
-
-
 def fmt_mib(value: float) -> str:
     return f"{value / MIB:,.1f}"
-
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-
-    return "\n".join([line(header), "  ".join("-" * w for w in widths), *[line(r) for r in rows]])
 
 
 THROUGHPUT_TARGET = 20_000.0
@@ -668,43 +620,7 @@ def report(results: Results, args: argparse.Namespace, env: dict[str, Any]) -> s
 
 
 def environment() -> dict[str, Any]:
-    import hpcfutures
-
-    try:
-        rev = subprocess.run(
-            ["git", "-C", HERE, "rev-parse", "--short", "HEAD"],
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", HERE, "status", "--porcelain", "--untracked-files=no"],
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-        git = f"git {rev}{'+dirty' if dirty else ''}" if rev else "no git"
-    except (OSError, subprocess.SubprocessError):
-        git = "no git"
-    digest = hashlib.sha256()
-    package = os.path.dirname(os.path.abspath(hpcfutures.__file__))
-    for root, dirs, files in sorted(os.walk(package)):
-        dirs.sort()
-        for name in sorted(files):
-            if name.endswith(".py"):
-                path = os.path.join(root, name)
-                digest.update(os.path.relpath(path, package).encode())
-                with open(path, "rb") as f:
-                    digest.update(f.read())
-    return {
-        "hpcfutures": hpcfutures.__version__,
-        "git": f"{git}, sources {digest.hexdigest()[:12]}",
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-    }
+    return provenance()
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -14,17 +14,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import hashlib
 import json
 import math
 import multiprocessing
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import Any
@@ -32,19 +28,29 @@ from typing import Any
 import cloudpickle
 import zmq
 
-import hpcfutures
 from hpcfutures import HighThroughputExecutor
 from hpcfutures.providers import LocalProvider
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the benchmarks' shared module
+from _shared import (  # noqa: E402
+    MIB,
+    TIMEOUT,
+    WARMUP_BURST,
+    WARMUP_SEQUENTIAL,
+    Results,
+    fmt_rate,
+    fmt_ratio,
+    fmt_spread,
+    progress,
+    provenance,
+    table,
+)
+
 WORKLOADS = ("throughput", "latency", "bandwidth", "startup", "pools")
-MIB = 1024 * 1024
 LATENCY_ROUND_TRIPS = 500
 BANDWIDTH_ROUND_TRIPS = 100
-WARMUP_BURST = 300
-WARMUP_SEQUENTIAL = 20
 WARMUP_ECHOES = 3
 #: No single timed workload may take longer than this; a stuck executor is reported, not waited on.
-TIMEOUT = 120.0
 POOLS_WAIT = 60.0
 
 
@@ -186,38 +192,6 @@ def run_startup(factory: Callable[[], Executor]) -> dict[str, float]:
 # -- running and reporting --------------------------------------------------------------------------
 
 
-class Results:
-    """Collects each measurement's repeats, and the errors that stopped any of them."""
-
-    def __init__(self) -> None:
-        self.samples: dict[str, dict[str, list[float]]] = {}
-        self.errors: dict[str, str] = {}
-        self.notes: dict[str, Any] = {}
-
-    def add(self, key: str, who: str, value: float) -> None:
-        self.samples.setdefault(key, {}).setdefault(who, []).append(value)
-
-    def median(self, key: str, who: str) -> float | None:
-        values = self.samples.get(key, {}).get(who)
-        return statistics.median(values) if values else None
-
-    def spread(self, key: str, who: str) -> float | None:
-        """(max - min) / median of the repeats, or None with fewer than two."""
-        values = self.samples.get(key, {}).get(who)
-        if not values or len(values) < 2:
-            return None
-        return (max(values) - min(values)) / statistics.median(values)
-
-    def fail(self, where: str, exc: BaseException) -> None:
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        self.errors[where] = text
-        print(f"\n!! {where} failed:\n{text}", file=sys.stderr, flush=True)
-
-
-def progress(message: str) -> None:
-    print(f"  .. {message}", file=sys.stderr, flush=True)
-
-
 def measure_steady(
     who: str, factory: Callable[[], Executor], only: set[str], args: argparse.Namespace, results: Results
 ) -> None:
@@ -317,10 +291,6 @@ def measure_pools(args: argparse.Namespace, results: Results) -> None:
             results.notes[f"HTEX {name}: shutdown (s)"] = round(time.perf_counter() - stop, 3)
 
 
-def fmt_rate(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.0f}"
-
-
 def fmt_time(value: float | None) -> str:
     if value is None:
         return "-"
@@ -329,23 +299,6 @@ def fmt_time(value: float | None) -> str:
     if value < 1.0:
         return f"{value * 1e3:,.2f} ms"
     return f"{value:,.3f} s"
-
-
-def fmt_spread(value: float | None) -> str:
-    return "" if value is None else f"±{value * 50:.0f}%"
-
-
-def fmt_ratio(a: float | None, b: float | None) -> str:
-    return "-" if a is None or b is None or b == 0 else f"{a / b:.2f}x"
-
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-
-    return "\n".join([line(header), "  ".join("-" * w for w in widths), *[line(r) for r in rows]])
 
 
 def report(results: Results, args: argparse.Namespace, env: dict[str, Any]) -> str:
@@ -474,42 +427,8 @@ def report(results: Results, args: argparse.Namespace, env: dict[str, Any]) -> s
 
 
 def environment() -> dict[str, Any]:
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        rev = subprocess.run(
-            ["git", "-C", here, "rev-parse", "--short", "HEAD"],
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-        git = f"git {rev}{'+dirty' if dirty else ''}" if rev else "no git"
-    except (OSError, subprocess.SubprocessError):
-        git = "no git"
-    # The working tree may change between runs while git HEAD does not: fingerprint the sources.
-    digest = hashlib.sha256()
-    package = os.path.dirname(os.path.abspath(hpcfutures.__file__))
-    for root, dirs, files in sorted(os.walk(package)):
-        dirs.sort()
-        for name in sorted(files):
-            if name.endswith(".py"):
-                path = os.path.join(root, name)
-                digest.update(os.path.relpath(path, package).encode())
-                with open(path, "rb") as f:
-                    digest.update(f.read())
     return {
-        "hpcfutures": hpcfutures.__version__,
-        "git": f"{git}, sources {digest.hexdigest()[:12]}",
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
+        **provenance(),
         "pyzmq": zmq.pyzmq_version(),
         "libzmq": zmq.zmq_version(),
         "cloudpickle": cloudpickle.__version__,

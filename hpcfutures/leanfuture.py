@@ -7,8 +7,9 @@ collector walks them.  Most futures never have anyone blocked on them before the
 so this subclass creates the Condition and lists on first use, and reads a finished
 future's outcome without locking.
 
-State changes still happen one at a time: they take one module-wide lock (a few hundred
-nanoseconds, uncontended in practice) instead of the future's own Condition.  A waiter
+State changes and callback registrations happen one at a time: they take one module-wide
+lock (a few hundred nanoseconds, uncontended in practice) instead of the future's own
+Condition.  A waiter
 checks the state under the future's Condition; a state change sets the state first and
 then, if a Condition exists, takes it to wake waiters.  A waiter that created the Condition
 too late to be seen therefore also sees the new state, so no wake-up is lost.  Everything
@@ -148,10 +149,16 @@ class LeanFuture(Future[Any]):
         return False
 
     def add_done_callback(self, fn: Any) -> None:
+        # Under the transition lock rather than the future's Condition, so that a callback
+        # does not make the future build one: a state change after this sees the callback.
         if self._state not in _DONE:
-            with self._condition:
+            with _TRANSITIONS:
                 if self._state not in _DONE:
-                    self._done_callbacks.append(fn)
+                    callbacks = self.__dict__.get("_done_callbacks")
+                    if callbacks is None:
+                        self.__dict__["_done_callbacks"] = [fn]
+                    else:
+                        callbacks.append(fn)
                     return
         try:
             fn(self)

@@ -260,6 +260,7 @@ class HighThroughputExecutor(Executor):
         self._start_lock = threading.Lock()
         self._started = False
         self._io_thread: threading.Thread | None = None
+        self._io_ident: int | None = None
         self._stop_requested = False
         self._stop_when_idle = False
         self._kill_on_stop = False
@@ -421,7 +422,10 @@ class HighThroughputExecutor(Executor):
             )
             if not self._wake_pending:
                 self._wake_pending = True
-                os.write(self._wake_w, b"\0")
+                # The I/O thread itself (a done-callback submitting a dependent task) looks at
+                # the outbox before it next waits; anyone else must wake it.
+                if threading.get_ident() != self._io_ident:
+                    os.write(self._wake_w, b"\0")
         if spilled:
             future.spilled = spilled
             future.add_done_callback(_unlink_spilled)  # for paths that end it outside the I/O thread
@@ -639,9 +643,10 @@ class HighThroughputExecutor(Executor):
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         next_check = time.monotonic() + HOUSEKEEPING_SECONDS
+        self._io_ident = threading.get_ident()
         try:
             while True:
-                timeout = max(0.0, next_check - time.monotonic()) * 1000
+                timeout = 0 if self._outbox else max(0.0, next_check - time.monotonic()) * 1000
                 events = poller.poll(int(timeout))
                 if events:
                     try:
@@ -740,11 +745,13 @@ class HighThroughputExecutor(Executor):
     def _on_results(self, msg: list[zmq.Frame]) -> None:
         pending = self._pending
         started = self._started_ids
-        extra = [f.buffer for f in msg[3:]] if len(msg) > 3 else []
-        blob = msg[2].buffer
+        if len(msg[1]):
+            started.update(P.unpack_ids(msg[1].bytes))  # before the results discard them
+        extra = [f.buffer for f in msg[4:]] if len(msg) > 4 else []
+        blob = msg[3].buffer
         offset = 0
         frame = 0
-        for task_id, status, _elapsed, size, count in P.RESULT_META.iter_unpack(msg[1].bytes):
+        for task_id, status, _elapsed, size, count in P.RESULT_META.iter_unpack(msg[2].bytes):
             main = blob[offset : offset + size]
             offset += size
             if count:

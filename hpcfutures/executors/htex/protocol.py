@@ -11,7 +11,9 @@ buffers of large arguments and results follow as frames of their own, in item or
 batch costs a handful of frames however many tasks it holds, and the routers (interchange,
 pool manager) read only ``meta``: payloads are sliced and forwarded, never unpickled.
 Messages from a pool to the interchange carry the pool's cumulative credit (how many tasks
-it has ever been willing to accept) as a CREDIT struct in the frame after the kind.
+it has ever been willing to accept) as a CREDIT struct in the frame after the kind;
+results from the interchange to the driver carry there instead the packed ids of tasks
+handed to pools since the last message (possibly none).
 """
 
 from __future__ import annotations
@@ -132,3 +134,4 @@ def version_mismatch(info: dict[str, Any]) -> str | None:
         + ", ".join(wrong)
         + "; install the same Python and hpcfutures version on the workers as on the driver"
     )
+

@@ -89,6 +89,9 @@ class ExecutionProvider(abc.ABC):
         worker_init: shell lines run in the job script before the pool command (``module
             load …``, ``source env/bin/activate``).
         launcher: wraps the pool command so it runs on every node of the block.
+        parallelism: how eagerly the executor scales out, from 0 to 1: it asks for enough
+            blocks to give ``parallelism`` times the queued tasks a worker each (1: a worker
+            per queued task, up to ``max_blocks``; 0: only ``min_blocks``/``init_blocks``).
         script_dir: the directory where job scripts, stdout and stderr go.  The executor sets
             it before the first :meth:`submit`; a provider may pick its own when it is None.
 
@@ -106,6 +109,7 @@ class ExecutionProvider(abc.ABC):
         nodes_per_block: int = 1,
         worker_init: str = "",
         launcher: Launcher | None = None,
+        parallelism: float = 1.0,
     ) -> None:
         """Validate and store the settings every provider shares.
 
@@ -125,6 +129,11 @@ class ExecutionProvider(abc.ABC):
                 f"min_blocks ({min_blocks}) must not exceed max_blocks ({max_blocks}); "
                 f"raise max_blocks to at least {min_blocks} or lower min_blocks"
             )
+        if isinstance(parallelism, bool) or not isinstance(parallelism, (int, float)) or not 0 <= parallelism <= 1:
+            raise ConfigurationError(
+                f"parallelism must be a number between 0 and 1 (the share of queued tasks to start "
+                f"workers for), got {parallelism!r}"
+            )
         if not isinstance(worker_init, str):
             raise ConfigurationError(
                 f"worker_init must be a string of shell lines, got {type(worker_init).__name__}; "
@@ -139,6 +148,7 @@ class ExecutionProvider(abc.ABC):
         self.min_blocks = min_blocks
         self.max_blocks = max_blocks
         self.nodes_per_block = nodes_per_block
+        self.parallelism = float(parallelism)
         self.worker_init = worker_init
         self.launcher = launcher
         self.script_dir: str | None = None

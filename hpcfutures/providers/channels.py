@@ -86,12 +86,22 @@ class Channel(abc.ABC):
 
 
 class LocalChannel(Channel):
-    """Run scheduler commands on this machine: the default channel."""
+    """Run scheduler commands on this machine: the default channel.
 
-    def __init__(self) -> None:
+    Args:
+        env: variables added to the environment of every command (for example a ``PATH``
+            that finds a site's scheduler commands).
+    """
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
         import socket
 
+        if env is not None and (
+            not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
+        ):
+            raise ConfigurationError(f"env must be a dict of str to str, got {env!r}")
         self.hostname = socket.gethostname()
+        self.env = dict(env or {})
 
     def run(
         self,
@@ -105,9 +115,10 @@ class LocalChannel(Channel):
         if not isinstance(command, str) or not command.strip():
             raise ConfigurationError(f"command must be a non-empty shell command string, got {command!r}")
         full_env = None
-        if env:
+        if env or self.env:
             full_env = dict(os.environ)
-            full_env.update(env)
+            full_env.update(self.env)
+            full_env.update(env or {})
         try:
             proc = subprocess.run(
                 ["/bin/sh", "-c", command],
@@ -151,4 +162,4 @@ class LocalChannel(Channel):
         return read_tail(path, lines)
 
     def __repr__(self) -> str:
-        return "LocalChannel()"
+        return f"LocalChannel(env={self.env!r})" if self.env else "LocalChannel()"

@@ -1,0 +1,70 @@
+"""Helpers for the launcher tests: a command that leaves a marker file per copy, and a runner.
+
+The runner executes a fragment exactly as a provider's job script does (``exec <fragment>``
+in bash) in its own session, so a timeout can stop everything it started.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+#: Written by every copy into its marker file: shell quotes, spaces, and characters that a
+#: lost level of quoting would expand or split on.
+PAYLOAD = "it's \"quoted\"  with  $HOME `id` ;&| and a \\ backslash"
+
+_MARKER = (
+    "import os, sys\n"
+    "rank_var, directory, payload, code, failing = sys.argv[1:]\n"
+    "rank = os.environ.get(rank_var, 'none')\n"
+    "with open(os.path.join(directory, 'copy.%s.%d' % (rank, os.getpid())), 'w') as f:\n"
+    "    f.write(payload)\n"
+    "sys.exit(int(code) if failing in ('*', rank) else 0)\n"
+)
+
+
+def marker_command(directory: Path, rank_var: str, *, exit_code: int = 0, failing: str = "*") -> str:
+    """Return a shell command line that writes ``directory/copy.<rank>.<pid>`` holding PAYLOAD.
+
+    ``rank`` is the value of the environment variable *rank_var* (``none`` if unset).  The
+    copy exits with *exit_code* if its rank is *failing* (``"*"``: every copy), else with 0.
+    """
+    return shlex.join([sys.executable, "-c", _MARKER, rank_var, str(directory), PAYLOAD, str(exit_code), failing])
+
+
+def markers(directory: Path) -> list[tuple[str, str]]:
+    """Return ``(rank, content)`` for each marker file in *directory*, sorted by rank."""
+    found = []
+    for path in directory.glob("copy.*"):
+        rank = path.name.split(".")[1]
+        found.append((rank, path.read_text()))
+    return sorted(found)
+
+
+def run_fragment(
+    fragment: str, *, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """Run ``exec <fragment>`` in bash, as a job script's last line; fail the test on timeout."""
+    proc = subprocess.Popen(
+        ["/bin/bash", "-c", f"exec {fragment}"],
+        env=env,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"the fragment did not end within {timeout:g} s\n{fragment}\nstdout:\n{out}\nstderr:\n{err}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)

@@ -368,3 +368,31 @@ def test_refused_submission_raises_with_qsub_stderr(sge_cluster, tmp_path):  # n
     provider = make_provider(tmp_path, queue="no_such.q")
     with pytest.raises(SubmitError, match="no_such.q"):
         provider.submit("true", 1, "refused")
+
+
+@pytestmark_sge
+def test_htex_runs_tasks_on_a_pool_started_as_a_grid_engine_job(sge_cluster, tmp_path):  # noqa: F811
+    import os
+
+    from hpcfutures import HighThroughputExecutor
+
+    provider = GridEngineProvider(
+        label="sgehtex",
+        parallel_environment=sge_cluster.parallel_environment,
+        cores_per_node=2,
+        walltime="00:10:00",
+    )
+    with HighThroughputExecutor(
+        max_workers=2, provider=provider, address="127.0.0.1", run_dir=tmp_path / "run"
+    ) as ex:
+        assert list(ex.map(pow, range(6), [2] * 6)) == [0, 1, 4, 9, 16, 25]
+        # The workers run inside the batch job: Grid Engine set JOB_ID and NSLOTS for them.
+        (job,) = provider.jobs()
+        assert ex.submit(os.getenv, "JOB_ID").result(timeout=60) == job.job_id
+        assert ex.submit(os.getenv, "NSLOTS").result(timeout=60) == "2"
+        assert job.job_id in queued_ids()
+    # Shutdown deleted the block: at most it is still being deleted, and then it is gone.
+    out = subprocess.run(["qstat", "-xml"], capture_output=True, text=True, timeout=30, check=True).stdout
+    left = parse_qstat_xml(out)
+    assert job.job_id not in left or "being deleted" in left[job.job_id].message
+    wait_unqueued([job.job_id])

@@ -47,6 +47,35 @@ def markers(directory: Path) -> list[tuple[str, str]]:
     return sorted(found)
 
 
+# Drops ssh's options, records the host name in "<this file>.hosts", then runs the remote
+# command here as sshd would: the arguments joined with spaces, given to a shell's -c.
+_REMOTE_SHELL = """#!/bin/bash
+while [ $# -gt 0 ]; do case "$1" in -o|-l|-p|-i|-F) shift 2;; -*) shift;; *) break;; esac; done
+echo "$1" >> "$0.hosts"
+shift
+[ "${1-}" = -- ] && shift
+exec /bin/bash -c "$*"
+"""
+
+
+def remote_shell(directory: Path) -> Path:
+    """Write an ssh stand-in that runs "remote" commands on this machine; return its path.
+
+    Launchers reach other nodes through ssh; this machine is one node, so tests give them
+    this instead.  The hosts it was asked to reach are listed in ``<path>.hosts``.
+    """
+    path = directory / "remote-shell"
+    path.write_text(_REMOTE_SHELL)
+    path.chmod(0o755)
+    return path
+
+
+def reached_hosts(shell: Path) -> list[str]:
+    """Return the hosts the remote shell at *shell* was asked to reach, sorted."""
+    log = shell.with_name(shell.name + ".hosts")
+    return sorted(log.read_text().split()) if log.exists() else []
+
+
 def run_fragment(
     fragment: str, *, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 60.0
 ) -> subprocess.CompletedProcess[str]:

@@ -12,7 +12,6 @@ which then starts the copy.
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 
 import pytest
@@ -21,16 +20,7 @@ from hpcfutures.errors import ConfigurationError
 from hpcfutures.launchers.mpi import MpiExecLauncher, MpiRunLauncher
 
 from ..services import need_commands
-from ._run import PAYLOAD, marker_command, markers, run_fragment
-
-# Drops ssh's options and the host name, then runs the remote command as sshd does.
-_REMOTE_SHELL = """#!/bin/bash
-while [ $# -gt 0 ]; do case "$1" in -o|-l|-p|-i) shift 2;; -*) shift;; *) break;; esac; done
-echo "$1" >> "$0.hosts"
-shift
-[ "${1-}" = -- ] && shift
-exec /bin/bash -c "$*"
-"""
+from ._run import PAYLOAD, marker_command, markers, reached_hosts, remote_shell, run_fragment
 
 FLAVOURS = {
     "hydra": (MpiExecLauncher, "mpiexec.mpich", "PMI_RANK"),
@@ -48,9 +38,7 @@ def flavour(request):
 @pytest.fixture
 def mpi_env(tmp_path):
     """The environment for running MPI here, with two loopback "nodes" reachable."""
-    shell = tmp_path / "remote-shell"
-    shell.write_text(_REMOTE_SHELL)
-    shell.chmod(shell.stat().st_mode | stat.S_IXUSR)
+    shell = remote_shell(tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PBS_", "OMPI_", "HYDRA_"))}
     env.update(
         HYDRA_LAUNCHER="ssh",
@@ -88,7 +76,7 @@ def test_one_copy_per_node_on_two_nodes(tmp_path, flavour, mpi_env, two_nodes):
     assert proc.returncode == 0, proc.stderr
     assert markers(out) == [("0", PAYLOAD), ("1", PAYLOAD)]
     # The second copy went through the remote shell, to the second node of the hostfile.
-    assert (tmp_path / "remote-shell.hosts").read_text().split() == ["127.0.0.2"]
+    assert reached_hosts(tmp_path / "remote-shell") == ["127.0.0.2"]
 
 
 def test_a_hostfile_variable_is_expanded_when_the_job_runs(tmp_path, flavour, mpi_env, two_nodes):

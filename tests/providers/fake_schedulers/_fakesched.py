@@ -198,7 +198,7 @@ def run(job_id: str) -> None:
     Path(job["stderr"]).parent.mkdir(parents=True, exist_ok=True)
     with open(job["stdout"], "ab") as out, open(job["stderr"], "ab") as err:
         proc = subprocess.Popen(
-            ["/bin/bash", job["script"], *job.get("arguments", [])],
+            job.get("argv") or ["/bin/bash", job["script"]],
             cwd=job.get("cwd") or None,
             env=env,
             stdin=subprocess.DEVNULL,

@@ -52,10 +52,10 @@ def _state_of(code: str) -> tuple[JobState, str]:
         return (JobState.RUNNING if "r" in code or "t" in code else JobState.PENDING), f"being deleted (state {code})"
     if "s" in code or "S" in code or "T" in code:
         return JobState.HELD, f"suspended (state {code})"
+    if "r" in code or "t" in code:  # a hold on a running job ("hr") only stops reruns
+        return JobState.RUNNING, ""
     if "h" in code:
         return JobState.HELD, f"on hold (state {code}); `qrls` releases it"
-    if "r" in code or "t" in code or "R" in code:
-        return JobState.RUNNING, ""
     if "q" in code or "w" in code:
         return JobState.PENDING, ""
     return JobState.UNKNOWN, f"unrecognised Grid Engine state {code!r}"

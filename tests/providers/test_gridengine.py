@@ -61,6 +61,33 @@ def test_qstat_xml_jobs_being_deleted_are_not_finished_yet():
     assert statuses["28"].state is JobState.PENDING
 
 
+@pytest.mark.parametrize(
+    "code, state",
+    [
+        ("qw", JobState.PENDING),
+        ("hqw", JobState.HELD),
+        ("r", JobState.RUNNING),
+        ("t", JobState.RUNNING),
+        ("Rr", JobState.RUNNING),
+        ("hr", JobState.RUNNING),
+        ("s", JobState.HELD),
+        ("S", JobState.HELD),
+        ("T", JobState.HELD),
+        ("dr", JobState.RUNNING),
+        ("dqw", JobState.PENDING),
+        ("Eqw", JobState.FAILED),
+        ("z", JobState.UNKNOWN),
+    ],
+)
+def test_state_codes(code, state):
+    # Codes from sge_status(5); the recorded outputs above hold the common ones for real.
+    xml = recorded("sge_qstat_empty.xml").replace(
+        "<job_info>\n  </job_info>",
+        f"<job_info><job_list><JB_job_number>7</JB_job_number><state>{code}</state></job_list></job_info>",
+    )
+    assert parse_qstat_xml(xml)["7"].state is state
+
+
 def test_qstat_xml_with_no_jobs():
     assert parse_qstat_xml(recorded("sge_qstat_empty.xml")) == {}
 

@@ -6,7 +6,8 @@ tests run against small fake commands (``lsf/bsub``, ``condor/condor_q``, ``coba
 Each fake keeps its jobs as JSON files in the directory named by ``HPCF_FAKE_SCHED_DIR``
 and really runs every submitted script: a detached runner process (``python
 _fakesched.py run <id>``) plays the scheduler for one job.  It waits while the file
-``paused`` exists in that directory (so a test can hold jobs in the queue), starts the
+``paused`` exists in that directory (so a test can keep jobs queued) or the job is held
+(submitted with a hold, as ``qsub -h`` does), starts the
 script with bash in a session of its own, stops it at its walltime or when a cancel is
 requested, and records how it ended.
 
@@ -183,7 +184,7 @@ def run(job_id: str) -> None:
         if job["cancel_requested"]:
             update(job_id, lambda j: j.update(state="finished", ended=time.time()))
             return
-        if not (directory / "paused").exists():
+        if not (directory / "paused").exists() and not job.get("held"):
             break
         time.sleep(_POLL)
 

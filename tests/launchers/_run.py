@@ -11,6 +11,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,52 @@ def run_fragment(
         out, err = proc.communicate()
         pytest.fail(f"the fragment did not end within {timeout:g} s\n{fragment}\nstdout:\n{out}\nstderr:\n{err}")
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def pid_command(directory: Path) -> str:
+    """Return a command line that records its pid in ``directory/pid.<n>`` and sleeps."""
+    return f'echo $$ > "$(mktemp {shlex.quote(str(directory))}/pid.XXXXXX)"; exec sleep 120'
+
+
+def terminate_after_start(
+    fragment: str, directory: Path, copies: int, *, env: dict[str, str] | None = None
+) -> tuple[int, list[int]]:
+    """Start *fragment*, wait until *copies* copies of :func:`pid_command` run, send it TERM.
+
+    Returns the fragment's exit status and the copies' pids.  Fails the test if the copies
+    do not start, or the fragment does not end, within 30 seconds.
+    """
+    proc = subprocess.Popen(["/bin/bash", "-c", f"exec {fragment}"], env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            written = [p.read_text().strip() for p in directory.glob("pid.*")]
+            if len(written) >= copies and all(written):
+                break
+            if time.monotonic() > deadline or proc.poll() is not None:
+                pytest.fail(f"{copies} copies did not start (fragment status {proc.poll()}): {fragment}")
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            status = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the fragment did not end within 30 s of SIGTERM: {fragment}")
+        return status, [int(pid) for pid in written]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def gone(pid: int, timeout: float = 10.0) -> bool:
+    """Return True once no process *pid* exists (zombies count as gone), within *timeout*."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        time.sleep(0.05)
+    return False

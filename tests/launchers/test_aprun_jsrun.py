@@ -19,7 +19,7 @@ from hpcfutures.errors import ConfigurationError
 from hpcfutures.launchers.aprun import AprunLauncher
 from hpcfutures.launchers.jsrun import JsrunLauncher
 
-from ._run import PAYLOAD, marker_command, markers, run_fragment
+from ._run import PAYLOAD, gone, marker_command, markers, pid_command, run_fragment, terminate_after_start
 
 FAKE_BIN = Path(__file__).parent / "fake_bin"
 RANK = {AprunLauncher: "ALPS_APP_PE", JsrunLauncher: "JSM_NAMESPACE_RANK"}
@@ -54,6 +54,12 @@ def test_a_failing_copy_fails_the_fragment(tmp_path, launcher_class):
     proc = run_fragment(launcher_class()(command, 1, 2), env=fake_env(2))
     assert proc.returncode != 0
     assert len(markers(tmp_path)) == 2
+
+
+def test_terminating_the_fragment_stops_every_copy(tmp_path, launcher_class):
+    status, pids = terminate_after_start(launcher_class()(pid_command(tmp_path), 1, 2), tmp_path, 2, env=fake_env(2))
+    assert status != 0
+    assert all(gone(pid) for pid in pids)
 
 
 def test_a_compound_command_runs_whole(tmp_path, launcher_class):

@@ -20,7 +20,17 @@ from hpcfutures.errors import ConfigurationError
 from hpcfutures.launchers.mpi import MpiExecLauncher, MpiRunLauncher
 
 from ..services import need_commands
-from ._run import PAYLOAD, marker_command, markers, reached_hosts, remote_shell, run_fragment
+from ._run import (
+    PAYLOAD,
+    gone,
+    marker_command,
+    markers,
+    pid_command,
+    reached_hosts,
+    remote_shell,
+    run_fragment,
+    terminate_after_start,
+)
 
 FLAVOURS = {
     "hydra": (MpiExecLauncher, "mpiexec.mpich", "PMI_RANK"),
@@ -98,6 +108,17 @@ def test_a_failing_copy_fails_the_fragment_with_its_status(tmp_path, flavour, mp
     launcher = launcher_class(executable=executable, hostfile=str(two_nodes))
     proc = run_fragment(launcher(marker_command(out, rank_var, exit_code=9, failing="1"), 1, 2), env=mpi_env)
     assert proc.returncode == 9, proc.stderr
+
+
+def test_terminating_the_fragment_stops_every_copy(tmp_path, flavour, mpi_env, two_nodes):
+    launcher_class, executable, _ = flavour
+    out = tmp_path / "out"
+    out.mkdir()
+    fragment = launcher_class(executable=executable, hostfile=str(two_nodes))(pid_command(out), 1, 2)
+    _, pids = terminate_after_start(fragment, out, 2, env=mpi_env)
+    # The exit status is the implementation's: Hydra exits 0 after passing TERM on to copies
+    # on more than one node (15 on one node).  What matters is that no copy is left.
+    assert all(gone(pid) for pid in pids)
 
 
 def test_a_compound_command_runs_whole_in_each_copy(tmp_path, flavour, mpi_env):

@@ -17,7 +17,17 @@ from hpcfutures.errors import ConfigurationError
 from hpcfutures.launchers.parallel import NODE_SOURCES, GnuParallelLauncher
 
 from ..services import need_commands
-from ._run import PAYLOAD, marker_command, markers, reached_hosts, remote_shell, run_fragment
+from ._run import (
+    PAYLOAD,
+    gone,
+    marker_command,
+    markers,
+    pid_command,
+    reached_hosts,
+    remote_shell,
+    run_fragment,
+    terminate_after_start,
+)
 
 RANK = "HPCFUTURES_LAUNCH_RANK"
 
@@ -119,6 +129,12 @@ def test_a_failing_copy_fails_the_fragment_with_its_status_after_all_ran(out, en
     proc = run_fragment(GnuParallelLauncher()(marker_command(out, RANK, exit_code=6, failing="1"), 1, 3), env=env)
     assert proc.returncode == 6
     assert len(markers(out)) == 3
+
+
+def test_terminating_the_fragment_stops_every_copy(tmp_path, env):
+    status, pids = terminate_after_start(GnuParallelLauncher()(pid_command(tmp_path), 1, 2), tmp_path, 2, env=env)
+    assert status != 0
+    assert all(gone(pid) for pid in pids)
 
 
 def test_an_unreadable_hostfile_fails_with_a_message(tmp_path, env):

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import time
 
 import pytest
 
 from hpcfutures.errors import ConfigurationError
 from hpcfutures.launchers.single_node import SingleNodeLauncher
 
-from ._run import PAYLOAD, marker_command, markers, run_fragment
+from ._run import PAYLOAD, gone, marker_command, markers, pid_command, run_fragment, terminate_after_start
 
 RANK = "HPCFUTURES_LAUNCH_RANK"
 
@@ -62,25 +59,9 @@ def test_without_fail_on_any_only_a_total_failure_fails(tmp_path):
 
 
 def test_terminating_the_fragment_stops_every_copy(tmp_path):
-    command = f'echo $$ > {tmp_path}/pid.$HPCFUTURES_LAUNCH_RANK; exec sleep 60'
-    proc = subprocess.Popen(
-        ["/bin/bash", "-c", "exec " + SingleNodeLauncher()(command, 1, 2)], start_new_session=True
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while len(list(tmp_path.glob("pid.*"))) < 2 or any(not p.read_text() for p in tmp_path.glob("pid.*")):
-            assert time.monotonic() < deadline, "the copies did not start"
-            time.sleep(0.05)
-        pids = [int(p.read_text()) for p in tmp_path.glob("pid.*")]
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 128 + signal.SIGTERM  # each copy died of TERM
-        for pid in pids:
-            with pytest.raises(ProcessLookupError):
-                os.kill(pid, 0)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    status, pids = terminate_after_start(SingleNodeLauncher()(pid_command(tmp_path), 1, 2), tmp_path, 2)
+    assert status == 128 + signal.SIGTERM  # the copies died of the TERM passed on to them
+    assert all(gone(pid) for pid in pids)
 
 
 @pytest.mark.parametrize(

@@ -17,11 +17,13 @@ run limit.  Rows for the rarer states (PSUSP, ZOMBI, PROV, …) follow that same
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import pytest
 
+from hpcfutures import HighThroughputExecutor
 from hpcfutures.errors import ConfigurationError
 from hpcfutures.providers.base import JobState
 from hpcfutures.providers.channels import CommandResult
@@ -311,3 +313,14 @@ def test_refused_submit_raises_with_lsf_message(make):
     provider = make(queue="nosuchq")
     with pytest.raises(SubmitError, match="No such queue"):
         provider.submit("echo hi", 1)
+
+
+def test_htex_runs_tasks_in_a_block_submitted_to_lsf(lsf, tmp_path):
+    provider = LSFProvider(channel=lsf.channel(), walltime="00:10:00")
+    with HighThroughputExecutor(max_workers=2, provider=provider, run_dir=tmp_path / "run") as ex:
+        assert list(ex.map(pow, range(6), [2] * 6)) == [0, 1, 4, 9, 16, 25]
+        (job,) = lsf.jobs()
+        # The worker runs inside the job the fake LSF started for the block.
+        assert ex.submit(os.getenv, "LSB_JOBID").result(timeout=30) == job["id"]
+    assert [call[0] for call in lsf.calls("bsub")] == ["bsub"]
+    assert [job["state"] for job in lsf.jobs()] == ["finished"]  # shutdown left nothing queued

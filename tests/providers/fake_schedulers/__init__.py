@@ -71,6 +71,10 @@ class FakeScheduler:
         """Return the fake's record of a job (its options, files, state)."""
         return json.loads((self.directory / f"job.{job_id}.json").read_text())  # type: ignore[no-any-return]
 
+    def jobs(self) -> list[dict[str, object]]:
+        """Return the fake's records of every job submitted to it."""
+        return [json.loads(path.read_text()) for path in sorted(self.directory.glob("job.*.json"))]
+
     def stop(self) -> None:
         """Kill every job the fake still runs."""
         self.resume()

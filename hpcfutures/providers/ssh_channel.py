@@ -83,6 +83,14 @@ def _check_host(name: str, value: object) -> str:
     return value
 
 
+def _check_env(env: object) -> None:
+    if env is not None and (
+        not isinstance(env, dict)
+        or not all(isinstance(k, str) and _ENV_NAME.fullmatch(k) and isinstance(v, str) for k, v in env.items())
+    ):
+        raise ConfigurationError(f"env must be a dict of variable names to str values, or None, got {env!r}")
+
+
 def _shell_path(path: str) -> str:
     """Quote *path* for the remote shell, keeping a leading ``~/`` meaning the home directory."""
     if path == "~":
@@ -125,6 +133,9 @@ class SSHChannel(Channel):
         connect_timeout: seconds to wait for the connection and the login.
         script_dir: where providers using this channel put job scripts and output on the
             host, by default.  None lets each provider choose (under the home directory).
+        env: variables set for every command (for example a ``PATH`` that finds the site's
+            scheduler commands, which non-interactive logins may lack).  Values are taken
+            literally, not expanded by the shell.
 
     Nothing connects until the first command or :meth:`connect`.  Every method may be
     called from any thread; commands run concurrently over the one connection.
@@ -141,6 +152,7 @@ class SSHChannel(Channel):
         host_key_policy: str = "reject",
         connect_timeout: float = 15.0,
         script_dir: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         """Validate the settings; connect later.
 
@@ -195,6 +207,8 @@ class SSHChannel(Channel):
         if script_dir is not None and (not isinstance(script_dir, str) or not script_dir):
             raise ConfigurationError(f"script_dir must be a remote directory path or None, got {script_dir!r}")
         self.script_dir = script_dir
+        _check_env(env)
+        self.env = dict(env or {})
 
         # Must be held while reading or replacing _client, _transport and _home, and while
         # changing _forwards.
@@ -341,18 +355,14 @@ class SSHChannel(Channel):
             raise ConfigurationError(f"command must be a non-empty shell command string, got {command!r}")
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             raise ConfigurationError(f"timeout must be a positive number of seconds, got {timeout!r}")
-        if env is not None and (
-            not isinstance(env, dict)
-            or not all(isinstance(k, str) and _ENV_NAME.fullmatch(k) and isinstance(v, str) for k, v in env.items())
-        ):
-            raise ConfigurationError(f"env must be a dict of variable names to str values, got {env!r}")
+        _check_env(env)
         if cwd is not None and (not isinstance(cwd, str) or not cwd):
             raise ConfigurationError(f"cwd must be a directory path or None, got {cwd!r}")
         # The script goes in on stdin so that the login shell (bash, tcsh, …) never parses it.
         lines = [f'echo "{_PID_TAG}$$" >&2']
         if cwd is not None:
             lines.append(f"cd {_shell_path(cwd)} || {{ echo {_CWD_TAG} >&2; exit 1; }}")
-        lines += [f"export {name}={shlex.quote(value)}" for name, value in (env or {}).items()]
+        lines += [f"export {name}={shlex.quote(value)}" for name, value in {**self.env, **(env or {})}.items()]
         lines.append(f"exec /bin/sh -c {shlex.quote(command)} </dev/null")
         code, out, err, pid = self._execute("exec /bin/sh -s", "\n".join(lines) + "\n", timeout)
         if code is None:
@@ -693,7 +703,7 @@ class SSHChannel(Channel):
     def __repr__(self) -> str:
         return (
             f"SSHChannel({self.hostname!r}, username={self.username!r}, port={self.port}, "
-            f"host_key_policy={self.host_key_policy!r})"
+            f"host_key_policy={self.host_key_policy!r}" + (f", env={self.env!r})" if self.env else ")")
         )
 
 

@@ -62,6 +62,16 @@ def test_run_passes_env_and_cwd(channel, tmp_path):
     assert result.stdout == f"{tmp_path}\nhello 'world' $x||"
 
 
+def test_channel_env_applies_to_every_command(sshd):
+    ch = SSHChannel(sshd.host, port=sshd.port, key_filename=sshd.key, known_hosts=sshd.known_hosts,
+                    env={"SITE": "cluster $HOME", "WHO": "channel"})
+    try:
+        assert ch.run('echo "$SITE|$WHO"').stdout == "cluster $HOME|channel\n"
+        assert ch.run('echo "$SITE|$WHO"', env={"WHO": "call"}).stdout == "cluster $HOME|call\n"
+    finally:
+        ch.close()
+
+
 def test_relative_cwd_is_the_home_directory(channel):
     home = channel.run("cd; pwd").stdout.strip()
     assert channel.run("pwd", cwd="~").stdout.strip() == home
@@ -261,6 +271,8 @@ def test_unreachable_host_is_a_channel_error(sshd, tmp_path):
         ({"known_hosts": "/nonexistent/known_hosts"}, "known_hosts"),
         ({"connect_timeout": 0}, "connect_timeout"),
         ({"script_dir": ""}, "script_dir"),
+        ({"env": {"A B": "x"}}, "env"),
+        ({"env": {"A": 1}}, "env"),
     ],
 )
 def test_bad_arguments_name_the_parameter(kwargs, name):
@@ -412,3 +424,42 @@ def test_close_stops_forwards_and_the_connection(sshd, echo_server):
     wait_until(lambda: refused(remote) and refused(local), "both forwarded ports to close")
     assert ch.run("echo reopened").stdout == "reopened\n"  # a closed channel connects again
     ch.close()
+
+
+# -- a scheduler provider driven through the channel ----------------------------------------------
+
+
+def test_cluster_provider_submits_watches_and_cancels_over_ssh(sshd, tmp_path):
+    """LSFProvider over SSH: its scripts travel by SFTP, its commands and tails run on the host.
+
+    No LSF server can be installed, so the scheduler is the fake ``bsub``/``bjobs``/``bkill`` of
+    tests/providers/fake_schedulers (following recorded real LSF output); what this test checks
+    is the channel's part: the same provider code works on a remote host.
+    """
+    from hpcfutures.providers.base import JobState
+    from hpcfutures.providers.lsf import LSFProvider
+
+    from .fake_schedulers import FakeScheduler, wait_status
+
+    fake = FakeScheduler("lsf", tmp_path / "lsf-db")
+    ch = SSHChannel(sshd.host, port=sshd.port, key_filename=sshd.key, known_hosts=sshd.known_hosts, env=fake.env)
+    provider = LSFProvider(channel=ch, remote_script_dir=str(tmp_path / "remote"))
+    provider.script_dir = str(tmp_path / "local")
+    try:
+        done = provider.submit("echo block-output; echo block-error >&2", 1)
+        status = wait_status(provider, done, [JobState.COMPLETED])
+        assert (status.exit_code, status.stdout_tail, status.stderr_tail) == (0, "block-output", "block-error")
+        assert (tmp_path / "remote" / "hpcfutures.block.1.sh").exists()  # pushed over SFTP
+
+        failed = provider.submit("echo broken >&2; exit 4", 1)
+        status = wait_status(provider, failed, [JobState.FAILED])
+        assert status.exit_code == 4 and "broken" in status.stderr_tail
+
+        running = provider.submit("sleep 300", 1)
+        wait_status(provider, running, [JobState.RUNNING])
+        assert provider.cancel([running]) == [True]
+        wait_status(provider, running, [JobState.CANCELLED])
+        assert [call[0] for call in fake.calls()].count("bsub") == 3
+    finally:
+        provider.close()
+        fake.stop()

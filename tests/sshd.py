@@ -71,6 +71,11 @@ class Sshd:
     log: Path
     pid: int
 
+    @property
+    def ssh_options(self) -> tuple[str, ...]:
+        """``ssh -o`` options that check the host key against :attr:`known_hosts` only."""
+        return (f"UserKnownHostsFile={self.known_hosts}", "StrictHostKeyChecking=yes", "ConnectTimeout=5")
+
     def log_tail(self, limit: int = 2000) -> str:
         """Return the end of sshd's log, for failure messages."""
         try:

@@ -51,7 +51,7 @@ def _examples() -> list[Any]:
     for page in PAGES:
         for line, code in python_blocks(page):
             first = code.strip().splitlines()[0].strip() if code.strip() else ""
-            marks = [pytest.mark.skip(reason="marked '# not run'")] if first == SKIP_MARK else []
+            marks = [pytest.mark.skip(reason="marked '# not run'")] if first.startswith(SKIP_MARK) else []
             params.append(pytest.param(code, id=f"{page.relative_to(ROOT)}:{line}", marks=marks))
     return params
 

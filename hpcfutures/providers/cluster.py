@@ -103,7 +103,7 @@ def format_walltime(seconds: int) -> str:
     return f"{hours:02d}:{minutes:02d}:{secs:02d}"
 
 
-@dataclass
+@dataclass(eq=False)  # identity, so jobs can be set members and dict keys
 class ClusterJob:
     """What a cluster provider remembers about one job it submitted."""
 
@@ -240,6 +240,15 @@ class ClusterProvider(ExecutionProvider):
     def cancel_command(self, job_ids: Sequence[str]) -> str:
         """Return one shell command that cancels every job in *job_ids*."""
 
+    def empty_queue_error(self, result: CommandResult) -> bool:
+        """Whether a failed status command only means "none of these jobs is queued".
+
+        Some schedulers fail ``squeue --jobs=…``/``qstat id…`` when every job asked about has
+        left the queue; a provider recognises that here, so the jobs are judged by accounting
+        or their exit-code files.  By default a failed status command counts as no answer.
+        """
+        return False
+
     def accounting_command(self, job_ids: Sequence[str]) -> str | None:
         """Return a command that reports jobs gone from the queue (``sacct``), or None."""
         return None
@@ -326,8 +335,16 @@ class ClusterProvider(ExecutionProvider):
         ids = [job.job_id for job in jobs]
         result = self.channel.run(self.status_command(ids), timeout=self.cmd_timeout)
         listed = self.parse_status(result.stdout) if result.ok or result.stdout.strip() else {}
-        if not result.ok and not listed:
-            logger.debug("%s: status command failed (%s): %s", self.label, result.returncode, result.stderr.strip())
+        if not result.ok and not listed and not self.empty_queue_error(result):
+            # The scheduler did not answer (a restarting controller, a timeout): that says
+            # nothing about the jobs, which keep their last state until it answers again.
+            logger.warning(
+                "%s: `%s` exited %s: %s", self.label, self.status_command(ids), result.returncode,
+                result.stderr.strip()[-500:],
+            )  # fmt: skip
+            for job in jobs:
+                job.last = replace(job.last or JobStatus(JobState.UNKNOWN), message="the scheduler did not answer")
+            return
         gone = [job for job in jobs if job.job_id not in listed]
         accounted: dict[str, JobStatus] = {}
         if gone:
@@ -404,6 +421,8 @@ class ClusterProvider(ExecutionProvider):
             directory = self.remote_script_dir
         elif isinstance(self.channel, LocalChannel):
             directory = local_dir
+        elif getattr(self.channel, "script_dir", None):
+            directory = str(self.channel.script_dir)  # type: ignore[attr-defined]
         else:
             directory = f".hpcfutures/{self.label}"  # relative to the login's home directory
         self.channel.makedirs(directory)

@@ -390,7 +390,7 @@ class GridEngineProvider(ClusterProvider):
         A job of this provider found in Grid Engine's error state (``Eqw``) is reported as
         FAILED with Grid Engine's error reason, and deleted from the queue.
         """
-        statuses = self._status_once(job_ids)
+        statuses = super().status(job_ids)
         with self._errored_lock:
             errored, self._errored = self._errored, set()
         if not errored:
@@ -410,24 +410,5 @@ class GridEngineProvider(ClusterProvider):
                 )
                 updated[job.job_id] = job.final
         return [updated.get(job_id, status) for job_id, status in zip(job_ids, statuses)]
-
-    def _status_once(self, job_ids: Sequence[str]) -> list[JobStatus]:
-        # ClusterProvider.status de-duplicates jobs with dict.fromkeys, which fails on the
-        # unhashable ClusterJob dataclass; this is the same logic keyed by job id.
-        jobs = {job.job_id: job for job in self.jobs()}
-        asked = [jobs.get(job_id) for job_id in job_ids]
-        live = {job.job_id: job for job in asked if job is not None and job.final is None}
-        if live:
-            self._refresh(list(live.values()))
-        out = []
-        for job_id, job in zip(job_ids, asked):
-            if job is None:
-                out.append(JobStatus(JobState.MISSING, message=f"job {job_id} was not submitted by this provider"))
-            elif job.final is not None:
-                out.append(job.final)
-            else:
-                out.append(job.last or JobStatus(JobState.PENDING))
-        return out
-
 
 _NONE = JobStatus(JobState.MISSING)

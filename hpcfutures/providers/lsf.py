@@ -243,22 +243,6 @@ class LSFProvider(ClusterProvider):
         """Parse :meth:`status_command`'s output; see :func:`parse_lsf_status`."""
         return parse_lsf_status(stdout)
 
-    def status(self, job_ids: Sequence[str]) -> list[JobStatus]:
-        """Ask LSF once about every job still live; see :meth:`ExecutionProvider.status`."""
-        # ClusterProvider.status de-duplicates jobs with dict.fromkeys over ClusterJob, an
-        # unhashable dataclass; this is its logic keyed by job id, until the base is fixed.
-        known = {job.job_id: job for job in self.jobs()}
-        asked = [known.get(job_id) for job_id in job_ids]
-        live = {job.job_id: job for job in asked if job is not None and job.final is None}
-        if live:
-            self._refresh(list(live.values()))
-        return [
-            JobStatus(JobState.MISSING, message=f"job {job_id} was not submitted by this provider")
-            if job is None
-            else job.final or job.last or JobStatus(JobState.PENDING)
-            for job_id, job in zip(job_ids, asked)
-        ]
-
     def cancel_command(self, job_ids: Sequence[str]) -> str:
         """Return ``bkill`` for every job; it reports finished ones and kills the rest."""
         return "bkill " + " ".join(shlex.quote(j) for j in job_ids)

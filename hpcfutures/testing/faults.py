@@ -118,3 +118,9 @@ def fail_until(path: str, failures: int, value: Any = None) -> Any:
     if attempt <= failures:
         raise RuntimeError(f"attempt {attempt} of {path} fails on purpose")
     return value
+
+
+def identity_after(wait: Callable[[], Any]) -> dict[str, Any]:
+    """Call ``wait()`` (a Gate's wait), then return :func:`worker_identity`."""
+    wait()
+    return worker_identity()

@@ -27,6 +27,7 @@ import time
 import weakref
 from concurrent.futures import Executor, Future, InvalidStateError
 from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar
 
@@ -43,7 +44,9 @@ from ...errors import (
     VersionMismatchError,
 )
 from ...leanfuture import LeanFuture
+from ...providers.base import JobState, JobStatus
 from ...resources import DEFAULT_OPTIONS, ExecutorView, Resources, TaskOptions, reject_unsupported
+from ...scaling import BlockView, plan_blocks
 from ...serialize import SharedSpill, dumps, dumps_call, loads, loads_exception
 from ..chunks import run_chunk
 from . import protocol as P
@@ -62,6 +65,8 @@ HOUSEKEEPING_SECONDS = 0.2
 CANCEL_TIMEOUT = 5.0
 STOP_TIMEOUT = 5.0
 MAX_BLOCK_REPLACEMENTS = 3
+#: Blocks in a row that end before any pool connects, after which pending tasks fail.
+MAX_START_FAILURES = 3
 
 _live_executors: weakref.WeakSet[HighThroughputExecutor] = weakref.WeakSet()
 
@@ -104,7 +109,10 @@ def _tail(path: Path, limit: int = 4000) -> str:
 
 
 class _Block:
-    __slots__ = ("block_id", "job_id", "registered", "ended", "cancelled", "lost")
+    __slots__ = (
+        "block_id", "job_id", "registered", "ended", "cancelled", "lost", "draining", "submitted",
+        "status", "workers",
+    )  # fmt: skip
 
     def __init__(self, block_id: str, job_id: str):
         self.block_id = block_id
@@ -112,7 +120,31 @@ class _Block:
         self.registered = False
         self.ended = False
         self.cancelled = False  # we cancelled it
-        self.lost = False  # its pool went silent, so we cancelled it and want a replacement
+        self.lost = False  # its pool went silent: cancel it (the block thread does)
+        self.draining = False  # being scaled in: its pools stop once idle
+        self.submitted = time.monotonic()
+        self.status: JobStatus | None = None  # the provider's newest word on its job
+        self.workers = 0  # workers its pools reported
+
+
+@dataclass(frozen=True)
+class BlockInfo:
+    """A snapshot of one block of a HighThroughputExecutor, for users and tests.
+
+    Attributes:
+        block_id: the executor's name for it.
+        job_id: the provider's job id.
+        state: ``"queued"`` (submitted, no pool connected yet), ``"connected"``,
+            ``"draining"`` (being scaled in) or ``"ended"``.
+        job: the provider's newest status of the job, if any was asked for yet.
+        workers: workers its pools reported when they connected.
+    """
+
+    block_id: str
+    job_id: str
+    state: str
+    job: JobStatus | None
+    workers: int
 
 
 class HtexFuture(LeanFuture):
@@ -190,6 +222,8 @@ class HighThroughputExecutor(Executor):
         heartbeat_threshold: float = 10.0,
         lost_task_retries: int = 2,
         start_timeout: float = 30.0,
+        max_idletime: float = 120.0,
+        block_poll_period: float = 1.0,
     ):
         if max_workers is not None and (
             isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1
@@ -200,7 +234,7 @@ class HighThroughputExecutor(Executor):
         if provider is None:
             from ...providers.local import LocalProvider
 
-            provider = LocalProvider()
+            provider = LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1)
         elif not hasattr(provider, "submit") or not hasattr(provider, "status"):
             raise ConfigurationError(
                 f"provider must be an hpcfutures ExecutionProvider (for example LocalProvider()), got {provider!r}"
@@ -222,6 +256,8 @@ class HighThroughputExecutor(Executor):
             ("heartbeat_period", heartbeat_period),
             ("heartbeat_threshold", heartbeat_threshold),
             ("start_timeout", start_timeout),
+            ("max_idletime", max_idletime),
+            ("block_poll_period", block_poll_period),
         ):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ConfigurationError(f"{name} must be a positive number of seconds, got {value!r}")
@@ -239,6 +275,13 @@ class HighThroughputExecutor(Executor):
         self.heartbeat_threshold = float(heartbeat_threshold)
         self.lost_task_retries = lost_task_retries
         self.start_timeout = float(start_timeout)
+        self.max_idletime = float(max_idletime)
+        self.block_poll_period = float(block_poll_period)
+        if getattr(provider, "max_blocks", 1) < 1:
+            raise ConfigurationError(
+                f"the provider's max_blocks is {provider.max_blocks}: no block could ever run a task; "
+                "give it max_blocks >= 1"
+            )
         self._initializer = initializer
         self._initargs = initargs
 
@@ -267,8 +310,16 @@ class HighThroughputExecutor(Executor):
         self._stopped = threading.Event()
         self._io_closed = False  # the wake pipe is closed; set under _lock
         self._blocks: dict[str, _Block] = {}
+        self._blocks_lock = threading.Lock()  # the block thread adds, the I/O thread reads
         self._block_counter = itertools.count()
         self._replacements = 0
+        self._start_failures = 0  # blocks in a row that ended before a pool connected
+        self._block_idle: dict[str, float] = {}  # block id -> idle seconds, from the interchange
+        self._block_thread: threading.Thread | None = None
+        self._block_stop = threading.Event()
+        self._drained: set[str] = set()  # blocks whose pools all stopped after draining
+        #: What the provider said of blocks that ended before any of their pools connected.
+        self.block_failures: list[JobStatus] = []
         self._pools_connected = 0
         self._cancel_requests: dict[bytes, tuple[threading.Event, list[HtexFuture]]] = {}
         self._cancel_counter = itertools.count(1)
@@ -386,6 +437,13 @@ class HighThroughputExecutor(Executor):
             priority=True,
             hint="Size tasks to one worker, or use an executor that places multi-core tasks.",
         )
+        block_walltime = getattr(self.provider, "walltime_seconds", None)
+        if options.walltime and block_walltime and options.walltime > block_walltime:
+            raise ValueError(
+                f"walltime={options.walltime:g} s exceeds the walltime of this executor's blocks "
+                f"({block_walltime} s), so no block could finish the task; lower the task's walltime "
+                "or raise the provider's"
+            )
 
     def _submit_with_options(
         self, options: TaskOptions, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -539,14 +597,18 @@ class HighThroughputExecutor(Executor):
             self._socket.send_multipart([P.CONFIG, json.dumps(settings).encode(), *init_frames], copy=False)
             self.provider.script_dir = str(self._dir / "blocks")
             os.makedirs(self.provider.script_dir, exist_ok=True)
-            for _ in range(max(1, self.provider.init_blocks)):
+            for _ in range(min(self.provider.init_blocks, self.provider.max_blocks)):
                 self._start_block()
             self._io_thread = threading.Thread(
                 target=self._io_loop, name=f"hpcfutures-{self.label}-io", daemon=True
             )
+            self._block_thread = threading.Thread(
+                target=self._block_loop, name=f"hpcfutures-{self.label}-blocks", daemon=True
+            )
             self._started = True
             _live_executors.add(self)
             self._io_thread.start()
+            self._block_thread.start()
 
     def _start_interchange(self) -> None:
         """Start the interchange on ports picked here; its failures surface in housekeeping."""
@@ -633,7 +695,9 @@ class HighThroughputExecutor(Executor):
         job_id = self.provider.submit(
             shlex.join(cmd), self.max_workers or 1, f"{self.label}.block-{block_id}"
         )
-        self._blocks[block_id] = _Block(block_id, job_id)
+        with self._blocks_lock:
+            self._blocks[block_id] = _Block(block_id, job_id)
+        logger.info("%s: started block %s as job %s", self.label, block_id, job_id)
 
     # -- the I/O thread --------------------------------------------------------------------------
 
@@ -667,6 +731,8 @@ class HighThroughputExecutor(Executor):
                 for kind, payload in controls:
                     if kind == "cancel":
                         self._send_cancel(sock, *payload)
+                    elif kind == "drain":
+                        sock.send_multipart([P.DRAIN, str(payload).encode()])
                     elif kind == "stop":
                         kill, when_idle = payload
                         self._kill_on_stop = self._kill_on_stop or kill
@@ -741,6 +807,8 @@ class HighThroughputExecutor(Executor):
                 waiting[0].set()
         elif kind == P.EVENT:
             self._on_event(json.loads(msg[1].bytes), msg[2:])
+        elif kind == P.HEARTBEAT and len(msg) > 1:
+            self._block_idle = json.loads(msg[1].bytes)
 
     def _on_results(self, msg: list[zmq.Frame]) -> None:
         pending = self._pending
@@ -790,21 +858,26 @@ class HighThroughputExecutor(Executor):
         if kind == "pool_registered":
             self._pools_connected += 1
             self.pools[str(event.get("pool"))] = event
+            logger.info(
+                "%s: pool %s of block %s connected from %s with %s workers",
+                self.label, event.get("pool"), event.get("block"), event.get("host"), event.get("workers"),
+            )  # fmt: skip
             if block is not None:
                 block.registered = True
+                block.workers += int(event.get("workers") or 0)
+                self._start_failures = 0
+        elif kind == "block_drained":
+            self._drained.add(str(event.get("block")))
+            for pool_id, info in list(self.pools.items()):
+                if str(info.get("block")) == str(event.get("block")):
+                    del self.pools[pool_id]
+                    self._pools_connected -= 1
         elif kind == "pool_lost":
             self._pools_connected -= 1
             self.pools.pop(str(event.get("pool")), None)
             logger.warning("worker pool %s lost: %s", event.get("pool"), event.get("reason"))
             if block is not None and not block.ended:
-                block.cancelled = block.lost = True  # a silent pool may be hung: end its block
-                # Cancelling can take the provider's grace period: not on this thread.
-                threading.Thread(
-                    target=self.provider.cancel,
-                    args=([block.job_id],),
-                    name="hpcfutures-cancel-block",
-                    daemon=True,
-                ).start()
+                block.lost = True  # a silent pool may be hung: the block thread ends its job
         elif kind == "pool_rejected":
             if self._pools_connected == 0:
                 self._fail_all(VersionMismatchError(event.get("reason", "a worker pool was rejected")))
@@ -831,36 +904,150 @@ class HighThroughputExecutor(Executor):
                 )
             )
             return
-        live = [b for b in self._blocks.values() if not b.ended]
+    # -- the block thread: watch jobs, scale ---------------------------------------------------------
+
+    def _block_loop(self) -> None:
+        """Every ``block_poll_period`` seconds: check the provider's jobs, then scale."""
+        period = self.block_poll_period
+        while not self._block_stop.wait(period):
+            try:
+                self._check_blocks()
+                if not self._shutdown and self._broken is None:
+                    self._scale()
+            except Exception:  # noqa: BLE001 - a failed scheduler call must not end the thread
+                logger.exception("%s: managing blocks failed; trying again", self.label)
+
+    def _check_blocks(self) -> None:
+        with self._blocks_lock:
+            live = [b for b in self._blocks.values() if not b.ended]
+        to_cancel = [b for b in live if (b.lost or b.draining and b.block_id in self._drained) and not b.cancelled]
+        if to_cancel:
+            for block in to_cancel:
+                block.cancelled = True
+            self.provider.cancel([b.job_id for b in to_cancel])
         if not live:
             return
         for block, status in zip(live, self.provider.status([b.job_id for b in live])):
-            if not status.state.terminal:
-                continue
-            block.ended = True
-            if (block.cancelled and not block.lost) or self._shutdown:
-                continue
-            how = status.message or f"ended as {status.state.name}"
-            if not block.registered:
-                self._break(
-                    PoolStartError(
-                        f"worker pool block {block.block_id} {how} before it could run tasks. "
-                        f"Its stderr ends with:\n{status.stderr_tail}",
-                        exit_code=status.exit_code,
-                        stderr_tail=status.stderr_tail,
-                    )
-                )
-            elif self._replacements < MAX_BLOCK_REPLACEMENTS * max(1, self.provider.init_blocks):
-                logger.warning("worker pool block %s %s; starting a replacement", block.block_id, how)
-                self._replacements += 1
-                self._start_block()
+            block.status = status
+            if status.state.terminal:
+                self._block_ended(block, status)
+
+    def _block_ended(self, block: _Block, status: JobStatus) -> None:
+        """Judge a block whose job ended: expected, worth a warning, or fatal for pending tasks."""
+        block.ended = True
+        if self._shutdown or block.draining or (block.cancelled and not block.lost):
+            return
+        how = status.message or f"ended as {status.state.name.lower()}"
+        if status.exit_code is not None and str(status.exit_code) not in how:
+            how += f" (exit code {status.exit_code})"
+        if not block.registered:
+            self.block_failures.append(status)
+            self._start_failures += 1
+            error = PoolStartError(
+                f"worker pool block {block.block_id} (job {block.job_id}) {how} before any pool "
+                f"connected. Its stderr ends with:\n{status.stderr_tail}",
+                exit_code=status.exit_code,
+                stderr_tail=status.stderr_tail,
+            )
+            with self._blocks_lock:
+                others = any(not b.ended for b in self._blocks.values())
+            if (not others and self._pools_connected <= 0) or self._start_failures >= MAX_START_FAILURES:
+                self._break(error)
             else:
-                self._break(
-                    BrokenExecutorError(
-                        f"worker pool block {block.block_id} {how}, and {self._replacements} replacement "
-                        f"blocks were already started; giving up. Its stderr ends with:\n{status.stderr_tail}"
-                    )
+                logger.warning("%s", error)
+            return
+        if status.state is JobState.TIMEOUT:
+            logger.info("%s: block %s reached its walltime; its tasks were requeued", self.label, block.block_id)
+            return
+        self._replacements += 1
+        if self._replacements > MAX_BLOCK_REPLACEMENTS * max(1, self.provider.max_blocks):
+            self._break(
+                BrokenExecutorError(
+                    f"worker pool block {block.block_id} {how}, after {self._replacements - 1} other blocks "
+                    f"had ended under their tasks; giving up. Its stderr ends with:\n{status.stderr_tail}"
                 )
+            )
+        else:
+            logger.warning("%s: worker pool block %s %s; its tasks were requeued", self.label, block.block_id, how)
+
+    def _scale(self) -> None:
+        provider = self.provider
+        with self._blocks_lock:
+            live = [b for b in self._blocks.values() if not b.ended]
+        now = time.monotonic()
+        idle = self._block_idle
+        views = [
+            BlockView(
+                b.block_id,
+                b.registered,
+                float(idle.get(b.block_id, 0.0)) if b.registered else now - b.submitted,
+                b.draining or b.cancelled,
+            )
+            for b in live
+        ]
+        plan = plan_blocks(
+            len(self._pending),
+            self._workers_per_block(live),
+            views,
+            min_blocks=provider.min_blocks,
+            max_blocks=provider.max_blocks,
+            parallelism=getattr(provider, "parallelism", 1.0),
+            max_idletime=self.max_idletime,
+        )
+        if plan.empty:
+            return
+        logger.info("%s: scaling: %s", self.label, plan)
+        for _ in range(plan.start):
+            try:
+                self._start_block()
+            except Exception as exc:  # noqa: BLE001 - reported as a failed block
+                self._submit_failed(exc)
+                break
+        by_id = {b.block_id: b for b in live}
+        for block_id in plan.drain:
+            by_id[block_id].draining = True
+            self._control("drain", block_id)
+        if plan.cancel:
+            for block_id in plan.cancel:
+                by_id[block_id].cancelled = True
+            provider.cancel([by_id[block_id].job_id for block_id in plan.cancel])
+
+    def _submit_failed(self, exc: BaseException) -> None:
+        self.block_failures.append(JobStatus(JobState.FAILED, message=str(exc)))
+        self._start_failures += 1
+        with self._blocks_lock:
+            others = any(not b.ended for b in self._blocks.values())
+        error = PoolStartError(f"could not submit a worker pool block: {exc}")
+        if (not others and self._pools_connected <= 0) or self._start_failures >= MAX_START_FAILURES:
+            self._break(error)
+        else:
+            logger.warning("%s", error)
+
+    def _workers_per_block(self, live: list[_Block]) -> int:
+        nodes = getattr(self.provider, "nodes_per_block", 1)
+        if self.max_workers:
+            return self.max_workers * nodes
+        known = [b.workers for b in live if b.workers]
+        if known:
+            return max(known)
+        return (getattr(self.provider, "cores_per_node", None) or 1) * nodes
+
+    def blocks(self) -> list[BlockInfo]:
+        """Snapshots of every block this executor started, in order."""
+        with self._blocks_lock:
+            blocks = list(self._blocks.values())
+        out = []
+        for b in blocks:
+            if b.ended:
+                state = "ended"
+            elif b.draining:
+                state = "draining"
+            elif b.registered:
+                state = "connected"
+            else:
+                state = "queued"
+            out.append(BlockInfo(b.block_id, b.job_id, state, b.status, b.workers))
+        return out
 
     # -- failing and stopping ---------------------------------------------------------------------
 
@@ -897,6 +1084,9 @@ class HighThroughputExecutor(Executor):
             except subprocess.TimeoutExpired:
                 self._interchange.kill()
                 self._interchange.wait()
+            self._block_stop.set()
+            if self._block_thread is not None and self._block_thread is not threading.current_thread():
+                self._block_thread.join()
             self._stop_blocks()
             self._fail_all(ExecutorShutdownError("the executor shut down before this task finished"))
         finally:

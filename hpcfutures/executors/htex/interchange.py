@@ -11,6 +11,13 @@ It notices a lost pool by the socket closing (a probe of every pool follows each
 event) or, failing that, by missed heartbeats, and requeues the pool's tasks.  It exits when
 the driver asks, or when the driver's process is gone.
 
+For the driver's block scaling it reports, with each heartbeat, how long each block's pools
+have been idle, and it drains a block on request: no new tasks go to its pools, and each is
+told to stop once its running tasks have finished, so scale-in never kills a task.  A pool
+whose block has a known end (its walltime) gets no task it could not finish: none with a
+longer walltime, and none at all in the block's last minutes; its tasks, if the block ends
+under them, are requeued without counting as lost.
+
 Run as ``python -m hpcfutures.executors.htex.interchange --keys FILE --ipc-dir DIR
 --pool-port M ...``.  The driver picks the ports, so that it and the pools can connect while
 this process is still starting.
@@ -45,10 +52,17 @@ BATCH_LIMIT = 256
 #: sees the delay (``cancel()`` asks the interchange, which knows).
 STARTED_DELAY = 0.002
 _PROBE_DELAYS = (0.0, 0.05, 0.25, 1.0)
+#: A pool stops getting tasks without a walltime this long before its block ends: at most
+#: BLOCK_END_MARGIN seconds, and at most this share of the block's whole time.
+BLOCK_END_MARGIN = 60.0
+BLOCK_END_SHARE = 0.1
 
 
 class _Pool:
-    __slots__ = ("sock", "identity", "key", "info", "credit", "sent", "outstanding", "last_heard")
+    __slots__ = (
+        "sock", "identity", "key", "info", "credit", "sent", "outstanding", "last_heard",
+        "idle_since", "draining", "end", "closing",
+    )  # fmt: skip
 
     def __init__(self, sock: zmq.Socket, identity: bytes, info: dict[str, Any], credit: int, now: float):
         self.sock = sock
@@ -59,6 +73,19 @@ class _Pool:
         self.sent = 0
         self.outstanding: dict[int, tuple[int, P.Item]] = {}  # task id -> (sequence number, task)
         self.last_heard = now
+        self.idle_since: float | None = now  # None while it holds tasks
+        self.draining = False  # its block is being scaled in: no new tasks
+        # When its block ends (this process's clock), and from when it takes no new tasks.
+        self.end: float | None = None
+        self.closing: float | None = None
+        remaining = info.get("block_end_in")
+        if isinstance(remaining, (int, float)) and remaining > 0:
+            self.end = now + remaining
+            self.closing = self.end - min(BLOCK_END_MARGIN, BLOCK_END_SHARE * remaining)
+
+    @property
+    def block(self) -> str:
+        return str(self.info.get("block_id"))
 
 
 class Interchange:
@@ -99,6 +126,7 @@ class Interchange:
         self.orphaned = False  # the driver died: clean up what it would have
         self.refused = 0
         self.started: list[int] = []
+        self.draining: set[str] = set()  # blocks being scaled in
         self.started_since = 0.0  # when the oldest id in self.started was handed to a pool
         self.to_driver_meta: list[bytes] = []
         self.to_driver_mains: list[Any] = []
@@ -125,6 +153,12 @@ class Interchange:
             for sock, frames in self.waiting_registrations:
                 self.register(sock, frames)
             self.waiting_registrations = []
+        elif kind == P.DRAIN:
+            block = msg[1].bytes.decode()
+            for pool in list(self.pools.values()):
+                if pool.block == block:
+                    pool.draining = True
+            self.draining.add(block)
         elif kind == P.SHUTDOWN:
             self.running = False
 
@@ -186,6 +220,7 @@ class Interchange:
             self.waiting_registrations.append((sock, msg))
             return
         pool = _Pool(sock, identity, info, P.CREDIT.unpack(msg[2].bytes)[0], time.monotonic())
+        pool.draining = pool.block in self.draining
         self.pools[pool.key] = pool
         self.send_pool(pool, [P.ACCEPT, self.settings, *self.config])
         self.event(
@@ -194,6 +229,7 @@ class Interchange:
             block=info.get("block_id"),
             workers=info.get("workers"),
             host=info.get("host"),
+            pid=info.get("pid"),
         )
 
     def on_pool(self, sock: zmq.Socket, msg: list[zmq.Frame], now: float) -> None:
@@ -212,6 +248,8 @@ class Interchange:
             outstanding = pool.outstanding
             for fields in P.RESULT_META.iter_unpack(meta):
                 outstanding.pop(fields[0], None)
+            if not outstanding:
+                pool.idle_since = now
             self.to_driver_meta.append(meta)
             self.to_driver_mains.append(msg[4].buffer)
             if len(msg) > 5:
@@ -234,8 +272,10 @@ class Interchange:
         if self.pools.pop(pool.key, None) is None:
             return
         limit = self.args.lost_task_retries
+        # A block that reached its end took its tasks with it: not the tasks' fault.
+        charge = 0 if pool.closing is not None and time.monotonic() >= pool.closing else 1
         for task_id, (seq, (fields, main, oob)) in pool.outstanding.items():
-            lost = fields[3] + 1
+            lost = fields[3] + charge
             if lost > limit:
                 error = PoolLostError(
                     f"task {task_id}: the worker pool running it was lost ({why}) {lost} time(s); "
@@ -259,11 +299,17 @@ class Interchange:
     def dispatch(self) -> None:
         """Hand queued tasks to pools with credit, spreading a burst evenly across them."""
         queue = self.queue
+        now = time.monotonic()
         while queue:
-            ready = [p for p in self.pools.values() if p.credit > p.sent]
+            ready = [
+                p
+                for p in self.pools.values()
+                if p.credit > p.sent and not p.draining and (p.closing is None or now < p.closing)
+            ]
             if not ready:
                 return
             share = -(-len(queue) // len(ready))  # ceiling division
+            sent = 0
             for pool in ready:
                 if not queue:
                     return
@@ -271,13 +317,45 @@ class Interchange:
                 items = []
                 outstanding = pool.outstanding
                 while room and queue:
+                    walltime = queue[0][2][0][2]
+                    if walltime and pool.end is not None and now + walltime > pool.end:
+                        break  # it could not finish there
                     _p, seq, item = heapq.heappop(queue)
                     items.append(item)
                     outstanding[item[0][0]] = (seq, item)
                     self.started.append(item[0][0])
                     room -= 1
-                pool.sent += len(items)
-                self.send_pool(pool, P.join(P.TASKS, P.TASK_META, items))
+                if items:
+                    pool.sent += len(items)
+                    pool.idle_since = None
+                    sent += len(items)
+                    self.send_pool(pool, P.join(P.TASKS, P.TASK_META, items))
+            if not sent:
+                return
+
+    def idle_blocks(self, now: float) -> dict[str, float]:
+        """Seconds each block's pools have all been idle (0 for a block with a busy pool)."""
+        idle: dict[str, float] = {}
+        for pool in self.pools.values():
+            seconds = 0.0 if pool.idle_since is None else now - pool.idle_since
+            block = pool.block
+            idle[block] = min(idle.get(block, seconds), seconds)
+        return idle
+
+    def finish_draining(self) -> None:
+        """Stop the idle pools of draining blocks; report each block once all its pools are gone."""
+        for pool in list(self.pools.values()):
+            if pool.draining and not pool.outstanding:
+                self.pools.pop(pool.key, None)
+                try:
+                    pool.sock.send_multipart([pool.identity, P.SHUTDOWN])
+                except zmq.ZMQError:
+                    pass
+        remaining = {pool.block for pool in self.pools.values()}
+        for block in list(self.draining):
+            if block not in remaining:
+                self.draining.discard(block)
+                self.event(event="block_drained", block=block)
 
     def probe_pools(self) -> None:
         """Send every pool a heartbeat; a pool whose connection is gone is found lost."""
@@ -331,10 +409,12 @@ class Interchange:
                 while self.probes and now >= self.probes[0]:
                     self.probes.pop(0)
                 self.probe_pools()
+            if self.draining:
+                self.finish_draining()
             if now - last_beat >= period:
                 last_beat = now
                 self.probe_pools()
-                self.to_driver([P.HEARTBEAT])
+                self.to_driver([P.HEARTBEAT, json.dumps(self.idle_blocks(now)).encode()])
                 for pool in list(self.pools.values()):
                     if now - pool.last_heard > threshold:
                         self.pool_lost(pool, f"no heartbeat for {threshold:g} s")

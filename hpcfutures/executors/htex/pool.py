@@ -46,6 +46,19 @@ MAX_DEPTH = 64
 BATCH_LIMIT = 256
 
 
+def block_end_in() -> float | None:
+    """Seconds until this pool's block must end, from ``HPCFUTURES_BLOCK_END`` (epoch seconds).
+
+    Job scripts export it from their walltime; the interchange then gives this pool no task
+    it could not finish.  None when unset or unreadable.
+    """
+    value = os.environ.get("HPCFUTURES_BLOCK_END", "")
+    try:
+        return float(value) - time.time() if value else None
+    except ValueError:
+        return None
+
+
 def _signal_name(exitcode: int | None) -> str | None:
     if exitcode is None or exitcode >= 0:
         return None
@@ -346,6 +359,7 @@ class PoolManager:
             host=socket.gethostname(),
             pid=os.getpid(),
             token=self.token,
+            block_end_in=block_end_in(),
         )
         self.ix.send_multipart([P.REGISTER, P.CREDIT.pack(0), info])
         if not self.ix.poll(self.args.start_timeout * 1000):

@@ -44,6 +44,7 @@ CANCEL_REPLY = b"C"
 SHUTDOWN = b"x"
 INIT_FAILED = b"F"
 READY = b"w"
+DRAIN = b"d"  # driver -> interchange: stop giving this block tasks, then stop its pools
 STARTED = b"s"  # interchange -> driver: these tasks went to a pool and can no longer be cancelled
 
 # Result statuses.

@@ -1,0 +1,97 @@
+"""Block elasticity: how many blocks an executor should have, and which ones to let go.
+
+The decision is a pure function of what the executor knows (tasks outstanding, workers per
+block, each block's state and idle time) and the provider's limits, so it is tested on its
+own.  The HighThroughputExecutor calls :func:`plan_blocks` every ``block_poll_period``
+seconds on its block-management thread and carries the plan out: it submits new blocks,
+cancels blocks still waiting in the scheduler's queue, and *drains* idle running blocks
+(no new tasks; the pools stop once their running tasks have finished), so scale-in never
+kills a running task.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class BlockView:
+    """What the scaling decision needs to know about one live block.
+
+    Attributes:
+        block_id: the executor's name for the block.
+        connected: whether its pools have registered with the interchange.
+        idle_seconds: for a connected block, how long all its pools have had no task; for
+            one still starting (queued in the scheduler), how long ago it was submitted.
+        draining: it is already being scaled in.
+    """
+
+    block_id: str
+    connected: bool
+    idle_seconds: float
+    draining: bool = False
+
+
+@dataclass(frozen=True)
+class ScalingPlan:
+    """What to do now: start ``start`` blocks, drain ``drain``, cancel ``cancel`` (by block id)."""
+
+    start: int = 0
+    drain: list[str] = field(default_factory=list)
+    cancel: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        """Whether the plan changes nothing."""
+        return not (self.start or self.drain or self.cancel)
+
+
+def wanted_blocks(
+    outstanding: int, workers_per_block: int, *, min_blocks: int, max_blocks: int, parallelism: float
+) -> int:
+    """How many blocks ``outstanding`` tasks call for.
+
+    ``parallelism`` times the outstanding tasks should each have a worker, rounded up to whole
+    blocks; any outstanding work calls for at least one block when ``parallelism`` is above
+    zero; the result stays within ``[min_blocks, max_blocks]``.
+    """
+    wanted = math.ceil(parallelism * outstanding / max(1, workers_per_block))
+    if outstanding > 0 and parallelism > 0:
+        wanted = max(wanted, 1)
+    return max(min_blocks, min(max_blocks, wanted))
+
+
+def plan_blocks(
+    outstanding: int,
+    workers_per_block: int,
+    blocks: Sequence[BlockView],
+    *,
+    min_blocks: int,
+    max_blocks: int,
+    parallelism: float,
+    max_idletime: float,
+) -> ScalingPlan:
+    """Decide how to scale; see the module docstring.
+
+    Blocks already draining do not count.  Scaling out starts what is missing at once.
+    Scaling in lets go only of blocks idle for at least ``max_idletime`` (queued blocks
+    count as idle since their submission), longest idle first, never below the wanted
+    number: connected ones are drained, queued ones cancelled.
+    """
+    active = [b for b in blocks if not b.draining]
+    wanted = wanted_blocks(
+        outstanding, workers_per_block, min_blocks=min_blocks, max_blocks=max_blocks, parallelism=parallelism
+    )
+    if len(active) < wanted:
+        return ScalingPlan(start=wanted - len(active))
+    excess = len(active) - wanted
+    if excess <= 0:
+        return ScalingPlan()
+    idle = sorted((b for b in active if b.idle_seconds >= max_idletime), key=lambda b: -b.idle_seconds)
+    chosen = idle[:excess]
+    return ScalingPlan(
+        drain=[b.block_id for b in chosen if b.connected],
+        cancel=[b.block_id for b in chosen if not b.connected],
+    )

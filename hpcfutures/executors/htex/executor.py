@@ -29,7 +29,7 @@ from concurrent.futures import Executor, Future, InvalidStateError
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import zmq
 
@@ -213,7 +213,8 @@ class HighThroughputExecutor(Executor):
         provider: ExecutionProvider | None = None,
         *,
         label: str = "htex",
-        address: str = "127.0.0.1",
+        address: str | Sequence[str] = "127.0.0.1",
+        tunnel: bool = False,
         run_dir: str | os.PathLike[str] | None = None,
         initializer: Callable[..., Any] | None = None,
         initargs: tuple[Any, ...] = (),
@@ -241,10 +242,29 @@ class HighThroughputExecutor(Executor):
             )
         if not isinstance(label, str) or not label or "/" in label:
             raise ConfigurationError(f"label must be a non-empty string without '/', got {label!r}")
-        if not isinstance(address, str) or not address:
+        if isinstance(address, str):
+            candidates = [address]
+        elif isinstance(address, (list, tuple)):
+            candidates = list(address)
+        else:
+            candidates = []
+        if not candidates or not all(isinstance(a, str) and a for a in candidates):
             raise ConfigurationError(
-                f"address must be an interface address such as '127.0.0.1', got {address!r}"
+                "address must be an address pools can reach, such as '10.1.2.3' or "
+                f"hpcfutures.addresses.address_by_hostname(), or a list of candidates; got {address!r}"
             )
+        if tunnel:
+            channels = getattr(provider, "channels", None) or [getattr(provider, "channel", None)]
+            if not all(hasattr(c, "forward_remote") for c in channels):
+                raise ConfigurationError(
+                    "tunnel=True needs a provider whose commands run over SSH (channel=SSHChannel(...) "
+                    f"or SSHProvider); {provider!r} has none"
+                )
+            if len(candidates) > 1 or candidates[0] not in ("127.0.0.1", "localhost"):
+                raise ConfigurationError(
+                    "with tunnel=True pools reach the interchange through SSH, which binds loopback; "
+                    f"leave address at its default instead of {address!r}"
+                )
         if initializer is not None and not callable(initializer):
             raise ConfigurationError(f"initializer must be callable or None, got {initializer!r}")
         if not isinstance(initargs, tuple):
@@ -268,7 +288,11 @@ class HighThroughputExecutor(Executor):
         self.max_workers = max_workers
         self.provider = provider
         self.label = label
-        self.address = address
+        #: Where the interchange listens and pools may connect; several means pools choose.
+        self.address = candidates[0] if len(candidates) == 1 else "*"
+        self.address_candidates = candidates
+        self.tunnel = tunnel
+        self._tunnel_port: int | None = None
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.prefetch = prefetch
         self.heartbeat_period = float(heartbeat_period)
@@ -419,8 +443,13 @@ class HighThroughputExecutor(Executor):
         """
         if self._ports is None:
             return {}
-        host = self.address if self.address not in ("0.0.0.0", "*", "::") else socket.gethostname()
-        return {"tcp": f"tcp://{host}:{self._ports['pool_port']}", "ipc": f"ipc://{self._ipc_dir}/pools"}
+        port = self._ports["pool_port"]
+        if self._tunnel_port is not None:
+            tcp = f"tcp://127.0.0.1:{self._tunnel_port}"  # the SSH host's end of the tunnel
+        else:
+            hosts = [a if a not in ("0.0.0.0", "*", "::") else socket.gethostname() for a in self.address_candidates]
+            tcp = ",".join(f"tcp://{h}:{port}" for h in hosts)
+        return {"tcp": tcp, "ipc": f"ipc://{self._ipc_dir}/pools"}
 
     @property
     def key_dir(self) -> Path | None:
@@ -597,6 +626,9 @@ class HighThroughputExecutor(Executor):
             self._socket.send_multipart([P.CONFIG, json.dumps(settings).encode(), *init_frames], copy=False)
             self.provider.script_dir = str(self._dir / "blocks")
             os.makedirs(self.provider.script_dir, exist_ok=True)
+            if self.tunnel:
+                self._open_tunnel()
+            logger.info("%s: pools connect to %s", self.label, self.endpoints["tcp"])
             for _ in range(min(self.provider.init_blocks, self.provider.max_blocks)):
                 self._start_block()
             self._io_thread = threading.Thread(
@@ -610,10 +642,29 @@ class HighThroughputExecutor(Executor):
             self._io_thread.start()
             self._block_thread.start()
 
+    def _open_tunnel(self) -> None:
+        """Forward one port on every SSH host of the provider to the interchange's pool port."""
+        channels = getattr(self.provider, "channels", None) or [self.provider.channel]  # type: ignore[attr-defined]
+        assert self._ports is not None
+        port = 0
+        for channel in channels:
+            port = channel.forward_remote(port, "127.0.0.1", self._ports["pool_port"])
+        self._tunnel_port = port
+
+    def _close_tunnel(self) -> None:
+        if self._tunnel_port is None:
+            return
+        for channel in getattr(self.provider, "channels", None) or [self.provider.channel]:  # type: ignore[attr-defined]
+            try:
+                channel.cancel_forward(self._tunnel_port)
+            except Exception:  # noqa: BLE001 - the connection may be gone already
+                logger.debug("could not cancel the tunnel on %r", channel, exc_info=True)
+        self._tunnel_port = None
+
     def _start_interchange(self) -> None:
         """Start the interchange on ports picked here; its failures surface in housekeeping."""
         self._ipc_dir = tempfile.mkdtemp(prefix="hpcf-")  # short: Unix socket paths are limited
-        self._ports = {"pool_port": _free_port(self.address)}
+        self._ports = {"pool_port": _free_port("0.0.0.0" if self.address == "*" else self.address)}
         self._interchange_err = self._dir / "interchange.err"
         cmd = [
             sys.executable,
@@ -1097,6 +1148,7 @@ class HighThroughputExecutor(Executor):
                 os.close(self._wake_r)
                 os.close(self._wake_w)
             _live_executors.discard(self)
+            self._close_tunnel()
             self._release_provider()
             if self._temporary_dir:
                 shutil.rmtree(self._dir, ignore_errors=True)

@@ -127,6 +127,7 @@ class Interchange:
         self.refused = 0
         self.started: list[int] = []
         self.draining: set[str] = set()  # blocks being scaled in
+        self.backlog: list[list[Any]] = []  # messages for a driver not connected yet
         self.started_since = 0.0  # when the oldest id in self.started was handed to a pool
         self.to_driver_meta: list[bytes] = []
         self.to_driver_mains: list[Any] = []
@@ -182,11 +183,28 @@ class Interchange:
 
     def to_driver(self, frames: list[Any]) -> None:
         """Send to the driver without ever blocking: with no driver connected, stop."""
+        if self.backlog:  # keep the order
+            self.backlog.append(frames)
+            return
         try:
             self.client.send_multipart(frames, zmq.NOBLOCK, copy=False)
         except zmq.Again:
+            # The driver's connection is not up yet (or is being re-made): keep the message.
             if not self.driver_alive():
                 self.running = False
+            else:
+                self.backlog.append(frames)
+
+    def flush_backlog(self) -> None:
+        """Send what waited for the driver's connection, in order, as far as it goes now."""
+        while self.backlog:
+            try:
+                self.client.send_multipart(self.backlog[0], zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                if not self.driver_alive():
+                    self.running = False
+                return
+            self.backlog.pop(0)
 
     # -- pool side ----------------------------------------------------------------------------
 
@@ -389,6 +407,8 @@ class Interchange:
                 wake = min(wake, self.probes[0])
             if self.started:
                 wake = min(wake, self.started_since + STARTED_DELAY)
+            if self.backlog:
+                wake = min(wake, now + 0.01)
             events = dict(poller.poll(max(0.0, wake - now) * 1000))
             now = time.monotonic()
             if self.zap.socket in events:
@@ -409,6 +429,8 @@ class Interchange:
                 while self.probes and now >= self.probes[0]:
                     self.probes.pop(0)
                 self.probe_pools()
+            if self.backlog:
+                self.flush_backlog()
             if self.draining:
                 self.finish_draining()
             if now - last_beat >= period:

@@ -397,6 +397,21 @@ class PoolManager:
         self.ix.sndhwm = self.ix.rcvhwm = 0
         self.ix.reconnect_ivl = 20  # the interchange may still be starting
         keys = security.load(self.args.keys)
+        candidates = self.args.addr.split(",")
+        if len(candidates) > 1:
+            from ...addresses import choose_address
+
+            chosen = choose_address(candidates, timeout=2.0)
+            if chosen is None:
+                print(
+                    f"none of the interchange's addresses answered from {socket.gethostname()}: "
+                    + ", ".join(candidates),
+                    file=sys.stderr,
+                    flush=True,
+                )
+                return 2
+            logger.info("chose %s of %s", chosen, candidates)
+            self.args.addr = chosen
         if not self.args.addr.startswith("ipc://"):
             security.make_client(self.ix, self.args.keys)
         self.token = keys["token"].decode()

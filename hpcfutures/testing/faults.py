@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 def worker_identity() -> dict[str, Any]:
     """Return the worker's pid and the ``HPCFUTURES_*`` variables it sees."""
-    env = {k: v for k, v in os.environ.items() if k.startswith("HPCFUTURES_")}
+    env = {k: v for k, v in os.environ.items() if k.startswith("HPCFUTURES_") or k == "SLURM_JOB_ID"}
     return {"pid": os.getpid(), "env": env}
 
 

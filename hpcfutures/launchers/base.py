@@ -23,8 +23,9 @@ class Launcher(abc.ABC):
             tasks_per_node: how many tasks (workers) each node's pool should run.
             nodes_per_block: how many nodes the block holds.
 
-        The result is one shell command line: a provider runs it with ``exec`` as the last
-        line of its job script, after the user's ``worker_init`` lines.
+        The result is one shell command line: a provider runs it as the last command of its
+        job script, after the user's ``worker_init`` lines (``LocalProvider`` with ``exec``;
+        batch-scheduler providers in a subshell, and then record its exit status).
         """
 
 

@@ -52,7 +52,9 @@ ${worker_init}
 # When the block must end, so pools stop taking tasks they cannot finish.
 export HPCFUTURES_BLOCK_END=$$(( $$(date +%s) + ${walltime_seconds} ))
 
+(
 ${launch}
+)
 rc=$$?
 echo "$$rc" > ${exit_file}
 exit "$$rc"

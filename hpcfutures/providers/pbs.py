@@ -304,23 +304,6 @@ class _PBSProvider(ClusterProvider):
         """Return one ``qdel`` for every job (it complains about finished ones and goes on)."""
         return "qdel " + " ".join(shlex.quote(job_id) for job_id in job_ids)
 
-    def status(self, job_ids: Sequence[str]) -> list[JobStatus]:
-        """Ask qstat once about every job still live; see :meth:`ExecutionProvider.status`."""
-        # ClusterProvider.status de-duplicates with dict.fromkeys over ClusterJob, an
-        # unhashable dataclass; this is its logic keyed by job id until the base is fixed.
-        known = {job.job_id: job for job in self.jobs()}
-        asked = [known.get(job_id) for job_id in job_ids]
-        live = {job.job_id: job for job in asked if job is not None and job.final is None}
-        if live:
-            self._refresh(list(live.values()))
-        return [
-            JobStatus(JobState.MISSING, message=f"job {job_id} was not submitted by this provider")
-            if job is None
-            else job.final or job.last or JobStatus(JobState.PENDING)
-            for job_id, job in zip(job_ids, asked)
-        ]
-
-
 class TorqueProvider(_PBSProvider):
     """Start blocks as Torque (or OpenPBS-style ``nodes=``) batch jobs.
 

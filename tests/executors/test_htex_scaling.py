@@ -74,16 +74,16 @@ def test_min_blocks_stay_when_idle():
 
 
 # The first block's job script announces an end 100 s away; the second has no end.
-_END_FIRST_BLOCK = (
-    'n=$(cat "$COUNTER" 2>/dev/null || echo 0); echo $((n + 1)) > "$COUNTER"\n'
-    'if [ "$n" = 0 ]; then export HPCFUTURES_BLOCK_END=$(( $(date +%s) + 100 )); fi'
-)
+# (mkdir is atomic: exactly one of the blocks, which start at the same time, creates it.)
+_END_FIRST_BLOCK = 'if mkdir "$COUNTER" 2>/dev/null; then export HPCFUTURES_BLOCK_END=$(( $(date +%s) + 100 )); fi'
+
 
 
 def test_tasks_go_only_to_blocks_with_time_to_finish_them(tmp_path, monkeypatch):
     monkeypatch.setenv("COUNTER", str(tmp_path / "counter"))
     provider = LocalProvider(init_blocks=2, min_blocks=2, max_blocks=2, worker_init=_END_FIRST_BLOCK)
-    with HighThroughputExecutor(max_workers=1, provider=provider, **FAST) as ex:
+    ex = HighThroughputExecutor(max_workers=1, provider=provider, **FAST)
+    try:  # terminate, not shutdown, at the end: a failure here may leave tasks no pool takes
         assert ex.submit(pow, 2, 2).result(timeout=60) == 4  # nothing starts before a submit
         wait_until(lambda: len(ex.pools) == 2, 60, "both pools to connect")
         long = ex.options(walltime=500)
@@ -92,6 +92,8 @@ def test_tasks_go_only_to_blocks_with_time_to_finish_them(tmp_path, monkeypatch)
         assert len(seen) == 1  # every long task avoided the block ending in 100 s
         futures = [ex.options(walltime=5).submit(faults.worker_identity) for _ in range(16)]
         assert {f.result(timeout=60)["env"]["HPCFUTURES_BLOCK_ID"] for f in futures} == {"0", "1"}
+    finally:
+        ex.terminate()
 
 
 def test_when_every_block_fails_pending_tasks_fail_with_the_evidence():
@@ -103,3 +105,30 @@ def test_when_every_block_fails_pending_tasks_fail_with_the_evidence():
         assert "no such module: cuda/12" in str(info.value)
         assert info.value.exit_code == 3
         assert ex.block_failures and ex.block_failures[0].exit_code == 3
+
+
+# The first block's job script announces an end 6 s away; later ones have no end.
+_END_SOON = 'if mkdir "$COUNTER" 2>/dev/null; then export HPCFUTURES_BLOCK_END=$(( $(date +%s) + 6 )); fi'
+
+
+
+def test_a_task_lost_when_its_block_ends_is_requeued_without_charge(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    monkeypatch.setenv("COUNTER", str(tmp_path / "counter"))
+    # lost_task_retries=0: a loss that counted would fail the task with PoolLostError.
+    provider = LocalProvider(init_blocks=1, min_blocks=1, max_blocks=2, worker_init=_END_SOON)
+    with HighThroughputExecutor(max_workers=1, provider=provider, lost_task_retries=0, **FAST) as ex:
+        with Gate() as gate:
+            first = ex.submit(faults.identity_after, gate.wait)
+            gate.wait_entered(1, timeout=60)  # running on block 0, which ends soon
+            (pool,) = ex.pools.values()
+            assert str(pool["block"]) == "0"
+            time.sleep(6.5)  # wall-clock time must pass the block's end: nothing to wait on
+            second = ex.submit(faults.identity_after, gate.wait)  # needs a second block
+            os.kill(int(pool["pid"]), signal.SIGKILL)  # the end of the block's walltime
+            gate.wait_entered(3, timeout=60)  # the lost task started again on another block
+            gate.open()
+            assert first.result(timeout=60)["env"]["HPCFUTURES_BLOCK_ID"] != "0"
+            assert second.result(timeout=60)["env"]["HPCFUTURES_BLOCK_ID"] != "0"

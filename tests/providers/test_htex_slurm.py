@@ -96,3 +96,19 @@ def test_shutdown_cancels_queued_blocks(slurm_cluster: SlurmCluster, tmp_path: P
     ex.shutdown(wait=False, cancel_futures=True)
     assert fut.cancelled()
     slurm_cluster.wait_empty([block.job_id])
+
+
+def test_htex_runs_on_torque_commands_over_slurm(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:  # noqa: F811
+    # TorqueProvider end to end: its blocks go through slurm-wlm-torque's real qsub/qstat/qdel.
+    from hpcfutures.providers import LocalChannel, TorqueProvider
+
+    provider = TorqueProvider(walltime="00:10:00", channel=LocalChannel(env=slurm_cluster.torque_env()))
+    ex = HighThroughputExecutor(max_workers=1, provider=provider, run_dir=tmp_path / "run", block_poll_period=0.5)
+    try:
+        seen = ex.submit(faults.worker_identity).result(timeout=120)["env"]
+        (block,) = ex.blocks()
+        assert seen["SLURM_JOB_ID"] == block.job_id.split(".")[0]  # qsub's id is the Slurm job's
+        assert sorted(ex.map(abs, [-2, -1])) == [1, 2]
+    finally:
+        ex.shutdown()
+    slurm_cluster.wait_empty([block.job_id.split(".")[0]])

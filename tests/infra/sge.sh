@@ -135,7 +135,15 @@ start_execd() {
   pidfile="$(execd_pidfile)"
   if [ -z "$pidfile" ] || ! alive "$pidfile"; then
     log "starting sge_execd"
-    /usr/sbin/sge_execd   # its spool directory is named after the local reverse lookup ("localhost")
+    # Its spool directory is named after the local reverse lookup ("localhost").  Right
+    # after a stop, the old execd may still hold its port for a moment: try again then.
+    local attempt started=no
+    for attempt in 1 2 3 4 5 6 7 8 9 10; do
+      if /usr/sbin/sge_execd; then started=yes; break; fi
+      log "sge_execd did not start (attempt $attempt): is port 6445 still held? retrying in 2 s"
+      sleep 2
+    done
+    [ "$started" = yes ] || { log "sge_execd would not start"; exit 1; }
   fi
   local state=none
   for _ in $(seq 300); do

@@ -112,3 +112,19 @@ def test_htex_runs_on_torque_commands_over_slurm(slurm_cluster: SlurmCluster, tm
     finally:
         ex.shutdown()
     slurm_cluster.wait_empty([block.job_id.split(".")[0]])
+
+
+def test_a_refused_block_breaks_the_executor_with_sbatchs_words(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:  # noqa: F811
+    from hpcfutures import BrokenExecutorError, PoolStartError
+
+    provider = SlurmProvider(partition="no_such_partition", walltime="00:05:00")
+    ex = HighThroughputExecutor(max_workers=1, provider=provider, run_dir=tmp_path / "run")
+    try:
+        with pytest.raises(BrokenExecutorError) as info:
+            ex.submit(pow, 2, 2)
+        cause = info.value.__cause__
+        assert isinstance(cause, PoolStartError)
+        assert "invalid partition" in str(cause).lower()
+        assert ex.block_failures and "no_such_partition" in ex.block_failures[0].message
+    finally:
+        ex.shutdown()

@@ -630,7 +630,11 @@ class HighThroughputExecutor(Executor):
                 self._open_tunnel()
             logger.info("%s: pools connect to %s", self.label, self.endpoints["tcp"])
             for _ in range(min(self.provider.init_blocks, self.provider.max_blocks)):
-                self._start_block()
+                try:
+                    self._start_block()
+                except Exception as exc:  # noqa: BLE001 - e.g. the scheduler refused the job
+                    self._submit_failed(exc)  # breaks the executor when nothing else can run
+                    break
             self._io_thread = threading.Thread(
                 target=self._io_loop, name=f"hpcfutures-{self.label}-io", daemon=True
             )

@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
+from typing_extensions import TypedDict
+
 from ..errors import ConfigurationError
 from ..launchers.base import Launcher
 from .base import TAIL_LINES, ExecutionProvider, JobState, JobStatus
@@ -105,6 +107,40 @@ def format_walltime(seconds: int) -> str:
     return f"{hours:02d}:{minutes:02d}:{secs:02d}"
 
 
+class WholeNodeShape(TypedDict, total=False):
+    """The block-shape settings of :class:`ClusterProvider` but ``mem_per_node``.
+
+    For schedulers that hand a job whole nodes and take no memory request (Cobalt): their
+    providers accept these as ``**shape: Unpack[WholeNodeShape]``.  See :class:`BlockShape`.
+    """
+
+    channel: Channel | None
+    nodes_per_block: int
+    cores_per_node: int | None
+    walltime: str | int | float
+    init_blocks: int
+    min_blocks: int
+    max_blocks: int
+    parallelism: float
+    worker_init: str
+    scheduler_options: str
+    launcher: Launcher | None
+    cmd_timeout: float
+    remote_script_dir: str | None
+
+
+class BlockShape(WholeNodeShape, total=False):
+    """The keyword arguments every scheduler provider passes on to :class:`ClusterProvider`.
+
+    They say where scheduler commands run and what each block asks for (nodes, cores,
+    memory, time, how many blocks); :class:`ClusterProvider` documents and validates each one
+    and gives its default.  A provider takes them as ``**shape: Unpack[BlockShape]``, so it
+    states only its own options while type checkers still see every name and type.
+    """
+
+    mem_per_node: float | None
+
+
 @dataclass(eq=False)  # identity, so jobs can be set members and dict keys
 class ClusterJob:
     """What a cluster provider remembers about one job it submitted."""
@@ -139,6 +175,9 @@ class ClusterProvider(ExecutionProvider):
         remote_script_dir: where scripts and job output go on the scheduler's host; by
             default the executor's block directory (right for a local channel or a shared
             file system), or ``~/.hpcfutures/<label>`` for a remote channel.
+
+    Every argument but ``label`` is a block-shape setting: scheduler providers accept them as
+    ``**shape: Unpack[BlockShape]`` (see :class:`BlockShape`) and pass them on unchanged.
 
     Subclasses set :attr:`scheduler` and implement :meth:`directives`,
     :meth:`submit_command`, :meth:`parse_submit`, :meth:`status_command`,

@@ -13,11 +13,12 @@ import re
 import shlex
 from collections.abc import Mapping, Sequence
 
+from typing_extensions import Unpack
+
 from ..errors import ConfigurationError
-from ..launchers.base import Launcher
 from .base import JobState, JobStatus
-from .channels import DEFAULT_COMMAND_TIMEOUT, Channel, CommandResult
-from .cluster import ClusterProvider, SubmitError
+from .channels import CommandResult
+from .cluster import ClusterProvider, SubmitError, WholeNodeShape
 
 _STATES = {
     "queued": (JobState.PENDING, ""),
@@ -92,13 +93,13 @@ class CobaltProvider(ClusterProvider):
         account: the project charged for the job (``#COBALT -A``).
         attrs: node attributes (``#COBALT --attrs``), as ``"mcdram=cache:numa=quad"`` or
             ``{"mcdram": "cache", "numa": "quad"}``.
-        walltime: rounded up to whole minutes for ``#COBALT -t``.
-        cores_per_node: cores a pool may use; Cobalt allocates whole nodes, so it is not
-            sent to Cobalt.
-        label, channel, nodes_per_block, init_blocks, min_blocks, max_blocks, parallelism,
-        worker_init, scheduler_options, launcher, cmd_timeout, remote_script_dir: see
-        :class:`~.cluster.ClusterProvider`.  Write ``scheduler_options`` as ``#COBALT ...``
-        lines.
+        label: a short name used in job names and file names.
+        **shape: the block-shape settings of :class:`~.cluster.ClusterProvider` but
+            ``mem_per_node`` (channel, nodes_per_block, init_blocks, …; see
+            :class:`~.cluster.WholeNodeShape`).  Here ``walltime`` is rounded up to whole
+            minutes for ``#COBALT -t``; ``cores_per_node`` is the cores a pool may use, not
+            sent to Cobalt, which allocates whole nodes; write ``scheduler_options`` as
+            ``#COBALT ...`` lines.
 
     Cobalt allocates whole nodes, so there is no ``mem_per_node``.  It forgets a job as soon
     as it ends: the block's exit-code file tells a completed job from a failed one, and a job
@@ -117,36 +118,13 @@ class CobaltProvider(ClusterProvider):
         account: str | None = None,
         attrs: str | Mapping[str, str] | None = None,
         label: str = "cobalt",
-        channel: Channel | None = None,
-        nodes_per_block: int = 1,
-        cores_per_node: int | None = None,
-        walltime: str | int | float = "00:30:00",
-        init_blocks: int = 1,
-        min_blocks: int = 0,
-        max_blocks: int = 1,
-        parallelism: float = 1.0,
-        worker_init: str = "",
-        scheduler_options: str = "",
-        launcher: Launcher | None = None,
-        cmd_timeout: float = DEFAULT_COMMAND_TIMEOUT,
-        remote_script_dir: str | None = None,
+        **shape: Unpack[WholeNodeShape],
     ) -> None:
-        super().__init__(
-            label=label,
-            channel=channel,
-            nodes_per_block=nodes_per_block,
-            cores_per_node=cores_per_node,
-            walltime=walltime,
-            init_blocks=init_blocks,
-            min_blocks=min_blocks,
-            max_blocks=max_blocks,
-            parallelism=parallelism,
-            worker_init=worker_init,
-            scheduler_options=scheduler_options,
-            launcher=launcher,
-            cmd_timeout=cmd_timeout,
-            remote_script_dir=remote_script_dir,
-        )
+        if "mem_per_node" in shape:
+            raise TypeError(
+                "CobaltProvider() takes no mem_per_node: a Cobalt job owns its nodes' memory; drop the argument"
+            )
+        super().__init__(label=label, **shape)
         self.queue = _check_word("queue", queue)
         self.account = _check_word("account", account)
         self.attrs = _attrs(attrs)

@@ -21,11 +21,12 @@ import re
 import shlex
 from collections.abc import Sequence
 
+from typing_extensions import Unpack
+
 from ..errors import ConfigurationError
-from ..launchers.base import Launcher
 from .base import JobState, JobStatus
-from .channels import DEFAULT_COMMAND_TIMEOUT, Channel, CommandResult
-from .cluster import SCRIPT_TEMPLATE, ClusterProvider, SubmitError
+from .channels import CommandResult
+from .cluster import SCRIPT_TEMPLATE, BlockShape, ClusterProvider, SubmitError
 
 #: Marks the submit-description lines inside a job script.
 PREFIX = "#CONDOR "
@@ -130,16 +131,17 @@ class CondorProvider(ClusterProvider):
         getenv: copy the submitter's environment into the job (``getenv = True``), so the
             pool finds the same Python; set False on pools that forbid it and activate an
             environment in ``worker_init`` instead.
-        cores_per_node: cores of the slot (``request_cpus``).
-        mem_per_node: memory of the slot in GB (``request_memory`` in MB).
-        walltime: enforced with ``periodic_remove`` (a job removed by it reads TIMEOUT).
-        scheduler_options: extra submit-description lines (``+AccountingGroup = "x"``,
-            ``accounting_group = y``); they come after this provider's lines, so they can
-            override them.
-        nodes_per_block: must be 1: a vanilla-universe job holds one slot; ask for more
-            blocks with ``max_blocks`` instead.
-        label, channel, init_blocks, min_blocks, max_blocks, parallelism, worker_init,
-        launcher, cmd_timeout, remote_script_dir: see :class:`~.cluster.ClusterProvider`.
+        label: a short name used in job names and file names.
+        **shape: the block-shape settings of :class:`~.cluster.ClusterProvider` (channel,
+            init_blocks, max_blocks, walltime, …; see :class:`~.cluster.BlockShape`).
+            Here ``cores_per_node`` is the slot's cores (``request_cpus``);
+            ``mem_per_node`` its memory in GB (``request_memory`` in MB); ``walltime`` is
+            enforced with ``periodic_remove`` (a job removed by it reads TIMEOUT);
+            ``scheduler_options`` are extra submit-description lines
+            (``+AccountingGroup = "x"``, ``accounting_group = y``) that come after this
+            provider's lines, so they can override them; and ``nodes_per_block`` must be 1,
+            as a vanilla-universe job holds one slot (ask for more blocks with
+            ``max_blocks`` instead).
 
     The job runs ``/bin/bash <script>`` where the script was written: the submit host and
     the execute nodes must share that file system, as with every batch provider here.
@@ -157,42 +159,13 @@ class CondorProvider(ClusterProvider):
         project: str | None = None,
         getenv: bool = True,
         label: str = "condor",
-        channel: Channel | None = None,
-        nodes_per_block: int = 1,
-        cores_per_node: int | None = None,
-        mem_per_node: float | None = None,
-        walltime: str | int | float = "00:30:00",
-        init_blocks: int = 1,
-        min_blocks: int = 0,
-        max_blocks: int = 1,
-        parallelism: float = 1.0,
-        worker_init: str = "",
-        scheduler_options: str = "",
-        launcher: Launcher | None = None,
-        cmd_timeout: float = DEFAULT_COMMAND_TIMEOUT,
-        remote_script_dir: str | None = None,
+        **shape: Unpack[BlockShape],
     ) -> None:
-        super().__init__(
-            label=label,
-            channel=channel,
-            nodes_per_block=nodes_per_block,
-            cores_per_node=cores_per_node,
-            mem_per_node=mem_per_node,
-            walltime=walltime,
-            init_blocks=init_blocks,
-            min_blocks=min_blocks,
-            max_blocks=max_blocks,
-            parallelism=parallelism,
-            worker_init=worker_init,
-            scheduler_options=scheduler_options,
-            launcher=launcher,
-            cmd_timeout=cmd_timeout,
-            remote_script_dir=remote_script_dir,
-        )
-        if nodes_per_block != 1:
+        super().__init__(label=label, **shape)
+        if self.nodes_per_block != 1:
             raise ConfigurationError(
                 f"nodes_per_block must be 1 for CondorProvider (a vanilla-universe job holds one slot), "
-                f"got {nodes_per_block}; raise max_blocks to run more pools"
+                f"got {self.nodes_per_block}; raise max_blocks to run more pools"
             )
         self.requirements = _check_line("requirements", requirements)
         self.project = _check_line("project", project, forbidden='"')

@@ -23,11 +23,12 @@ import xml.etree.ElementTree as ElementTree
 from collections.abc import Sequence
 from dataclasses import replace
 
+from typing_extensions import Unpack
+
 from ..errors import ConfigurationError
-from ..launchers.base import Launcher
 from .base import JobState, JobStatus
-from .channels import DEFAULT_COMMAND_TIMEOUT, Channel, CommandResult
-from .cluster import ClusterProvider, SubmitError
+from .channels import CommandResult
+from .cluster import BlockShape, ClusterProvider, SubmitError
 
 logger = logging.getLogger(__name__)
 
@@ -197,10 +198,10 @@ class GridEngineProvider(ClusterProvider):
         memory_resource: the resource that carries ``mem_per_node`` (``h_vmem``,
             ``mem_free``, ``virtual_free``, …, whichever the site uses).  Grid Engine counts
             it per slot, so each slot asks for ``mem_per_node / cores_per_node``.
-        label, channel, nodes_per_block, cores_per_node, mem_per_node, walltime, init_blocks,
-        min_blocks, max_blocks, parallelism, worker_init, scheduler_options, launcher,
-        cmd_timeout, remote_script_dir: see :class:`~.cluster.ClusterProvider`.
-            ``scheduler_options`` lines must start with ``#$``.
+        label: a short name used in job names and file names.
+        **shape: the block-shape settings of :class:`~.cluster.ClusterProvider` (channel,
+            nodes_per_block, cores_per_node, mem_per_node, walltime, …; see
+            :class:`~.cluster.BlockShape`).  ``scheduler_options`` lines must start with ``#$``.
 
     Raises:
         ConfigurationError: an argument has the wrong type or value, or ``cores_per_node``
@@ -217,38 +218,9 @@ class GridEngineProvider(ClusterProvider):
         project: str | None = None,
         parallel_environment: str | None = None,
         memory_resource: str = "h_vmem",
-        channel: Channel | None = None,
-        nodes_per_block: int = 1,
-        cores_per_node: int | None = None,
-        mem_per_node: float | None = None,
-        walltime: str | int | float = "00:30:00",
-        init_blocks: int = 1,
-        min_blocks: int = 0,
-        max_blocks: int = 1,
-        parallelism: float = 1.0,
-        worker_init: str = "",
-        scheduler_options: str = "",
-        launcher: Launcher | None = None,
-        cmd_timeout: float = DEFAULT_COMMAND_TIMEOUT,
-        remote_script_dir: str | None = None,
+        **shape: Unpack[BlockShape],
     ) -> None:
-        super().__init__(
-            label=label,
-            channel=channel,
-            nodes_per_block=nodes_per_block,
-            cores_per_node=cores_per_node,
-            mem_per_node=mem_per_node,
-            walltime=walltime,
-            init_blocks=init_blocks,
-            min_blocks=min_blocks,
-            max_blocks=max_blocks,
-            parallelism=parallelism,
-            worker_init=worker_init,
-            scheduler_options=scheduler_options,
-            launcher=launcher,
-            cmd_timeout=cmd_timeout,
-            remote_script_dir=remote_script_dir,
-        )
+        super().__init__(label=label, **shape)
         self.queue = _check_word("queue", queue, "all.q")
         self.project = _check_word("project", project, "myproject")
         self.parallel_environment = _check_word("parallel_environment", parallel_environment, "smp")
@@ -259,23 +231,23 @@ class GridEngineProvider(ClusterProvider):
             )
         self.memory_resource = memory_resource
         if self.parallel_environment is None:
-            if cores_per_node is not None:
+            if self.cores_per_node is not None:
                 raise ConfigurationError(
-                    f"cores_per_node={cores_per_node} needs parallel_environment: Grid Engine grants a job "
+                    f"cores_per_node={self.cores_per_node} needs parallel_environment: Grid Engine grants a job "
                     "several slots only through a parallel environment (`qconf -spl` lists them), "
                     "e.g. parallel_environment='smp'"
                 )
-            if nodes_per_block > 1:
+            if self.nodes_per_block > 1:
                 raise ConfigurationError(
-                    f"nodes_per_block={nodes_per_block} needs parallel_environment (one whose allocation_rule "
+                    f"nodes_per_block={self.nodes_per_block} needs parallel_environment (one whose allocation_rule "
                     "spreads slots over hosts) and cores_per_node"
                 )
-        elif nodes_per_block > 1 and cores_per_node is None:
+        elif self.nodes_per_block > 1 and self.cores_per_node is None:
             raise ConfigurationError(
-                f"nodes_per_block={nodes_per_block} needs cores_per_node, so that the block can ask its "
+                f"nodes_per_block={self.nodes_per_block} needs cores_per_node, so that the block can ask its "
                 f"parallel environment for nodes_per_block * cores_per_node slots"
             )
-        for line in scheduler_options.splitlines():
+        for line in self.scheduler_options.splitlines():
             if line.strip() and not line.lstrip().startswith("#"):
                 raise ConfigurationError(
                     f"scheduler_options lines must be '#$ ...' directives, got {line.strip()!r}; "

@@ -13,11 +13,12 @@ import re
 import shlex
 from collections.abc import Sequence
 
+from typing_extensions import Unpack
+
 from ..errors import ConfigurationError
-from ..launchers.base import Launcher
 from .base import JobState, JobStatus
-from .channels import DEFAULT_COMMAND_TIMEOUT, Channel, CommandResult
-from .cluster import ClusterProvider, SubmitError
+from .channels import CommandResult
+from .cluster import BlockShape, ClusterProvider, SubmitError
 
 #: ``bjobs -o`` fields the status command asks for, separated by ``|`` so that an exit
 #: reason with spaces stays one field.
@@ -133,10 +134,11 @@ class LSFProvider(ClusterProvider):
             slots with ``-n`` and spreads them ``cores_per_node`` per host with
             ``-R "span[ptile=...]"`` (one slot per host when ``cores_per_node`` is None).
         exclusive: add ``#BSUB -x``, so no other job shares the block's hosts.
-        label, channel, nodes_per_block, cores_per_node, walltime, init_blocks, min_blocks,
-        max_blocks, parallelism, worker_init, scheduler_options, launcher, cmd_timeout,
-        remote_script_dir: see :class:`~.cluster.ClusterProvider`.
-        mem_per_node: memory limit in GB, rendered as ``#BSUB -M <MB>MB``.
+        label: a short name used in job names and file names.
+        **shape: the block-shape settings of :class:`~.cluster.ClusterProvider` (channel,
+            nodes_per_block, cores_per_node, mem_per_node, walltime, …; see
+            :class:`~.cluster.BlockShape`).  ``mem_per_node`` is a memory limit in GB,
+            rendered as ``#BSUB -M <MB>MB``.
 
     ``walltime`` is rounded up to whole minutes for ``#BSUB -W``.  ``scheduler_options``
     lines are added as they are, so write them as ``#BSUB ...`` directives.
@@ -155,38 +157,9 @@ class LSFProvider(ClusterProvider):
         nnodes: bool = False,
         exclusive: bool = False,
         label: str = "lsf",
-        channel: Channel | None = None,
-        nodes_per_block: int = 1,
-        cores_per_node: int | None = None,
-        mem_per_node: float | None = None,
-        walltime: str | int | float = "00:30:00",
-        init_blocks: int = 1,
-        min_blocks: int = 0,
-        max_blocks: int = 1,
-        parallelism: float = 1.0,
-        worker_init: str = "",
-        scheduler_options: str = "",
-        launcher: Launcher | None = None,
-        cmd_timeout: float = DEFAULT_COMMAND_TIMEOUT,
-        remote_script_dir: str | None = None,
+        **shape: Unpack[BlockShape],
     ) -> None:
-        super().__init__(
-            label=label,
-            channel=channel,
-            nodes_per_block=nodes_per_block,
-            cores_per_node=cores_per_node,
-            mem_per_node=mem_per_node,
-            walltime=walltime,
-            init_blocks=init_blocks,
-            min_blocks=min_blocks,
-            max_blocks=max_blocks,
-            parallelism=parallelism,
-            worker_init=worker_init,
-            scheduler_options=scheduler_options,
-            launcher=launcher,
-            cmd_timeout=cmd_timeout,
-            remote_script_dir=remote_script_dir,
-        )
+        super().__init__(label=label, **shape)
         self.queue = _check_word("queue", queue)
         self.project = _check_word("project", project)
         for name, flag in (("nnodes", nnodes), ("exclusive", exclusive)):

@@ -24,11 +24,12 @@ import signal
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+from typing_extensions import Unpack
+
 from ..errors import ConfigurationError
-from ..launchers.base import Launcher
 from .base import JobState, JobStatus
-from .channels import DEFAULT_COMMAND_TIMEOUT, Channel, CommandResult
-from .cluster import ClusterProvider, SubmitError
+from .channels import CommandResult
+from .cluster import BlockShape, ClusterProvider, SubmitError
 
 logger = logging.getLogger(__name__)
 
@@ -196,8 +197,10 @@ class _PBSProvider(ClusterProvider):
     #: Longest job name the scheduler takes.
     max_name: ClassVar[int] = 15
 
-    def __init__(self, *, queue: str | None, account: str | None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(
+        self, *, queue: str | None, account: str | None, label: str, **shape: Unpack[BlockShape]
+    ) -> None:
+        super().__init__(label=label, **shape)
         self.queue = _check_name("queue", queue, "batch")
         self.account = _check_name("account", account, "proj123")
 
@@ -310,11 +313,12 @@ class TorqueProvider(_PBSProvider):
     Args:
         queue: the queue to submit to (``-q``); None uses the server's default.
         account: the account charged (``-A``).
-        label, channel, nodes_per_block, cores_per_node, mem_per_node, walltime,
-        init_blocks, min_blocks, max_blocks, parallelism, worker_init, scheduler_options,
-        launcher, cmd_timeout, remote_script_dir: see
-        :class:`~hpcfutures.providers.cluster.ClusterProvider`; ``scheduler_options`` lines
-        look like ``"#PBS -l gres=gpu"``.
+        label: a short name used in job names and file names.
+        **shape: the block-shape settings of
+            :class:`~hpcfutures.providers.cluster.ClusterProvider` (channel, nodes_per_block,
+            cores_per_node, mem_per_node, walltime, …; see
+            :class:`~hpcfutures.providers.cluster.BlockShape`); ``scheduler_options`` lines
+            look like ``"#PBS -l gres=gpu"``.
 
     Each block asks for ``-l nodes=<nodes_per_block>:ppn=<cores_per_node>`` (or as many
     processors per node as workers when ``cores_per_node`` is None), and
@@ -333,40 +337,9 @@ class TorqueProvider(_PBSProvider):
         queue: str | None = None,
         account: str | None = None,
         label: str = "torque",
-        channel: Channel | None = None,
-        nodes_per_block: int = 1,
-        cores_per_node: int | None = None,
-        mem_per_node: float | None = None,
-        walltime: str | int | float = "00:30:00",
-        init_blocks: int = 1,
-        min_blocks: int = 0,
-        max_blocks: int = 1,
-        parallelism: float = 1.0,
-        worker_init: str = "",
-        scheduler_options: str = "",
-        launcher: Launcher | None = None,
-        cmd_timeout: float = DEFAULT_COMMAND_TIMEOUT,
-        remote_script_dir: str | None = None,
+        **shape: Unpack[BlockShape],
     ) -> None:
-        super().__init__(
-            queue=queue,
-            account=account,
-            label=label,
-            channel=channel,
-            nodes_per_block=nodes_per_block,
-            cores_per_node=cores_per_node,
-            mem_per_node=mem_per_node,
-            walltime=walltime,
-            init_blocks=init_blocks,
-            min_blocks=min_blocks,
-            max_blocks=max_blocks,
-            parallelism=parallelism,
-            worker_init=worker_init,
-            scheduler_options=scheduler_options,
-            launcher=launcher,
-            cmd_timeout=cmd_timeout,
-            remote_script_dir=remote_script_dir,
-        )
+        super().__init__(queue=queue, account=account, label=label, **shape)
 
     def directives(self, job_name: str, stdout: str, stderr: str, tasks_per_node: int) -> list[str]:
         """Return the ``#PBS`` lines for one block."""
@@ -394,10 +367,11 @@ class PBSProProvider(_PBSProvider):
             text of ``qstat -f``, for older servers and for Slurm's PBS wrappers.
         history: add ``-x`` so qstat lists finished jobs with their exit status (when the
             server keeps job history); False for servers whose qstat has no ``-x``.
-        label, channel, nodes_per_block, cores_per_node, mem_per_node, walltime,
-        init_blocks, min_blocks, max_blocks, parallelism, worker_init, scheduler_options,
-        launcher, cmd_timeout, remote_script_dir: see
-        :class:`~hpcfutures.providers.cluster.ClusterProvider`.
+        label: a short name used in job names and file names.
+        **shape: the block-shape settings of
+            :class:`~hpcfutures.providers.cluster.ClusterProvider` (channel, nodes_per_block,
+            cores_per_node, mem_per_node, walltime, …; see
+            :class:`~hpcfutures.providers.cluster.BlockShape`).
 
     Each block asks for ``-l select=<nodes_per_block>:ncpus=<cores_per_node>[:mem=<GB>gb]``
     (as many cpus as workers per node when ``cores_per_node`` is None).
@@ -420,40 +394,9 @@ class PBSProProvider(_PBSProvider):
         json: bool = True,
         history: bool = True,
         label: str = "pbspro",
-        channel: Channel | None = None,
-        nodes_per_block: int = 1,
-        cores_per_node: int | None = None,
-        mem_per_node: float | None = None,
-        walltime: str | int | float = "00:30:00",
-        init_blocks: int = 1,
-        min_blocks: int = 0,
-        max_blocks: int = 1,
-        parallelism: float = 1.0,
-        worker_init: str = "",
-        scheduler_options: str = "",
-        launcher: Launcher | None = None,
-        cmd_timeout: float = DEFAULT_COMMAND_TIMEOUT,
-        remote_script_dir: str | None = None,
+        **shape: Unpack[BlockShape],
     ) -> None:
-        super().__init__(
-            queue=queue,
-            account=account,
-            label=label,
-            channel=channel,
-            nodes_per_block=nodes_per_block,
-            cores_per_node=cores_per_node,
-            mem_per_node=mem_per_node,
-            walltime=walltime,
-            init_blocks=init_blocks,
-            min_blocks=min_blocks,
-            max_blocks=max_blocks,
-            parallelism=parallelism,
-            worker_init=worker_init,
-            scheduler_options=scheduler_options,
-            launcher=launcher,
-            cmd_timeout=cmd_timeout,
-            remote_script_dir=remote_script_dir,
-        )
+        super().__init__(queue=queue, account=account, label=label, **shape)
         self.project = _check_name("project", project, "_pbs_project_default")
         if not isinstance(select_options, str) or not re.match(r"^[A-Za-z0-9_=:.+-]*$", select_options):
             raise ConfigurationError(

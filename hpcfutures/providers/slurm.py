@@ -16,11 +16,12 @@ import shlex
 import signal
 from collections.abc import Sequence
 
+from typing_extensions import Unpack
+
 from ..errors import ConfigurationError
-from ..launchers.base import Launcher
 from .base import JobState, JobStatus
-from .channels import DEFAULT_COMMAND_TIMEOUT, Channel, CommandResult
-from .cluster import ClusterProvider, SubmitError
+from .channels import CommandResult
+from .cluster import BlockShape, ClusterProvider, SubmitError
 
 logger = logging.getLogger(__name__)
 
@@ -201,11 +202,12 @@ class SlurmProvider(ClusterProvider):
         qos: the quality of service (``--qos``).
         constraint: node features the jobs need (``--constraint``, e.g. ``"haswell"``).
         exclusive: ask for whole nodes, shared with no other job (``--exclusive``).
-        label, channel, nodes_per_block, cores_per_node, mem_per_node, walltime,
-        init_blocks, min_blocks, max_blocks, parallelism, worker_init, scheduler_options,
-        launcher, cmd_timeout, remote_script_dir: see
-        :class:`~hpcfutures.providers.cluster.ClusterProvider`.  ``scheduler_options``
-        lines are written as they are, e.g. ``"#SBATCH --gres=gpu:1"``.
+        label: a short name used in job names and file names.
+        **shape: the block-shape settings of
+            :class:`~hpcfutures.providers.cluster.ClusterProvider` (channel, nodes_per_block,
+            cores_per_node, mem_per_node, walltime, …; see
+            :class:`~hpcfutures.providers.cluster.BlockShape`).  ``scheduler_options``
+            lines are written as they are, e.g. ``"#SBATCH --gres=gpu:1"``.
 
     Each block asks for ``nodes_per_block`` nodes.  With ``cores_per_node`` it asks for one
     task per node with that many CPUs (``--ntasks-per-node=1 --cpus-per-task=N``): one pool
@@ -227,38 +229,9 @@ class SlurmProvider(ClusterProvider):
         constraint: str | None = None,
         exclusive: bool = False,
         label: str = "slurm",
-        channel: Channel | None = None,
-        nodes_per_block: int = 1,
-        cores_per_node: int | None = None,
-        mem_per_node: float | None = None,
-        walltime: str | int | float = "00:30:00",
-        init_blocks: int = 1,
-        min_blocks: int = 0,
-        max_blocks: int = 1,
-        parallelism: float = 1.0,
-        worker_init: str = "",
-        scheduler_options: str = "",
-        launcher: Launcher | None = None,
-        cmd_timeout: float = DEFAULT_COMMAND_TIMEOUT,
-        remote_script_dir: str | None = None,
+        **shape: Unpack[BlockShape],
     ) -> None:
-        super().__init__(
-            label=label,
-            channel=channel,
-            nodes_per_block=nodes_per_block,
-            cores_per_node=cores_per_node,
-            mem_per_node=mem_per_node,
-            walltime=walltime,
-            init_blocks=init_blocks,
-            min_blocks=min_blocks,
-            max_blocks=max_blocks,
-            parallelism=parallelism,
-            worker_init=worker_init,
-            scheduler_options=scheduler_options,
-            launcher=launcher,
-            cmd_timeout=cmd_timeout,
-            remote_script_dir=remote_script_dir,
-        )
+        super().__init__(label=label, **shape)
         self.partition = _check_name("partition", partition, "debug")
         self.account = _check_name("account", account, "proj123")
         self.qos = _check_name("qos", qos, "normal")

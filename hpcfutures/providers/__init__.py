@@ -21,6 +21,7 @@ _LAZY = {
     "CommandResult": ".channels",
     "LocalChannel": ".channels",
     "ClusterProvider": ".cluster",
+    "BlockShape": ".cluster",
     "SubmitError": ".cluster",
     "SlurmProvider": ".slurm",
     "PBSProProvider": ".pbs",
@@ -53,7 +54,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from .channels import Channel, ChannelError, CommandResult, LocalChannel
-    from .cluster import ClusterProvider, SubmitError
+    from .cluster import BlockShape, ClusterProvider, SubmitError
     from .cobalt import CobaltProvider
     from .condor import CondorProvider
     from .gridengine import GridEngineProvider

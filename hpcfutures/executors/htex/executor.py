@@ -27,7 +27,6 @@ import time
 import weakref
 from concurrent.futures import Executor, Future, InvalidStateError
 from concurrent.futures import wait as wait_futures
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
@@ -44,13 +43,13 @@ from ...errors import (
     VersionMismatchError,
 )
 from ...leanfuture import LeanFuture
-from ...providers.base import JobState, JobStatus
+from ...providers.base import JobStatus
 from ...resources import DEFAULT_OPTIONS, ExecutorView, Resources, TaskOptions, reject_unsupported
-from ...scaling import BlockView, plan_blocks
 from ...serialize import SharedSpill, dumps, dumps_call, loads, loads_exception
 from ..chunks import run_chunk
 from . import protocol as P
 from . import security
+from .blocks import BlockManagement, _Block
 from .pool import describe_exit
 
 if TYPE_CHECKING:
@@ -64,9 +63,6 @@ BATCH_LIMIT = 256
 HOUSEKEEPING_SECONDS = 0.2
 CANCEL_TIMEOUT = 5.0
 STOP_TIMEOUT = 5.0
-MAX_BLOCK_REPLACEMENTS = 3
-#: Blocks in a row that end before any pool connects, after which pending tasks fail.
-MAX_START_FAILURES = 3
 
 _live_executors: weakref.WeakSet[HighThroughputExecutor] = weakref.WeakSet()
 
@@ -108,45 +104,6 @@ def _tail(path: Path, limit: int = 4000) -> str:
         return ""
 
 
-class _Block:
-    __slots__ = (
-        "block_id", "job_id", "registered", "ended", "cancelled", "lost", "draining", "submitted",
-        "status", "workers",
-    )  # fmt: skip
-
-    def __init__(self, block_id: str, job_id: str):
-        self.block_id = block_id
-        self.job_id = job_id
-        self.registered = False
-        self.ended = False
-        self.cancelled = False  # we cancelled it
-        self.lost = False  # its pool went silent: cancel it (the block thread does)
-        self.draining = False  # being scaled in: its pools stop once idle
-        self.submitted = time.monotonic()
-        self.status: JobStatus | None = None  # the provider's newest word on its job
-        self.workers = 0  # workers its pools reported
-
-
-@dataclass(frozen=True)
-class BlockInfo:
-    """A snapshot of one block of a HighThroughputExecutor, for users and tests.
-
-    Attributes:
-        block_id: the executor's name for it.
-        job_id: the provider's job id.
-        state: ``"queued"`` (submitted, no pool connected yet), ``"connected"``,
-            ``"draining"`` (being scaled in) or ``"ended"``.
-        job: the provider's newest status of the job, if any was asked for yet.
-        workers: workers its pools reported when they connected.
-    """
-
-    block_id: str
-    job_id: str
-    state: str
-    job: JobStatus | None
-    workers: int
-
-
 class HtexFuture(LeanFuture):
     """A Future whose ``cancel()`` reaches the interchange: a task still queued there is removed.
 
@@ -181,7 +138,7 @@ class HtexFuture(LeanFuture):
         return self.cancelled()
 
 
-class HighThroughputExecutor(Executor):
+class HighThroughputExecutor(BlockManagement, Executor):
     """A ``concurrent.futures.Executor`` that runs tasks on pilot worker pools.
 
     With no provider it starts one local pool of ``max_workers`` processes and behaves as a
@@ -646,25 +603,6 @@ class HighThroughputExecutor(Executor):
             self._io_thread.start()
             self._block_thread.start()
 
-    def _open_tunnel(self) -> None:
-        """Forward one port on every SSH host of the provider to the interchange's pool port."""
-        channels = getattr(self.provider, "channels", None) or [self.provider.channel]  # type: ignore[attr-defined]
-        assert self._ports is not None
-        port = 0
-        for channel in channels:
-            port = channel.forward_remote(port, "127.0.0.1", self._ports["pool_port"])
-        self._tunnel_port = port
-
-    def _close_tunnel(self) -> None:
-        if self._tunnel_port is None:
-            return
-        for channel in getattr(self.provider, "channels", None) or [self.provider.channel]:  # type: ignore[attr-defined]
-            try:
-                channel.cancel_forward(self._tunnel_port)
-            except Exception:  # noqa: BLE001 - the connection may be gone already
-                logger.debug("could not cancel the tunnel on %r", channel, exc_info=True)
-        self._tunnel_port = None
-
     def _start_interchange(self) -> None:
         """Start the interchange on ports picked here; its failures surface in housekeeping."""
         self._ipc_dir = tempfile.mkdtemp(prefix="hpcf-")  # short: Unix socket paths are limited
@@ -959,151 +897,6 @@ class HighThroughputExecutor(Executor):
                 )
             )
             return
-    # -- the block thread: watch jobs, scale ---------------------------------------------------------
-
-    def _block_loop(self) -> None:
-        """Every ``block_poll_period`` seconds: check the provider's jobs, then scale."""
-        period = self.block_poll_period
-        while not self._block_stop.wait(period):
-            try:
-                self._check_blocks()
-                if not self._shutdown and self._broken is None:
-                    self._scale()
-            except Exception:  # noqa: BLE001 - a failed scheduler call must not end the thread
-                logger.exception("%s: managing blocks failed; trying again", self.label)
-
-    def _check_blocks(self) -> None:
-        with self._blocks_lock:
-            live = [b for b in self._blocks.values() if not b.ended]
-        to_cancel = [b for b in live if (b.lost or b.draining and b.block_id in self._drained) and not b.cancelled]
-        if to_cancel:
-            for block in to_cancel:
-                block.cancelled = True
-            self.provider.cancel([b.job_id for b in to_cancel])
-        if not live:
-            return
-        for block, status in zip(live, self.provider.status([b.job_id for b in live])):
-            block.status = status
-            if status.state.terminal:
-                self._block_ended(block, status)
-
-    def _block_ended(self, block: _Block, status: JobStatus) -> None:
-        """Judge a block whose job ended: expected, worth a warning, or fatal for pending tasks."""
-        block.ended = True
-        if self._shutdown or block.draining or (block.cancelled and not block.lost):
-            return
-        how = status.message or f"ended as {status.state.name.lower()}"
-        if status.exit_code is not None and str(status.exit_code) not in how:
-            how += f" (exit code {status.exit_code})"
-        if not block.registered:
-            self.block_failures.append(status)
-            self._start_failures += 1
-            error = PoolStartError(
-                f"worker pool block {block.block_id} (job {block.job_id}) {how} before any pool "
-                f"connected. Its stderr ends with:\n{status.stderr_tail}",
-                exit_code=status.exit_code,
-                stderr_tail=status.stderr_tail,
-            )
-            with self._blocks_lock:
-                others = any(not b.ended for b in self._blocks.values())
-            if (not others and self._pools_connected <= 0) or self._start_failures >= MAX_START_FAILURES:
-                self._break(error)
-            else:
-                logger.warning("%s", error)
-            return
-        if status.state is JobState.TIMEOUT:
-            logger.info("%s: block %s reached its walltime; its tasks were requeued", self.label, block.block_id)
-            return
-        self._replacements += 1
-        if self._replacements > MAX_BLOCK_REPLACEMENTS * max(1, self.provider.max_blocks):
-            self._break(
-                BrokenExecutorError(
-                    f"worker pool block {block.block_id} {how}, after {self._replacements - 1} other blocks "
-                    f"had ended under their tasks; giving up. Its stderr ends with:\n{status.stderr_tail}"
-                )
-            )
-        else:
-            logger.warning("%s: worker pool block %s %s; its tasks were requeued", self.label, block.block_id, how)
-
-    def _scale(self) -> None:
-        provider = self.provider
-        with self._blocks_lock:
-            live = [b for b in self._blocks.values() if not b.ended]
-        now = time.monotonic()
-        idle = self._block_idle
-        views = [
-            BlockView(
-                b.block_id,
-                b.registered,
-                float(idle.get(b.block_id, 0.0)) if b.registered else now - b.submitted,
-                b.draining or b.cancelled,
-            )
-            for b in live
-        ]
-        plan = plan_blocks(
-            len(self._pending),
-            self._workers_per_block(live),
-            views,
-            min_blocks=provider.min_blocks,
-            max_blocks=provider.max_blocks,
-            parallelism=getattr(provider, "parallelism", 1.0),
-            max_idletime=self.max_idletime,
-        )
-        if plan.empty:
-            return
-        logger.info("%s: scaling: %s", self.label, plan)
-        for _ in range(plan.start):
-            try:
-                self._start_block()
-            except Exception as exc:  # noqa: BLE001 - reported as a failed block
-                self._submit_failed(exc)
-                break
-        by_id = {b.block_id: b for b in live}
-        for block_id in plan.drain:
-            by_id[block_id].draining = True
-            self._control("drain", block_id)
-        if plan.cancel:
-            for block_id in plan.cancel:
-                by_id[block_id].cancelled = True
-            provider.cancel([by_id[block_id].job_id for block_id in plan.cancel])
-
-    def _submit_failed(self, exc: BaseException) -> None:
-        self.block_failures.append(JobStatus(JobState.FAILED, message=str(exc)))
-        self._start_failures += 1
-        with self._blocks_lock:
-            others = any(not b.ended for b in self._blocks.values())
-        error = PoolStartError(f"could not submit a worker pool block: {exc}")
-        if (not others and self._pools_connected <= 0) or self._start_failures >= MAX_START_FAILURES:
-            self._break(error)
-        else:
-            logger.warning("%s", error)
-
-    def _workers_per_block(self, live: list[_Block]) -> int:
-        nodes = getattr(self.provider, "nodes_per_block", 1)
-        if self.max_workers:
-            return self.max_workers * nodes
-        known = [b.workers for b in live if b.workers]
-        if known:
-            return max(known)
-        return (getattr(self.provider, "cores_per_node", None) or 1) * nodes
-
-    def blocks(self) -> list[BlockInfo]:
-        """Snapshots of every block this executor started, in order."""
-        with self._blocks_lock:
-            blocks = list(self._blocks.values())
-        out = []
-        for b in blocks:
-            if b.ended:
-                state = "ended"
-            elif b.draining:
-                state = "draining"
-            elif b.registered:
-                state = "connected"
-            else:
-                state = "queued"
-            out.append(BlockInfo(b.block_id, b.job_id, state, b.status, b.workers))
-        return out
-
     # -- failing and stopping ---------------------------------------------------------------------
 
     def _break(self, error: BaseException) -> None:
@@ -1160,21 +953,6 @@ class HighThroughputExecutor(Executor):
             if self._spill is not None:
                 shutil.rmtree(self._spill.directory, ignore_errors=True)
             self._stopped.set()
-
-    def _stop_blocks(self) -> None:
-        live = [b for b in self._blocks.values() if not b.ended]
-        deadline = time.monotonic() + (0.0 if self._kill_on_stop else 1.0)
-        while live and time.monotonic() < deadline:
-            statuses = self.provider.status([b.job_id for b in live])
-            live = [b for b, s in zip(live, statuses) if not s.state.terminal]
-            if live:
-                time.sleep(0.02)
-        if live:
-            for block in live:
-                block.cancelled = True
-            self.provider.cancel([b.job_id for b in live])
-        for block in self._blocks.values():
-            block.ended = True
 
     def _release_provider(self) -> None:
         close = getattr(self.provider, "close", None)

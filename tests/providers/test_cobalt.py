@@ -29,7 +29,7 @@ from hpcfutures.providers.channels import CommandResult
 from hpcfutures.providers.cluster import SubmitError
 from hpcfutures.providers.cobalt import CobaltProvider, parse_qstat
 
-from .fake_schedulers import FakeScheduler, wait_status
+from .fake_schedulers import FakeScheduler, ProviderFactory, wait_status
 
 RECORDED = Path(__file__).parent / "recorded"
 
@@ -51,18 +51,9 @@ def cobalt(tmp_path, monkeypatch):
 
 @pytest.fixture
 def make(tmp_path, cobalt):
-    providers = []
-
-    def make(**kwargs):
-        kwargs.setdefault("channel", cobalt.channel())
-        provider = CobaltProvider(**kwargs)
-        provider.script_dir = str(tmp_path / "blocks")
-        providers.append(provider)
-        return provider
-
-    yield make
-    for provider in providers:
-        provider.close()
+    factory = ProviderFactory(CobaltProvider, cobalt, tmp_path / "blocks")
+    yield factory
+    factory.close()
 
 
 def directives(provider: CobaltProvider) -> list[str]:

@@ -34,7 +34,7 @@ from hpcfutures.providers.condor import (
     walltime_expression,
 )
 
-from .fake_schedulers import FakeScheduler, wait_status
+from .fake_schedulers import FakeScheduler, ProviderFactory, wait_status
 
 RECORDED = Path(__file__).parent / "recorded"
 
@@ -52,18 +52,9 @@ def condor(tmp_path):
 
 @pytest.fixture
 def make(tmp_path, condor):
-    providers = []
-
-    def make(**kwargs):
-        kwargs.setdefault("channel", condor.channel())
-        provider = CondorProvider(**kwargs)
-        provider.script_dir = str(tmp_path / "blocks")
-        providers.append(provider)
-        return provider
-
-    yield make
-    for provider in providers:
-        provider.close()
+    factory = ProviderFactory(CondorProvider, condor, tmp_path / "blocks")
+    yield factory
+    factory.close()
 
 
 def description(provider: CondorProvider) -> list[str]:

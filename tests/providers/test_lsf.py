@@ -30,7 +30,7 @@ from hpcfutures.providers.channels import CommandResult
 from hpcfutures.providers.cluster import SubmitError
 from hpcfutures.providers.lsf import LSFProvider, parse_lsf_status
 
-from .fake_schedulers import FakeScheduler, wait_status
+from .fake_schedulers import FakeScheduler, ProviderFactory, wait_status
 
 RECORDED = Path(__file__).parent / "recorded"
 
@@ -48,18 +48,9 @@ def lsf(tmp_path):
 
 @pytest.fixture
 def make(tmp_path, lsf):
-    providers = []
-
-    def make(**kwargs):
-        kwargs.setdefault("channel", lsf.channel())
-        provider = LSFProvider(**kwargs)
-        provider.script_dir = str(tmp_path / "blocks")
-        providers.append(provider)
-        return provider
-
-    yield make
-    for provider in providers:
-        provider.close()
+    factory = ProviderFactory(LSFProvider, lsf, tmp_path / "blocks")
+    yield factory
+    factory.close()
 
 
 def render(provider: LSFProvider, command: str = "pool --run") -> str:

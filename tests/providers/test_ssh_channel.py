@@ -88,10 +88,11 @@ def test_stdin_is_empty(channel):
 
 def test_timeout_gives_124_and_kills_the_command(channel, tmp_path):
     pids = tmp_path / "pids"
-    result = channel.run(f"echo $$ > {pids}; sleep 60 & echo $! >> {pids}; echo started; wait", timeout=1.0)
+    # 3 s: long enough for the remote shell to start and print on a loaded machine.
+    result = channel.run(f"echo $$ > {pids}; sleep 60 & echo $! >> {pids}; echo started; wait", timeout=3.0)
     assert result.returncode == 124
     assert result.stdout == "started\n"
-    assert "timed out after 1 s" in result.stderr
+    assert "timed out after 3 s" in result.stderr
     shell, sleeper = (int(p) for p in pids.read_text().split())
     wait_until(lambda: not alive(shell) and not alive(sleeper), "the timed-out command's processes to end")
 

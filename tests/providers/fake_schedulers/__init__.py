@@ -96,3 +96,28 @@ def wait_status(
             f"job {job_id} still {status} after {timeout} s, expected {wanted}"
         )
         time.sleep(0.05)
+
+
+class ProviderFactory:
+    """Makes providers of one class that talk to a fake scheduler, and closes them all at the end.
+
+    ``make(**kwargs)`` builds ``provider_class(**kwargs)`` with the fake's channel (unless one
+    is given) and its scripts under *script_dir*.
+    """
+
+    def __init__(self, provider_class: type[ExecutionProvider], fake: FakeScheduler, script_dir: Path) -> None:
+        self.provider_class = provider_class
+        self.fake = fake
+        self.script_dir = str(script_dir)
+        self.made: list[ExecutionProvider] = []
+
+    def __call__(self, **kwargs: object) -> ExecutionProvider:
+        kwargs.setdefault("channel", self.fake.channel())
+        provider = self.provider_class(**kwargs)
+        provider.script_dir = self.script_dir
+        self.made.append(provider)
+        return provider
+
+    def close(self) -> None:
+        for provider in self.made:
+            provider.close()

@@ -9,9 +9,9 @@ support loads paramiko only when asked for).
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
+from .._lazy import lazy_exports
 from .base import ExecutionProvider, JobState, JobStatus
 from .local import LocalProvider
 
@@ -39,17 +39,7 @@ _LAZY = {
 __all__ = ["ExecutionProvider", "JobState", "JobStatus", "LocalProvider", *_LAZY]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 
 
 if TYPE_CHECKING:

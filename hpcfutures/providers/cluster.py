@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import shlex
+import signal
 import string
 import tempfile
 import threading
@@ -66,6 +67,33 @@ exit "$$rc"
 
 class SubmitError(OSError):
     """The scheduler refused a job: carries the command, its exit code and its stderr."""
+
+
+_NAME = re.compile(r"^[^\s#]+$")
+
+
+def signal_name(number: int) -> str:
+    """The name of signal *number* (``"SIGKILL"``), or ``"signal N"`` for an unknown one."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def check_name(name: str, value: object, example: str) -> str | None:
+    """Return *value*, a scheduler name (queue, partition, account, …) for a directive, or None.
+
+    Raises:
+        ConfigurationError: *value* is not a string, or holds whitespace or ``#``, which would
+            break the directive line; the message names parameter *name* and shows *example*.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise ConfigurationError(
+            f"{name} must be a name without spaces (for example {example!r}) or None, got {value!r}"
+        )
+    return value
 
 
 def parse_walltime(value: object, name: str = "walltime") -> int:
@@ -338,15 +366,22 @@ class ClusterProvider(ExecutionProvider):
         logger.info("%s: submitted block %s as job %s", self.label, job_name, job_id)
         return job_id
 
+    def script_header(self, job_name: str, stdout: str, stderr: str, tasks_per_node: int) -> list[str]:
+        """The lines at the top of the job script: :meth:`directives`, then ``scheduler_options``.
+
+        A scheduler whose extra lines need a prefix or a fixed place (HTCondor) overrides this.
+        """
+        lines = self.directives(job_name, stdout, stderr, tasks_per_node)
+        if self.scheduler_options.strip():
+            lines.append(self.scheduler_options.strip("\n"))
+        return lines
+
     def render_script(
         self, job_name: str, stdout: str, stderr: str, exit_file: str, tasks_per_node: int, launch: str
     ) -> str:
         """Return the text of one block's job script (see :data:`SCRIPT_TEMPLATE`)."""
-        lines = self.directives(job_name, stdout, stderr, tasks_per_node)
-        if self.scheduler_options.strip():
-            lines.append(self.scheduler_options.strip("\n"))
         return SCRIPT_TEMPLATE.substitute(
-            directives="\n".join(lines),
+            directives="\n".join(self.script_header(job_name, stdout, stderr, tasks_per_node)),
             job_name=job_name,
             provider=type(self).__name__,
             worker_init=self.worker_init,

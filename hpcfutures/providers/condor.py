@@ -26,7 +26,7 @@ from typing_extensions import Unpack
 from ..errors import ConfigurationError
 from .base import JobState, JobStatus
 from .channels import CommandResult
-from .cluster import SCRIPT_TEMPLATE, BlockShape, ClusterProvider, SubmitError
+from .cluster import BlockShape, ClusterProvider, SubmitError
 
 #: Marks the submit-description lines inside a job script.
 PREFIX = "#CONDOR "
@@ -200,22 +200,12 @@ class CondorProvider(ClusterProvider):
             lines.append(f'+ProjectName = "{self.project}"')
         return [PREFIX + line for line in lines]
 
-    def render_script(
-        self, job_name: str, stdout: str, stderr: str, exit_file: str, tasks_per_node: int, launch: str
-    ) -> str:
-        """Return the job script: the submit description as ``#CONDOR`` lines, ``queue`` last."""
+    def script_header(self, job_name: str, stdout: str, stderr: str, tasks_per_node: int) -> list[str]:
+        """The submit description as ``#CONDOR`` lines: directives, the user's lines, ``queue`` last."""
         lines = self.directives(job_name, stdout, stderr, tasks_per_node)
         lines += [PREFIX + line.strip() for line in self.scheduler_options.splitlines() if line.strip()]
         lines.append(PREFIX + "queue 1")
-        return SCRIPT_TEMPLATE.substitute(
-            directives="\n".join(lines),
-            job_name=job_name,
-            provider=type(self).__name__,
-            worker_init=self.worker_init,
-            walltime_seconds=self.walltime_seconds,
-            launch=launch,
-            exit_file=shlex.quote(exit_file),
-        )
+        return lines
 
     def submit_command(self, script_path: str) -> str:
         """Return the command that writes ``<script>.sub`` from the ``#CONDOR`` lines and submits it."""

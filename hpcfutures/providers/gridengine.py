@@ -17,7 +17,6 @@ import logging
 import math
 import re
 import shlex
-import signal
 import threading
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Sequence
@@ -28,7 +27,7 @@ from typing_extensions import Unpack
 from ..errors import ConfigurationError
 from .base import JobState, JobStatus
 from .channels import CommandResult
-from .cluster import BlockShape, ClusterProvider, SubmitError
+from .cluster import BlockShape, ClusterProvider, SubmitError, signal_name
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +141,7 @@ def _judge_record(exit_status: int, failed_text: str, walltime: str) -> JobStatu
         return JobStatus(JobState.FAILED, exit_code=exit_status, message=f"the job exited with code {exit_status}")
     code = _signal_code(exit_status)
     if code < 0:
-        name = _signal_name(-code)
+        name = signal_name(-code)
         return JobStatus(JobState.FAILED, exit_code=code, message=f"the job was killed by {name} (Grid Engine: {reason})")
     return JobStatus(
         JobState.FAILED,
@@ -155,12 +154,6 @@ def _signal_code(exit_status: int) -> int:
     """Grid Engine reports death by signal N as 128 + N; JobStatus wants -N."""
     return -(exit_status - 128) if 128 < exit_status < 128 + 65 else exit_status
 
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
 
 
 def parse_error_reasons(text: str) -> dict[str, str]:

@@ -20,7 +20,6 @@ import json
 import logging
 import re
 import shlex
-import signal
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -29,7 +28,7 @@ from typing_extensions import Unpack
 from ..errors import ConfigurationError
 from .base import JobState, JobStatus
 from .channels import CommandResult
-from .cluster import BlockShape, ClusterProvider, SubmitError
+from .cluster import BlockShape, ClusterProvider, SubmitError, check_name, signal_name
 
 logger = logging.getLogger(__name__)
 
@@ -56,14 +55,6 @@ _FINISHED = frozenset({"C", "F", "X"})
 _PBSPRO_LIMITS = {-24: "ncpus burst", -25: "ncpus sum", -26: "vmem", -27: "mem", -28: "cput", -29: "walltime"}
 
 _JOB_ID = re.compile(r"^\d+(?:\[\d*\])?(?:\.[A-Za-z0-9_.-]+)?$")
-_NAME = re.compile(r"^[^\s#]+$")
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
 
 
 def decode_exit_status(status: int, scheduler: str = "PBS") -> JobStatus:
@@ -73,7 +64,7 @@ def decode_exit_status(status: int, scheduler: str = "PBS") -> JobStatus:
     if status >= 256:
         sig = status - 256
         return JobStatus(
-            JobState.FAILED, exit_code=-sig, message=f"killed by {_signal_name(sig)} (exit status {status})"
+            JobState.FAILED, exit_code=-sig, message=f"killed by {signal_name(sig)} (exit status {status})"
         )
     if status > 0:
         return JobStatus(JobState.FAILED, exit_code=status, message=f"exit status {status}")
@@ -181,15 +172,6 @@ def _aliases(job_id: str) -> list[str]:
 _UNREACHABLE = "hpcfutures: qstat failed:"
 
 
-def _check_name(name: str, value: object, example: str) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not _NAME.match(value):
-        raise ConfigurationError(
-            f"{name} must be a name without spaces (for example {example!r}) or None, got {value!r}"
-        )
-    return value
-
 
 class _PBSProvider(ClusterProvider):
     """What Torque and PBS Pro share: qsub with -o/-e, qstat -f parsing, qdel."""
@@ -201,8 +183,8 @@ class _PBSProvider(ClusterProvider):
         self, *, queue: str | None, account: str | None, label: str, **shape: Unpack[BlockShape]
     ) -> None:
         super().__init__(label=label, **shape)
-        self.queue = _check_name("queue", queue, "batch")
-        self.account = _check_name("account", account, "proj123")
+        self.queue = check_name("queue", queue, "batch")
+        self.account = check_name("account", account, "proj123")
 
     def job_name(self, job_name: str) -> str:
         """Return *job_name* as PBS takes it: starting with a letter, at most :attr:`max_name` long."""
@@ -397,7 +379,7 @@ class PBSProProvider(_PBSProvider):
         **shape: Unpack[BlockShape],
     ) -> None:
         super().__init__(queue=queue, account=account, label=label, **shape)
-        self.project = _check_name("project", project, "_pbs_project_default")
+        self.project = check_name("project", project, "_pbs_project_default")
         if not isinstance(select_options, str) or not re.match(r"^[A-Za-z0-9_=:.+-]*$", select_options):
             raise ConfigurationError(
                 f"select_options must be chunk resources joined by ':' such as 'ngpus=1:mpiprocs=4', got {select_options!r}"

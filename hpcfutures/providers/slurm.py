@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import re
 import shlex
-import signal
 from collections.abc import Sequence
 
 from typing_extensions import Unpack
@@ -21,7 +20,7 @@ from typing_extensions import Unpack
 from ..errors import ConfigurationError
 from .base import JobState, JobStatus
 from .channels import CommandResult
-from .cluster import BlockShape, ClusterProvider, SubmitError
+from .cluster import BlockShape, ClusterProvider, SubmitError, check_name, signal_name
 
 logger = logging.getLogger(__name__)
 
@@ -83,14 +82,6 @@ _UNREACHABLE = "hpcfutures: squeue failed:"
 
 _SACCT_FORMAT = "JobID,State,ExitCode"
 
-_NAME = re.compile(r"^[^\s#]+$")
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
 
 
 def _describe(state: str, exit_code: int | None, reason: str) -> str:
@@ -98,7 +89,7 @@ def _describe(state: str, exit_code: int | None, reason: str) -> str:
     if reason and reason not in ("None", "(null)"):
         parts.append(f"reason: {reason}")
     if exit_code is not None and exit_code < 0:
-        parts.append(f"killed by {_signal_name(-exit_code)}")
+        parts.append(f"killed by {signal_name(-exit_code)}")
     elif exit_code:
         parts.append(f"exit code {exit_code}")
     return ", ".join(parts)
@@ -174,15 +165,6 @@ def parse_sacct(stdout: str) -> dict[str, JobStatus]:
     return out
 
 
-def _check_name(name: str, value: object, example: str) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not _NAME.match(value):
-        raise ConfigurationError(
-            f"{name} must be a Slurm {name} name without spaces (for example {example!r}) or None, got {value!r}"
-        )
-    return value
-
 
 def format_slurm_time(seconds: int) -> str:
     """Return *seconds* in a form ``sbatch --time`` reads: ``HH:MM:SS``, or ``D-HH:MM:SS`` past a day."""
@@ -232,10 +214,10 @@ class SlurmProvider(ClusterProvider):
         **shape: Unpack[BlockShape],
     ) -> None:
         super().__init__(label=label, **shape)
-        self.partition = _check_name("partition", partition, "debug")
-        self.account = _check_name("account", account, "proj123")
-        self.qos = _check_name("qos", qos, "normal")
-        self.constraint = _check_name("constraint", constraint, "haswell&ib")
+        self.partition = check_name("partition", partition, "debug")
+        self.account = check_name("account", account, "proj123")
+        self.qos = check_name("qos", qos, "normal")
+        self.constraint = check_name("constraint", constraint, "haswell&ib")
         if not isinstance(exclusive, bool):
             raise ConfigurationError(f"exclusive must be True or False, got {exclusive!r}")
         self.exclusive = exclusive

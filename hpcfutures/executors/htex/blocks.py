@@ -116,7 +116,8 @@ class BlockManagement:
     def _check_blocks(self) -> None:
         with self._blocks_lock:
             live = [b for b in self._blocks.values() if not b.ended]
-        to_cancel = [b for b in live if (b.lost or b.draining and b.block_id in self._drained) and not b.cancelled]
+        drained = self._drained
+        to_cancel = [b for b in live if not b.cancelled and (b.lost or (b.draining and b.block_id in drained))]
         if to_cancel:
             for block in to_cancel:
                 block.cancelled = True
@@ -137,20 +138,13 @@ class BlockManagement:
         if status.exit_code is not None and str(status.exit_code) not in how:
             how += f" (exit code {status.exit_code})"
         if not block.registered:
-            self.block_failures.append(status)
-            self._start_failures += 1
             error = PoolStartError(
                 f"worker pool block {block.block_id} (job {block.job_id}) {how} before any pool "
                 f"connected. Its stderr ends with:\n{status.stderr_tail}",
                 exit_code=status.exit_code,
                 stderr_tail=status.stderr_tail,
             )
-            with self._blocks_lock:
-                others = any(not b.ended for b in self._blocks.values())
-            if (not others and self._pools_connected <= 0) or self._start_failures >= MAX_START_FAILURES:
-                self._break(error)
-            else:
-                logger.warning("%s", error)
+            self._start_failed(status, error)
             return
         if status.state is JobState.TIMEOUT:
             logger.info("%s: block %s reached its walltime; its tasks were requeued", self.label, block.block_id)
@@ -209,11 +203,15 @@ class BlockManagement:
             provider.cancel([by_id[block_id].job_id for block_id in plan.cancel])
 
     def _submit_failed(self, exc: BaseException) -> None:
-        self.block_failures.append(JobStatus(JobState.FAILED, message=str(exc)))
+        status = JobStatus(JobState.FAILED, message=str(exc))
+        self._start_failed(status, PoolStartError(f"could not submit a worker pool block: {exc}"))
+
+    def _start_failed(self, status: JobStatus, error: PoolStartError) -> None:
+        """Record a block that never ran a pool; fail pending tasks if no other block can run them."""
+        self.block_failures.append(status)
         self._start_failures += 1
         with self._blocks_lock:
             others = any(not b.ended for b in self._blocks.values())
-        error = PoolStartError(f"could not submit a worker pool block: {exc}")
         if (not others and self._pools_connected <= 0) or self._start_failures >= MAX_START_FAILURES:
             self._break(error)
         else:

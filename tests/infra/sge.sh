@@ -21,7 +21,10 @@ CONF_DIR="$SGE_ROOT/hpcfutures-conf"   # the configuration files handed to qconf
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 log() { echo "[sge.sh] $*" >&2; }
-alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# A pidfile left by a daemon that died may name a pid now reused by another process: check
+# that the process is one of Grid Engine's, and not a zombie nobody has reaped yet.
+alive() { local pid; [ -s "$1" ] && pid="$(cat "$1")" && kill -0 "$pid" 2>/dev/null && grep -q '^sge_' "/proc/$pid/comm" 2>/dev/null \
+  && [ "$(cut -d' ' -f3 "/proc/$pid/stat" 2>/dev/null)" != Z ]; }
 execd_pidfile() { compgen -G '/var/spool/gridengine/execd/*/execd.pid' | head -n 1 || true; }
 
 # Print "ok" when the queue instance on this host reports load and has no state flags

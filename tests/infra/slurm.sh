@@ -33,7 +33,10 @@ PACKAGES=(munge slurmctld slurmd slurm-client libslurm-perl libslurmdb-perl libs
 
 say() { echo "[slurm.sh] $*" >&2; }
 die() { say "$*"; exit 1; }
-running() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# A stale pidfile may name a pid now reused by another process, or a dead daemon nobody has
+# reaped yet: check it is a live Slurm or munge daemon.
+running() { local pid; [ -s "$1" ] && pid="$(cat "$1")" && kill -0 "$pid" 2>/dev/null && grep -qE '^(slurm|munge)' "/proc/$pid/comm" 2>/dev/null \
+  && [ "$(cut -d' ' -f3 "/proc/$pid/stat" 2>/dev/null)" != Z ]; }
 
 apt_install() {
     export DEBIAN_FRONTEND=noninteractive

@@ -49,12 +49,15 @@ def markers(directory: Path) -> list[tuple[str, str]]:
 
 
 # Drops ssh's options, records the host name in "<this file>.hosts", then runs the remote
-# command here as sshd would: the arguments joined with spaces, given to a shell's -c.
+# command here as sshd would: the arguments joined with spaces, given to a shell's -c, with
+# SHELL set to that shell (GNU parallel's remote wrapper runs the command with $SHELL; a CI
+# runner may start the tests without SHELL in the environment).
 _REMOTE_SHELL = """#!/bin/bash
 while [ $# -gt 0 ]; do case "$1" in -o|-l|-p|-i|-F) shift 2;; -*) shift;; *) break;; esac; done
 echo "$1" >> "$0.hosts"
 shift
 [ "${1-}" = -- ] && shift
+export SHELL=/bin/bash
 exec /bin/bash -c "$*"
 """
 

@@ -683,8 +683,6 @@ class HighThroughputExecutor(BlockManagement, Executor):
             cmd += ["--log-file", str(self._dir / f"pool-{block_id}.log")]
         if self._spill is not None:
             cmd += ["--shm-dir", self._spill.directory]
-        if self._pools_are_local():
-            cmd += ["--ipc-dir", self._ipc_dir]
         job_id = self.provider.submit(
             shlex.join(cmd), self.max_workers or 1, f"{self.label}.block-{block_id}"
         )

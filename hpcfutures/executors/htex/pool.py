@@ -18,11 +18,9 @@ import json
 import logging
 import multiprocessing
 import os
-import shutil
 import signal
 import socket
 import sys
-import tempfile
 import time
 import uuid
 import warnings
@@ -36,6 +34,7 @@ from ...serialize import dumps
 from . import protocol as P
 from . import security
 from .component import setup_logging
+from .pipes import Receiver, Sender, pipe_pair
 from .worker import worker_main
 
 logger = logging.getLogger(__name__)
@@ -79,17 +78,13 @@ def describe_exit(exitcode: int | None) -> str:
 
 
 class _Worker:
-    __slots__ = ("rank", "generation", "identity", "process", "outstanding", "ready", "deadline", "walltime")
+    __slots__ = ("rank", "process", "sender", "receiver", "outstanding", "ready", "deadline", "walltime")
 
-    def __init__(self, rank: int, generation: int, process: Any):
+    def __init__(self, rank: int, process: Any, sender: Sender, receiver: Receiver):
         self.rank = rank
-        self.generation = generation
-        # Unique per process, not per rank: a replacement that connected under its dead
-        # predecessor's identity before the ROUTER noticed the death would be refused by
-        # the ROUTER (and never get its config), and a late message of the dead worker
-        # would be taken for the replacement's.
-        self.identity = b"%d.%d" % (rank, generation)
         self.process = process
+        self.sender = sender  # tasks down; never blocks, queues what the pipe cannot take
+        self.receiver = receiver  # results up
         self.outstanding: deque[tuple[P.Item, int]] = deque()  # (task, queue sequence number)
         self.ready = False
         self.deadline: float | None = None  # set while it runs a task with a walltime
@@ -103,15 +98,10 @@ class PoolManager:
         self.args = args
         self.workers_wanted = args.workers or len(os.sched_getaffinity(0))
         self.pool_id = args.pool_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        # On the driver's node the sockets go in the driver's private directory, which it
-        # removes even if this process is killed.
-        self.ipc_dir = tempfile.mkdtemp(
-            prefix="pool-" if args.ipc_dir else "hpcfutures-pool-", dir=args.ipc_dir or None
-        )
-        self.worker_endpoint = f"ipc://{self.ipc_dir}/workers"
-        self.workers: dict[bytes, _Worker] = {}
+        self.workers: dict[int, _Worker] = {}  # by rank
         self.by_sentinel: dict[int, _Worker] = {}
-        self.generation = 0
+        self.by_result_fd: dict[int, _Worker] = {}
+        self.by_task_fd: dict[int, _Worker] = {}  # workers whose pipe is full, by its fd
         self.queue: list[tuple[int, int, P.Item]] = []  # (-priority, sequence number, task)
         self.seq = 0
         self.received = 0
@@ -136,30 +126,82 @@ class PoolManager:
     # -- workers ---------------------------------------------------------------------------
 
     def start_worker(self, rank: int) -> None:
-        self.generation += 1
         env = dict(self.env_base, HPCFUTURES_WORKER_RANK=str(rank))
+        task_read, task_write = pipe_pair()
+        result_read, result_write = pipe_pair()
+        # The child keeps only its own ends: with the others closed there, a pipe's reader
+        # sees end-of-file when its one writer goes.
+        ours = [fd for w in self.workers.values() for fd in (w.sender.fd, w.receiver.fd)]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # fork with libzmq's I/O threads
             process = self.fork.Process(
                 target=worker_main,
-                args=(rank, self.worker_endpoint, env, os.getpid(), self.args.shm_dir, self.generation),
+                args=(
+                    rank,
+                    task_read,
+                    result_write,
+                    [task_write, result_read, *ours],
+                    env,
+                    os.getpid(),
+                    self.args.shm_dir,
+                ),
                 name=f"hpcfutures-worker-{rank}",
                 daemon=True,
             )
-            process.start()
-        worker = _Worker(rank, self.generation, process)
-        self.workers[worker.identity] = worker
+            try:
+                process.start()
+            finally:
+                os.close(task_read)
+                os.close(result_write)
+        worker = _Worker(rank, process, Sender(task_write), Receiver(result_read))
+        self.workers[rank] = worker
         self.by_sentinel[process.sentinel] = worker
+        self.by_result_fd[result_read] = worker
         if hasattr(self, "poller"):
             self.poller.register(process.sentinel, zmq.POLLIN)
+            self.poller.register(result_read, zmq.POLLIN)
 
     def forget_worker(self, worker: _Worker) -> None:
-        self.workers.pop(worker.identity, None)
+        if self.workers.get(worker.rank) is worker:
+            del self.workers[worker.rank]
         self.by_sentinel.pop(worker.process.sentinel, None)
+        self.by_result_fd.pop(worker.receiver.fd, None)
+        self.by_task_fd.pop(worker.sender.fd, None)
+        for fd in (worker.process.sentinel, worker.receiver.fd, worker.sender.fd):
+            try:
+                self.poller.unregister(fd)
+            except (KeyError, AttributeError):
+                pass
+        for fd in (worker.receiver.fd, worker.sender.fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def send_to_worker(self, worker: _Worker, frames: list[Any]) -> None:
+        """Send a message down a worker's pipe; what does not fit goes when the pipe drains."""
         try:
-            self.poller.unregister(worker.process.sentinel)
-        except KeyError:
-            pass
+            full = worker.sender.send(frames)
+        except OSError:  # the worker is gone: its sentinel fires and its tasks are requeued
+            return
+        if full and worker.sender.fd not in self.by_task_fd:
+            self.by_task_fd[worker.sender.fd] = worker
+            self.poller.register(worker.sender.fd, zmq.POLLOUT)
+
+    def drain_pipe(self, worker: _Worker) -> None:
+        """Write what waits for a worker's pipe, now that it has room."""
+        try:
+            full = worker.sender.flush()
+        except OSError:
+            full = False
+        if not full:
+            self.by_task_fd.pop(worker.sender.fd, None)
+            self.poller.unregister(worker.sender.fd)
+
+    def read_worker(self, worker: _Worker) -> None:
+        """Handle every whole message waiting in a worker's result pipe."""
+        for msg in worker.receiver.read():
+            self.on_worker(worker, msg)
 
     def kill_worker(self, worker: _Worker) -> None:
         for kill in (os.killpg, os.kill):
@@ -171,6 +213,8 @@ class PoolManager:
 
     def worker_died(self, worker: _Worker) -> None:
         worker.process.join(timeout=5)
+        for msg in worker.receiver.drain():  # results it sent before it died count
+            self.on_worker(worker, msg)
         self.forget_worker(worker)
         how = describe_exit(worker.process.exitcode)
         logger.warning("worker %s %s", worker.rank, how)
@@ -268,17 +312,14 @@ class PoolManager:
         elif kind == P.SHUTDOWN:
             self.running = False
 
-    def on_worker(self, msg: list[zmq.Frame]) -> None:
-        worker = self.workers.get(msg[0].bytes)
-        if worker is None:
-            return
-        kind = msg[1].bytes
+    def on_worker(self, worker: _Worker, msg: list[memoryview]) -> None:
+        kind = msg[0].tobytes()
         if kind == P.RESULTS:
-            meta = msg[2].bytes
+            meta = msg[1].tobytes()
             self.out_meta.append(meta)
-            self.out_mains.append(msg[3].buffer)
-            if len(msg) > 4:
-                self.out_extra.extend(msg[4:])
+            self.out_mains.append(msg[2])
+            if len(msg) > 3:
+                self.out_extra.extend(msg[3:])
             outstanding = worker.outstanding
             total = 0.0
             n = 0
@@ -292,12 +333,12 @@ class PoolManager:
             self.depth = max(1, min(MAX_DEPTH, int(TARGET_BUFFER_SECONDS / max(self.runtime_ewma, 1e-7))))
         elif kind == P.READY:
             worker.ready = True
-            self.wk.send_multipart([worker.identity, *self.config_frames], copy=False)
+            self.send_to_worker(worker, self.config_frames)
         elif kind == P.INIT_FAILED:
             worker.ready = True  # it started; its initializer failed
             self.report_broken(
                 f"the initializer failed in worker {worker.rank} of pool {self.pool_id}",
-                [f.buffer for f in msg[2:]],
+                list(msg[1:]),
             )
 
     def dispatch(self, now: float) -> None:
@@ -345,7 +386,7 @@ class PoolManager:
             items.append(item)
             worker.outstanding.append((item, entry[1]))
         if items:
-            self.wk.send_multipart([worker.identity, *P.join(P.TASKS, P.TASK_META, items)], copy=False)
+            self.send_to_worker(worker, P.join(P.TASKS, P.TASK_META, items))
         return len(items)
 
     # -- main loop -----------------------------------------------------------------------
@@ -384,14 +425,9 @@ class PoolManager:
 
     def run(self) -> int:
         self.exit_code = 0
-        # Bind before forking, so that workers connect at once instead of retrying.
-        self.context = zmq.Context()
-        self.wk = self.context.socket(zmq.ROUTER)
-        self.wk.linger = 0
-        self.wk.sndhwm = self.wk.rcvhwm = 0
-        self.wk.bind(self.worker_endpoint)
         for rank in range(self.workers_wanted):
             self.start_worker(rank)
+        self.context = zmq.Context()
         self.ix = self.context.socket(zmq.DEALER)
         self.ix.linger = 0
         self.ix.sndhwm = self.ix.rcvhwm = 0
@@ -420,9 +456,10 @@ class PoolManager:
         if not self.register():
             return 2
         self.poller.register(self.ix, zmq.POLLIN)
-        self.poller.register(self.wk, zmq.POLLIN)
         for sentinel in self.by_sentinel:
             self.poller.register(sentinel, zmq.POLLIN)
+        for fd in self.by_result_fd:
+            self.poller.register(fd, zmq.POLLIN)
         last_heard = last_beat = time.monotonic()
         next_deadline: float | None = None
         while self.running:
@@ -436,13 +473,23 @@ class PoolManager:
                 last_heard = now
                 while P.readable(self.ix):
                     self.on_interchange(self.ix.recv_multipart(copy=False))
-            if self.wk in events:
-                while P.readable(self.wk):
-                    self.on_worker(self.wk.recv_multipart(copy=False))
+            died = []
             for fd in events:
-                worker = self.by_sentinel.get(fd) if isinstance(fd, int) else None
+                if not isinstance(fd, int):
+                    continue
+                worker = self.by_result_fd.get(fd)
                 if worker is not None:
-                    self.worker_died(worker)
+                    self.read_worker(worker)
+                    continue
+                worker = self.by_task_fd.get(fd)
+                if worker is not None:
+                    self.drain_pipe(worker)
+                    continue
+                worker = self.by_sentinel.get(fd)
+                if worker is not None:
+                    died.append(worker)
+            for worker in died:
+                self.worker_died(worker)
             next_deadline = self.check_walltimes(now)
             if self.running:
                 self.dispatch(now)
@@ -469,7 +516,6 @@ class PoolManager:
             self.kill_worker(worker)
         if hasattr(self, "context"):
             self.context.destroy(linger=0)
-        shutil.rmtree(self.ipc_dir, ignore_errors=True)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -490,7 +536,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--heartbeat-threshold", type=float, default=10.0)
     parser.add_argument("--start-timeout", type=float, default=60.0)
     parser.add_argument("--log-file", default="")
-    parser.add_argument("--ipc-dir", default="", help="a private directory for the workers' socket")
     parser.add_argument(
         "--shm-dir",
         default="",

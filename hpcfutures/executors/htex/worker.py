@@ -1,22 +1,22 @@
 """A worker process: runs the tasks its pool manager hands it, one after another.
 
-Workers are forked by the pool manager.  Each takes tasks in small batches, runs them in
-order and returns results in batches: at once when it has nothing else queued, otherwise
-when a few milliseconds have passed, so a lone task comes back with no delay while a stream
-of short tasks costs few messages.
+Workers are forked by the pool manager and talk to it over a pair of pipes (see
+:mod:`.pipes`).  Each takes tasks in small batches, runs them in order and returns results
+in batches: at once when it has nothing else queued, otherwise when a few milliseconds have
+passed, so a lone task comes back with no delay while a stream of short tasks costs few
+messages.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import select
 import signal
 import threading
 import time
 from collections import deque
 from typing import Any, Callable
-
-import zmq
 
 from ...errors import SerializationError
 from ...serialize import (
@@ -28,6 +28,7 @@ from ...serialize import (
     loads_call,
 )
 from . import protocol as P
+from .pipes import Receiver, encode
 
 #: Results wait at most this long for company before they are sent.
 RESULT_FLUSH_SECONDS = 0.002
@@ -69,36 +70,81 @@ def _run_one(
         return P.ERROR, dumps_exception(exc), elapsed
 
 
+class _Link:
+    """The worker's ends of its pipes to the pool manager."""
+
+    def __init__(self, task_fd: int, result_fd: int):
+        self.receiver = Receiver(task_fd)
+        self.poller = select.poll()
+        self.poller.register(task_fd, select.POLLIN)
+        self.result_fd = result_fd
+        self.inbox: deque[list[memoryview]] = deque()
+
+    def send(self, frames: list[Any]) -> None:
+        buffers = [memoryview(b).cast("B") for b in encode(frames)]
+        first = 0
+        while first < len(buffers):
+            written = os.writev(self.result_fd, buffers[first : first + 512])
+            while first < len(buffers) and written >= buffers[first].nbytes:
+                written -= buffers[first].nbytes
+                first += 1
+            if written:
+                buffers[first] = buffers[first][written:]
+
+    def recv(self) -> list[memoryview]:
+        """Wait for the next message; exit the process if the manager has gone."""
+        while not self.inbox:
+            self.poller.poll()
+            self._read()
+        return self.inbox.popleft()
+
+    def poll(self) -> list[memoryview] | None:
+        """The next message if one has arrived, without waiting."""
+        if not self.inbox:
+            self._read()
+        return self.inbox.popleft() if self.inbox else None
+
+    def _read(self) -> None:
+        self.inbox.extend(self.receiver.read())
+        if self.receiver.closed:
+            os._exit(0)
+
+
 def worker_main(
-    rank: int, endpoint: str, env: dict[str, str], parent_pid: int, shm_dir: str = "", generation: int = 0
+    rank: int,
+    task_fd: int,
+    result_fd: int,
+    close_fds: list[int],
+    env: dict[str, str],
+    parent_pid: int,
+    shm_dir: str = "",
 ) -> None:
-    """Serve tasks from the pool manager at ``endpoint`` until told to stop; never returns."""
+    """Serve tasks from the pool manager over the given pipes until told to stop; never returns."""
     os.setpgid(0, 0)  # one process group per worker, so a walltime kill takes its children too
     _die_with_parent(parent_pid)
+    for fd in close_fds:  # the manager's ends, and other workers' pipes: ours alone keep them open
+        try:
+            os.close(fd)
+        except OSError:
+            pass
     os.environ.update(env)
-    context = zmq.Context()
-    sock = context.socket(zmq.DEALER)
-    sock.linger = 0
-    sock.identity = b"%d.%d" % (rank, generation)  # as the pool's _Worker.identity
-    sock.reconnect_ivl = 10  # the pool binds just after forking us: do not wait 100 ms to retry
-    sock.connect(endpoint)
-    sock.send(P.READY)
+    link = _Link(task_fd, result_fd)
+    link.send([P.READY])
     try:
-        config = sock.recv_multipart(copy=False)
-        if len(config) > 1 and len(config[1].buffer):
-            initializer, initargs = loads([f.buffer for f in config[1:]])
+        config = link.recv()
+        if len(config) > 1 and len(config[1]):
+            initializer, initargs = loads(config[1:])
             try:
                 initializer(*initargs)
             except BaseException as exc:  # noqa: BLE001 - reported to the driver
-                sock.send_multipart([P.INIT_FAILED, *dumps_exception(exc)], copy=False)
-                time.sleep(0.1)  # let the message leave before the process does
+                link.send([P.INIT_FAILED, *dumps_exception(exc)])
                 os._exit(3)
-        _serve(sock, SharedSpill(shm_dir, f"r{os.getpid()}-", unlink_on_load=True) if shm_dir else None)
+        _serve(link, SharedSpill(shm_dir, f"r{os.getpid()}-", unlink_on_load=True) if shm_dir else None)
     finally:
         os._exit(0)
 
 
-def _serve(sock: zmq.Socket, spill: SharedSpill | None) -> None:
+def _serve(link: _Link, spill: SharedSpill | None) -> None:
     functions = LoadedFunctions()
     queue: deque[P.Item] = deque()
     metas: list[bytes] = []
@@ -109,17 +155,15 @@ def _serve(sock: zmq.Socket, spill: SharedSpill | None) -> None:
     while True:
         if not queue:
             if metas:
-                sock.send_multipart([P.RESULTS, b"".join(metas), b"".join(mains), *extra], copy=False)
+                link.send([P.RESULTS, b"".join(metas), b"".join(mains), *extra])
                 metas, mains, extra = [], [], []
-            msg = sock.recv_multipart(copy=False)
-        elif P.readable(sock):
-            msg = sock.recv_multipart(copy=False)
+            msg: list[memoryview] | None = link.recv()
         else:
-            msg = None
+            msg = link.poll()
         if msg is not None:
-            kind = msg[0].bytes
+            kind = msg[0].tobytes()
             if kind == P.TASKS:
-                queue.extend(P.split(P.TASK_META, msg[1].bytes, msg[2].buffer, [f.buffer for f in msg[3:]]))
+                queue.extend(P.split(P.TASK_META, msg[1].tobytes(), msg[2], msg[3:]))
             elif kind == P.SHUTDOWN:
                 return
             continue
@@ -140,5 +184,5 @@ def _serve(sock: zmq.Socket, spill: SharedSpill | None) -> None:
         if len(out) > 1:
             extra.extend(out[1:])
         if len(metas) >= RESULT_FLUSH_COUNT or time.monotonic() - first_unsent >= RESULT_FLUSH_SECONDS:
-            sock.send_multipart([P.RESULTS, b"".join(metas), b"".join(mains), *extra], copy=False)
+            link.send([P.RESULTS, b"".join(metas), b"".join(mains), *extra])
             metas, mains, extra = [], [], []

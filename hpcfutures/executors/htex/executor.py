@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import pickle
+import select
 import shlex
 import shutil
 import socket
@@ -29,8 +30,6 @@ from concurrent.futures import Executor, Future, InvalidStateError
 from concurrent.futures import wait as wait_futures
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, TypeVar
-
-import zmq
 
 from ...errors import (
     BrokenExecutorError,
@@ -50,6 +49,7 @@ from ..chunks import run_chunk
 from . import protocol as P
 from . import security
 from .blocks import BlockManagement, _Block
+from .pipes import Receiver, Sender, pipe_pair
 from .pool import describe_exit
 
 if TYPE_CHECKING:
@@ -568,19 +568,13 @@ class HighThroughputExecutor(BlockManagement, Executor):
             self._spill = self._make_spill()
             self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
             self._start_interchange()
-            self._context = zmq.Context()
-            self._socket = self._context.socket(zmq.DEALER)
-            self._socket.linger = 0
-            self._socket.sndhwm = self._socket.rcvhwm = 0
-            self._socket.reconnect_ivl = 20
-            self._socket.connect(f"ipc://{self._ipc_dir}/driver")
             settings = {
                 "lost_task_retries": self.lost_task_retries,
                 "heartbeat_period": self.heartbeat_period,
                 "heartbeat_threshold": self.heartbeat_threshold,
             }
             init_frames = dumps((self._initializer, self._initargs)) if self._initializer is not None else []
-            self._socket.send_multipart([P.CONFIG, json.dumps(settings).encode(), *init_frames], copy=False)
+            self._to_interchange.send([P.CONFIG, json.dumps(settings).encode(), *init_frames])
             self.provider.script_dir = str(self._dir / "blocks")
             os.makedirs(self.provider.script_dir, exist_ok=True)
             if self.tunnel:
@@ -631,6 +625,11 @@ class HighThroughputExecutor(BlockManagement, Executor):
         ]
         if not self._temporary_dir:
             cmd += ["--log-file", str(self._dir / "interchange.log")]
+        # The driver and the interchange talk over two pipes: fewer wake-ups per message than
+        # a socket with I/O threads, and the interchange sees end-of-file when the driver goes.
+        down_read, down_write = pipe_pair()
+        up_read, up_write = pipe_pair()
+        cmd += ["--driver-fds", f"{down_read},{up_write}"]
         for directory in (
             self._ipc_dir,
             self._spill.directory if self._spill else None,
@@ -638,10 +637,25 @@ class HighThroughputExecutor(BlockManagement, Executor):
         ):
             if directory is not None:
                 cmd += ["--cleanup", str(directory)]
-        with open(self._interchange_err, "wb") as err:
-            self._interchange = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True
-            )
+        try:
+            with open(self._interchange_err, "wb") as err:
+                self._interchange = subprocess.Popen(
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=err,
+                    stderr=err,
+                    start_new_session=True,
+                    pass_fds=(down_read, up_write),
+                )
+        except BaseException:
+            for fd in (down_write, up_read):
+                os.close(fd)
+            raise
+        finally:
+            os.close(down_read)
+            os.close(up_write)
+        self._to_interchange = Sender(down_write)
+        self._from_interchange = Receiver(up_read)
 
     def _make_spill(self) -> SharedSpill | None:
         """Large buffers to and from pools on this node go through /dev/shm when it exists."""
@@ -693,14 +707,22 @@ class HighThroughputExecutor(BlockManagement, Executor):
     # -- the I/O thread --------------------------------------------------------------------------
 
     def _io_loop(self) -> None:
-        sock = self._socket
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
+        sock = self._to_interchange
+        receiver = self._from_interchange
+        poller = select.poll()
+        poller.register(receiver.fd, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        watching_room = False  # whether the poller waits for room in the pipe to the interchange
         next_check = time.monotonic() + HOUSEKEEPING_SECONDS
         self._io_ident = threading.get_ident()
         try:
             while True:
+                if bool(sock.pending) != watching_room:
+                    watching_room = not watching_room
+                    if watching_room:
+                        poller.register(sock.fd, select.POLLOUT)
+                    else:
+                        poller.unregister(sock.fd)
                 timeout = 0 if self._outbox else max(0.0, next_check - time.monotonic()) * 1000
                 events = poller.poll(int(timeout))
                 if events:
@@ -708,6 +730,8 @@ class HighThroughputExecutor(BlockManagement, Executor):
                         os.read(self._wake_r, 4096)
                     except BlockingIOError:
                         pass
+                    if watching_room:
+                        self._write_to_interchange(sock.flush)
                 with self._lock:
                     outbox, self._outbox = self._outbox, []
                     controls, self._controls = self._controls, []
@@ -723,7 +747,7 @@ class HighThroughputExecutor(BlockManagement, Executor):
                     if kind == "cancel":
                         self._send_cancel(sock, *payload)
                     elif kind == "drain":
-                        sock.send_multipart([P.DRAIN, str(payload).encode()])
+                        self._write_to_interchange(sock.send, [P.DRAIN, str(payload).encode()])
                     elif kind == "stop":
                         kill, when_idle = payload
                         self._kill_on_stop = self._kill_on_stop or kill
@@ -731,8 +755,10 @@ class HighThroughputExecutor(BlockManagement, Executor):
                             self._stop_when_idle = True
                         else:
                             self._stop_requested = True
-                while P.readable(sock):
-                    self._on_message(sock.recv_multipart(copy=False))
+                for message in receiver.read():
+                    self._on_message(message)
+                if receiver.closed:
+                    self._interchange_gone()
                 if time.monotonic() >= next_check:
                     next_check = time.monotonic() + HOUSEKEEPING_SECONDS
                     self._housekeeping()
@@ -748,12 +774,25 @@ class HighThroughputExecutor(BlockManagement, Executor):
         finally:
             self._teardown()
 
+    def _write_to_interchange(self, write: Callable[..., Any], *args: Any) -> None:
+        try:
+            write(*args)
+        except OSError:  # the interchange is gone; housekeeping reports how it ended
+            self._interchange_gone()
+
+    def _interchange_gone(self) -> None:
+        """The pipes to the interchange closed: wait briefly for its exit status, report it."""
+        try:
+            self._interchange.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._interchange.kill()
+            self._interchange.wait()
+        self._housekeeping()
+
     def _broken_stop(self) -> bool:
         return self._broken is not None and isinstance(self._broken, InterchangeLostError)
 
-    def _send_tasks(
-        self, sock: zmq.Socket, outbox: list[tuple[bytes, Any, list[Any]]], skip: set[int]
-    ) -> None:
+    def _send_tasks(self, sock: Sender, outbox: list[tuple[bytes, Any, list[Any]]], skip: set[int]) -> None:
         if skip:
             outbox = [item for item in outbox if P.TASK_META.unpack(item[0])[0] not in skip]
         for start in range(0, len(outbox), BATCH_LIMIT):
@@ -762,55 +801,50 @@ class HighThroughputExecutor(BlockManagement, Executor):
             for _meta, _main, oob in batch:
                 if oob:
                     extra.extend(oob)
-            sock.send_multipart(
-                [
-                    P.TASKS,
-                    b"".join([item[0] for item in batch]),
-                    b"".join([item[1] for item in batch]),
-                    *extra,
-                ],
-                copy=False,
+            self._write_to_interchange(
+                sock.send,
+                [P.TASKS, b"".join([item[0] for item in batch]), b"".join([item[1] for item in batch]), *extra],
             )
 
     def _send_cancel(
-        self, sock: zmq.Socket, futures: list[HtexFuture], done: threading.Event, everything: bool
+        self, sock: Sender, futures: list[HtexFuture], done: threading.Event, everything: bool
     ) -> None:
         request = b"%d" % next(self._cancel_counter)
         self._cancel_requests[request] = (done, futures)
         if everything:
-            sock.send_multipart([P.CANCEL_QUEUED, request])
+            self._write_to_interchange(sock.send, [P.CANCEL_QUEUED, request])
         else:
-            sock.send_multipart([P.CANCEL, request, P.pack_ids([f.task_id for f in futures])])
+            self._write_to_interchange(sock.send, [P.CANCEL, request, P.pack_ids([f.task_id for f in futures])])
 
-    def _on_message(self, msg: list[zmq.Frame]) -> None:
-        kind = msg[0].bytes
+    def _on_message(self, msg: list[memoryview]) -> None:
+        kind = msg[0].tobytes()
         if kind == P.RESULTS:
             self._on_results(msg)
         elif kind == P.STARTED:
-            self._started_ids.update(P.unpack_ids(msg[1].bytes))
+            self._started_ids.update(P.unpack_ids(msg[1].tobytes()))
         elif kind == P.CANCEL_REPLY:
-            waiting = self._cancel_requests.pop(msg[1].bytes, None)
-            for task_id in P.unpack_ids(msg[2].bytes):
+            waiting = self._cancel_requests.pop(msg[1].tobytes(), None)
+            for task_id in P.unpack_ids(msg[2].tobytes()):
                 fut = self._pending.pop(task_id, None)
                 if fut is not None:
                     fut._cancel_locally()
             if waiting is not None:
                 waiting[0].set()
         elif kind == P.EVENT:
-            self._on_event(json.loads(msg[1].bytes), msg[2:])
+            self._on_event(json.loads(msg[1].tobytes()), msg[2:])
         elif kind == P.HEARTBEAT and len(msg) > 1:
-            self._block_idle = json.loads(msg[1].bytes)
+            self._block_idle = json.loads(msg[1].tobytes())
 
-    def _on_results(self, msg: list[zmq.Frame]) -> None:
+    def _on_results(self, msg: list[memoryview]) -> None:
         pending = self._pending
         started = self._started_ids
         if len(msg[1]):
-            started.update(P.unpack_ids(msg[1].bytes))  # before the results discard them
-        extra = [f.buffer for f in msg[4:]] if len(msg) > 4 else []
-        blob = msg[3].buffer
+            started.update(P.unpack_ids(msg[1].tobytes()))  # before the results discard them
+        extra = msg[4:]
+        blob = msg[3]
         offset = 0
         frame = 0
-        for task_id, status, _elapsed, size, count in P.RESULT_META.iter_unpack(msg[2].bytes):
+        for task_id, status, _elapsed, size, count in P.RESULT_META.iter_unpack(msg[2]):
             main = blob[offset : offset + size]
             offset += size
             if count:
@@ -843,7 +877,7 @@ class HighThroughputExecutor(BlockManagement, Executor):
             except InvalidStateError:  # cancelled meanwhile
                 pass
 
-    def _on_event(self, event: dict[str, Any], frames: list[zmq.Frame]) -> None:
+    def _on_event(self, event: dict[str, Any], frames: list[memoryview]) -> None:
         kind = event.get("event")
         block = self._blocks.get(str(event.get("block")))
         if kind == "pool_registered":
@@ -878,7 +912,7 @@ class HighThroughputExecutor(BlockManagement, Executor):
             )
             if frames:
                 try:
-                    error.__cause__ = loads_exception([f.buffer for f in frames])
+                    error.__cause__ = loads_exception(list(frames))
                 except Exception:  # noqa: BLE001
                     pass
             self._break(error)
@@ -922,8 +956,8 @@ class HighThroughputExecutor(BlockManagement, Executor):
     def _teardown(self) -> None:
         try:
             try:
-                self._socket.send(P.SHUTDOWN, zmq.NOBLOCK)
-            except zmq.ZMQError:
+                self._to_interchange.send([P.SHUTDOWN])
+            except OSError:
                 pass
             try:
                 self._interchange.wait(timeout=1.0 if not self._kill_on_stop else 0.2)
@@ -936,8 +970,8 @@ class HighThroughputExecutor(BlockManagement, Executor):
             self._stop_blocks()
             self._fail_all(ExecutorShutdownError("the executor shut down before this task finished"))
         finally:
-            self._socket.close(linger=0)
-            self._context.term()
+            for fd in (self._to_interchange.fd, self._from_interchange.fd):
+                os.close(fd)
             with self._lock:
                 self._io_closed = True
                 os.close(self._wake_r)

@@ -1,15 +1,16 @@
 """The interchange: queues the driver's tasks and deals them out to worker pools.
 
-A separate process, started by the driver.  The driver and pools on the same node connect
-through Unix sockets in a private directory (local pools must also present the executor's
-token); pools on other nodes connect over TCP with CurveZMQ and must hold the pool key.
+A separate process, started by the driver, which talks to it over two pipes it inherits
+(see :mod:`.pipes`).  Pools on the same node connect through a Unix socket in a private
+directory (and must present the executor's token); pools on other nodes connect over TCP
+with CurveZMQ and must hold the pool key.
 Tasks wait in a priority queue (higher priority first, then submission order) and go to
 pools as the pools grant credit; results go straight back to the driver.  Only packed
 headers are read here; payload frames pass through untouched.
 
 It notices a lost pool by the socket closing (a probe of every pool follows each disconnect
 event) or, failing that, by missed heartbeats, and requeues the pool's tasks.  It exits when
-the driver asks, or when the driver's process is gone.
+the driver asks, or when the driver's pipe closes or its process is gone.
 
 For the driver's block scaling it reports, with each heartbeat, how long each block's pools
 have been idle, and it drains a block on request: no new tasks go to its pools, and each is
@@ -19,8 +20,8 @@ longer walltime, and none at all in the block's last minutes; its tasks, if the 
 under them, are requeued without counting as lost.
 
 Run as ``python -m hpcfutures.executors.htex.interchange --keys FILE --ipc-dir DIR
---pool-port M ...``.  The driver picks the ports, so that it and the pools can connect while
-this process is still starting.
+--pool-port M --driver-fds R,W ...``.  The driver picks the port, so that pools can connect
+while this process is still starting.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from ...serialize import dumps
 from . import protocol as P
 from . import security
 from .component import setup_logging
+from .pipes import Receiver, Sender
 
 logger = logging.getLogger(__name__)
 
@@ -97,19 +99,19 @@ class Interchange:
         self.context = zmq.Context()
         self.zap = security.ZapHandler(self.context, keys)
         self.token = keys["token"]
-        # The driver and local pools reach this process through Unix sockets in a private
-        # directory (mode 0700): only the owner can connect, and encryption would only cost
-        # bandwidth.  Remote pools come over TCP and must hold the CurveZMQ pool key.
-        self.client = self.context.socket(zmq.DEALER)
+        down, up = (int(fd) for fd in args.driver_fds.split(","))
+        self.from_driver = Receiver(down)
+        self.client = Sender(up)
+        # Local pools reach this process through a Unix socket in a private directory (mode
+        # 0700): only the owner can connect, and encryption would only cost bandwidth.
+        # Remote pools come over TCP and must hold the CurveZMQ pool key.
         self.tcp_pools = self.context.socket(zmq.ROUTER)
         self.ipc_pools = self.context.socket(zmq.ROUTER)
-        for sock in (self.client, self.tcp_pools, self.ipc_pools):
+        for sock in (self.tcp_pools, self.ipc_pools):
             sock.linger = 0
             sock.sndhwm = sock.rcvhwm = 0
-        for sock in (self.tcp_pools, self.ipc_pools):
             sock.router_mandatory = True
         security.make_server(self.tcp_pools, keys, security.POOL_DOMAIN)
-        self.client.bind(f"ipc://{args.ipc_dir}/driver")
         self.ipc_pools.bind(f"ipc://{args.ipc_dir}/pools")
         self.tcp_pools.bind(f"tcp://{args.address}:{args.pool_port}")
         self.pool_socks = (self.tcp_pools, self.ipc_pools)
@@ -127,7 +129,6 @@ class Interchange:
         self.refused = 0
         self.started: list[int] = []
         self.draining: set[str] = set()  # blocks being scaled in
-        self.backlog: list[list[Any]] = []  # messages for a driver not connected yet
         self.started_since = 0.0  # when the oldest id in self.started was handed to a pool
         self.to_driver_meta: list[bytes] = []
         self.to_driver_mains: list[Any] = []
@@ -135,27 +136,27 @@ class Interchange:
 
     # -- driver side ------------------------------------------------------------------------
 
-    def on_driver(self, msg: list[zmq.Frame]) -> None:
-        kind = msg[0].bytes
+    def on_driver(self, msg: list[memoryview]) -> None:
+        kind = msg[0].tobytes()
         if kind == P.TASKS:
             seq = self.seq
             queue = self.queue
-            for item in P.split(P.TASK_META, msg[1].bytes, msg[2].buffer, msg[3:]):
+            for item in P.split(P.TASK_META, msg[1].tobytes(), msg[2], msg[3:]):
                 seq += 1
                 heapq.heappush(queue, (-item[0][1], seq, item))
             self.seq = seq
         elif kind == P.CANCEL:
-            self.cancel(msg[1].bytes, set(P.unpack_ids(msg[2].bytes)))
+            self.cancel(msg[1].tobytes(), set(P.unpack_ids(msg[2].tobytes())))
         elif kind == P.CANCEL_QUEUED:  # tasks already handed to pools count as started
-            self.cancel(msg[1].bytes, None)
+            self.cancel(msg[1].tobytes(), None)
         elif kind == P.CONFIG:
-            self.settings = msg[1].bytes
+            self.settings = msg[1].tobytes()
             self.config = msg[2:]
             for sock, frames in self.waiting_registrations:
                 self.register(sock, frames)
             self.waiting_registrations = []
         elif kind == P.DRAIN:
-            block = msg[1].bytes.decode()
+            block = msg[1].tobytes().decode()
             for pool in list(self.pools.values()):
                 if pool.block == block:
                     pool.draining = True
@@ -182,29 +183,16 @@ class Interchange:
         self.to_driver([P.EVENT, json.dumps(info).encode()])
 
     def to_driver(self, frames: list[Any]) -> None:
-        """Send to the driver without ever blocking: with no driver connected, stop."""
-        if self.backlog:  # keep the order
-            self.backlog.append(frames)
-            return
+        """Send to the driver without ever blocking (what the pipe cannot take waits here)."""
         try:
-            self.client.send_multipart(frames, zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            # The driver's connection is not up yet (or is being re-made): keep the message.
-            if not self.driver_alive():
-                self.running = False
-            else:
-                self.backlog.append(frames)
+            self.client.send(frames)
+        except OSError:  # the driver closed its end: it is gone or shutting down
+            self.driver_gone()
 
-    def flush_backlog(self) -> None:
-        """Send what waited for the driver's connection, in order, as far as it goes now."""
-        while self.backlog:
-            try:
-                self.client.send_multipart(self.backlog[0], zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                if not self.driver_alive():
-                    self.running = False
-                return
-            self.backlog.pop(0)
+    def driver_gone(self) -> None:
+        self.running = False
+        if not self.driver_alive():
+            self.orphaned = True
 
     # -- pool side ----------------------------------------------------------------------------
 
@@ -393,7 +381,9 @@ class Interchange:
 
     def run(self) -> None:
         poller = zmq.Poller()
-        poller.register(self.client, zmq.POLLIN)
+        from_driver = self.from_driver
+        poller.register(from_driver.fd, zmq.POLLIN)
+        watching_room = False  # whether the poller waits for room in the pipe to the driver
         for sock in (*self.pool_socks, *self.monitors, self.zap.socket):
             poller.register(sock, zmq.POLLIN)
         period = self.args.heartbeat_period
@@ -401,14 +391,18 @@ class Interchange:
         last_beat = time.monotonic()
         client = self.client
         while self.running:
+            if bool(client.pending) != watching_room:
+                watching_room = not watching_room
+                if watching_room:
+                    poller.register(client.fd, zmq.POLLOUT)
+                else:
+                    poller.unregister(client.fd)
             now = time.monotonic()
             wake = last_beat + period
             if self.probes:
                 wake = min(wake, self.probes[0])
             if self.started:
                 wake = min(wake, self.started_since + STARTED_DELAY)
-            if self.backlog:
-                wake = min(wake, now + 0.01)
             events = dict(poller.poll(max(0.0, wake - now) * 1000))
             now = time.monotonic()
             if self.zap.socket in events:
@@ -418,9 +412,16 @@ class Interchange:
                     while P.readable(monitor):
                         monitor.recv_multipart()
                     self.probes = sorted(now + d for d in _PROBE_DELAYS)
-            if client in events:
-                while P.readable(client):
-                    self.on_driver(client.recv_multipart(copy=False))
+            if from_driver.fd in events:
+                for message in from_driver.read():
+                    self.on_driver(message)
+                if from_driver.closed:
+                    self.driver_gone()
+            if client.fd in events:
+                try:
+                    client.flush()
+                except OSError:
+                    self.driver_gone()
             for sock in self.pool_socks:
                 if sock in events:
                     while P.readable(sock):
@@ -429,8 +430,6 @@ class Interchange:
                 while self.probes and now >= self.probes[0]:
                     self.probes.pop(0)
                 self.probe_pools()
-            if self.backlog:
-                self.flush_backlog()
             if self.draining:
                 self.finish_draining()
             if now - last_beat >= period:
@@ -484,9 +483,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--keys", required=True, help="the interchange's key file")
     parser.add_argument("--address", default="127.0.0.1", help="the address pools connect to")
     parser.add_argument(
-        "--ipc-dir", required=True, help="a private directory for the driver's and local pools' sockets"
+        "--ipc-dir", required=True, help="a private directory for the local pools' socket"
     )
     parser.add_argument("--pool-port", type=int, required=True)
+    parser.add_argument(
+        "--driver-fds",
+        required=True,
+        help="READ,WRITE: the inherited pipe ends the driver talks to this process through",
+    )
     parser.add_argument("--driver-pid", type=int, default=0)
     parser.add_argument("--heartbeat-period", type=float, default=1.0)
     parser.add_argument("--heartbeat-threshold", type=float, default=10.0)

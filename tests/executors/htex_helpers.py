@@ -12,6 +12,7 @@ import zmq
 
 from hpcfutures import HighThroughputExecutor
 from hpcfutures.executors.htex import protocol as P
+from hpcfutures.executors.htex.stream import SCHEME, StreamConnection
 
 
 def descendants() -> set[int]:
@@ -38,21 +39,41 @@ def pool_key(ex: HighThroughputExecutor) -> dict[str, str]:
     return json.loads((Path(ex.key_dir) / "pool.json").read_text())
 
 
+class _StreamContext:
+    """Stands for the ZeroMQ context of a fake pool that connected over a Unix stream socket."""
+
+    def __init__(self, connection: StreamConnection):
+        self.connection = connection
+
+    def destroy(self, linger: int = 0) -> None:
+        self.connection.close()
+
+
 def fake_pool(
     endpoint: str, *, curve: dict[str, str] | None = None, send_timeout: int = 1000, **info: Any
-) -> tuple[zmq.Context, zmq.Socket]:
-    """Connect a raw socket as a would-be pool and send a registration carrying ``info``."""
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.linger = 0
-    # A refused peer has no connection to send on: do not block the test for long.  A peer
-    # with the right keys passes a longer timeout: the interchange may still be starting.
-    sock.sndtimeo = send_timeout
-    if curve is not None:
-        sock.curve_publickey = curve["public"].encode()
-        sock.curve_secretkey = curve["secret"].encode()
-        sock.curve_serverkey = curve["server"].encode()
-    sock.connect(endpoint)
+) -> tuple[Any, Any]:
+    """Connect a raw socket as a would-be pool and send a registration carrying ``info``.
+
+    Returns ``(context, socket)``: a ZeroMQ pair for a ``tcp://`` endpoint, or for a local
+    pools' ``unix://`` endpoint a :class:`StreamConnection` and a stand-in context.
+    """
+    sock: Any
+    if endpoint.startswith(SCHEME):
+        sock = StreamConnection.connect(endpoint, timeout=send_timeout / 1000)
+        ctx: Any = _StreamContext(sock)
+    else:
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        # A refused peer has no connection to send on: do not block the test for long.  A
+        # peer with the right keys passes a longer timeout: the interchange may still be
+        # starting.
+        sock.sndtimeo = send_timeout
+        if curve is not None:
+            sock.curve_publickey = curve["public"].encode()
+            sock.curve_secretkey = curve["secret"].encode()
+            sock.curve_serverkey = curve["server"].encode()
+        sock.connect(endpoint)
     registration = {
         "pool_id": "intruder",
         "block_id": "x",
@@ -73,7 +94,7 @@ def fake_pool(
     return ctx, sock
 
 
-def fake_results(sock: zmq.Socket, task_ids: list[int], value: Any) -> None:
+def fake_results(sock: Any, task_ids: list[int], value: Any) -> None:
     """Send results for ``task_ids`` as if this socket were a pool."""
     from hpcfutures.serialize import dumps
 

@@ -186,7 +186,7 @@ def test_remote_pools_over_curve_work():
         assert ex.submit(pow, 2, 9).result(timeout=30) == 512
 
 
-@pytest.mark.parametrize("how", ["no keys over tcp", "own keys over tcp", "no token over ipc"])
+@pytest.mark.parametrize("how", ["no keys over tcp", "own keys over tcp", "no token over the local socket"])
 def test_a_process_without_the_keys_can_neither_register_nor_inject_results(htex, how):
     with Gate() as gate:
         future = htex.submit(faults.report_pid_then, gate.wait, os.devnull)

@@ -1,13 +1,19 @@
-"""Tests of the framed pipe link between a pool manager and its workers (htex/pipes.py)."""
+"""Tests of the framed links of htex: pipes (pool manager to workers, driver to interchange)
+and the local pools' stream connection (htex/pipes.py, htex/stream.py)."""
 
 from __future__ import annotations
 
 import os
 import random
+import select
+import signal
+import threading
+import time
 
 import pytest
 
 from hpcfutures.executors.htex.pipes import Receiver, Sender, encode, pipe_pair
+from hpcfutures.executors.htex.stream import SCHEME, StreamConnection, StreamListener
 
 
 @pytest.fixture
@@ -86,3 +92,64 @@ def test_writing_to_a_pipe_whose_reader_has_gone_raises(pipe):
     os.close(read_fd)
     with pytest.raises(BrokenPipeError):
         Sender(write_fd).send([b"x"])
+
+
+# -- the local pools' stream connection (htex/stream.py) ----------------------------------------
+
+
+def test_a_pool_connecting_before_the_interchange_listens_waits_for_it(tmp_path):
+    address = f"{SCHEME}{tmp_path}/pools"
+    listening = threading.Event()
+    accepted: list[StreamConnection] = []
+
+    def listen_later() -> None:
+        listening.wait(5)
+        listener = StreamListener(address)
+        while not accepted:
+            select.select([listener], [], [], 5)
+            accepted.extend(listener.accept())
+        listener.close()
+
+    thread = threading.Thread(target=listen_later)
+    thread.start()
+    timer = threading.Timer(0.2, listening.set)  # the pool tries first and finds nothing
+    timer.start()
+    pool = StreamConnection.connect(address, timeout=10)
+    thread.join(10)
+    (interchange,) = accepted
+    pool.send_multipart([b"R", b"hello"])
+    assert interchange.poll(5000)
+    assert [bytes(f) for f in interchange.recv_multipart()] == [b"R", b"hello"]
+    for end in (pool, interchange):
+        end.close()
+
+
+def test_connecting_where_nothing_listens_fails_after_the_timeout(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        StreamConnection.connect(f"{SCHEME}{tmp_path}/nobody", timeout=0.1)
+
+
+def test_a_peer_killed_with_data_unread_reads_as_closed(tmp_path):
+    # A stopped pool that the interchange kept writing to, then SIGKILLed: its socket resets.
+    address = f"{SCHEME}{tmp_path}/pools"
+    listener = StreamListener(address)
+    child = os.fork()
+    if child == 0:  # the "pool": connect, then stop reading and die
+        try:
+            StreamConnection.connect(address, timeout=10)
+            time.sleep(30)
+        finally:
+            os._exit(0)
+    select.select([listener], [], [], 10)
+    (interchange,) = listener.accept()
+    interchange.send_multipart([b"t", b"x" * 100_000])
+    os.kill(child, signal.SIGKILL)
+    os.waitpid(child, 0)
+    deadline = time.monotonic() + 10
+    while not interchange.closed and time.monotonic() < deadline:
+        interchange.poll(100)
+    assert interchange.closed
+    with pytest.raises(ConnectionError):
+        interchange.recv_multipart()
+    interchange.close()
+    listener.close()

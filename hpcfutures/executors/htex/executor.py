@@ -406,7 +406,7 @@ class HighThroughputExecutor(BlockManagement, Executor):
         else:
             hosts = [a if a not in ("0.0.0.0", "*", "::") else socket.gethostname() for a in self.address_candidates]
             tcp = ",".join(f"tcp://{h}:{port}" for h in hosts)
-        return {"tcp": tcp, "ipc": f"ipc://{self._ipc_dir}/pools"}
+        return {"tcp": tcp, "ipc": f"unix://{self._ipc_dir}/pools"}
 
     @property
     def key_dir(self) -> Path | None:

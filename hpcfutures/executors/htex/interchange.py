@@ -1,9 +1,9 @@
 """The interchange: queues the driver's tasks and deals them out to worker pools.
 
 A separate process, started by the driver, which talks to it over two pipes it inherits
-(see :mod:`.pipes`).  Pools on the same node connect through a Unix socket in a private
-directory (and must present the executor's token); pools on other nodes connect over TCP
-with CurveZMQ and must hold the pool key.
+(see :mod:`.pipes`).  Pools on the same node connect through a plain Unix stream socket in a
+private directory (see :mod:`.stream`; they must present the executor's token); pools on
+other nodes connect over TCP with CurveZMQ and must hold the pool key.
 Tasks wait in a priority queue (higher priority first, then submission order) and go to
 pools as the pools grant credit; results go straight back to the driver.  Only packed
 headers are read here; payload frames pass through untouched.
@@ -45,6 +45,7 @@ from . import protocol as P
 from . import security
 from .component import setup_logging
 from .pipes import Receiver, Sender
+from .stream import StreamConnection, StreamListener
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class _Pool:
         "idle_since", "draining", "end", "closing",
     )  # fmt: skip
 
-    def __init__(self, sock: zmq.Socket, identity: bytes, info: dict[str, Any], credit: int, now: float):
+    def __init__(self, sock: Any, identity: bytes, info: dict[str, Any], credit: int, now: float):
         self.sock = sock
         self.identity = identity
         self.key = (id(sock), identity)
@@ -90,6 +91,14 @@ class _Pool:
         return str(self.info.get("block_id"))
 
 
+def _send(sock: Any, identity: bytes, frames: list[Any]) -> None:
+    """Send to one pool: through its ROUTER with its identity, or on its own connection."""
+    if isinstance(sock, StreamConnection):
+        sock.send_multipart(frames)
+    else:
+        sock.send_multipart([identity, *frames], copy=False)
+
+
 class Interchange:
     """Routes tasks from one driver to many pools.  See the module docstring."""
 
@@ -106,20 +115,20 @@ class Interchange:
         # 0700): only the owner can connect, and encryption would only cost bandwidth.
         # Remote pools come over TCP and must hold the CurveZMQ pool key.
         self.tcp_pools = self.context.socket(zmq.ROUTER)
-        self.ipc_pools = self.context.socket(zmq.ROUTER)
-        for sock in (self.tcp_pools, self.ipc_pools):
-            sock.linger = 0
-            sock.sndhwm = sock.rcvhwm = 0
-            sock.router_mandatory = True
+        self.tcp_pools.linger = 0
+        self.tcp_pools.sndhwm = self.tcp_pools.rcvhwm = 0
+        self.tcp_pools.router_mandatory = True
         security.make_server(self.tcp_pools, keys, security.POOL_DOMAIN)
-        self.ipc_pools.bind(f"ipc://{args.ipc_dir}/pools")
         self.tcp_pools.bind(f"tcp://{args.address}:{args.pool_port}")
-        self.pool_socks = (self.tcp_pools, self.ipc_pools)
+        self.local_pools = StreamListener(f"unix://{args.ipc_dir}/pools")
+        self.connections: list[StreamConnection] = []  # local pools' connections
+        self.watching_room: set[StreamConnection] = set()  # connections with writes waiting
+        self.pool_socks = (self.tcp_pools,)
         self.monitors = [s.get_monitor_socket(zmq.EVENT_DISCONNECTED) for s in self.pool_socks]
         self.queue: list[tuple[int, int, P.Item]] = []  # (-priority, sequence number, task)
         self.seq = 0
         self.pools: dict[tuple[int, bytes], _Pool] = {}
-        self.waiting_registrations: list[tuple[zmq.Socket, list[zmq.Frame]]] = []
+        self.waiting_registrations: list[tuple[Any, list[Any]]] = []
         self.config: list[Any] | None = None
         self.settings = b""
         self.probes: list[float] = []
@@ -198,34 +207,39 @@ class Interchange:
 
     def send_pool(self, pool: _Pool, frames: list[Any]) -> bool:
         try:
-            pool.sock.send_multipart([pool.identity, *frames], copy=False)
+            _send(pool.sock, pool.identity, frames)
             return True
         except zmq.ZMQError as exc:
             if exc.errno != zmq.EHOSTUNREACH:
                 raise
-            self.pool_lost(pool, "its connection closed")
-            return False
+        except OSError:
+            pass
+        self.pool_lost(pool, "its connection closed")
+        return False
 
-    def register(self, sock: zmq.Socket, msg: list[zmq.Frame]) -> None:
-        identity = msg[0].bytes
+    def register(self, sock: Any, msg: list[Any]) -> None:
+        identity = bytes(msg[0])
         try:
-            info = json.loads(msg[3].bytes)
+            info = json.loads(bytes(msg[3]))
         except (ValueError, IndexError):
             info = {}
-        if sock is self.ipc_pools and not hmac.compare_digest(
+        if isinstance(sock, StreamConnection) and not hmac.compare_digest(
             str(info.get("token", "")).encode(), self.token
         ):
             self.refused += 1
             return  # not one of ours: say nothing
         problem = P.version_mismatch(info)
         if problem is not None:
-            sock.send_multipart([identity, P.REJECT, problem.encode()])
+            try:
+                _send(sock, identity, [P.REJECT, problem.encode()])
+            except (zmq.ZMQError, OSError):
+                pass
             self.event(event="pool_rejected", reason=problem, block=info.get("block_id"))
             return
         if self.config is None:
             self.waiting_registrations.append((sock, msg))
             return
-        pool = _Pool(sock, identity, info, P.CREDIT.unpack(msg[2].bytes)[0], time.monotonic())
+        pool = _Pool(sock, identity, info, P.CREDIT.unpack(bytes(msg[2]))[0], time.monotonic())
         pool.draining = pool.block in self.draining
         self.pools[pool.key] = pool
         self.send_pool(pool, [P.ACCEPT, self.settings, *self.config])
@@ -238,30 +252,30 @@ class Interchange:
             pid=info.get("pid"),
         )
 
-    def on_pool(self, sock: zmq.Socket, msg: list[zmq.Frame], now: float) -> None:
-        kind = msg[1].bytes
-        pool = self.pools.get((id(sock), msg[0].bytes))
+    def on_pool(self, sock: Any, msg: list[Any], now: float) -> None:
+        kind = bytes(msg[1])
+        pool = self.pools.get((id(sock), bytes(msg[0])))
         if pool is None:
             if kind == P.REGISTER:
                 self.register(sock, msg)
             return
         pool.last_heard = now
-        credit = P.CREDIT.unpack(msg[2].bytes)[0]
+        credit = P.CREDIT.unpack(bytes(msg[2]))[0]
         if credit > pool.credit:
             pool.credit = credit
         if kind == P.RESULTS:
-            meta = msg[3].bytes
+            meta = bytes(msg[3])
             outstanding = pool.outstanding
             for fields in P.RESULT_META.iter_unpack(meta):
                 outstanding.pop(fields[0], None)
             if not outstanding:
                 pool.idle_since = now
             self.to_driver_meta.append(meta)
-            self.to_driver_mains.append(msg[4].buffer)
+            self.to_driver_mains.append(memoryview(msg[4]))
             if len(msg) > 5:
                 self.to_driver_extra.extend(msg[5:])
         elif kind == P.INIT_FAILED:
-            info = json.loads(msg[3].bytes)
+            info = json.loads(bytes(msg[3]))
             self.to_driver(
                 [
                     P.EVENT,
@@ -272,6 +286,33 @@ class Interchange:
                 ]
             )
             self.pool_lost(pool, "its workers could not start", notify=False)
+
+    def on_connection(self, connection: StreamConnection, event: int, now: float) -> None:
+        """Handle what a local pool's connection says, its room to write, or its end."""
+        if event & zmq.POLLOUT:
+            try:
+                connection.flush()
+            except OSError:
+                pass
+        while P.readable(connection):
+            self.on_pool(connection, [b"", *connection.recv_multipart()], now)
+        if connection.closed:
+            self.poller.unregister(connection)
+            self.watching_room.discard(connection)
+            self.connections.remove(connection)
+            connection.close()
+            pool = self.pools.get((id(connection), b""))
+            if pool is not None:
+                self.pool_lost(pool, "its connection closed")
+
+    def watch_room(self, connection: StreamConnection) -> None:
+        """Wait for room in a connection only while something waits to be written to it."""
+        if connection.sender.pending:
+            self.watching_room.add(connection)
+            self.poller.modify(connection, zmq.POLLIN | zmq.POLLOUT)
+        else:
+            self.watching_room.discard(connection)
+            self.poller.modify(connection, zmq.POLLIN)
 
     def pool_lost(self, pool: _Pool, why: str, notify: bool = True) -> None:
         """Forget a pool and requeue its tasks; a task lost too often fails instead."""
@@ -354,8 +395,8 @@ class Interchange:
             if pool.draining and not pool.outstanding:
                 self.pools.pop(pool.key, None)
                 try:
-                    pool.sock.send_multipart([pool.identity, P.SHUTDOWN])
-                except zmq.ZMQError:
+                    _send(pool.sock, pool.identity, [P.SHUTDOWN])
+                except (zmq.ZMQError, OSError):
                     pass
         remaining = {pool.block for pool in self.pools.values()}
         for block in list(self.draining):
@@ -384,8 +425,9 @@ class Interchange:
         from_driver = self.from_driver
         poller.register(from_driver.fd, zmq.POLLIN)
         watching_room = False  # whether the poller waits for room in the pipe to the driver
-        for sock in (*self.pool_socks, *self.monitors, self.zap.socket):
+        for sock in (*self.pool_socks, *self.monitors, self.zap.socket, self.local_pools):
             poller.register(sock, zmq.POLLIN)
+        self.poller = poller
         period = self.args.heartbeat_period
         threshold = self.args.heartbeat_threshold
         last_beat = time.monotonic()
@@ -426,6 +468,15 @@ class Interchange:
                 if sock in events:
                     while P.readable(sock):
                         self.on_pool(sock, sock.recv_multipart(copy=False), now)
+            # zmq.Poller reports objects that are not ZeroMQ sockets by their file descriptors.
+            if self.local_pools.fileno() in events:
+                for connection in self.local_pools.accept():
+                    self.connections.append(connection)
+                    poller.register(connection, zmq.POLLIN)
+            for connection in list(self.connections):
+                event = events.get(connection.fileno())
+                if event:
+                    self.on_connection(connection, event, now)
             if self.probes and now >= self.probes[0]:
                 while self.probes and now >= self.probes[0]:
                     self.probes.pop(0)
@@ -446,6 +497,9 @@ class Interchange:
             if not self.started:
                 self.started_since = now
             self.dispatch()
+            for connection in self.connections:
+                if bool(connection.sender.pending) != (connection in self.watching_room):
+                    self.watch_room(connection)
             if self.to_driver_meta:
                 started, self.started = self.started, []
                 self.to_driver(
@@ -465,14 +519,22 @@ class Interchange:
     def close(self) -> None:
         for pool in list(self.pools.values()):
             try:
-                pool.sock.send_multipart([pool.identity, P.SHUTDOWN])
-            except zmq.ZMQError:
+                _send(pool.sock, pool.identity, [P.SHUTDOWN])
+            except (zmq.ZMQError, OSError):
+                pass
+        for connection in self.connections:
+            try:
+                connection.flush()
+            except OSError:
                 pass
         for sock in self.pool_socks:
             sock.disable_monitor()
         time.sleep(0.05)  # let the shutdown messages leave before the sockets close
         self.zap.close()
         self.context.destroy(linger=0)
+        for connection in self.connections:
+            connection.close()
+        self.local_pools.close()
         if self.orphaned or not self.driver_alive():
             for directory in self.args.cleanup:
                 shutil.rmtree(directory, ignore_errors=True)

@@ -116,6 +116,8 @@ class Receiver:
                 got = len(data)
         except BlockingIOError:
             return []
+        except ConnectionResetError:  # a socket whose peer died with our data unread
+            got = 0
         if not got:
             self.closed = True
             return []

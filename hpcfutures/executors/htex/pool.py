@@ -35,6 +35,7 @@ from . import protocol as P
 from . import security
 from .component import setup_logging
 from .pipes import Receiver, Sender, pipe_pair
+from .stream import SCHEME, StreamConnection
 from .worker import worker_main
 
 logger = logging.getLogger(__name__)
@@ -285,7 +286,18 @@ class PoolManager:
     def send_up(self, kind: bytes, *frames: Any) -> None:
         credit = self.credit()
         self.credit_sent = credit
-        self.ix.send_multipart([kind, P.CREDIT.pack(credit), *frames], copy=False)
+        try:
+            self.ix.send_multipart([kind, P.CREDIT.pack(credit), *frames], copy=False)
+        except OSError:  # a local connection closed: the interchange is gone
+            self.running = False
+            self.exit_code = 4
+
+    def flush_up(self, stream: StreamConnection) -> None:
+        try:
+            stream.flush()
+        except OSError:
+            self.running = False
+            self.exit_code = 4
 
     def report_broken(self, reason: str, frames: list[Any] | None = None) -> None:
         """Tell the interchange this pool cannot run tasks, then stop."""
@@ -296,12 +308,12 @@ class PoolManager:
         self.running = False
         self.exit_code = 3
 
-    def on_interchange(self, msg: list[zmq.Frame]) -> None:
-        kind = msg[0].bytes
+    def on_interchange(self, msg: list[Any]) -> None:
+        kind = bytes(msg[0])
         if kind == P.TASKS:
             seq = self.seq
             queue = self.queue
-            items = P.split(P.TASK_META, msg[1].bytes, msg[2].buffer, msg[3:])
+            items = P.split(P.TASK_META, bytes(msg[1]), memoryview(msg[2]), msg[3:])
             for item in items:
                 seq += 1
                 heapq.heappush(queue, (-item[0][1], seq, item))
@@ -411,16 +423,16 @@ class PoolManager:
             )
             return False
         reply = self.ix.recv_multipart(copy=False)
-        if reply[0].bytes == P.REJECT:
+        if bytes(reply[0]) == P.REJECT:
             print(
-                f"the interchange refused this pool: {reply[1].bytes.decode()}", file=sys.stderr, flush=True
+                f"the interchange refused this pool: {bytes(reply[1]).decode()}", file=sys.stderr, flush=True
             )
             return False
-        settings = json.loads(reply[1].bytes)
+        settings = json.loads(bytes(reply[1]))
         self.lost_task_retries = settings["lost_task_retries"]
         self.heartbeat_period = settings["heartbeat_period"]
         self.heartbeat_threshold = settings["heartbeat_threshold"]
-        self.config_frames = [P.CONFIG, *(f.buffer for f in reply[2:])]
+        self.config_frames = [P.CONFIG, *(memoryview(f) for f in reply[2:])]
         return True
 
     def run(self) -> int:
@@ -428,10 +440,6 @@ class PoolManager:
         for rank in range(self.workers_wanted):
             self.start_worker(rank)
         self.context = zmq.Context()
-        self.ix = self.context.socket(zmq.DEALER)
-        self.ix.linger = 0
-        self.ix.sndhwm = self.ix.rcvhwm = 0
-        self.ix.reconnect_ivl = 20  # the interchange may still be starting
         keys = security.load(self.args.keys)
         candidates = self.args.addr.split(",")
         if len(candidates) > 1:
@@ -448,10 +456,21 @@ class PoolManager:
                 return 2
             logger.info("chose %s of %s", chosen, candidates)
             self.args.addr = chosen
-        if not self.args.addr.startswith("ipc://"):
-            security.make_client(self.ix, self.args.keys)
         self.token = keys["token"].decode()
-        self.ix.connect(self.args.addr)
+        self.ix: Any
+        if self.args.addr.startswith(SCHEME):  # on the interchange's node
+            try:
+                self.ix = StreamConnection.connect(self.args.addr, self.args.start_timeout)
+            except OSError as exc:
+                print(f"cannot connect to the interchange at {self.args.addr}: {exc}", file=sys.stderr, flush=True)
+                return 2
+        else:
+            self.ix = self.context.socket(zmq.DEALER)
+            self.ix.linger = 0
+            self.ix.sndhwm = self.ix.rcvhwm = 0
+            self.ix.reconnect_ivl = 20  # the interchange may still be starting
+            security.make_client(self.ix, self.args.keys)
+            self.ix.connect(self.args.addr)
         self.poller = zmq.Poller()
         if not self.register():
             return 2
@@ -462,17 +481,30 @@ class PoolManager:
             self.poller.register(fd, zmq.POLLIN)
         last_heard = last_beat = time.monotonic()
         next_deadline: float | None = None
+        stream = self.ix if isinstance(self.ix, StreamConnection) else None
+        # zmq.Poller reports objects that are not ZeroMQ sockets by their file descriptors.
+        ix_key = stream.fileno() if stream is not None else self.ix
+        watching_room = False  # whether the poller waits for room on the stream connection
         while self.running:
+            if stream is not None and bool(stream.sender.pending) != watching_room:
+                watching_room = not watching_room
+                self.poller.modify(stream, zmq.POLLIN | (zmq.POLLOUT if watching_room else 0))
             now = time.monotonic()
             wake = last_beat + self.heartbeat_period
             if next_deadline is not None:
                 wake = min(wake, next_deadline)
             events = dict(self.poller.poll(max(0.0, wake - now) * 1000))
             now = time.monotonic()
-            if self.ix in events:
+            if ix_key in events:
                 last_heard = now
+                if stream is not None and watching_room:
+                    self.flush_up(stream)
                 while P.readable(self.ix):
                     self.on_interchange(self.ix.recv_multipart(copy=False))
+                if stream is not None and stream.closed:
+                    print("lost the interchange: its connection closed", file=sys.stderr, flush=True)
+                    self.exit_code = 4
+                    self.running = False
             died = []
             for fd in events:
                 if not isinstance(fd, int):
@@ -514,6 +546,12 @@ class PoolManager:
     def close(self) -> None:
         for worker in list(self.workers.values()):
             self.kill_worker(worker)
+        if isinstance(getattr(self, "ix", None), StreamConnection):
+            try:
+                self.ix.flush()  # e.g. a last INIT_FAILED report
+            except OSError:
+                pass
+            self.ix.close()
         if hasattr(self, "context"):
             self.context.destroy(linger=0)
 
@@ -525,7 +563,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--addr",
         required=True,
-        help="the interchange's pool endpoint: tcp://HOST:PORT (CurveZMQ), or ipc://PATH on its own node",
+        help="the interchange's pool endpoint: tcp://HOST:PORT (CurveZMQ), or unix://PATH on its own node",
     )
     parser.add_argument("--keys", required=True, help="the pool's CurveZMQ key file")
     parser.add_argument("--workers", type=int, default=0, help="worker processes (0: one per available CPU)")

@@ -136,8 +136,9 @@ def test_a_peer_killed_with_data_unread_reads_as_closed(tmp_path):
     child = os.fork()
     if child == 0:  # the "pool": connect, then stop reading and die
         try:
-            StreamConnection.connect(address, timeout=10)
+            connection = StreamConnection.connect(address, timeout=10)  # held open until killed
             time.sleep(30)
+            connection.close()
         finally:
             os._exit(0)
     select.select([listener], [], [], 10)

@@ -249,3 +249,14 @@ def test_a_burst_after_short_tasks_spreads_over_all_workers(htex):
         gate.wait_entered(2, timeout=30)  # both workers hold one of the burst
         gate.open()
         assert len({f.result(timeout=30) for f in futures}) == 2
+
+
+def test_more_data_than_the_pipes_hold_travels_intact_both_ways(htex):
+    # 64 payloads of 200 KiB (under the shared-memory threshold, so they travel in messages)
+    # are ~12 MiB, far more than a 1 MiB pipe or socket buffer holds: every link's sender
+    # has to queue and finish writing when the reader makes room.
+    from hpcfutures.testing.tasks import identity
+
+    payloads = [bytes([i]) * (200 << 10) for i in range(64)]
+    futures = [htex.submit(identity, p) for p in payloads]
+    assert [f.result(timeout=60) for f in futures] == payloads

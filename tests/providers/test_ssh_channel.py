@@ -327,6 +327,8 @@ def refused(port):
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
     except ConnectionRefusedError:
         return True
+    except ConnectionResetError:  # caught in the backlog of a listener that was closing: ask again
+        return False
     return False
 
 

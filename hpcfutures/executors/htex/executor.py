@@ -49,7 +49,7 @@ from ..chunks import run_chunk
 from . import protocol as P
 from . import security
 from .blocks import BlockManagement, _Block
-from .pipes import Receiver, Sender, pipe_pair
+from .pipes import Receiver, Sender, pipe_pair, watch_room
 from .pool import describe_exit
 
 if TYPE_CHECKING:
@@ -717,12 +717,7 @@ class HighThroughputExecutor(BlockManagement, Executor):
         self._io_ident = threading.get_ident()
         try:
             while True:
-                if bool(sock.pending) != watching_room:
-                    watching_room = not watching_room
-                    if watching_room:
-                        poller.register(sock.fd, select.POLLOUT)
-                    else:
-                        poller.unregister(sock.fd)
+                watching_room = watch_room(poller, sock.fd, sock, watching_room, pollout=select.POLLOUT)
                 timeout = 0 if self._outbox else max(0.0, next_check - time.monotonic()) * 1000
                 events = poller.poll(int(timeout))
                 if events:

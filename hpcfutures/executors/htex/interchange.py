@@ -44,7 +44,7 @@ from ...serialize import dumps
 from . import protocol as P
 from . import security
 from .component import setup_logging
-from .pipes import Receiver, Sender
+from .pipes import Receiver, Sender, watch_room
 from .stream import StreamConnection, StreamListener
 
 logger = logging.getLogger(__name__)
@@ -305,15 +305,6 @@ class Interchange:
             if pool is not None:
                 self.pool_lost(pool, "its connection closed")
 
-    def watch_room(self, connection: StreamConnection) -> None:
-        """Wait for room in a connection only while something waits to be written to it."""
-        if connection.sender.pending:
-            self.watching_room.add(connection)
-            self.poller.modify(connection, zmq.POLLIN | zmq.POLLOUT)
-        else:
-            self.watching_room.discard(connection)
-            self.poller.modify(connection, zmq.POLLIN)
-
     def pool_lost(self, pool: _Pool, why: str, notify: bool = True) -> None:
         """Forget a pool and requeue its tasks; a task lost too often fails instead."""
         if self.pools.pop(pool.key, None) is None:
@@ -433,12 +424,7 @@ class Interchange:
         last_beat = time.monotonic()
         client = self.client
         while self.running:
-            if bool(client.pending) != watching_room:
-                watching_room = not watching_room
-                if watching_room:
-                    poller.register(client.fd, zmq.POLLOUT)
-                else:
-                    poller.unregister(client.fd)
+            watching_room = watch_room(poller, client.fd, client, watching_room, pollout=zmq.POLLOUT)
             now = time.monotonic()
             wake = last_beat + period
             if self.probes:
@@ -498,8 +484,11 @@ class Interchange:
                 self.started_since = now
             self.dispatch()
             for connection in self.connections:
-                if bool(connection.sender.pending) != (connection in self.watching_room):
-                    self.watch_room(connection)
+                watching = connection in self.watching_room
+                if watch_room(poller, connection, connection.sender, watching, pollout=zmq.POLLOUT, base=zmq.POLLIN):
+                    self.watching_room.add(connection)
+                else:
+                    self.watching_room.discard(connection)
             if self.to_driver_meta:
                 started, self.started = self.started, []
                 self.to_driver(

@@ -177,3 +177,22 @@ def _frames(message: memoryview) -> list[memoryview]:
         frames.append(message[offset : offset + length])
         offset += length
     return frames
+
+
+def watch_room(
+    poller: Any, target: Any, sender: Sender, watching: bool, *, pollout: int, base: int = 0
+) -> bool:
+    """Make ``poller`` wait for room to write ``target`` only while ``sender`` has a backlog.
+
+    ``poller`` is a ``select.poll`` or a ``zmq.Poller`` (pass its POLLOUT constant), ``target``
+    what it polls for the sender's fd, ``base`` the events it always waits for there, and
+    ``watching`` whether it waits for room now.  Returns whether it does afterwards.
+    """
+    wanted = bool(sender.pending)
+    if wanted != watching:
+        mask = base | (pollout if wanted else 0)
+        if mask:
+            poller.register(target, mask)  # for both pollers, registering again changes the mask
+        else:
+            poller.unregister(target)
+    return wanted

@@ -34,7 +34,7 @@ from ...serialize import dumps
 from . import protocol as P
 from . import security
 from .component import setup_logging
-from .pipes import Receiver, Sender, pipe_pair
+from .pipes import Receiver, Sender, pipe_pair, watch_room
 from .stream import SCHEME, StreamConnection
 from .worker import worker_main
 
@@ -486,9 +486,10 @@ class PoolManager:
         ix_key = stream.fileno() if stream is not None else self.ix
         watching_room = False  # whether the poller waits for room on the stream connection
         while self.running:
-            if stream is not None and bool(stream.sender.pending) != watching_room:
-                watching_room = not watching_room
-                self.poller.modify(stream, zmq.POLLIN | (zmq.POLLOUT if watching_room else 0))
+            if stream is not None:
+                watching_room = watch_room(
+                    self.poller, stream, stream.sender, watching_room, pollout=zmq.POLLOUT, base=zmq.POLLIN
+                )
             now = time.monotonic()
             wake = last_beat + self.heartbeat_period
             if next_deadline is not None:

@@ -38,18 +38,22 @@ def pipe_pair() -> tuple[int, int]:
     return read_fd, write_fd
 
 
-def encode(frames: Sequence[Any]) -> list[Any]:
-    """Return the buffers that carry ``frames`` as one message: a header, then the frames."""
-    lengths = [memoryview(f).nbytes for f in frames]
-    header = struct.pack(f"<I{len(lengths)}Q", len(lengths), *lengths)
-    return [header, *frames]
+def encode(frames: Sequence[Any]) -> list[memoryview]:
+    """Return the byte views that carry ``frames`` as one message: a header, then the frames."""
+    views = [memoryview(f).cast("B") for f in frames]
+    header = struct.pack(f"<I{len(views)}Q", len(views), *[v.nbytes for v in views])
+    return [memoryview(header), *views]
 
 
 class Sender:
-    """The non-blocking writing end of a pipe, with a queue for what the pipe cannot take."""
+    """The writing end of a pipe or socket, with a queue for what it cannot take now.
 
-    def __init__(self, fd: int):
-        os.set_blocking(fd, False)
+    Non-blocking by default, for processes that must go on serving other peers; a worker,
+    whose manager always reads, writes with ``blocking=True``.
+    """
+
+    def __init__(self, fd: int, *, blocking: bool = False):
+        os.set_blocking(fd, blocking)
         self.fd = fd
         self.pending: deque[memoryview] = deque()
 
@@ -59,7 +63,7 @@ class Sender:
         Raises:
             OSError: the reader is gone (``BrokenPipeError``), or another write error.
         """
-        buffers = [memoryview(b).cast("B") for b in encode(frames)]
+        buffers = encode(frames)
         if self.pending:
             self.pending.extend(buffers)
             return True
@@ -93,8 +97,8 @@ class Receiver:
     straight into a buffer of its size, over as many calls as it takes.
     """
 
-    def __init__(self, fd: int, *, blocking: bool = False):
-        os.set_blocking(fd, blocking)
+    def __init__(self, fd: int):
+        os.set_blocking(fd, False)
         self.fd = fd
         self.buffer = bytearray()
         self.large: memoryview | None = None  # a large message being read, and how much is in
@@ -103,7 +107,7 @@ class Receiver:
         self.closed = False
 
     def read(self) -> list[list[memoryview]]:
-        """Read what the pipe holds now (waiting for it if the fd blocks); return whole messages.
+        """Read what the pipe holds now, without waiting; return the whole messages.
 
         Sets ``closed`` once the writer has gone; a message cut short by that is dropped.
         """

@@ -28,7 +28,7 @@ from ...serialize import (
     loads_call,
 )
 from . import protocol as P
-from .pipes import Receiver, encode
+from .pipes import Receiver, Sender
 
 #: Results wait at most this long for company before they are sent.
 RESULT_FLUSH_SECONDS = 0.002
@@ -77,19 +77,11 @@ class _Link:
         self.receiver = Receiver(task_fd)
         self.poller = select.poll()
         self.poller.register(task_fd, select.POLLIN)
-        self.result_fd = result_fd
+        self.sender = Sender(result_fd, blocking=True)
         self.inbox: deque[list[memoryview]] = deque()
 
     def send(self, frames: list[Any]) -> None:
-        buffers = [memoryview(b).cast("B") for b in encode(frames)]
-        first = 0
-        while first < len(buffers):
-            written = os.writev(self.result_fd, buffers[first : first + 512])
-            while first < len(buffers) and written >= buffers[first].nbytes:
-                written -= buffers[first].nbytes
-                first += 1
-            if written:
-                buffers[first] = buffers[first][written:]
+        self.sender.send(frames)  # blocking: returns once all is written
 
     def recv(self) -> list[memoryview]:
         """Wait for the next message; exit the process if the manager has gone."""

@@ -712,12 +712,11 @@ class HighThroughputExecutor(BlockManagement, Executor):
         poller = select.poll()
         poller.register(receiver.fd, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
-        watching_room = False  # whether the poller waits for room in the pipe to the interchange
         next_check = time.monotonic() + HOUSEKEEPING_SECONDS
         self._io_ident = threading.get_ident()
         try:
             while True:
-                watching_room = watch_room(poller, sock.fd, sock, watching_room, pollout=select.POLLOUT)
+                watch_room(poller, sock.fd, sock, pollout=select.POLLOUT)
                 timeout = 0 if self._outbox else max(0.0, next_check - time.monotonic()) * 1000
                 events = poller.poll(int(timeout))
                 if events:
@@ -725,7 +724,7 @@ class HighThroughputExecutor(BlockManagement, Executor):
                         os.read(self._wake_r, 4096)
                     except BlockingIOError:
                         pass
-                    if watching_room:
+                    if sock.watched:
                         self._write_to_interchange(sock.flush)
                 with self._lock:
                     outbox, self._outbox = self._outbox, []

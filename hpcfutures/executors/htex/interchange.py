@@ -122,7 +122,6 @@ class Interchange:
         self.tcp_pools.bind(f"tcp://{args.address}:{args.pool_port}")
         self.local_pools = StreamListener(f"unix://{args.ipc_dir}/pools")
         self.connections: list[StreamConnection] = []  # local pools' connections
-        self.watching_room: set[StreamConnection] = set()  # connections with writes waiting
         self.pool_socks = (self.tcp_pools,)
         self.monitors = [s.get_monitor_socket(zmq.EVENT_DISCONNECTED) for s in self.pool_socks]
         self.queue: list[tuple[int, int, P.Item]] = []  # (-priority, sequence number, task)
@@ -294,11 +293,10 @@ class Interchange:
                 connection.flush()
             except OSError:
                 pass
-        while P.readable(connection):
+        while connection.readable():
             self.on_pool(connection, [b"", *connection.recv_multipart()], now)
         if connection.closed:
             self.poller.unregister(connection)
-            self.watching_room.discard(connection)
             self.connections.remove(connection)
             connection.close()
             pool = self.pools.get((id(connection), b""))
@@ -415,7 +413,6 @@ class Interchange:
         poller = zmq.Poller()
         from_driver = self.from_driver
         poller.register(from_driver.fd, zmq.POLLIN)
-        watching_room = False  # whether the poller waits for room in the pipe to the driver
         for sock in (*self.pool_socks, *self.monitors, self.zap.socket, self.local_pools):
             poller.register(sock, zmq.POLLIN)
         self.poller = poller
@@ -424,7 +421,7 @@ class Interchange:
         last_beat = time.monotonic()
         client = self.client
         while self.running:
-            watching_room = watch_room(poller, client.fd, client, watching_room, pollout=zmq.POLLOUT)
+            watch_room(poller, client.fd, client, pollout=zmq.POLLOUT)
             now = time.monotonic()
             wake = last_beat + period
             if self.probes:
@@ -484,11 +481,7 @@ class Interchange:
                 self.started_since = now
             self.dispatch()
             for connection in self.connections:
-                watching = connection in self.watching_room
-                if watch_room(poller, connection, connection.sender, watching, pollout=zmq.POLLOUT, base=zmq.POLLIN):
-                    self.watching_room.add(connection)
-                else:
-                    self.watching_room.discard(connection)
+                watch_room(poller, connection, connection.sender, pollout=zmq.POLLOUT, base=zmq.POLLIN)
             if self.to_driver_meta:
                 started, self.started = self.started, []
                 self.to_driver(

@@ -56,6 +56,7 @@ class Sender:
         os.set_blocking(fd, blocking)
         self.fd = fd
         self.pending: deque[memoryview] = deque()
+        self.watched = False  # whether a poller waits for room to write (see watch_room)
 
     def send(self, frames: Sequence[Any]) -> bool:
         """Write a message, queueing what does not fit; return True if some is queued.
@@ -183,20 +184,18 @@ def _frames(message: memoryview) -> list[memoryview]:
     return frames
 
 
-def watch_room(
-    poller: Any, target: Any, sender: Sender, watching: bool, *, pollout: int, base: int = 0
-) -> bool:
+def watch_room(poller: Any, target: Any, sender: Sender, *, pollout: int, base: int = 0) -> None:
     """Make ``poller`` wait for room to write ``target`` only while ``sender`` has a backlog.
 
     ``poller`` is a ``select.poll`` or a ``zmq.Poller`` (pass its POLLOUT constant), ``target``
-    what it polls for the sender's fd, ``base`` the events it always waits for there, and
-    ``watching`` whether it waits for room now.  Returns whether it does afterwards.
+    what it polls for the sender's fd, and ``base`` the events it always waits for there.
+    ``sender.watched`` says afterwards whether it waits for room.
     """
     wanted = bool(sender.pending)
-    if wanted != watching:
+    if wanted != sender.watched:
         mask = base | (pollout if wanted else 0)
         if mask:
             poller.register(target, mask)  # for both pollers, registering again changes the mask
         else:
             poller.unregister(target)
-    return wanted
+        sender.watched = wanted

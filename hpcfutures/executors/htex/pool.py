@@ -13,6 +13,7 @@ Run as ``python -m hpcfutures.executors.htex.pool --addr tcp://HOST:PORT --keys 
 from __future__ import annotations
 
 import argparse
+import functools
 import heapq
 import json
 import logging
@@ -102,7 +103,7 @@ class PoolManager:
         self.workers: dict[int, _Worker] = {}  # by rank
         self.by_sentinel: dict[int, _Worker] = {}
         self.by_result_fd: dict[int, _Worker] = {}
-        self.by_task_fd: dict[int, _Worker] = {}  # workers whose pipe is full, by its fd
+        self.by_task_fd: dict[int, _Worker] = {}
         self.queue: list[tuple[int, int, P.Item]] = []  # (-priority, sequence number, task)
         self.seq = 0
         self.received = 0
@@ -158,6 +159,7 @@ class PoolManager:
         self.workers[rank] = worker
         self.by_sentinel[process.sentinel] = worker
         self.by_result_fd[result_read] = worker
+        self.by_task_fd[task_write] = worker
         if hasattr(self, "poller"):
             self.poller.register(process.sentinel, zmq.POLLIN)
             self.poller.register(result_read, zmq.POLLIN)
@@ -182,22 +184,18 @@ class PoolManager:
     def send_to_worker(self, worker: _Worker, frames: list[Any]) -> None:
         """Send a message down a worker's pipe; what does not fit goes when the pipe drains."""
         try:
-            full = worker.sender.send(frames)
+            worker.sender.send(frames)
         except OSError:  # the worker is gone: its sentinel fires and its tasks are requeued
             return
-        if full and worker.sender.fd not in self.by_task_fd:
-            self.by_task_fd[worker.sender.fd] = worker
-            self.poller.register(worker.sender.fd, zmq.POLLOUT)
+        watch_room(self.poller, worker.sender.fd, worker.sender, pollout=zmq.POLLOUT)
 
     def drain_pipe(self, worker: _Worker) -> None:
         """Write what waits for a worker's pipe, now that it has room."""
         try:
-            full = worker.sender.flush()
-        except OSError:
-            full = False
-        if not full:
-            self.by_task_fd.pop(worker.sender.fd, None)
-            self.poller.unregister(worker.sender.fd)
+            worker.sender.flush()
+        except OSError:  # the worker is gone: what waited for it is dropped with it
+            worker.sender.pending.clear()
+        watch_room(self.poller, worker.sender.fd, worker.sender, pollout=zmq.POLLOUT)
 
     def read_worker(self, worker: _Worker) -> None:
         """Handle every whole message waiting in a worker's result pipe."""
@@ -484,12 +482,10 @@ class PoolManager:
         stream = self.ix if isinstance(self.ix, StreamConnection) else None
         # zmq.Poller reports objects that are not ZeroMQ sockets by their file descriptors.
         ix_key = stream.fileno() if stream is not None else self.ix
-        watching_room = False  # whether the poller waits for room on the stream connection
+        ix_readable = stream.readable if stream is not None else functools.partial(P.readable, self.ix)
         while self.running:
             if stream is not None:
-                watching_room = watch_room(
-                    self.poller, stream, stream.sender, watching_room, pollout=zmq.POLLOUT, base=zmq.POLLIN
-                )
+                watch_room(self.poller, stream, stream.sender, pollout=zmq.POLLOUT, base=zmq.POLLIN)
             now = time.monotonic()
             wake = last_beat + self.heartbeat_period
             if next_deadline is not None:
@@ -498,9 +494,9 @@ class PoolManager:
             now = time.monotonic()
             if ix_key in events:
                 last_heard = now
-                if stream is not None and watching_room:
+                if stream is not None and stream.sender.watched:
                     self.flush_up(stream)
-                while P.readable(self.ix):
+                while ix_readable():
                     self.on_interchange(self.ix.recv_multipart(copy=False))
                 if stream is not None and stream.closed:
                     print("lost the interchange: its connection closed", file=sys.stderr, flush=True)

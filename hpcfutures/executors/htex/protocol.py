@@ -98,12 +98,7 @@ def join(kind: bytes, layout: struct.Struct, items: Sequence[Item]) -> list[Any]
 
 
 def readable(sock: Any) -> bool:
-    """Whether a message waits on ``sock`` (cheaper than a poll for one socket).
-
-    ``sock`` is a ZeroMQ socket or a :class:`.stream.StreamConnection`.
-    """
-    if not isinstance(sock, zmq.Socket):
-        return bool(sock.readable())
+    """Whether a message waits on ZeroMQ socket ``sock`` (cheaper than a poll for one socket)."""
     return bool(int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
 
 

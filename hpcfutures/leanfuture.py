@@ -7,14 +7,14 @@ collector walks them.  Most futures never have anyone blocked on them before the
 so this subclass creates the Condition and lists on first use, and reads a finished
 future's outcome without locking.
 
-State changes and callback registrations happen one at a time: they take one module-wide
-lock (a few hundred nanoseconds, uncontended in practice) instead of the future's own
-Condition.  A waiter
-checks the state under the future's Condition; a state change sets the state first and
-then, if a Condition exists, takes it to wake waiters.  A waiter that created the Condition
-too late to be seen therefore also sees the new state, so no wake-up is lost.  Everything
-``concurrent.futures.wait`` and ``as_completed`` rely on (``_condition``, ``_waiters``,
-``_state``) behaves as in the stdlib.
+The protocol that ``wait`` and ``as_completed`` rely on is the stdlib's: once a future has
+a Condition, its state changes, its waiters' notifications and its callback registrations
+all happen under that Condition, exactly as in ``concurrent.futures._base``.  Before it has
+one, they happen under a module-wide lock, and the Condition is created under that same
+lock.  So a change either completes before the Condition exists (and whoever creates it to
+wait, as ``as_completed`` does, sees the new state and counts the future as done without
+being notified of it), or happens afterwards under the Condition, as in the stdlib.  No
+future is ever both counted done and notified, and no wake-up is lost.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ from typing import Any
 
 logger = logging.getLogger("concurrent.futures")
 
-_TRANSITIONS = threading.Lock()  # held while any LeanFuture changes state
+# Held while a LeanFuture without a Condition changes state or takes a callback, and while a
+# Condition is created for one.
+_UNCONDITIONED = threading.Lock()
 _DONE = frozenset({CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED})
 
 
@@ -40,10 +42,10 @@ class LeanFuture(Future[Any]):
         self._exception: BaseException | None = None
 
     def __getattr__(self, name: str) -> Any:
-        # Only reached when the attribute does not exist yet.  dict.setdefault is atomic,
-        # so two threads racing here end up sharing one object.
+        # Only reached when the attribute does not exist yet.
         if name == "_condition":
-            return self.__dict__.setdefault("_condition", threading.Condition())
+            with _UNCONDITIONED:
+                return self.__dict__.setdefault("_condition", threading.Condition())
         if name == "_waiters" or name == "_done_callbacks":
             return self.__dict__.setdefault(name, [])
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
@@ -76,21 +78,6 @@ class LeanFuture(Future[Any]):
 
     # -- changing state ----------------------------------------------------------------------
 
-    def _settle(self) -> None:
-        """After a state change: wake waiters (if anyone could be waiting), run callbacks."""
-        condition = self.__dict__.get("_condition")
-        if condition is not None:
-            with condition:
-                waiters = self.__dict__.get("_waiters")
-                if waiters:
-                    for waiter in waiters:
-                        if self._exception is not None:
-                            waiter.add_exception(self)
-                        else:
-                            waiter.add_result(self)
-                condition.notify_all()
-        self._run_callbacks()
-
     def _run_callbacks(self) -> None:
         callbacks = self.__dict__.get("_done_callbacks")
         if callbacks:
@@ -100,39 +87,72 @@ class LeanFuture(Future[Any]):
                 except Exception:
                     logger.exception("exception calling callback for %r", self)
 
-    def set_result(self, result: Any) -> None:
-        with _TRANSITIONS:
-            if self._state in _DONE:
-                raise InvalidStateError(f"{self._state}: {self!r}")
-            self._result = result
-            self._state = FINISHED
-        self._settle()
-
-    def set_exception(self, exception: BaseException | None) -> None:
-        with _TRANSITIONS:
-            if self._state in _DONE:
-                raise InvalidStateError(f"{self._state}: {self!r}")
-            self._exception = exception
-            self._state = FINISHED
-        self._settle()
-
-    def cancel(self) -> bool:
-        with _TRANSITIONS:
-            state = self._state
-            if state in (RUNNING, FINISHED):
-                return False
-            if state in (CANCELLED, CANCELLED_AND_NOTIFIED):
-                return True
-            self._state = CANCELLED
-        condition = self.__dict__.get("_condition")
+    def _finish(self, result: Any, exception: BaseException | None) -> None:
+        with _UNCONDITIONED:
+            condition = self.__dict__.get("_condition")
+            settled = self._state in _DONE
+            if condition is None and not settled:  # nobody can be waiting: no Condition exists
+                self._result = result
+                self._exception = exception
+                self._state = FINISHED
+        if settled:  # repr() takes the lock above, so the message is made after it is released
+            raise InvalidStateError(f"{self._state}: {self!r}")
         if condition is not None:
             with condition:
+                if self._state in _DONE:
+                    raise InvalidStateError(f"{self._state}: {self!r}")
+                self._result = result
+                self._exception = exception
+                self._state = FINISHED
+                for waiter in self.__dict__.get("_waiters") or ():
+                    if exception is not None:
+                        waiter.add_exception(self)
+                    else:
+                        waiter.add_result(self)
+                condition.notify_all()
+        self._run_callbacks()
+
+    def set_result(self, result: Any) -> None:
+        self._finish(result, None)
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        self._finish(None, exception)
+
+    def cancel(self) -> bool:
+        with _UNCONDITIONED:
+            condition = self.__dict__.get("_condition")
+            if condition is None:
+                state = self._state
+                if state in (RUNNING, FINISHED):
+                    return False
+                if state in (CANCELLED, CANCELLED_AND_NOTIFIED):
+                    return True
+                self._state = CANCELLED
+        if condition is not None:
+            with condition:
+                state = self._state
+                if state in (RUNNING, FINISHED):
+                    return False
+                if state in (CANCELLED, CANCELLED_AND_NOTIFIED):
+                    return True
+                self._state = CANCELLED
                 condition.notify_all()
         self._run_callbacks()
         return True
 
     def set_running_or_notify_cancel(self) -> bool:
-        with _TRANSITIONS:
+        with _UNCONDITIONED:
+            condition = self.__dict__.get("_condition")
+            if condition is None:
+                state = self._state
+                if state == PENDING:
+                    self._state = RUNNING
+                    return True
+                if state != CANCELLED:
+                    raise RuntimeError(f"Future in unexpected state: {state}")
+                self._state = CANCELLED_AND_NOTIFIED
+                return False
+        with condition:
             state = self._state
             if state == PENDING:
                 self._state = RUNNING
@@ -140,26 +160,28 @@ class LeanFuture(Future[Any]):
             if state != CANCELLED:
                 raise RuntimeError(f"Future in unexpected state: {state}")
             self._state = CANCELLED_AND_NOTIFIED
-        condition = self.__dict__.get("_condition")
-        if condition is not None:
-            with condition:
-                for waiter in self.__dict__.get("_waiters") or ():
-                    waiter.add_cancelled(self)
-                condition.notify_all()
+            for waiter in self.__dict__.get("_waiters") or ():
+                waiter.add_cancelled(self)
+            condition.notify_all()
         return False
 
     def add_done_callback(self, fn: Any) -> None:
-        # Under the transition lock rather than the future's Condition, so that a callback
-        # does not make the future build one: a state change after this sees the callback.
         if self._state not in _DONE:
-            with _TRANSITIONS:
-                if self._state not in _DONE:
-                    callbacks = self.__dict__.get("_done_callbacks")
-                    if callbacks is None:
-                        self.__dict__["_done_callbacks"] = [fn]
-                    else:
-                        callbacks.append(fn)
-                    return
+            with _UNCONDITIONED:
+                condition = self.__dict__.get("_condition")
+                if condition is None:
+                    if self._state not in _DONE:
+                        callbacks = self.__dict__.get("_done_callbacks")
+                        if callbacks is None:
+                            self.__dict__["_done_callbacks"] = [fn]
+                        else:
+                            callbacks.append(fn)
+                        return
+            if condition is not None:
+                with condition:
+                    if self._state not in _DONE:
+                        self._done_callbacks.append(fn)
+                        return
         try:
             fn(self)
         except Exception:

@@ -100,6 +100,10 @@ class ExecutorConformance:
     timeout: float = 30.0
     #: How many tasks to queue behind the blocked workers in the cancel tests.
     queued_tasks: int = 20
+    #: Futures per round, and rounds, of the stress checks: races between the standard
+    #: library's waiters and results arriving show up at thousands of futures, not at ten.
+    stress_tasks: int = 2000
+    stress_rounds: int = 10
 
     # -- fixtures ---------------------------------------------------------------------
 
@@ -427,6 +431,116 @@ class ExecutorConformance:
         _, not_done = wait(futures, timeout=self.timeout)
         assert not not_done, f"{len(not_done)} of {n} tasks were not done within {self.timeout} s"
         assert [f.result() for f in futures] == [i * i for i in range(n)]
+
+    # -- stress: the standard library's waiters while results arrive ----------------------
+
+    def _check_split(self, futures: list[Future[Any]], done: set[Future[Any]], not_done: set[Future[Any]]) -> None:
+        assert done.isdisjoint(not_done), "wait() put a future in both sets"
+        assert done | not_done == set(futures), "wait() lost a future"
+        undone = [f for f in done if not f.done()]
+        assert not undone, f"wait() returned {len(undone)} futures as done that are not done"
+
+    def test_stress_as_completed(self, executor: Executor) -> None:
+        n = self.stress_tasks
+        for round_ in range(self.stress_rounds):
+            futures = [executor.submit(square, i) for i in range(n)]
+            yielded = [f for f in as_completed(futures, timeout=self.timeout)]
+            assert len(yielded) == n and len(set(yielded)) == n, (
+                f"round {round_}: as_completed yielded {len(yielded)} futures, "
+                f"{len(set(yielded))} distinct, of {n}"
+            )
+            assert sorted(f.result(timeout=0) for f in yielded) == sorted(i * i for i in range(n))
+
+    def test_stress_wait_all_completed(self, executor: Executor) -> None:
+        n = self.stress_tasks
+        for round_ in range(self.stress_rounds):
+            futures = [executor.submit(square, i) for i in range(n)]
+            done, not_done = wait(futures, timeout=self.timeout)
+            self._check_split(futures, done, not_done)
+            assert not not_done, f"round {round_}: wait(ALL_COMPLETED) left {len(not_done)} of {n} not done"
+
+    def test_stress_wait_first_completed(self, executor: Executor) -> None:
+        n = max(1, self.stress_tasks // 4)  # one wait() per arrival: keep the quadratic part small
+        for round_ in range(self.stress_rounds):
+            futures = [executor.submit(square, i) for i in range(n)]
+            pending = set(futures)
+            finished: set[Future[Any]] = set()
+            while pending:
+                done, not_done = wait(pending, timeout=self.timeout, return_when=FIRST_COMPLETED)
+                assert done, f"round {round_}: wait(FIRST_COMPLETED) timed out with {len(pending)} pending"
+                self._check_split(list(pending), done, not_done)
+                finished |= done
+                pending = not_done
+            assert len(finished) == n
+
+    def test_stress_wait_first_exception(self, executor: Executor) -> None:
+        n = self.stress_tasks
+        for round_ in range(self.stress_rounds):
+            failing = n - 1 - round_ * (n // self.stress_rounds)
+            futures: list[Future[Any]] = [
+                executor.submit(raise_error, i) if i == failing else executor.submit(square, i) for i in range(n)
+            ]
+            done, not_done = wait(futures, timeout=self.timeout, return_when=FIRST_EXCEPTION)
+            self._check_split(futures, done, not_done)
+            assert futures[failing] in done or not not_done, (
+                f"round {round_}: wait(FIRST_EXCEPTION) returned before any task failed, with work pending"
+            )
+            wait(futures, timeout=self.timeout)
+
+    def test_stress_callbacks_added_while_results_arrive(self, executor: Executor) -> None:
+        n = self.stress_tasks
+        for round_ in range(self.stress_rounds // 2 or 1):
+            calls = [0] * n
+            lock = threading.Lock()
+            all_called = threading.Event()
+            remaining = [n]
+
+            def callback(i: int) -> Callable[[Future[Any]], None]:
+                def called(_f: Future[Any]) -> None:
+                    with lock:
+                        calls[i] += 1
+                        remaining[0] -= 1
+                        if not remaining[0]:
+                            all_called.set()
+
+                return called
+
+            futures = [executor.submit(square, i) for i in range(n)]
+            # Half the callbacks go on before results arrive, half from another thread as they do.
+            for i in range(0, n, 2):
+                futures[i].add_done_callback(callback(i))
+            def add_the_rest() -> None:
+                for i in range(1, n, 2):
+                    futures[i].add_done_callback(callback(i))
+
+            adder = threading.Thread(target=add_the_rest)
+            adder.start()
+            adder.join(self.timeout)
+            assert all_called.wait(self.timeout), f"round {round_}: {remaining[0]} callbacks never ran"
+            assert calls == [1] * n, f"round {round_}: some callback ran more than once"
+
+    def test_stress_cancel_while_results_arrive(self, executor: Executor) -> None:
+        n = self.stress_tasks
+        for round_ in range(self.stress_rounds // 2 or 1):
+            futures = [executor.submit(square, i) for i in range(n)]
+            canceller = threading.Thread(target=lambda: [f.cancel() for f in futures[::3]])
+            canceller.start()
+            yielded = list(as_completed(futures, timeout=self.timeout))
+            canceller.join(self.timeout)
+            assert len(yielded) == n and len(set(yielded)) == n, f"round {round_}: as_completed lost futures"
+            for i, f in enumerate(futures):
+                assert f.done()
+                if not f.cancelled():
+                    assert f.result(timeout=0) == i * i
+
+    def test_stress_shutdown_waits_for_everything(self) -> None:
+        n = self.stress_tasks
+        for round_ in range(3):
+            ex = type(self).factory()
+            futures = [ex.submit(square, i) for i in range(n)]
+            self._shutdown(ex)
+            not_done = [f for f in futures if not f.done()]
+            assert not not_done, f"round {round_}: shutdown(wait=True) returned with {len(not_done)} tasks pending"
 
 
 def conformance_suite(

@@ -7,6 +7,7 @@ import os
 import random
 import select
 import signal
+import struct
 import threading
 import time
 
@@ -87,6 +88,54 @@ def test_a_message_cut_short_by_the_writer_going_is_not_delivered(pipe):
     assert receiver.closed
 
 
+def test_a_header_above_the_size_limit_ends_the_link_without_allocating(pipe):
+    read_fd, write_fd = pipe
+    receiver = Receiver(read_fd, max_message=1 << 16)
+    # 2**62 bytes: allocating it would raise MemoryError
+    os.write(write_fd, bytes(encode([b"before"])[0]) + b"before" + struct.pack("<IQ", 1, 1 << 62))
+    assert [[bytes(f) for f in m] for m in receiver.read()] == [[b"before"]]  # what came first
+    assert receiver.closed and receiver.large is None
+    assert receiver.error is not None and str((1 << 62) + 12) in receiver.error  # header included
+    os.write(write_fd, bytes(encode([b"after"])[0]) + b"after")
+    assert receiver.read() == [] and receiver.drain() == []  # nothing more is read
+
+
+@pytest.mark.parametrize("count", [17, 0xFFFFFFFF])
+def test_a_header_of_too_many_frames_ends_the_link_before_its_lengths_are_read(pipe, count):
+    read_fd, write_fd = pipe
+    receiver = Receiver(read_fd, max_message=1 << 30, max_frames=16)
+    os.write(write_fd, struct.pack("<I", count))  # the lengths never come
+    assert receiver.read() == []
+    assert receiver.closed and "frames" in (receiver.error or "")
+
+
+def test_a_header_of_frames_whose_lengths_alone_exceed_the_size_limit_ends_the_link(pipe):
+    read_fd, write_fd = pipe
+    receiver = Receiver(read_fd, max_message=1 << 10)  # room for 127 lengths, not 200
+    os.write(write_fd, struct.pack("<I", 200))
+    assert receiver.read() == []
+    assert receiver.closed and receiver.error is not None
+
+
+def test_a_message_of_exactly_the_limit_passes_and_the_limit_can_be_raised(pipe):
+    read_fd, write_fd = pipe
+    body = os.urandom(1000)
+    size = sum(v.nbytes for v in encode([b"t", body]))
+    receiver = Receiver(read_fd, max_message=size, max_frames=2)
+    os.writev(write_fd, encode([b"t", body]))
+    assert [[bytes(f) for f in m] for m in receiver.read()] == [[b"t", body]]
+    large = os.urandom(200_000)  # read in place, over several calls
+    receiver.max_message, receiver.max_frames = 1 << 20, 4
+    got = exchange(Sender(write_fd), receiver, [[b"t", large, b"x"]])
+    assert got == [[b"t", large, b"x"]] and receiver.error is None
+
+
+def test_without_limits_a_large_message_passes(pipe):
+    assert Receiver(pipe[0]).max_message > 1 << 64
+    message = [b"r", os.urandom(3_000_000)]
+    assert exchange(Sender(pipe[1]), Receiver(pipe[0]), [message]) == [message]
+
+
 def test_writing_to_a_pipe_whose_reader_has_gone_raises(pipe):
     read_fd, write_fd = pipe
     os.close(read_fd)
@@ -154,3 +203,26 @@ def test_a_peer_killed_with_data_unread_reads_as_closed(tmp_path):
         interchange.recv_multipart()
     interchange.close()
     listener.close()
+
+
+def test_the_listener_holds_its_connections_to_its_limits_until_raised(tmp_path):
+    address = f"{SCHEME}{tmp_path}/pools"
+    listener = StreamListener(address, max_message=1 << 10, max_frames=4)
+    pool = StreamConnection.connect(address, timeout=5)
+    select.select([listener], [], [], 5)
+    (interchange,) = listener.accept()
+    pool.send_multipart([b"R", b"x" * 100])
+    assert interchange.poll(5000)
+    assert [bytes(f) for f in interchange.recv_multipart()] == [b"R", b"x" * 100]
+    interchange.limit(1 << 20, 16)  # it has proved who it is
+    pool.send_multipart([b"r", b"y" * 100_000])
+    assert interchange.poll(5000)
+    assert bytes(interchange.recv_multipart()[1]) == b"y" * 100_000
+    interchange.limit(1 << 10, 4)
+    pool.send_multipart([b"r", b"z" * 2000])
+    assert not interchange.poll(2000)
+    assert interchange.closed and "bytes" in (interchange.error or "")
+    interchange.close()
+    assert interchange.fileno() == -1  # a poller's stale event no longer matches it
+    for end in (pool, listener):
+        end.close()

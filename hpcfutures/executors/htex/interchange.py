@@ -8,6 +8,12 @@ Tasks wait in a priority queue (higher priority first, then submission order) an
 pools as the pools grant credit; results go straight back to the driver.  Only packed
 headers are read here; payload frames pass through untouched.
 
+Nothing a peer sends can stop it.  A local connection is held to small messages until it
+presents the executor's token, which is checked before any JSON is parsed; every message
+from a pool is checked against the wire format before it is acted on.  A peer that breaks
+the format, or whose message raises while it is handled, is dropped and logged: a local
+connection is closed, a TCP peer ignored from then on, and a registered pool counts as lost.
+
 It notices a lost pool by the socket closing (a probe of every pool follows each disconnect
 event) or, failing that, by missed heartbeats, and requeues the pool's tasks.  It exits when
 the driver asks, or when the driver's pipe closes or its process is gone.
@@ -33,6 +39,7 @@ import json
 import logging
 import os
 import shutil
+import struct
 import sys
 import time
 from typing import Any
@@ -59,19 +66,25 @@ _PROBE_DELAYS = (0.0, 0.05, 0.25, 1.0)
 #: BLOCK_END_MARGIN seconds, and at most this share of the block's whole time.
 BLOCK_END_MARGIN = 60.0
 BLOCK_END_SHARE = 0.1
+#: A local connection that has not registered with the token this long after it was
+#: accepted is closed, and at most this many such connections are kept (the oldest goes).
+REGISTER_TIMEOUT = 30.0
+MAX_UNREGISTERED = 64
+#: How many misbehaving TCP peers are remembered, to be ignored (a ROUTER cannot close one).
+MAX_IGNORED = 4096
 
 
 class _Pool:
     __slots__ = (
-        "sock", "identity", "key", "info", "credit", "sent", "outstanding", "last_heard",
+        "sock", "identity", "key", "reg", "credit", "sent", "outstanding", "last_heard",
         "idle_since", "draining", "end", "closing",
     )  # fmt: skip
 
-    def __init__(self, sock: Any, identity: bytes, info: dict[str, Any], credit: int, now: float):
+    def __init__(self, sock: Any, identity: bytes, reg: P.Registration, credit: int, now: float):
         self.sock = sock
         self.identity = identity
         self.key = (id(sock), identity)
-        self.info = info
+        self.reg = reg
         self.credit = credit
         self.sent = 0
         self.outstanding: dict[int, tuple[int, P.Item]] = {}  # task id -> (sequence number, task)
@@ -81,14 +94,42 @@ class _Pool:
         # When its block ends (this process's clock), and from when it takes no new tasks.
         self.end: float | None = None
         self.closing: float | None = None
-        remaining = info.get("block_end_in")
-        if isinstance(remaining, (int, float)) and remaining > 0:
+        remaining = reg.block_end_in
+        if remaining is not None and remaining > 0:
             self.end = now + remaining
             self.closing = self.end - min(BLOCK_END_MARGIN, BLOCK_END_SHARE * remaining)
 
     @property
     def block(self) -> str:
-        return str(self.info.get("block_id"))
+        return self.reg.block
+
+
+def _kind(msg: list[Any]) -> bytes:
+    """The kind of a message from a pool (``msg[0]`` is its identity).
+
+    Raises:
+        ProtocolError: there is no kind frame, or it is not one byte.
+    """
+    if len(msg) < 2:
+        raise P.ProtocolError("a message with no frames")
+    view = memoryview(msg[1])
+    if view.nbytes != 1:
+        raise P.ProtocolError(f"a kind frame of {view.nbytes} bytes")
+    return view.tobytes()
+
+
+def _credit(msg: list[Any]) -> int:
+    """The credit a pool's message carries in its third frame.
+
+    Raises:
+        ProtocolError: the frame is missing or not exactly a CREDIT struct.
+    """
+    if len(msg) < 3:
+        raise P.ProtocolError("a message without its credit frame")
+    try:
+        return int(P.CREDIT.unpack(msg[2])[0])
+    except struct.error:
+        raise P.ProtocolError(f"a credit frame of {memoryview(msg[2]).nbytes} bytes") from None
 
 
 def _send(sock: Any, identity: bytes, frames: list[Any]) -> None:
@@ -97,6 +138,11 @@ def _send(sock: Any, identity: bytes, frames: list[Any]) -> None:
         sock.send_multipart(frames)
     else:
         sock.send_multipart([identity, *frames], copy=False)
+
+
+def _peer(sock: Any) -> str:
+    """Name an unregistered peer in a log message."""
+    return "a local connection" if isinstance(sock, StreamConnection) else "a TCP peer"
 
 
 class Interchange:
@@ -118,16 +164,26 @@ class Interchange:
         self.tcp_pools.linger = 0
         self.tcp_pools.sndhwm = self.tcp_pools.rcvhwm = 0
         self.tcp_pools.router_mandatory = True
+        self.tcp_pools.maxmsgsize = P.MAX_MESSAGE  # a larger frame disconnects the peer
         security.make_server(self.tcp_pools, keys, security.POOL_DOMAIN)
         self.tcp_pools.bind(f"tcp://{args.address}:{args.pool_port}")
-        self.local_pools = StreamListener(f"unix://{args.ipc_dir}/pools")
+        self.local_pools = StreamListener(
+            f"unix://{args.ipc_dir}/pools",
+            max_message=P.UNREGISTERED_MAX_MESSAGE,
+            max_frames=P.UNREGISTERED_MAX_FRAMES,
+        )
         self.connections: list[StreamConnection] = []  # local pools' connections
+        # Local connections yet to present the token, with when they must have; TCP peers
+        # that misbehaved, whose messages are ignored.
+        self.unregistered: dict[StreamConnection, float] = {}
+        self.ignored: dict[bytes, None] = {}
         self.pool_socks = (self.tcp_pools,)
         self.monitors = [s.get_monitor_socket(zmq.EVENT_DISCONNECTED) for s in self.pool_socks]
         self.queue: list[tuple[int, int, P.Item]] = []  # (-priority, sequence number, task)
         self.seq = 0
         self.pools: dict[tuple[int, bytes], _Pool] = {}
-        self.waiting_registrations: list[tuple[Any, list[Any]]] = []
+        # (socket, identity, registration, credit) of pools that came before the CONFIG
+        self.waiting_registrations: list[tuple[Any, bytes, P.Registration, int]] = []
         self.config: list[Any] | None = None
         self.settings = b""
         self.probes: list[float] = []
@@ -160,9 +216,9 @@ class Interchange:
         elif kind == P.CONFIG:
             self.settings = msg[1].tobytes()
             self.config = msg[2:]
-            for sock, frames in self.waiting_registrations:
-                self.register(sock, frames)
-            self.waiting_registrations = []
+            waiting, self.waiting_registrations = self.waiting_registrations, []
+            for sock, identity, reg, credit in waiting:
+                self.accept_pool(sock, identity, reg, credit)
         elif kind == P.DRAIN:
             block = msg[1].tobytes().decode()
             for pool in list(self.pools.values()):
@@ -216,75 +272,231 @@ class Interchange:
         self.pool_lost(pool, "its connection closed")
         return False
 
-    def register(self, sock: Any, msg: list[Any]) -> None:
-        identity = bytes(msg[0])
-        try:
-            info = json.loads(bytes(msg[3]))
-        except (ValueError, IndexError):
-            info = {}
-        if isinstance(sock, StreamConnection) and not hmac.compare_digest(
-            str(info.get("token", "")).encode(), self.token
-        ):
-            self.refused += 1
-            return  # not one of ours: say nothing
-        problem = P.version_mismatch(info)
-        if problem is not None:
-            try:
-                _send(sock, identity, [P.REJECT, problem.encode()])
-            except (zmq.ZMQError, OSError):
-                pass
-            self.event(event="pool_rejected", reason=problem, block=info.get("block_id"))
-            return
-        if self.config is None:
-            self.waiting_registrations.append((sock, msg))
-            return
-        pool = _Pool(sock, identity, info, P.CREDIT.unpack(bytes(msg[2]))[0], time.monotonic())
-        pool.draining = pool.block in self.draining
-        self.pools[pool.key] = pool
-        self.send_pool(pool, [P.ACCEPT, self.settings, *self.config])
-        self.event(
-            event="pool_registered",
-            pool=info.get("pool_id"),
-            block=info.get("block_id"),
-            workers=info.get("workers"),
-            host=info.get("host"),
-            pid=info.get("pid"),
-        )
+    def on_pool(self, sock: Any, msg: list[Any], now: float) -> bool:
+        """Handle one message from a pool's socket; return False if the peer was dropped for it.
 
-    def on_pool(self, sock: Any, msg: list[Any], now: float) -> None:
-        kind = bytes(msg[1])
-        pool = self.pools.get((id(sock), bytes(msg[0])))
-        if pool is None:
-            if kind == P.REGISTER:
-                self.register(sock, msg)
-            return
-        pool.last_heard = now
-        credit = P.CREDIT.unpack(bytes(msg[2]))[0]
-        if credit > pool.credit:
-            pool.credit = credit
+        ``msg[0]`` is the peer's identity (empty on a local connection).  A message that is
+        malformed, or that raises while it is handled, drops the peer: its input cannot stop
+        the interchange.
+        """
+        identity = bytes(msg[0])
+        pool = self.pools.get((id(sock), identity))
+        try:
+            if pool is not None:
+                self.from_pool(pool, msg, now)
+            elif isinstance(sock, StreamConnection):
+                if sock in self.unregistered:
+                    self.register(sock, identity, msg)
+                # else it waits for the CONFIG, or its pool was forgotten: nothing to do
+            elif identity not in self.ignored and _kind(msg) == P.REGISTER:
+                self.register(sock, identity, msg)
+            # else a TCP peer that is no pool (any more): its messages are stale
+        except Exception as exc:  # noqa: BLE001 - whatever a peer sends, the interchange goes on
+            if isinstance(exc, P.ProtocolError):
+                self.misbehaved(sock, identity, str(exc))
+            else:
+                logger.warning("a message from a pool raised", exc_info=True)
+                self.misbehaved(sock, identity, f"a message that raised {exc!r}")
+            return False
+        return True
+
+    def from_pool(self, pool: _Pool, msg: list[Any], now: float) -> None:
+        """Act on a registered pool's message, once it is known to be well-formed.
+
+        Raises:
+            ProtocolError: it is not: see :func:`_kind` and :func:`_credit`, and below.
+        """
+        kind = _kind(msg)
+        credit = _credit(msg)
         if kind == P.RESULTS:
-            meta = bytes(msg[3])
+            if len(msg) < 5:
+                raise P.ProtocolError(f"a RESULTS message of {len(msg) - 1} frames")
+            view = memoryview(msg[3])
+            if view.nbytes % P.RESULT_META.size:
+                raise P.ProtocolError(f"a RESULTS meta frame of {view.nbytes} bytes")
+            meta = view.tobytes()
+            blob = memoryview(msg[4])
+            # The driver cuts every pool's results out of one joined batch, so each message's
+            # blob and frames must be exactly what its meta declares.
+            ids = []
+            size = frames = 0
+            for task_id, status, _elapsed, length, count in P.RESULT_META.iter_unpack(meta):
+                if status > P.CANCELLED:
+                    raise P.ProtocolError(f"a result of status {status}")
+                ids.append(task_id)
+                size += length
+                frames += count
+            if size != blob.nbytes or frames != len(msg) - 5:
+                raise P.ProtocolError(
+                    f"results declaring {size} bytes in {frames} extra frames "
+                    f"with {blob.nbytes} bytes in {len(msg) - 5}"
+                )
             outstanding = pool.outstanding
-            for fields in P.RESULT_META.iter_unpack(meta):
-                outstanding.pop(fields[0], None)
+            for task_id in ids:
+                outstanding.pop(task_id, None)
             if not outstanding:
                 pool.idle_since = now
             self.to_driver_meta.append(meta)
-            self.to_driver_mains.append(memoryview(msg[4]))
+            self.to_driver_mains.append(blob)
             if len(msg) > 5:
                 self.to_driver_extra.extend(msg[5:])
+        elif kind == P.HEARTBEAT:
+            if len(msg) != 3:
+                raise P.ProtocolError(f"a HEARTBEAT message of {len(msg) - 1} frames")
         elif kind == P.INIT_FAILED:
-            info = json.loads(bytes(msg[3]))
-            self.to_driver(
-                [
-                    P.EVENT,
-                    json.dumps(
-                        {"event": "pool_failed", "reason": info["reason"], "block": pool.info.get("block_id")}
-                    ).encode(),
-                    *msg[4:],
-                ]
-            )
+            info = P.load_json(msg[3], P.MAX_CONTROL_JSON, "an INIT_FAILED reason") if len(msg) > 3 else None
+            reason = info.get("reason") if isinstance(info, dict) else None
+            if not isinstance(reason, str):
+                raise P.ProtocolError("an INIT_FAILED message without its reason")
+            event = {"event": "pool_failed", "reason": reason, "block": pool.reg.block_id}
+            self.to_driver([P.EVENT, json.dumps(event).encode(), *msg[4:]])
             self.pool_lost(pool, "its workers could not start", notify=False)
+            return
+        else:
+            raise P.ProtocolError(f"a message of kind {kind!r} from a registered pool")
+        pool.last_heard = now
+        if credit > pool.credit:
+            pool.credit = credit
+
+    def register(self, sock: Any, identity: bytes, msg: list[Any]) -> None:
+        """Check a would-be pool's registration: its token first, then its JSON.
+
+        A registration without the right token is counted and never answered; one from a
+        pool of other versions is refused with the reason, which the driver is told.
+
+        Raises:
+            ProtocolError: the message is no registration, or its JSON is malformed.
+        """
+        kind = _kind(msg)
+        if kind != P.REGISTER:
+            raise P.ProtocolError(f"a message of kind {kind!r} before registering")
+        local = isinstance(sock, StreamConnection)
+        if len(msg) == 4:  # protocol 1: the token inside the JSON, which cannot be read first
+            if local:
+                self.refuse(sock, identity, "a registration in an older format, without a token frame")
+                return
+            # A TCP peer has passed CurveZMQ, so its JSON may be read to say what it speaks.
+            try:
+                P.parse_registration(msg[3])
+            except P.VersionMismatch as exc:
+                self.reject(sock, identity, exc)
+                return
+            raise P.ProtocolError("a registration of the current versions in an older format")
+        if len(msg) != 5:
+            raise P.ProtocolError(f"a registration of {len(msg) - 1} frames")
+        credit = _credit(msg)
+        if not hmac.compare_digest(memoryview(msg[3]), self.token):
+            self.refuse(sock, identity, "a registration without the executor's token")
+            return
+        if local:
+            del self.unregistered[sock]
+            sock.limit(P.MAX_MESSAGE, P.MAX_FRAMES)
+        try:
+            reg = P.parse_registration(msg[4])
+        except P.VersionMismatch as exc:
+            self.reject(sock, identity, exc)
+            return
+        if self.config is None:
+            self.waiting_registrations.append((sock, identity, reg, credit))
+        else:
+            self.accept_pool(sock, identity, reg, credit)
+
+    def refuse(self, sock: Any, identity: bytes, why: str) -> None:
+        """Count and log a refused registration, saying nothing to the peer.
+
+        A local connection stays open until its next message or its deadline (see
+        :data:`REGISTER_TIMEOUT`); a TCP peer is ignored from then on.
+        """
+        self.refused += 1
+        logger.warning("refused %s: it sent %s", _peer(sock), why)
+        if not isinstance(sock, StreamConnection):
+            self.ignore(identity)
+
+    def reject(self, sock: Any, identity: bytes, mismatch: P.VersionMismatch) -> None:
+        """Tell a pool of other versions why it is refused, and tell the driver."""
+        reason = str(mismatch)
+        try:
+            _send(sock, identity, [P.REJECT, reason.encode()])
+        except (zmq.ZMQError, OSError):
+            pass
+        self.event(event="pool_rejected", reason=reason, block=mismatch.block_id)
+
+    def accept_pool(self, sock: Any, identity: bytes, reg: P.Registration, credit: int) -> None:
+        """Take a registered pool on: send it the settings and tell the driver."""
+        pool = _Pool(sock, identity, reg, credit, time.monotonic())
+        pool.draining = pool.block in self.draining
+        self.pools[pool.key] = pool
+        self.send_pool(pool, [P.ACCEPT, self.settings, *(self.config or ())])
+        self.event(
+            event="pool_registered",
+            pool=reg.pool_id,
+            block=reg.block_id,
+            workers=reg.workers,
+            host=reg.host,
+            pid=reg.pid,
+        )
+
+    def misbehaved(self, sock: Any, identity: bytes, why: str) -> None:
+        """Drop a peer that broke the wire format: close its connection, or ignore it on TCP.
+
+        A registered pool counts as lost (its tasks are requeued); an unregistered peer is
+        counted in ``refused``.
+        """
+        pool = self.pools.get((id(sock), identity))
+        if pool is None:
+            self.refused += 1
+        logger.warning(
+            "dropped %s: it sent %s", _peer(sock) if pool is None else f"pool {pool.reg.pool_id}", why
+        )
+        if isinstance(sock, StreamConnection):
+            self.drop_connection(sock, f"it sent {why}")
+            return
+        self.ignore(identity)
+        if pool is not None:
+            self.pool_lost(pool, f"it sent {why}")
+            try:
+                _send(sock, identity, [P.SHUTDOWN])
+            except (zmq.ZMQError, OSError):
+                pass
+
+    def ignore(self, identity: bytes) -> None:
+        """Ignore a TCP peer's messages from now on (the oldest such peer is forgotten)."""
+        self.ignored[identity] = None
+        if len(self.ignored) > MAX_IGNORED:
+            del self.ignored[next(iter(self.ignored))]
+
+    def accept_connections(self, now: float) -> None:
+        """Take new local connections, each held to small messages until it registers."""
+        for connection in self.local_pools.accept():
+            self.connections.append(connection)
+            self.poller.register(connection, zmq.POLLIN)
+            self.unregistered[connection] = now + REGISTER_TIMEOUT
+            if len(self.unregistered) > MAX_UNREGISTERED:
+                oldest = next(iter(self.unregistered))
+                self.refused += 1
+                logger.warning("closed a local connection: more than %d waited to register", MAX_UNREGISTERED)
+                self.drop_connection(oldest, "too many connections waited to register")
+
+    def expire_connections(self, now: float) -> None:
+        """Close the local connections that did not register in time."""
+        for connection, deadline in list(self.unregistered.items()):
+            if now < deadline:
+                break  # in order of acceptance, so of deadline
+            self.refused += 1
+            logger.warning("closed a local connection: no registration within %g s", REGISTER_TIMEOUT)
+            self.drop_connection(connection, "it did not register in time")
+
+    def drop_connection(self, connection: StreamConnection, why: str) -> None:
+        """Close a local connection and forget it; a pool on it is lost, for ``why``."""
+        self.poller.unregister(connection)
+        self.connections.remove(connection)
+        self.unregistered.pop(connection, None)
+        if any(waiting[0] is connection for waiting in self.waiting_registrations):
+            self.waiting_registrations = [w for w in self.waiting_registrations if w[0] is not connection]
+        connection.close()
+        pool = self.pools.get((id(connection), b""))
+        if pool is not None:
+            self.pool_lost(pool, why)
 
     def on_connection(self, connection: StreamConnection, event: int, now: float) -> None:
         """Handle what a local pool's connection says, its room to write, or its end."""
@@ -294,14 +506,14 @@ class Interchange:
             except OSError:
                 pass
         while connection.readable():
-            self.on_pool(connection, [b"", *connection.recv_multipart()], now)
+            if not self.on_pool(connection, [b"", *connection.recv_multipart()], now):
+                return  # dropped
         if connection.closed:
-            self.poller.unregister(connection)
-            self.connections.remove(connection)
-            connection.close()
-            pool = self.pools.get((id(connection), b""))
-            if pool is not None:
-                self.pool_lost(pool, "its connection closed")
+            error = connection.error
+            if error is None:
+                self.drop_connection(connection, "its connection closed")
+            else:  # it broke the framing or the limits
+                self.misbehaved(connection, b"", error)
 
     def pool_lost(self, pool: _Pool, why: str, notify: bool = True) -> None:
         """Forget a pool and requeue its tasks; a task lost too often fails instead."""
@@ -328,9 +540,7 @@ class Interchange:
                 heapq.heappush(self.queue, (-fields[1], seq, (fields, main, oob)))
         pool.outstanding.clear()
         if notify:
-            self.event(
-                event="pool_lost", pool=pool.info.get("pool_id"), block=pool.info.get("block_id"), reason=why
-            )
+            self.event(event="pool_lost", pool=pool.reg.pool_id, block=pool.reg.block_id, reason=why)
 
     def dispatch(self) -> None:
         """Hand queued tasks to pools with credit, spreading a burst evenly across them."""
@@ -453,11 +663,9 @@ class Interchange:
                         self.on_pool(sock, sock.recv_multipart(copy=False), now)
             # zmq.Poller reports objects that are not ZeroMQ sockets by their file descriptors.
             if self.local_pools.fileno() in events:
-                for connection in self.local_pools.accept():
-                    self.connections.append(connection)
-                    poller.register(connection, zmq.POLLIN)
+                self.accept_connections(now)
             for connection in list(self.connections):
-                event = events.get(connection.fileno())
+                event = events.get(connection.fileno())  # none for a connection closed meanwhile
                 if event:
                     self.on_connection(connection, event, now)
             if self.probes and now >= self.probes[0]:
@@ -473,6 +681,8 @@ class Interchange:
                 for pool in list(self.pools.values()):
                     if now - pool.last_heard > threshold:
                         self.pool_lost(pool, f"no heartbeat for {threshold:g} s")
+                if self.unregistered:
+                    self.expire_connections(now)
                 if not self.driver_alive():
                     logger.warning("the driver process is gone; shutting down")
                     self.running = False

@@ -9,6 +9,11 @@ A message is a list of frames, written as one header (frame count, then each fra
 length) followed by the frames, with one ``writev`` and no joining copy.  The manager's ends
 never block: what a busy worker's pipe cannot take waits in :class:`Sender` until the pipe
 drains.  A worker blocks on its own ends, since its manager always reads.
+
+A :class:`Receiver` on a link to an untrusted peer (the interchange's end of a local pool's
+connection) takes limits on a message's size and frame count, checked as soon as a header
+is in and before anything is allocated for the body: a peer that breaks them ends the link
+instead of making the reader allocate what it declared.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ PIPE_SIZE = 1 << 20
 _MAX_BUFFERS = 512
 #: Read at least this much per call; bodies larger than this are read straight into place.
 _CHUNK = 1 << 16
+#: No limit: a header cannot declare more than 2**32 - 1 frames of 2**64 - 1 bytes each.
+UNLIMITED = 1 << 96
 
 
 def pipe_pair() -> tuple[int, int]:
@@ -98,20 +105,33 @@ class Receiver:
     straight into a buffer of its size, over as many calls as it takes.
     """
 
-    def __init__(self, fd: int):
+    def __init__(self, fd: int, *, max_message: int = UNLIMITED, max_frames: int = UNLIMITED):
+        """Read from ``fd``, made non-blocking.
+
+        ``max_message`` caps one message's size (header included) and ``max_frames`` its
+        frame count; a header that exceeds either ends the link (see :meth:`fail`).  Both
+        may be changed between reads, e.g. raised once a peer has proved who it is.
+        """
         os.set_blocking(fd, False)
         self.fd = fd
+        self.max_message = max_message
+        self.max_frames = max_frames
         self.buffer = bytearray()
         self.large: memoryview | None = None  # a large message being read, and how much is in
         self.large_have = 0
         self.received = 0  # bytes read so far
         self.closed = False
+        self.error: str | None = None  # why reading stopped, if the peer broke the framing
 
     def read(self) -> list[list[memoryview]]:
         """Read what the pipe holds now, without waiting; return the whole messages.
 
         Sets ``closed`` once the writer has gone; a message cut short by that is dropped.
+        Sets ``closed`` and ``error`` too when a header breaks the limits; the messages
+        before it are still returned.
         """
+        if self.closed:
+            return []
         large = self.large
         try:
             if large is not None:
@@ -146,9 +166,17 @@ class Receiver:
                 break
         return messages
 
+    def fail(self, reason: str) -> None:
+        """Stop reading for good: the peer broke the framing, so nothing after it can be trusted."""
+        self.closed = True
+        self.error = reason
+        self.buffer = bytearray()
+        self.large = None
+
     def _messages(self) -> list[list[memoryview]]:
-        messages = []
+        messages: list[list[memoryview]] = []
         buffer = self.buffer
+        limit = self.max_message
         start = 0
         while True:
             available = len(buffer) - start
@@ -156,9 +184,15 @@ class Receiver:
                 break
             (count,) = _COUNT.unpack_from(buffer, start)
             size = 4 + 8 * count
+            if count > self.max_frames or size > limit:
+                self.fail(f"a message of {count} frames, more than its limits allow")
+                return messages
             sized = available >= size
             if sized:
                 size += sum(struct.unpack_from(f"<{count}Q", buffer, start + 4))
+                if size > limit:
+                    self.fail(f"a message of {size} bytes (the limit is {limit})")
+                    return messages
             if available < size:
                 if sized and size > _CHUNK:  # read the rest of it in place
                     large = memoryview(bytearray(size))

@@ -402,17 +402,20 @@ class PoolManager:
     # -- main loop -----------------------------------------------------------------------
 
     def register(self) -> bool:
-        """Register with the interchange; return False if it refused this pool."""
+        """Register with the interchange; return False if it refused this pool.
+
+        The token goes in a frame of its own: the interchange checks it before it parses the
+        registration JSON.
+        """
         info = P.registration(
             pool_id=self.pool_id,
             block_id=self.args.block_id,
             workers=self.workers_wanted,
             host=socket.gethostname(),
             pid=os.getpid(),
-            token=self.token,
             block_end_in=block_end_in(),
         )
-        self.ix.send_multipart([P.REGISTER, P.CREDIT.pack(0), info])
+        self.ix.send_multipart([P.REGISTER, P.CREDIT.pack(0), self.token.encode(), info])
         if not self.ix.poll(self.args.start_timeout * 1000):
             print(
                 f"the interchange at {self.args.addr} did not answer within {self.args.start_timeout} s",

@@ -14,20 +14,42 @@ Messages from a pool to the interchange carry the pool's cumulative credit (how 
 it has ever been willing to accept) as a CREDIT struct in the frame after the kind;
 results from the interchange to the driver carry there instead the packed ids of tasks
 handed to pools since the last message (possibly none).
+
+A pool registers with ``[REGISTER, credit, token, registration JSON]``: the token has a frame
+of its own so that the interchange checks it before it parses anything, and the JSON is
+parsed only within a size limit and into typed fields (:func:`parse_registration`).  The
+layout of REGISTER is kept across protocol versions, so that a pool of another version
+gets a clear refusal.  Messages from pools are held to the limits below; a peer that
+breaks them, or sends anything malformed, is dropped.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import platform
 import struct
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
 
 import zmq
 
 from ... import __version__
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: REGISTER carries the token in a frame of its own
+
+#: The largest message a registered pool may send (header included); a larger one drops the
+#: pool.  Between the driver and local pools, buffers of 256 KiB and more travel through
+#: files in /dev/shm rather than in messages.  On TCP it caps each frame.
+MAX_MESSAGE = 1 << 30
+#: The most frames a message from a registered pool may have.
+MAX_FRAMES = 1 << 20
+#: The limits on a local connection until it has presented the token: enough to register.
+UNREGISTERED_MAX_MESSAGE = 64 << 10
+UNREGISTERED_MAX_FRAMES = 16
+#: The largest registration JSON, and the largest JSON of any other small control message.
+MAX_REGISTRATION = 16 << 10
+MAX_CONTROL_JSON = 64 << 10
 
 # Message kinds.
 TASKS = b"t"
@@ -117,22 +139,139 @@ def python_version() -> str:
     return ".".join(platform.python_version_tuple()[:2])
 
 
+class ProtocolError(ValueError):
+    """A peer's message does not follow the wire format."""
+
+
+class RegistrationError(ProtocolError):
+    """A registration that cannot be read: too large, not JSON, or fields of the wrong type."""
+
+
+class VersionMismatch(RegistrationError):
+    """A well-formed registration from a pool that speaks other versions than this process.
+
+    ``str()`` says which versions differ, in words for the user; ``block_id`` is the pool's
+    block as far as it could be read (None if not).
+    """
+
+    def __init__(self, reason: str, block_id: str | int | None):
+        super().__init__(reason)
+        self.block_id = block_id
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A pool's identity, as checked by :func:`parse_registration`."""
+
+    pool_id: str
+    block_id: str | int
+    workers: int
+    host: str
+    pid: int
+    block_end_in: float | None  # seconds left in the pool's block when it registered
+    protocol: int
+    python: str
+    hpcfutures: str
+
+    @property
+    def block(self) -> str:
+        return str(self.block_id)
+
+
 def registration(**info: Any) -> bytes:
     """Encode a pool's registration: its identity plus the versions it speaks."""
     info.update(protocol=PROTOCOL_VERSION, python=python_version(), hpcfutures=__version__)
     return json.dumps(info).encode()
 
 
-def version_mismatch(info: dict[str, Any]) -> str | None:
+def load_json(data: Any, limit: int, what: str = "a JSON frame") -> Any:
+    """Parse a JSON frame of at most ``limit`` bytes; ``what`` names it in errors.
+
+    Raises:
+        ProtocolError: too large, not UTF-8 JSON, or nested too deeply to parse.
+    """
+    view = memoryview(data)
+    if view.nbytes > limit:
+        raise ProtocolError(f"{what} of {view.nbytes} bytes (the limit is {limit})")
+    try:
+        return json.loads(view.tobytes())
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ProtocolError(f"{what} that is not valid JSON ({type(exc).__name__})") from None
+
+
+def _shown(value: Any) -> str:
+    """A peer's value, shortened for a message."""
+    try:
+        text = value if isinstance(value, str) else repr(value)
+    except RecursionError:
+        text = f"a deeply nested {type(value).__name__}"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def version_mismatch(info: Mapping[str, Any]) -> str | None:
     """Return why a pool's registration cannot be accepted, or None if its versions match."""
     wanted = {"protocol": PROTOCOL_VERSION, "python": python_version(), "hpcfutures": __version__}
-    wrong = [f"{k} {info.get(k)!r} (the driver has {v!r})" for k, v in wanted.items() if info.get(k) != v]
+    wrong = [
+        f"{k} {_shown(info.get(k))} (the driver has {v!r})"
+        for k, v in wanted.items()
+        if type(info.get(k)) is not type(v) or info.get(k) != v
+    ]
     if not wrong:
         return None
-    host = info.get("host", "?")
     return (
-        f"worker pool {info.get('pool_id', '?')} on {host} speaks "
+        f"worker pool {_shown(info.get('pool_id', '?'))} on {_shown(info.get('host', '?'))} speaks "
         + ", ".join(wrong)
         + "; install the same Python and hpcfutures version on the workers as on the driver"
     )
 
+
+def _field(info: Mapping[str, Any], name: str, types: tuple[type, ...]) -> Any:
+    value = info.get(name)
+    # bool is an int to isinstance, but never a valid count, id or pid here
+    if not isinstance(value, types) or isinstance(value, bool):
+        raise RegistrationError(f"a registration whose {name} is {_shown(value)}")
+    return value
+
+
+def parse_registration(data: Any) -> Registration:
+    """Read a pool's registration JSON (a bytes-like frame) into a :class:`Registration`.
+
+    The versions are checked first, so that a pool of another version, whose other fields
+    may differ too, still gets a clear answer.
+
+    Raises:
+        VersionMismatch: the pool speaks another protocol, Python or hpcfutures version.
+        RegistrationError: anything else wrong: too large, not JSON, not an object, or a
+            field missing or of the wrong type.
+    """
+    try:
+        info = load_json(data, MAX_REGISTRATION, "a registration")
+    except ProtocolError as exc:
+        raise RegistrationError(str(exc)) from None
+    if not isinstance(info, dict):
+        raise RegistrationError(f"a registration that is a JSON {type(info).__name__}, not an object")
+    problem = version_mismatch(info)
+    if problem is not None:
+        block = info.get("block_id")
+        raise VersionMismatch(problem, block if isinstance(block, (str, int)) else None)
+    block_end_in: float | None = None
+    if info.get("block_end_in") is not None:
+        raw = _field(info, "block_end_in", (int, float))
+        block_end_in = float(raw) if isinstance(raw, float) or abs(raw) < 1 << 53 else math.inf
+        if not math.isfinite(block_end_in):
+            raise RegistrationError(f"a registration whose block_end_in is {_shown(raw)}")
+    workers = _field(info, "workers", (int,))
+    pid = _field(info, "pid", (int,))
+    if not (0 < workers < 1 << 31 and 0 <= pid < 1 << 31):
+        raise RegistrationError(f"a registration of {_shown(workers)} workers from pid {_shown(pid)}")
+    return Registration(
+        pool_id=_field(info, "pool_id", (str,)),
+        block_id=_field(info, "block_id", (str, int)),
+        workers=workers,
+        host=_field(info, "host", (str,)),
+        pid=pid,
+        block_end_in=block_end_in,
+        protocol=info["protocol"],
+        python=info["python"],
+        hpcfutures=info["hpcfutures"],
+    )

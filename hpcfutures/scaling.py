@@ -7,11 +7,15 @@ seconds on its block-management thread and carries the plan out: it submits new 
 cancels blocks still waiting in the scheduler's queue, and *drains* idle running blocks
 (no new tasks; the pools stop once their running tasks have finished), so scale-in never
 kills a running task.
+
+:class:`LossWindow` is the other pure decision of the block thread: whether blocks are being
+lost under their tasks so often that the executor should give up.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -54,11 +58,14 @@ def wanted_blocks(
     """How many blocks ``outstanding`` tasks call for.
 
     ``parallelism`` times the outstanding tasks should each have a worker, rounded up to whole
-    blocks; any outstanding work calls for at least one block when ``parallelism`` is above
-    zero; the result stays within ``[min_blocks, max_blocks]``.
+    blocks, and the result stays within ``[min_blocks, max_blocks]``.  Any outstanding work
+    calls for at least one block, whatever ``parallelism`` is: otherwise, with
+    ``min_blocks=0`` and ``parallelism=0``, waiting tasks would have no block to run on and
+    wait forever.  So ``parallelism=0`` means "as few blocks as possible, but never none
+    while work waits" (``max_blocks`` is at least 1: executors refuse anything else).
     """
     wanted = math.ceil(parallelism * outstanding / max(1, workers_per_block))
-    if outstanding > 0 and parallelism > 0:
+    if outstanding > 0:
         wanted = max(wanted, 1)
     return max(min_blocks, min(max_blocks, wanted))
 
@@ -95,3 +102,32 @@ def plan_blocks(
         drain=[b.block_id for b in chosen if b.connected],
         cancel=[b.block_id for b in chosen if not b.connected],
     )
+
+
+class LossWindow:
+    """Counts blocks lost under their tasks within a sliding time window.
+
+    A block lost now and then (a node failure, an administrator's ``scancel``) is replaced
+    and forgotten once it is ``window`` seconds old, so a long-running executor is never
+    broken by losses spread over its life; blocks lost faster than ``limit`` per ``window``
+    mean something keeps killing them, and the executor should stop and say so.  The caller
+    passes the (monotonic) time, so the decision is tested without a clock.
+    """
+
+    def __init__(self, limit: int, window: float) -> None:
+        if limit < 0 or not window > 0:
+            raise ValueError(f"LossWindow needs limit >= 0 and window > 0, got {limit!r} and {window!r}")
+        self.limit = limit
+        self.window = window
+        self._times: deque[float] = deque()
+
+    def record(self, now: float) -> bool:
+        """Record a loss at ``now``; return whether more than ``limit`` fall within the window."""
+        self._times.append(now)
+        while self._times[0] <= now - self.window:
+            self._times.popleft()
+        return len(self._times) > self.limit
+
+    def __len__(self) -> int:
+        """Losses recorded within the window ending at the newest one."""
+        return len(self._times)

@@ -1,9 +1,11 @@
-"""plan_blocks: the scaling decision on its own (the executor's use of it is tested in
-tests/executors/test_htex_scaling.py with real blocks)."""
+"""plan_blocks and LossWindow: the block thread's decisions on their own (the executor's use
+of them is tested in tests/executors/test_htex_scaling.py, with real blocks too)."""
 
 from __future__ import annotations
 
-from hpcfutures.scaling import BlockView, ScalingPlan, plan_blocks, wanted_blocks
+import pytest
+
+from hpcfutures.scaling import BlockView, LossWindow, ScalingPlan, plan_blocks, wanted_blocks
 
 LIMITS = dict(min_blocks=0, max_blocks=4, parallelism=1.0, max_idletime=10.0)
 
@@ -17,8 +19,35 @@ def test_wanted_blocks_rounds_up_and_respects_the_limits() -> None:
     # half the queued tasks get a worker; any work gets at least one block
     assert wanted_blocks(8, 2, min_blocks=0, max_blocks=4, parallelism=0.5) == 2
     assert wanted_blocks(1, 8, min_blocks=0, max_blocks=4, parallelism=0.1) == 1
-    # parallelism 0: only min_blocks
+    # parallelism 0: as few blocks as possible (min_blocks, or one while work waits)
     assert wanted_blocks(50, 2, min_blocks=1, max_blocks=4, parallelism=0.0) == 1
+    assert wanted_blocks(50, 2, min_blocks=3, max_blocks=4, parallelism=0.0) == 3
+
+
+def test_waiting_work_always_calls_for_a_block_even_with_parallelism_zero() -> None:
+    assert wanted_blocks(1, 2, min_blocks=0, max_blocks=1, parallelism=0.0) == 1
+    assert wanted_blocks(50, 2, min_blocks=0, max_blocks=4, parallelism=0.0) == 1
+    assert wanted_blocks(0, 2, min_blocks=0, max_blocks=4, parallelism=0.0) == 0
+
+
+PARALLELISM_ZERO = dict(LIMITS, parallelism=0.0)
+
+
+def test_parallelism_zero_starts_a_block_when_none_can_run_the_work() -> None:
+    assert plan_blocks(5, 2, [], **PARALLELISM_ZERO) == ScalingPlan(start=1)
+    # a block being scaled in takes no new task: it does not count
+    draining = [BlockView("0", True, 50.0, draining=True)]
+    assert plan_blocks(5, 2, draining, **PARALLELISM_ZERO) == ScalingPlan(start=1)
+
+
+def test_parallelism_zero_keeps_one_block_while_work_waits() -> None:
+    # a block still queued will run the work: nothing more starts, and it is not cancelled
+    assert plan_blocks(5, 2, [BlockView("0", False, 60.0)], **PARALLELISM_ZERO).empty
+    # idle blocks beyond the one are let go; the last one stays while work waits
+    blocks = [BlockView("a", True, 60.0), BlockView("b", True, 30.0), BlockView("c", True, 20.0)]
+    assert plan_blocks(5, 2, blocks, **PARALLELISM_ZERO) == ScalingPlan(drain=["a", "b"])
+    # once the work is done, it goes too
+    assert plan_blocks(0, 2, [BlockView("c", True, 20.0)], **PARALLELISM_ZERO) == ScalingPlan(drain=["c"])
 
 
 def test_scales_out_by_what_is_missing() -> None:
@@ -61,3 +90,32 @@ def test_queued_blocks_are_cancelled_not_drained() -> None:
     assert plan.cancel == ["queued"] and plan.drain == ["running"]
     # a block queued only briefly is kept
     assert plan_blocks(0, 2, [BlockView("new", False, 1.0)], **LIMITS).empty
+
+
+def test_loss_window_breaks_only_past_the_limit_within_the_window() -> None:
+    losses = LossWindow(limit=3, window=600.0)
+    assert [losses.record(t) for t in (0.0, 1.0, 2.0)] == [False, False, False]
+    assert losses.record(3.0)  # the fourth within 600 s
+    assert len(losses) == 4
+
+
+def test_loss_window_forgets_old_losses() -> None:
+    losses = LossWindow(limit=3, window=600.0)
+    # a loss every five minutes, for a week: never more than two within any 600 s
+    assert not any(losses.record(300.0 * i) for i in range(7 * 24 * 12))
+    assert len(losses) == 2
+    # a loss exactly `window` seconds old is forgotten
+    losses = LossWindow(limit=1, window=10.0)
+    assert not losses.record(0.0)
+    assert not losses.record(10.0)
+    assert losses.record(10.5)
+
+
+def test_loss_window_with_limit_zero_breaks_at_the_first_loss() -> None:
+    assert LossWindow(limit=0, window=1.0).record(5.0)
+
+
+@pytest.mark.parametrize(("limit", "window"), [(-1, 10.0), (3, 0.0)])
+def test_loss_window_refuses_nonsense(limit: int, window: float) -> None:
+    with pytest.raises(ValueError):
+        LossWindow(limit, window)

@@ -91,7 +91,8 @@ class ExecutionProvider(abc.ABC):
         launcher: wraps the pool command so it runs on every node of the block.
         parallelism: how eagerly the executor scales out, from 0 to 1: it asks for enough
             blocks to give ``parallelism`` times the queued tasks a worker each (1: a worker
-            per queued task, up to ``max_blocks``; 0: only ``min_blocks``/``init_blocks``).
+            per queued task, up to ``max_blocks``; 0: as few as possible, ``min_blocks``, or one
+            block while tasks wait).
         script_dir: the directory where job scripts, stdout and stderr go.  The executor sets
             it before the first :meth:`submit`; a provider may pick its own when it is None.
 

@@ -119,6 +119,7 @@ class LocalProvider(ExecutionProvider):
         init_blocks: int = 1,
         min_blocks: int = 0,
         max_blocks: int = 1,
+        parallelism: float = 1.0,
         worker_init: str = "",
         cancel_grace: float = 2.0,
         label: str = "local",
@@ -127,7 +128,8 @@ class LocalProvider(ExecutionProvider):
         """Create a provider; nothing starts until :meth:`submit`.
 
         Args:
-            init_blocks, min_blocks, max_blocks: block counts for the executor's scaling.
+            init_blocks, min_blocks, max_blocks, parallelism: the executor's scaling; see
+                :class:`~hpcfutures.providers.ExecutionProvider`.
             worker_init: shell lines the job script runs before the pool command.  They run
                 without ``set -e``: end a line with ``|| exit 1`` to make its failure fatal.
             cancel_grace: seconds :meth:`cancel` waits after SIGTERM before SIGKILL.
@@ -143,6 +145,7 @@ class LocalProvider(ExecutionProvider):
             init_blocks=init_blocks,
             min_blocks=min_blocks,
             max_blocks=max_blocks,
+            parallelism=parallelism,
             nodes_per_block=1,
             worker_init=worker_init,
             launcher=launcher,

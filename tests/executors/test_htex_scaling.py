@@ -1,5 +1,7 @@
 """Elastic blocks on real local blocks: scale-out, idle scale-in by draining (never killing a
-running task), block end times, and failure evidence when every block fails.
+running task), block end times, and failure evidence when every block fails; and the block
+thread's rounds on their own (start failures, losses, a scheduler that is down) with a fake
+provider and clock.
 
 The same logic drives batch-scheduler blocks; tests/providers/test_htex_slurm.py runs it on a
 real Slurm cluster.
@@ -7,13 +9,18 @@ real Slurm cluster.
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
+from typing import Any
 
 import psutil
 import pytest
 
-from hpcfutures import HighThroughputExecutor, PoolStartError
+from hpcfutures import BrokenExecutorError, HighThroughputExecutor, PoolStartError
+from hpcfutures.executors.htex.blocks import BlockManagement, RoundFailureLog, _Block
 from hpcfutures.providers import LocalProvider
+from hpcfutures.providers.base import JobState, JobStatus
 from hpcfutures.testing import Gate, faults
 
 FAST = dict(block_poll_period=0.1, heartbeat_period=0.2, heartbeat_threshold=10.0)
@@ -132,3 +139,155 @@ def test_a_task_lost_when_its_block_ends_is_requeued_without_charge(tmp_path, mo
             gate.open()
             assert first.result(timeout=60)["env"]["HPCFUTURES_BLOCK_ID"] != "0"
             assert second.result(timeout=60)["env"]["HPCFUTURES_BLOCK_ID"] != "0"
+
+
+def test_parallelism_zero_still_starts_a_block_for_waiting_work():
+    # min_blocks=0 and parallelism=0 once left a waiting task without any block, forever.
+    provider = LocalProvider(init_blocks=0, min_blocks=0, max_blocks=1, parallelism=0)
+    ex = HighThroughputExecutor(max_workers=1, provider=provider, **FAST)
+    try:  # terminate, not shutdown: shutdown would wait forever for a task no block runs
+        assert ex.submit(pow, 2, 3).result(timeout=60) == 8
+        assert len(ex.blocks()) == 1
+    finally:
+        ex.terminate()
+
+
+# -- the block thread's rounds, without an executor ---------------------------------------------
+
+
+class FakeProvider:
+    """Says each job is running unless told otherwise; raises ``down`` while it is set."""
+
+    min_blocks = 0
+    max_blocks = 1
+    parallelism = 1.0
+
+    def __init__(self) -> None:
+        self.states: dict[str, JobStatus] = {}
+        self.down: Exception | None = None
+
+    def status(self, job_ids: list[str]) -> list[JobStatus]:
+        if self.down is not None:
+            raise self.down
+        return [self.states.get(job_id, JobStatus(JobState.RUNNING)) for job_id in job_ids]
+
+    def cancel(self, job_ids: list[str]) -> None:
+        pass
+
+
+class Blocks(BlockManagement):
+    """BlockManagement with the executor state its rounds use, and no executor around it."""
+
+    def __init__(self) -> None:
+        self.fake = FakeProvider()
+        self.provider = self.fake  # type: ignore[assignment]
+        self.label = "unit"
+        self.max_workers = 1
+        self.max_idletime = 1e9  # nothing is scaled in
+        self.block_poll_period = 1.0
+        self.block_failures = []
+        self._blocks = {}
+        self._blocks_lock = threading.Lock()
+        self._block_idle = {}
+        self._drained = set()
+        self._pending = {}
+        self._pools_connected = 0
+        self._start_failures = 0
+        self._shutdown = False
+        self._broken = None
+        self.trouble = RoundFailureLog(self.label, self.block_poll_period)
+
+    def add(self, *, registered: bool = False) -> _Block:
+        block_id = str(len(self._blocks))
+        block = self._blocks[block_id] = _Block(block_id, f"job-{block_id}")
+        block.registered = registered
+        return block
+
+    def end(self, block: _Block, state: JobState = JobState.FAILED) -> None:
+        self.fake.states[block.job_id] = JobStatus(state, exit_code=1)
+
+    def round(self, now: float) -> None:
+        self._block_round(self.trouble, now)
+
+    def _break(self, error: BaseException) -> None:
+        self._broken = error
+
+    def _control(self, kind: str, payload: Any) -> None:
+        pass
+
+    def _start_block(self) -> None:
+        raise AssertionError("these tests need no new block")
+
+
+def test_a_connected_pool_ends_the_start_failure_streak_on_the_block_thread():
+    blocks = Blocks()
+    first, second, third, fourth, fifth, keeper = (blocks.add() for _ in range(6))
+    blocks.end(first)
+    blocks.end(second)
+    blocks.round(0.0)
+    assert blocks._start_failures == 2 and blocks._broken is None
+    third.registered = True  # all the I/O thread does when a pool of the block connects
+    blocks.end(fourth)
+    blocks.round(1.0)
+    assert blocks._start_failures == 1 and blocks._broken is None
+    blocks.end(fifth)
+    blocks.end(keeper)
+    blocks.round(2.0)  # three failures in a row since the connection: give up
+    assert isinstance(blocks._broken, PoolStartError)
+    assert len(blocks.block_failures) == 5
+
+
+def test_blocks_lost_now_and_then_never_break_the_executor():
+    blocks = Blocks()  # max_blocks=1: 3 replacements within the window
+    for hour in range(48):  # a block lost every hour for two days
+        blocks.end(blocks.add(registered=True))
+        blocks.round(3600.0 * hour)
+    assert blocks._broken is None
+
+
+def test_blocks_lost_in_quick_succession_break_the_executor_with_the_evidence():
+    blocks = Blocks()
+    for second in range(3):
+        blocks.end(blocks.add(registered=True))
+        blocks.round(float(second))
+    assert blocks._broken is None
+    last = blocks.add(registered=True)
+    blocks.fake.states[last.job_id] = JobStatus(JobState.FAILED, exit_code=137, stderr_tail="oom-kill event")
+    blocks.round(3.0)
+    assert isinstance(blocks._broken, BrokenExecutorError)
+    assert "3 other blocks" in str(blocks._broken) and "oom-kill event" in str(blocks._broken)
+
+
+def test_a_scheduler_that_is_down_is_logged_once_then_briefly_then_its_recovery(caplog):
+    caplog.set_level(logging.INFO, logger="hpcfutures.executors.htex.executor")
+    blocks = Blocks()
+    blocks.add(registered=True)
+    down = OSError("squeue: error: Unable to contact slurm controller\nmore detail")
+    blocks.fake.down = down
+
+    def records() -> list[logging.LogRecord]:
+        found = list(caplog.records)
+        caplog.clear()
+        return found
+
+    for second in range(60):  # a round a second for a minute: one error, with the traceback
+        blocks.round(100.0 + second)
+    (first,) = records()
+    assert first.levelno == logging.ERROR and first.exc_info is not None and first.exc_info[1] is down
+    blocks.round(160.0)  # a minute on: one line, without the traceback
+    (again,) = records()
+    assert again.levelno == logging.WARNING and again.exc_info is None
+    message = again.getMessage()
+    assert "still failing after 60 s (61 rounds)" in message
+    assert "Unable to contact slurm controller" in message
+    assert "\n" not in message
+    for second in range(161, 220):
+        blocks.round(float(second))
+    assert records() == []
+    blocks.fake.down = None
+    blocks.round(220.0)
+    (recovered,) = records()
+    assert recovered.levelno == logging.WARNING
+    assert "works again after 120 s and 120 failed rounds" in recovered.getMessage()
+    blocks.round(221.0)
+    assert records() == []

@@ -5,6 +5,10 @@ own module: the executor's block thread runs :meth:`BlockManagement._block_loop`
 the provider about every live block in one call, judges the blocks that ended, and carries
 out :func:`hpcfutures.scaling.plan_blocks` (submit, drain or cancel blocks).  Nothing here
 runs on the I/O thread: scheduler commands can take a while.
+
+The block thread alone writes the block-keeping counters (start failures in a row, losses
+within :data:`LOSS_WINDOW_SECONDS`); the I/O thread only sets flags on a :class:`_Block`
+(``registered``, ``lost``), which the block thread reads on its next round.
 """
 
 from __future__ import annotations
@@ -17,22 +21,36 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import BrokenExecutorError, PoolStartError
 from ...providers.base import JobState, JobStatus
-from ...scaling import BlockView, plan_blocks
+from ...scaling import BlockView, LossWindow, plan_blocks
 
 if TYPE_CHECKING:
     from ...providers.base import ExecutionProvider
 
 logger = logging.getLogger("hpcfutures.executors.htex.executor")  # one logger for the executor
 
+#: Blocks lost under their tasks, per ``max_blocks``, that the executor replaces within the
+#: loss window; one more loss within it breaks the executor.
 MAX_BLOCK_REPLACEMENTS = 3
+#: The loss window: 10 minutes, or :data:`LOSS_WINDOW_POLLS` rounds of the block thread when
+#: that is longer.  10 minutes holds many start-and-die cycles of a block that keeps dying (a
+#: queue wait and a pool start each), yet forgets a block lost now and then on an executor
+#: that runs for days.  A round sees at most one loss per block, so with a slow
+#: ``block_poll_period`` a fixed 10 minutes could hold too few rounds ever to exceed the
+#: limit; 60 rounds can exceed it (3 x ``max_blocks``) even at one loss a round, up to
+#: ``max_blocks=19``.
+LOSS_WINDOW_SECONDS = 600.0
+LOSS_WINDOW_POLLS = 60
 #: Blocks in a row that end before any pool connects, after which pending tasks fail.
 MAX_START_FAILURES = 3
+#: While rounds of the block thread keep failing (a scheduler down), one warning per this many
+#: seconds; the first failure is logged with its traceback.
+FAILURE_LOG_INTERVAL = 60.0
 
 
 class _Block:
     __slots__ = (
         "block_id", "job_id", "registered", "ended", "cancelled", "lost", "draining", "submitted",
-        "status", "workers",
+        "status", "workers", "noticed",
     )  # fmt: skip
 
     def __init__(self, block_id: str, job_id: str):
@@ -46,6 +64,7 @@ class _Block:
         self.submitted = time.monotonic()
         self.status: JobStatus | None = None  # the provider's newest word on its job
         self.workers = 0  # workers its pools reported
+        self.noticed = False  # the block thread has seen it registered (and reset the start-failure streak)
 
 
 @dataclass(frozen=True)
@@ -85,8 +104,8 @@ class BlockManagement:
     _drained: set[str]
     _pending: dict[int, Any]
     _pools_connected: int
-    _replacements: int
-    _start_failures: int
+    _start_failures: int  # blocks in a row that ended before a pool connected; block thread only
+    _losses: LossWindow | None = None  # blocks lost under their tasks; created by the block thread
     _shutdown: bool
     _broken: BaseException | None
     _kill_on_stop: bool
@@ -103,19 +122,29 @@ class BlockManagement:
         raise NotImplementedError
 
     def _block_loop(self) -> None:
-        """Every ``block_poll_period`` seconds: check the provider's jobs, then scale."""
-        period = self.block_poll_period
-        while not self._block_stop.wait(period):
-            try:
-                self._check_blocks()
-                if not self._shutdown and self._broken is None:
-                    self._scale()
-            except Exception:  # noqa: BLE001 - a failed scheduler call must not end the thread
-                logger.exception("%s: managing blocks failed; trying again", self.label)
+        """Every ``block_poll_period`` seconds: one round of :meth:`_block_round`."""
+        trouble = RoundFailureLog(self.label, self.block_poll_period)
+        while not self._block_stop.wait(self.block_poll_period):
+            self._block_round(trouble, time.monotonic())
 
-    def _check_blocks(self) -> None:
+    def _block_round(self, trouble: RoundFailureLog, now: float) -> None:
+        """Check the provider's jobs, then scale; a failure is logged and the next round retries."""
+        try:
+            self._check_blocks(now)
+            if not self._shutdown and self._broken is None:
+                self._scale()
+        except Exception as exc:  # noqa: BLE001 - a failed scheduler call must not end the thread
+            trouble.failed(exc, now)
+        else:
+            trouble.succeeded(now)
+
+    def _check_blocks(self, now: float) -> None:
         with self._blocks_lock:
             live = [b for b in self._blocks.values() if not b.ended]
+        for block in live:
+            if block.registered and not block.noticed:  # a pool connected: the streak is over
+                block.noticed = True
+                self._start_failures = 0
         drained = self._drained
         to_cancel = [b for b in live if not b.cancelled and (b.lost or (b.draining and b.block_id in drained))]
         if to_cancel:
@@ -127,9 +156,9 @@ class BlockManagement:
         for block, status in zip(live, self.provider.status([b.job_id for b in live])):
             block.status = status
             if status.state.terminal:
-                self._block_ended(block, status)
+                self._block_ended(block, status, now)
 
-    def _block_ended(self, block: _Block, status: JobStatus) -> None:
+    def _block_ended(self, block: _Block, status: JobStatus, now: float) -> None:
         """Judge a block whose job ended: expected, worth a warning, or fatal for pending tasks."""
         block.ended = True
         if self._shutdown or block.draining or (block.cancelled and not block.lost):
@@ -149,16 +178,26 @@ class BlockManagement:
         if status.state is JobState.TIMEOUT:
             logger.info("%s: block %s reached its walltime; its tasks were requeued", self.label, block.block_id)
             return
-        self._replacements += 1
-        if self._replacements > MAX_BLOCK_REPLACEMENTS * max(1, self.provider.max_blocks):
+        losses = self._loss_window()
+        if losses.record(now):
             self._break(
                 BrokenExecutorError(
-                    f"worker pool block {block.block_id} {how}, after {self._replacements - 1} other blocks "
-                    f"had ended under their tasks; giving up. Its stderr ends with:\n{status.stderr_tail}"
+                    f"worker pool block {block.block_id} {how}, after {len(losses) - 1} other blocks had "
+                    f"ended under their tasks within {losses.window:.0f} s (at most {losses.limit} are "
+                    f"replaced); giving up. Its stderr ends with:\n{status.stderr_tail}"
                 )
             )
         else:
             logger.warning("%s: worker pool block %s %s; its tasks were requeued", self.label, block.block_id, how)
+
+    def _loss_window(self) -> LossWindow:
+        """The executor's window of block losses (made on first use; see :data:`LOSS_WINDOW_SECONDS`)."""
+        if self._losses is None:
+            self._losses = LossWindow(
+                MAX_BLOCK_REPLACEMENTS * max(1, self.provider.max_blocks),
+                max(LOSS_WINDOW_SECONDS, LOSS_WINDOW_POLLS * self.block_poll_period),
+            )
+        return self._losses
 
     def _scale(self) -> None:
         provider = self.provider
@@ -276,3 +315,48 @@ class BlockManagement:
             self.provider.cancel([b.job_id for b in live])
         for block in self._blocks.values():
             block.ended = True
+
+
+class RoundFailureLog:
+    """Logs failing rounds of the block thread without flooding the log.
+
+    A scheduler that is down makes every round fail, once per ``block_poll_period``.  The
+    first failure is logged with its traceback; while the failures go on, one line at most
+    every :data:`FAILURE_LOG_INTERVAL` seconds says so; the first round that works again says
+    that too (as a warning, so whoever saw the failures sees their end).  Block thread only.
+    """
+
+    def __init__(self, label: str, period: float, interval: float = FAILURE_LOG_INTERVAL) -> None:
+        self.label = label
+        self.period = period
+        self.interval = interval
+        self.failures = 0  # failed rounds in a row
+        self.since = 0.0  # when the first of them failed
+        self.next_warning = 0.0
+
+    def failed(self, exc: BaseException, now: float) -> None:
+        """Note a failed round at ``now``: a traceback the first time, then a line per interval."""
+        self.failures += 1
+        if self.failures == 1:
+            self.since = now
+            self.next_warning = now + self.interval
+            logger.error(
+                "%s: managing blocks failed; retrying every %g s (further failures are logged at "
+                "most every %g s)", self.label, self.period, self.interval, exc_info=exc,
+            )  # fmt: skip
+        elif now >= self.next_warning:
+            self.next_warning = now + self.interval
+            first_line = (str(exc).strip().splitlines() or [""])[0]
+            logger.warning(
+                "%s: managing blocks still failing after %.0f s (%d rounds): %s: %s",
+                self.label, now - self.since, self.failures, type(exc).__name__, first_line,
+            )  # fmt: skip
+
+    def succeeded(self, now: float) -> None:
+        """Note a round that worked; after failures, say that block management recovered."""
+        if self.failures:
+            logger.warning(
+                "%s: managing blocks works again after %.0f s and %d failed rounds",
+                self.label, now - self.since, self.failures,
+            )  # fmt: skip
+            self.failures = 0

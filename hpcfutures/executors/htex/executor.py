@@ -884,7 +884,6 @@ class HighThroughputExecutor(BlockManagement, Executor):
             if block is not None:
                 block.registered = True
                 block.workers += int(event.get("workers") or 0)
-                self._start_failures = 0
         elif kind == "block_drained":
             self._drained.add(str(event.get("block")))
             for pool_id, info in list(self.pools.items()):

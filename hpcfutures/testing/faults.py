@@ -124,3 +124,13 @@ def identity_after(wait: Callable[[], Any]) -> dict[str, Any]:
     """Call ``wait()`` (a Gate's wait), then return :func:`worker_identity`."""
     wait()
     return worker_identity()
+
+
+def append_line(path: str, value: Any) -> Any:
+    """Append ``value`` as a line to ``path`` (one write, so lines from many workers never mix)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, f"{value}\n".encode())
+    finally:
+        os.close(fd)
+    return value

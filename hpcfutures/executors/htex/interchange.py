@@ -5,8 +5,11 @@ A separate process, started by the driver, which talks to it over two pipes it i
 private directory (see :mod:`.stream`; they must present the executor's token); pools on
 other nodes connect over TCP with CurveZMQ and must hold the pool key.
 Tasks wait in a priority queue (higher priority first, then submission order) and go to
-pools as the pools grant credit; results go straight back to the driver.  Only packed
-headers are read here; payload frames pass through untouched.
+pools as the pools grant credit; results go straight back to the driver, with the ids of
+the tasks that pools report their workers began.  A cancel request drops the tasks queued
+here and goes on to the pools holding the rest, which cancel what no worker has begun; the
+driver is answered once they all have.  Only packed headers are read here; payload frames
+pass through untouched.
 
 Nothing a peer sends can stop it.  A local connection is held to small messages until it
 presents the executor's token, which is checked before any JSON is parsed; every message
@@ -57,10 +60,6 @@ from .stream import StreamConnection, StreamListener
 logger = logging.getLogger(__name__)
 
 BATCH_LIMIT = 256
-#: How long "these tasks reached a pool" waits to ride along with results before it is sent
-#: alone.  Short tasks then cost the driver one wake-up instead of two; only ``running()``
-#: sees the delay (``cancel()`` asks the interchange, which knows).
-STARTED_DELAY = 0.002
 _PROBE_DELAYS = (0.0, 0.05, 0.25, 1.0)
 #: A pool stops getting tasks without a walltime this long before its block ends: at most
 #: BLOCK_END_MARGIN seconds, and at most this share of the block's whole time.
@@ -132,6 +131,18 @@ def _credit(msg: list[Any]) -> int:
         raise P.ProtocolError(f"a credit frame of {memoryview(msg[2]).nbytes} bytes") from None
 
 
+def _ids(frame: Any, what: str) -> list[int]:
+    """Task ids packed in a pool's frame.
+
+    Raises:
+        ProtocolError: the frame is not a whole number of ids.
+    """
+    data = bytes(frame)
+    if len(data) % 8:
+        raise P.ProtocolError(f"{what} of {len(data)} bytes")
+    return P.unpack_ids(data) if data else []
+
+
 def _send(sock: Any, identity: bytes, frames: list[Any]) -> None:
     """Send to one pool: through its ROUTER with its identity, or on its own connection."""
     if isinstance(sock, StreamConnection):
@@ -193,7 +204,8 @@ class Interchange:
         self.refused = 0
         self.started: list[int] = []
         self.draining: set[str] = set()  # blocks being scaled in
-        self.started_since = 0.0  # when the oldest id in self.started was handed to a pool
+        # Cancel requests forwarded to pools: request -> (pools yet to answer, ids cancelled).
+        self.cancels: dict[bytes, tuple[set[tuple[int, bytes]], list[int]]] = {}
         self.to_driver_meta: list[bytes] = []
         self.to_driver_mains: list[Any] = []
         self.to_driver_extra: list[Any] = []
@@ -211,7 +223,7 @@ class Interchange:
             self.seq = seq
         elif kind == P.CANCEL:
             self.cancel(msg[1].tobytes(), set(P.unpack_ids(msg[2].tobytes())))
-        elif kind == P.CANCEL_QUEUED:  # tasks already handed to pools count as started
+        elif kind == P.CANCEL_QUEUED:  # every task no worker has begun
             self.cancel(msg[1].tobytes(), None)
         elif kind == P.CONFIG:
             self.settings = msg[1].tobytes()
@@ -229,7 +241,11 @@ class Interchange:
             self.running = False
 
     def cancel(self, request: bytes, ids: set[int] | None) -> None:
-        """Drop queued tasks (the given ones, or all) and tell the driver which were dropped."""
+        """Cancel the given tasks (or all) that no worker has begun, and tell the driver which.
+
+        Tasks queued here are dropped at once; the pools holding the others are asked, and
+        the driver is answered when the last of them has (or was lost).
+        """
         kept = []
         dropped = []
         for entry in self.queue:
@@ -241,7 +257,36 @@ class Interchange:
         if dropped:
             heapq.heapify(kept)
             self.queue = kept
-        self.to_driver([P.CANCEL_REPLY, request, P.pack_ids(dropped)])
+        asked: set[tuple[int, bytes]] = set()
+        for pool in list(self.pools.values()):
+            if ids is None:
+                message = [P.CANCEL_QUEUED, request] if pool.outstanding else None
+            else:
+                held = [i for i in ids if i in pool.outstanding]
+                message = [P.CANCEL, request, P.pack_ids(held)] if held else None
+            if message is not None and self.send_pool(pool, message):
+                asked.add(pool.key)
+        self.cancels[request] = (asked, dropped)
+        self.answer_cancel(request)
+
+    def answer_cancel(self, request: bytes) -> None:
+        """Reply to a cancel request once no pool it went to is left to answer."""
+        asked, cancelled = self.cancels[request]
+        if not asked:
+            del self.cancels[request]
+            self.to_driver([P.CANCEL_REPLY, request, P.pack_ids(cancelled)])
+
+    def cancelled_by_pool(self, pool: _Pool, request: bytes, ids: list[int]) -> None:
+        """A pool's answer to a cancel request: these of its tasks will never run."""
+        for task_id in ids:
+            pool.outstanding.pop(task_id, None)
+        if not pool.outstanding:
+            pool.idle_since = time.monotonic()
+        waiting = self.cancels.get(request)
+        if waiting is not None and pool.key in waiting[0]:
+            waiting[0].discard(pool.key)
+            waiting[1].extend(ids)
+            self.answer_cancel(request)
 
     def event(self, **info: Any) -> None:
         self.to_driver([P.EVENT, json.dumps(info).encode()])
@@ -309,13 +354,14 @@ class Interchange:
         kind = _kind(msg)
         credit = _credit(msg)
         if kind == P.RESULTS:
-            if len(msg) < 5:
+            if len(msg) < 6:
                 raise P.ProtocolError(f"a RESULTS message of {len(msg) - 1} frames")
-            view = memoryview(msg[3])
+            started = _ids(msg[3], "a started frame")
+            view = memoryview(msg[4])
             if view.nbytes % P.RESULT_META.size:
                 raise P.ProtocolError(f"a RESULTS meta frame of {view.nbytes} bytes")
             meta = view.tobytes()
-            blob = memoryview(msg[4])
+            blob = memoryview(msg[5])
             # The driver cuts every pool's results out of one joined batch, so each message's
             # blob and frames must be exactly what its meta declares.
             ids = []
@@ -326,11 +372,12 @@ class Interchange:
                 ids.append(task_id)
                 size += length
                 frames += count
-            if size != blob.nbytes or frames != len(msg) - 5:
+            if size != blob.nbytes or frames != len(msg) - 6:
                 raise P.ProtocolError(
                     f"results declaring {size} bytes in {frames} extra frames "
-                    f"with {blob.nbytes} bytes in {len(msg) - 5}"
+                    f"with {blob.nbytes} bytes in {len(msg) - 6}"
                 )
+            self.started.extend(started)
             outstanding = pool.outstanding
             for task_id in ids:
                 outstanding.pop(task_id, None)
@@ -338,11 +385,16 @@ class Interchange:
                 pool.idle_since = now
             self.to_driver_meta.append(meta)
             self.to_driver_mains.append(blob)
-            if len(msg) > 5:
-                self.to_driver_extra.extend(msg[5:])
+            if len(msg) > 6:
+                self.to_driver_extra.extend(msg[6:])
         elif kind == P.HEARTBEAT:
-            if len(msg) != 3:
+            if len(msg) != 4:
                 raise P.ProtocolError(f"a HEARTBEAT message of {len(msg) - 1} frames")
+            self.started.extend(_ids(msg[3], "a started frame"))
+        elif kind == P.CANCEL_REPLY:
+            if len(msg) != 5:
+                raise P.ProtocolError(f"a CANCEL_REPLY message of {len(msg) - 1} frames")
+            self.cancelled_by_pool(pool, bytes(msg[3]), _ids(msg[4], "a cancelled frame"))
         elif kind == P.INIT_FAILED:
             info = P.load_json(msg[3], P.MAX_CONTROL_JSON, "an INIT_FAILED reason") if len(msg) > 3 else None
             reason = info.get("reason") if isinstance(info, dict) else None
@@ -539,6 +591,10 @@ class Interchange:
                 fields = (fields[0], fields[1], fields[2], lost, fields[4], fields[5])
                 heapq.heappush(self.queue, (-fields[1], seq, (fields, main, oob)))
         pool.outstanding.clear()
+        for request, (asked, _cancelled) in list(self.cancels.items()):
+            if pool.key in asked:
+                asked.discard(pool.key)
+                self.answer_cancel(request)
         if notify:
             self.event(event="pool_lost", pool=pool.reg.pool_id, block=pool.reg.block_id, reason=why)
 
@@ -569,7 +625,6 @@ class Interchange:
                     _p, seq, item = heapq.heappop(queue)
                     items.append(item)
                     outstanding[item[0][0]] = (seq, item)
-                    self.started.append(item[0][0])
                     room -= 1
                 if items:
                     pool.sent += len(items)
@@ -636,8 +691,6 @@ class Interchange:
             wake = last_beat + period
             if self.probes:
                 wake = min(wake, self.probes[0])
-            if self.started:
-                wake = min(wake, self.started_since + STARTED_DELAY)
             events = dict(poller.poll(max(0.0, wake - now) * 1000))
             now = time.monotonic()
             if self.zap.socket in events:
@@ -687,8 +740,6 @@ class Interchange:
                     logger.warning("the driver process is gone; shutting down")
                     self.running = False
                     self.orphaned = True
-            if not self.started:
-                self.started_since = now
             self.dispatch()
             for connection in self.connections:
                 watch_room(poller, connection, connection.sender, pollout=zmq.POLLOUT, base=zmq.POLLIN)
@@ -704,7 +755,7 @@ class Interchange:
                     ]
                 )
                 self.to_driver_meta, self.to_driver_mains, self.to_driver_extra = [], [], []
-            elif self.started and now - self.started_since >= STARTED_DELAY:
+            elif self.started:  # pools report starts already batched: pass them on at once
                 self.to_driver([P.STARTED, P.pack_ids(self.started)])
                 self.started = []
 

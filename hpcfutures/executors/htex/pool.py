@@ -2,10 +2,15 @@
 
 It registers with the interchange (versions, worker count), forks its workers, and then
 routes: task batches down to workers, result batches up.  It reads only packed headers and
-forwards payload frames untouched.  It owns the failure handling that needs to be close to
-the workers: a dead worker is seen at once through its sentinel, its tasks are requeued (the
-one it was running is charged a loss, and fails after too many), and it is replaced; a task
-past its walltime has its worker's whole process group killed.
+forwards payload frames untouched.  Each worker claims a task on a board shared with the
+manager before it begins it, and keeps its unsent results there (see :mod:`.board`), so the
+manager reports which tasks began (batched with results, for ``running()``), cancels the
+ones no worker has begun, and knows what a dead worker was doing.  It owns the failure
+handling that needs to be close to the workers: a dead worker is seen at once through its
+sentinel, every result it finished is taken (from its pipe, then its board), the task it
+was running is charged a loss (and fails after too many), its other tasks are requeued
+uncharged, and it is replaced; a task past its walltime has its worker's whole process
+group killed.
 
 Run as ``python -m hpcfutures.executors.htex.pool --addr tcp://HOST:PORT --keys FILE ...``.
 """
@@ -35,6 +40,7 @@ from ...serialize import dumps
 from . import protocol as P
 from . import security
 from .component import setup_logging
+from .board import WorkerBoard
 from .pipes import Receiver, Sender, pipe_pair, watch_room
 from .stream import SCHEME, StreamConnection
 from .worker import worker_main
@@ -45,6 +51,9 @@ logger = logging.getLogger(__name__)
 TARGET_BUFFER_SECONDS = 0.005
 MAX_DEPTH = 64
 BATCH_LIMIT = 256
+#: How soon after tasks may have begun without a word (sent to an idle worker, or queued
+#: behind a result) the manager looks at the claim boards to report them started.
+STARTED_DELAY = 0.002
 
 
 def block_end_in() -> float | None:
@@ -80,14 +89,23 @@ def describe_exit(exitcode: int | None) -> str:
 
 
 class _Worker:
-    __slots__ = ("rank", "process", "sender", "receiver", "outstanding", "ready", "deadline", "walltime")
+    __slots__ = (
+        "rank", "process", "sender", "receiver", "board", "outstanding", "sent", "reported",
+        "cancelled", "ready", "deadline", "walltime",
+    )  # fmt: skip
 
-    def __init__(self, rank: int, process: Any, sender: Sender, receiver: Receiver):
+    def __init__(self, rank: int, process: Any, sender: Sender, receiver: Receiver, board: WorkerBoard):
         self.rank = rank
         self.process = process
         self.sender = sender  # tasks down; never blocks, queues what the pipe cannot take
         self.receiver = receiver  # results up
-        self.outstanding: deque[tuple[P.Item, int]] = deque()  # (task, queue sequence number)
+        self.board = board
+        # Tasks sent and not answered, in the order the worker runs them:
+        # (task, queue sequence number, ordinal on the claim board).
+        self.outstanding: deque[tuple[P.Item, int, int]] = deque()
+        self.sent = 0  # ordinal of the next task sent
+        self.reported = 0  # tasks with lower ordinals were reported started (or finished)
+        self.cancelled: set[int] = set()  # ids of tasks cancelled on the board, not yet skipped
         self.ready = False
         self.deadline: float | None = None  # set while it runs a task with a walltime
         self.walltime = 0.0
@@ -118,6 +136,7 @@ class PoolManager:
         self.out_mains: list[Any] = []
         self.out_extra: list[Any] = []
         self.running = True
+        self.started_check: float | None = None  # when to look for tasks begun unreported
         self.env_base = {
             "HPCFUTURES_POOL_ID": self.pool_id,
             "HPCFUTURES_BLOCK_ID": str(args.block_id),
@@ -131,6 +150,7 @@ class PoolManager:
         env = dict(self.env_base, HPCFUTURES_WORKER_RANK=str(rank))
         task_read, task_write = pipe_pair()
         result_read, result_write = pipe_pair()
+        board = WorkerBoard()
         # The child keeps only its own ends: with the others closed there, a pipe's reader
         # sees end-of-file when its one writer goes.
         ours = [fd for w in self.workers.values() for fd in (w.sender.fd, w.receiver.fd)]
@@ -142,6 +162,7 @@ class PoolManager:
                     rank,
                     task_read,
                     result_write,
+                    board,
                     [task_write, result_read, *ours],
                     env,
                     os.getpid(),
@@ -155,7 +176,7 @@ class PoolManager:
             finally:
                 os.close(task_read)
                 os.close(result_write)
-        worker = _Worker(rank, process, Sender(task_write), Receiver(result_read))
+        worker = _Worker(rank, process, Sender(task_write), Receiver(result_read), board)
         self.workers[rank] = worker
         self.by_sentinel[process.sentinel] = worker
         self.by_result_fd[result_read] = worker
@@ -212,8 +233,9 @@ class PoolManager:
 
     def worker_died(self, worker: _Worker) -> None:
         worker.process.join(timeout=5)
-        for msg in worker.receiver.drain():  # results it sent before it died count
+        for msg in worker.receiver.drain():  # every result it sent before it died counts
             self.on_worker(worker, msg)
+        self.take_unsent(worker)
         self.forget_worker(worker)
         how = describe_exit(worker.process.exitcode)
         logger.warning("worker %s %s", worker.rank, how)
@@ -224,14 +246,37 @@ class PoolManager:
         if self.running:
             self.start_worker(worker.rank)
 
+    def take_unsent(self, worker: _Worker) -> None:
+        """Take the results a dead worker finished but had not sent, from its board's journal.
+
+        Results it sent just before it died may still be in the journal too: only those of
+        tasks still outstanding count.
+        """
+        metas, pickles = worker.board.unsent()
+        offset = 0
+        for fields in P.RESULT_META.iter_unpack(metas):
+            size = fields[3]
+            if offset + size > len(pickles):
+                break  # it died while writing this one
+            if worker.outstanding and worker.outstanding[0][0][0][0] == fields[0]:
+                self.on_worker(worker, [memoryview(P.RESULTS), memoryview(P.RESULT_META.pack(*fields)),
+                                        memoryview(pickles)[offset : offset + size]])
+            offset += size
+
     def requeue(self, worker: _Worker, how: str, exitcode: int | None) -> None:
-        """Put a lost worker's tasks back; the one it was running is charged a loss."""
-        first = True
+        """Put a lost worker's tasks back once its results are read.
+
+        The task it had claimed and not answered is the one it was running: that one is
+        charged a loss.  Those it had not claimed are requeued uncharged, and those
+        cancelled on its board are dropped (the driver was told they were cancelled).
+        """
+        claimed = worker.board.claimed()
         while worker.outstanding:
-            (fields, main, oob), seq = worker.outstanding.popleft()
+            (fields, main, oob), seq, ordinal = worker.outstanding.popleft()
             task_id, priority, walltime, lost, size, count = fields
-            if first:
-                first = False
+            if task_id in worker.cancelled:
+                continue
+            if ordinal < claimed:
                 lost += 1
                 if lost > self.lost_task_retries:
                     error = WorkerLostError(
@@ -258,7 +303,7 @@ class PoolManager:
             if worker.deadline is None:
                 continue
             if now >= worker.deadline:
-                (fields, _main, _oob), _seq = worker.outstanding.popleft()
+                (fields, _main, _oob), _seq, _ordinal = worker.outstanding.popleft()
                 self.kill_worker(worker)
                 self.forget_worker(worker)
                 self.add_failure(
@@ -290,6 +335,53 @@ class PoolManager:
             self.running = False
             self.exit_code = 4
 
+    def started(self) -> bytes:
+        """The packed ids of tasks that workers began since the last report."""
+        ids = []
+        for worker in self.workers.values():
+            if not worker.outstanding:
+                continue
+            claimed = worker.board.claimed()
+            if claimed <= worker.reported:
+                continue
+            reported = worker.reported
+            for (fields, _main, _oob), _seq, ordinal in worker.outstanding:
+                if ordinal >= claimed:
+                    break
+                if ordinal >= reported and fields[0] not in worker.cancelled:
+                    ids.append(fields[0])
+            worker.reported = claimed
+        return P.pack_ids(ids) if ids else b""
+
+    def cancel(self, request: bytes, ids: set[int] | None) -> None:
+        """Cancel the given tasks (or all) that no worker has begun; tell the interchange which.
+
+        Tasks still in this pool's queue are dropped; tasks a worker holds are cancelled on
+        its claim board, which the worker reads before it begins each task.
+        """
+        cancelled: list[int] = []
+        kept = []
+        for entry in self.queue:
+            task_id = entry[2][0][0]
+            if ids is None or task_id in ids:
+                cancelled.append(task_id)
+            else:
+                kept.append(entry)
+        if cancelled:
+            heapq.heapify(kept)
+            self.queue = kept
+        for worker in self.workers.values():
+            wanted = {
+                ordinal: fields[0]
+                for (fields, _main, _oob), _seq, ordinal in worker.outstanding
+                if (ids is None or fields[0] in ids) and fields[0] not in worker.cancelled
+            }
+            if wanted:
+                for ordinal in worker.board.cancel(wanted):
+                    worker.cancelled.add(wanted[ordinal])
+                    cancelled.append(wanted[ordinal])
+        self.send_up(P.CANCEL_REPLY, request, P.pack_ids(cancelled))
+
     def flush_up(self, stream: StreamConnection) -> None:
         try:
             stream.flush()
@@ -319,6 +411,10 @@ class PoolManager:
             self.seq = seq
         elif kind == P.HEARTBEAT:
             pass
+        elif kind == P.CANCEL:
+            self.cancel(bytes(msg[1]), set(P.unpack_ids(bytes(msg[2]))))
+        elif kind == P.CANCEL_QUEUED:
+            self.cancel(bytes(msg[1]), None)
         elif kind == P.SHUTDOWN:
             self.running = False
 
@@ -333,14 +429,20 @@ class PoolManager:
             outstanding = worker.outstanding
             total = 0.0
             n = 0
-            for _id, _status, elapsed, _size, _count in P.RESULT_META.iter_unpack(meta):
+            for task_id, status, elapsed, _size, _count in P.RESULT_META.iter_unpack(meta):
                 outstanding.popleft()
+                if status == P.CANCELLED:
+                    worker.cancelled.discard(task_id)
+                    continue
                 total += elapsed
                 n += 1
             worker.deadline = None
-            average = total / n
-            self.runtime_ewma = average if not self.runtime_ewma else 0.7 * self.runtime_ewma + 0.3 * average
-            self.depth = max(1, min(MAX_DEPTH, int(TARGET_BUFFER_SECONDS / max(self.runtime_ewma, 1e-7))))
+            if n:
+                average = total / n
+                self.runtime_ewma = average if not self.runtime_ewma else 0.7 * self.runtime_ewma + 0.3 * average
+                self.depth = max(1, min(MAX_DEPTH, int(TARGET_BUFFER_SECONDS / max(self.runtime_ewma, 1e-7))))
+            if outstanding:  # it begins the next one without a word
+                self.started_soon()
         elif kind == P.READY:
             worker.ready = True
             self.send_to_worker(worker, self.config_frames)
@@ -350,6 +452,11 @@ class PoolManager:
                 f"the initializer failed in worker {worker.rank} of pool {self.pool_id}",
                 list(msg[1:]),
             )
+
+    def started_soon(self) -> None:
+        """Look at the claim boards shortly: tasks may have begun that nobody reported yet."""
+        if self.started_check is None:
+            self.started_check = time.monotonic() + STARTED_DELAY
 
     def dispatch(self, now: float) -> None:
         """Hand queued tasks to workers with room, spreading a burst evenly, idle workers first."""
@@ -394,9 +501,11 @@ class PoolManager:
                 room -= 1
             heapq.heappop(queue)
             items.append(item)
-            worker.outstanding.append((item, entry[1]))
+            worker.outstanding.append((item, entry[1], worker.sent))
+            worker.sent += 1
         if items:
             self.send_to_worker(worker, P.join(P.TASKS, P.TASK_META, items))
+            self.started_soon()
         return len(items)
 
     # -- main loop -----------------------------------------------------------------------
@@ -493,6 +602,8 @@ class PoolManager:
             wake = last_beat + self.heartbeat_period
             if next_deadline is not None:
                 wake = min(wake, next_deadline)
+            if self.started_check is not None:
+                wake = min(wake, self.started_check)
             events = dict(self.poller.poll(max(0.0, wake - now) * 1000))
             now = time.monotonic()
             if ix_key in events:
@@ -526,12 +637,18 @@ class PoolManager:
             if self.running:
                 self.dispatch(now)
                 next_deadline = self.check_walltimes(now) if next_deadline is None else next_deadline
+            started = b""
+            if self.started_check is not None and now >= self.started_check:
+                self.started_check = None
+                started = self.started()
             if self.out_meta:
-                self.send_up(P.RESULTS, b"".join(self.out_meta), b"".join(self.out_mains), *self.out_extra)
+                self.send_up(
+                    P.RESULTS, started or self.started(), b"".join(self.out_meta), b"".join(self.out_mains), *self.out_extra
+                )
                 self.out_meta, self.out_mains, self.out_extra = [], [], []
                 last_beat = now
-            elif now - last_beat >= self.heartbeat_period or self.credit() > self.credit_sent:
-                self.send_up(P.HEARTBEAT)
+            elif started or now - last_beat >= self.heartbeat_period or self.credit() > self.credit_sent:
+                self.send_up(P.HEARTBEAT, started or self.started())
                 last_beat = now
             if now - last_heard > self.heartbeat_threshold:
                 print(

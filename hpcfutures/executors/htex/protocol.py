@@ -11,9 +11,10 @@ buffers of large arguments and results follow as frames of their own, in item or
 batch costs a handful of frames however many tasks it holds, and the routers (interchange,
 pool manager) read only ``meta``: payloads are sliced and forwarded, never unpickled.
 Messages from a pool to the interchange carry the pool's cumulative credit (how many tasks
-it has ever been willing to accept) as a CREDIT struct in the frame after the kind;
-results from the interchange to the driver carry there instead the packed ids of tasks
-handed to pools since the last message (possibly none).
+it has ever been willing to accept) as a CREDIT struct in the frame after the kind; its
+RESULTS and HEARTBEAT messages then carry the packed ids of tasks its workers began since
+the last message (possibly none).  Results from the interchange to the driver carry those
+ids in the frame after the kind.
 
 A pool registers with ``[REGISTER, credit, token, registration JSON]``: the token has a frame
 of its own so that the interchange checks it before it parses anything, and the JSON is
@@ -36,7 +37,7 @@ import zmq
 
 from ... import __version__
 
-PROTOCOL_VERSION = 2  # 2: REGISTER carries the token in a frame of its own
+PROTOCOL_VERSION = 3  # 2: the token in a REGISTER frame of its own; 3: pools report which tasks began
 
 #: The largest message a registered pool may send (header included); a larger one drops the
 #: pool.  Between the driver and local pools, buffers of 256 KiB and more travel through
@@ -67,7 +68,7 @@ SHUTDOWN = b"x"
 INIT_FAILED = b"F"
 READY = b"w"
 DRAIN = b"d"  # driver -> interchange: stop giving this block tasks, then stop its pools
-STARTED = b"s"  # interchange -> driver: these tasks went to a pool and can no longer be cancelled
+STARTED = b"s"  # interchange -> driver: workers began these tasks; they can no longer be cancelled
 
 # Result statuses.
 OK = 0  # payload: the return value

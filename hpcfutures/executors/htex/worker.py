@@ -1,10 +1,12 @@
 """A worker process: runs the tasks its pool manager hands it, one after another.
 
 Workers are forked by the pool manager and talk to it over a pair of pipes (see
-:mod:`.pipes`).  Each takes tasks in small batches, runs them in order and returns results
-in batches: at once when it has nothing else queued, otherwise when a few milliseconds have
-passed, so a lone task comes back with no delay while a stream of short tasks costs few
-messages.
+:mod:`.pipes`).  Each takes tasks in small batches.  Before it begins a task it claims it on
+the board it shares with its manager (see :mod:`.board`), so the manager knows which tasks
+began and can cancel the others; each result waits in the board's journal, so a worker that
+dies loses none.  Results go to the manager in batches: at once when the worker has nothing
+else queued, otherwise when a few milliseconds have passed, so a lone task comes back with
+no delay while a stream of short tasks costs few messages.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ...serialize import (
     loads_call,
 )
 from . import protocol as P
+from .board import WorkerBoard
 from .pipes import Receiver, Sender
 
 #: Results wait at most this long for company before they are sent.
@@ -106,6 +109,7 @@ def worker_main(
     rank: int,
     task_fd: int,
     result_fd: int,
+    board: WorkerBoard,
     close_fds: list[int],
     env: dict[str, str],
     parent_pid: int,
@@ -131,24 +135,30 @@ def worker_main(
             except BaseException as exc:  # noqa: BLE001 - reported to the driver
                 link.send([P.INIT_FAILED, *dumps_exception(exc)])
                 os._exit(3)
-        _serve(link, SharedSpill(shm_dir, f"r{os.getpid()}-", unlink_on_load=True) if shm_dir else None)
+        spill = SharedSpill(shm_dir, f"r{os.getpid()}-", unlink_on_load=True) if shm_dir else None
+        _serve(link, board, spill)
     finally:
         os._exit(0)
 
 
-def _serve(link: _Link, spill: SharedSpill | None) -> None:
+def _serve(link: _Link, board: WorkerBoard, spill: SharedSpill | None) -> None:
     functions = LoadedFunctions()
     queue: deque[P.Item] = deque()
-    metas: list[bytes] = []
-    mains: list[Any] = []
-    extra: list[Any] = []
+    ordinal = 0  # of the next task taken from the queue: tasks are claimed in arrival order
+    unsent = 0  # results in the board's journal
     first_unsent = 0.0
     pack = P.RESULT_META.pack
+
+    def send_journal() -> None:
+        metas, pickles = board.journaled()
+        link.send([P.RESULTS, metas, pickles])
+        board.clear()
+
     while True:
         if not queue:
-            if metas:
-                link.send([P.RESULTS, b"".join(metas), b"".join(mains), *extra])
-                metas, mains, extra = [], [], []
+            if unsent:
+                send_journal()
+                unsent = 0
             msg: list[memoryview] | None = link.recv()
         else:
             msg = link.poll()
@@ -160,21 +170,32 @@ def _serve(link: _Link, spill: SharedSpill | None) -> None:
                 return
             continue
         fields, main, oob = queue.popleft()
-        try:
-            fn, args, kwargs = loads_call([main, *oob], functions)
-        except BaseException as exc:  # noqa: BLE001
-            error = SerializationError(f"the task could not be loaded on the worker: {exc!r}")
-            status, out, elapsed = P.ERROR, dumps_exception(error), 0.0
-        else:
+        if not board.claim(ordinal):  # cancelled by the manager before it began
+            ordinal += 1
             del main, oob
-            status, out, elapsed = _run_one(fn, args, kwargs, spill)
-            del fn, args, kwargs
-        if not metas:
-            first_unsent = time.monotonic()
-        metas.append(pack(fields[0], status, elapsed, len(out[0]), len(out) - 1))
-        mains.append(out[0])
-        if len(out) > 1:
-            extra.extend(out[1:])
-        if len(metas) >= RESULT_FLUSH_COUNT or time.monotonic() - first_unsent >= RESULT_FLUSH_SECONDS:
-            link.send([P.RESULTS, b"".join(metas), b"".join(mains), *extra])
-            metas, mains, extra = [], [], []
+            meta, out = pack(fields[0], P.CANCELLED, 0.0, 0, 0), [b""]
+        else:
+            ordinal += 1
+            try:
+                fn, args, kwargs = loads_call([main, *oob], functions)
+            except BaseException as exc:  # noqa: BLE001
+                error = SerializationError(f"the task could not be loaded on the worker: {exc!r}")
+                status, out, elapsed = P.ERROR, dumps_exception(error), 0.0
+            else:
+                del main, oob
+                status, out, elapsed = _run_one(fn, args, kwargs, spill)
+                del fn, args, kwargs
+            meta = pack(fields[0], status, elapsed, len(out[0]), len(out) - 1)
+        if len(out) == 1 and board.journal(meta, out[0]):
+            if not unsent:
+                first_unsent = time.monotonic()
+            unsent += 1
+        else:  # out-of-band frames, or too large to wait: send it now, after those before it
+            if unsent:
+                send_journal()
+                unsent = 0
+            link.send([P.RESULTS, meta, *out])
+        del out
+        if unsent and (unsent >= RESULT_FLUSH_COUNT or time.monotonic() - first_unsent >= RESULT_FLUSH_SECONDS):
+            send_journal()
+            unsent = 0

@@ -45,6 +45,10 @@ _JOURNAL = _FIRST + 8 * SLOTS  # offset of: bytes of result metas, bytes of resu
 _METAS = _JOURNAL + _LENGTHS.size
 _PICKLES = _METAS + JOURNAL_RESULTS * RESULT_META.size
 _SIZE = _PICKLES + JOURNAL_BYTES
+#: The manager waits at most this long for the lock.  A worker holds it for well under a
+#: microsecond, so a longer wait means it died holding it (or is stopped): the manager then
+#: treats the worker's tasks as begun, which is always safe.
+LOCK_TIMEOUT = 0.5
 
 
 class WorkerBoard:
@@ -104,15 +108,29 @@ class WorkerBoard:
             return b"", b""  # it died writing the lengths: trust nothing
         return self.memory[_METAS : _METAS + metas], self.memory[_PICKLES : _PICKLES + pickles]
 
-    def claimed(self) -> int:
-        """How many tasks the worker has claimed (begun, or skipped as cancelled)."""
-        with self.lock:
+    def claimed(self) -> int | None:
+        """How many tasks the worker has claimed (begun, or skipped as cancelled).
+
+        None if the lock could not be had (see LOCK_TIMEOUT).
+        """
+        if not self.lock.acquire(timeout=LOCK_TIMEOUT):
+            return None
+        try:
             return int(_COUNT.unpack_from(self.memory, _CLAIMED)[0])
+        finally:
+            self.lock.release()
+
+    def claimed_before_death(self) -> int:
+        """:meth:`claimed`, once the worker is dead: read without the lock, which it may
+        have died holding (nothing changes the board any more)."""
+        return int(_COUNT.unpack_from(self.memory, _CLAIMED)[0])
 
     def cancel(self, ordinals: Iterable[int]) -> set[int]:
         """Cancel those of ``ordinals`` the worker has not claimed yet; return them."""
         memory = self.memory
-        with self.lock:
+        if not self.lock.acquire(timeout=LOCK_TIMEOUT):
+            return set()
+        try:
             (claimed,) = _COUNT.unpack_from(memory, _CLAIMED)
             (cancels,) = _COUNT.unpack_from(memory, _CANCELS)
             kept = [o for o in struct.unpack_from(f"<{cancels}Q", memory, _FIRST) if o >= claimed]
@@ -123,5 +141,7 @@ class WorkerBoard:
                     won.add(ordinal)
             struct.pack_into(f"<{len(kept)}Q", memory, _FIRST, *kept)
             _COUNT.pack_into(memory, _CANCELS, len(kept))
+        finally:
+            self.lock.release()
         return won
 

@@ -270,7 +270,7 @@ class PoolManager:
         charged a loss.  Those it had not claimed are requeued uncharged, and those
         cancelled on its board are dropped (the driver was told they were cancelled).
         """
-        claimed = worker.board.claimed()
+        claimed = worker.board.claimed_before_death()
         while worker.outstanding:
             (fields, main, oob), seq, ordinal = worker.outstanding.popleft()
             task_id, priority, walltime, lost, size, count = fields
@@ -342,7 +342,7 @@ class PoolManager:
             if not worker.outstanding:
                 continue
             claimed = worker.board.claimed()
-            if claimed <= worker.reported:
+            if claimed is None or claimed <= worker.reported:
                 continue
             reported = worker.reported
             for (fields, _main, _oob), _seq, ordinal in worker.outstanding:

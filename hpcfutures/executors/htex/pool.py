@@ -342,6 +342,8 @@ class PoolManager:
             if not worker.outstanding:
                 continue
             claimed = worker.board.claimed()
+            if claimed is not None and claimed <= worker.outstanding[0][2]:
+                self.started_soon()  # it holds tasks and has begun none yet: look again shortly
             if claimed is None or claimed <= worker.reported:
                 continue
             reported = worker.reported

@@ -62,14 +62,16 @@ class LeanFuture(Future[Any]):
         return self._state == RUNNING
 
     def result(self, timeout: float | None = None) -> Any:
-        if self._state == FINISHED:
-            if self._exception is not None:
-                try:
+        try:
+            if self._state == FINISHED:
+                if self._exception is not None:
                     raise self._exception
-                finally:
-                    self = None  # type: ignore[assignment]  # break a reference cycle, as the stdlib does
-            return self._result
-        return super().result(timeout)
+                return self._result
+            return super().result(timeout)
+        finally:
+            # The exception's traceback holds this frame: break the cycle through ``self``
+            # (and so through the exception), as the stdlib does.
+            self = None  # type: ignore[assignment]
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         if self._state == FINISHED:

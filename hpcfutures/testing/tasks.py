@@ -10,8 +10,10 @@ import hashlib
 from typing import Any
 
 __all__ = [
+    "Box",
     "ConformanceError",
     "add",
+    "box",
     "digest",
     "identity",
     "raise_error",
@@ -51,3 +53,20 @@ def return_none(*args: Any, **kwargs: Any) -> None:
 def raise_error(*args: Any) -> None:
     """Raise :class:`ConformanceError` with ``args`` as its args."""
     raise ConformanceError(*args)
+
+
+class Box:
+    """A result that weak references can follow (ints and tuples cannot), to see who keeps it alive."""
+
+    __slots__ = ("value", "__weakref__")
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"Box({self.value!r})"
+
+
+def box(x: Any) -> Box:
+    """Return ``x`` in a :class:`Box`."""
+    return Box(x)

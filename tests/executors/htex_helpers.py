@@ -50,9 +50,17 @@ class _StreamContext:
 
 
 def fake_pool(
-    endpoint: str, *, curve: dict[str, str] | None = None, send_timeout: int = 1000, **info: Any
+    endpoint: str,
+    *,
+    curve: dict[str, str] | None = None,
+    token: str | None = None,
+    send_timeout: int = 1000,
+    **info: Any,
 ) -> tuple[Any, Any]:
     """Connect a raw socket as a would-be pool and send a registration carrying ``info``.
+
+    The registration has the current layout, ``[REGISTER, credit, token, info JSON]``; the
+    token is ``token``, else the one in ``curve`` (a pool key file), else empty.
 
     Returns ``(context, socket)``: a ZeroMQ pair for a ``tcp://`` endpoint, or for a local
     pools' ``unix://`` endpoint a :class:`StreamConnection` and a stand-in context.
@@ -87,8 +95,12 @@ def fake_pool(
 
     registration["hpcfutures"] = __version__
     registration.update(info)
+    if token is None:
+        token = (curve or {}).get("token", "")
     try:
-        sock.send_multipart([P.REGISTER, P.CREDIT.pack(100), json.dumps(registration).encode()])
+        sock.send_multipart(
+            [P.REGISTER, P.CREDIT.pack(100), token.encode(), json.dumps(registration).encode()]
+        )
     except zmq.Again:
         pass  # the handshake was refused, so there is no connection to send on
     return ctx, sock
@@ -105,5 +117,5 @@ def fake_results(sock: Any, task_ids: list[int], value: Any) -> None:
     msg = P.join(P.RESULTS, P.RESULT_META, items)
     try:
         sock.send_multipart([msg[0], P.CREDIT.pack(100), *msg[1:]])
-    except zmq.Again:
-        pass  # refused: nothing to send on
+    except (zmq.Again, OSError):
+        pass  # refused (or the interchange closed a local connection): nothing to send on

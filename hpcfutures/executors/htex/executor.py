@@ -11,6 +11,7 @@ polling per task.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import json
 import logging
@@ -29,7 +30,7 @@ import weakref
 from concurrent.futures import Executor, Future, InvalidStateError
 from concurrent.futures import wait as wait_futures
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, Sequence, TypeVar
 
 from ...errors import (
     BrokenExecutorError,
@@ -64,13 +65,34 @@ HOUSEKEEPING_SECONDS = 0.2
 CANCEL_TIMEOUT = 5.0
 STOP_TIMEOUT = 5.0
 
+AtExit = Literal["wait", "terminate"]
+
 _live_executors: weakref.WeakSet[HighThroughputExecutor] = weakref.WeakSet()
 
 
-@atexit.register
-def _stop_all_at_exit() -> None:
-    for executor in list(_live_executors):
-        executor.terminate()
+def _finish_all_at_exit() -> None:
+    """At interpreter exit, let every live executor finish its tasks, or stop it (its ``at_exit``).
+
+    Ctrl-C while this waits stops them all at once.
+    """
+    pid = os.getpid()
+    executors = [ex for ex in list(_live_executors) if ex._owner_pid == pid]  # not a forked child's
+    try:
+        for executor in executors:
+            executor._exit()
+    except KeyboardInterrupt:
+        for executor in executors:
+            executor.terminate()
+        raise
+
+
+# Registered with threading, as the stdlib's executors are, rather than with atexit: it then
+# runs before every atexit hook (logging's shutdown, the program's own clean-ups), so the tasks
+# finishing and their done-callbacks still find the program whole.
+try:
+    threading._register_atexit(_finish_all_at_exit)  # type: ignore[attr-defined]
+except RuntimeError:  # imported while the interpreter is already shutting down
+    atexit.register(_finish_all_at_exit)
 
 
 def _unlink_spilled(future: Future[Any]) -> None:
@@ -93,6 +115,23 @@ def _free_port(address: str) -> int:
         return int(probe.getsockname()[1])
 
 
+def _pop_result(futures: list[HtexFuture], timeout: float | None) -> Any:
+    """Take the last of ``futures`` out of the list and return its result.
+
+    The future leaves the list first and this frame lets go of it before returning or
+    raising, so that neither its result nor its exception (whose traceback holds this frame)
+    is kept alive from here; one that did not finish (a timeout) goes back, to be cancelled
+    with the rest.
+    """
+    future = futures.pop()
+    try:
+        return future.result(timeout)
+    finally:
+        if not future.done():
+            futures.append(future)
+        del future
+
+
 def _tail(path: Path, limit: int = 4000) -> str:
     try:
         with open(path, "rb") as f:
@@ -105,11 +144,12 @@ def _tail(path: Path, limit: int = 4000) -> str:
 
 
 class HtexFuture(LeanFuture):
-    """A Future whose ``cancel()`` reaches the interchange: a task still queued there is removed.
+    """A Future whose ``cancel()`` reaches wherever its task waits.
 
-    ``cancel()`` returns True only when the task is guaranteed never to run.  A task counts
-    as started (``running()`` is True) once the interchange hands it to a worker pool, as
-    the stdlib's process pool counts tasks in its call queue.
+    ``cancel()`` returns True for a task no worker has begun, wherever it is queued (driver,
+    interchange, pool, or a worker's prefetched batch), and such a task never runs.  A task
+    counts as started (``running()`` is True) once a worker has begun it: pools report the
+    tasks their workers claim, batched with their results.
     """
 
     spilled: list[str] | None = None  # shared-memory files holding large arguments
@@ -120,7 +160,7 @@ class HtexFuture(LeanFuture):
         self._executor = executor
 
     def cancel(self) -> bool:
-        """Cancel the task if it has not reached a worker pool; return whether it was cancelled."""
+        """Cancel the task unless a worker has begun it; return whether it was cancelled."""
         if self.done():
             return self.cancelled()
         if self.task_id in self._executor._started_ids:
@@ -128,7 +168,7 @@ class HtexFuture(LeanFuture):
         return self._executor._cancel([self])
 
     def running(self) -> bool:
-        """Return True if the task was handed to a worker pool and has not finished."""
+        """Return True if a worker has begun the task and it has not finished."""
         return not self.done() and self.task_id in self._executor._started_ids
 
     def _cancel_locally(self) -> bool:
@@ -162,6 +202,9 @@ class HighThroughputExecutor(BlockManagement, Executor):
         lost_task_retries: how often a task whose worker or pool died is run again before it
             fails with WorkerLostError or PoolLostError.
         start_timeout: seconds a pool waits for the interchange to accept it before it exits.
+        at_exit: what the end of the program does to unfinished tasks: ``"wait"`` runs them
+            to the end first, as the stdlib's executors do; ``"terminate"`` kills them, as
+            :meth:`terminate` does.
     """
 
     def __init__(
@@ -182,6 +225,7 @@ class HighThroughputExecutor(BlockManagement, Executor):
         start_timeout: float = 30.0,
         max_idletime: float = 120.0,
         block_poll_period: float = 1.0,
+        at_exit: AtExit = "wait",
     ):
         if max_workers is not None and (
             isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1
@@ -238,6 +282,11 @@ class HighThroughputExecutor(BlockManagement, Executor):
         ):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ConfigurationError(f"{name} must be a positive number of seconds, got {value!r}")
+        if at_exit not in ("wait", "terminate"):
+            raise ConfigurationError(
+                "at_exit must be 'wait' (unfinished tasks run to the end when the program ends, as "
+                f"with the standard library) or 'terminate' (they are killed), got {at_exit!r}"
+            )
         if heartbeat_threshold <= heartbeat_period:
             raise ConfigurationError(
                 f"heartbeat_threshold ({heartbeat_threshold}) must exceed heartbeat_period ({heartbeat_period})"
@@ -258,6 +307,7 @@ class HighThroughputExecutor(BlockManagement, Executor):
         self.start_timeout = float(start_timeout)
         self.max_idletime = float(max_idletime)
         self.block_poll_period = float(block_poll_period)
+        self.at_exit: AtExit = at_exit
         if getattr(provider, "max_blocks", 1) < 1:
             raise ConfigurationError(
                 f"the provider's max_blocks is {provider.max_blocks}: no block could ever run a task; "
@@ -267,7 +317,7 @@ class HighThroughputExecutor(BlockManagement, Executor):
         self._initargs = initargs
 
         # Must be held while touching _outbox, _wake_pending, _next_id, _taken_upto,
-        # _skip, _controls, _shutdown and _broken, and while adding to _pending.
+        # _skip, _controls, _io_closed, _shutdown and _broken, and while adding to _pending.
         self._lock = threading.Lock()
         self._outbox: list[tuple[bytes, Any, list[Any]]] = []  # (meta, main pickle, out-of-band)
         self._wake_pending = False
@@ -289,11 +339,11 @@ class HighThroughputExecutor(BlockManagement, Executor):
         self._stop_when_idle = False
         self._kill_on_stop = False
         self._stopped = threading.Event()
-        self._io_closed = False  # the wake pipe is closed; set under _lock
+        self._io_closed = False  # the I/O thread takes no more controls (it is ending); set under _lock
+        self._owner_pid = 0  # the process that started the executor; only it stops it at exit
         self._blocks: dict[str, _Block] = {}
         self._blocks_lock = threading.Lock()  # the block thread adds, the I/O thread reads
         self._block_counter = itertools.count()
-        self._replacements = 0
         self._start_failures = 0  # blocks in a row that ended before a pool connected
         self._block_idle: dict[str, float] = {}  # block id -> idle seconds, from the interchange
         self._block_thread: threading.Thread | None = None
@@ -302,6 +352,8 @@ class HighThroughputExecutor(BlockManagement, Executor):
         #: What the provider said of blocks that ended before any of their pools connected.
         self.block_failures: list[JobStatus] = []
         self._pools_connected = 0
+        # Cancel requests sent to the interchange, waiting for its answer.  The I/O thread owns
+        # this dict: it alone adds, answers, releases (_fail_all, _stop_taking_controls) and reads.
         self._cancel_requests: dict[bytes, tuple[threading.Event, list[HtexFuture]]] = {}
         self._cancel_counter = itertools.count(1)
         self.pools: dict[str, dict[str, Any]] = {}
@@ -351,15 +403,19 @@ class HighThroughputExecutor(BlockManagement, Executor):
 
         As in the stdlib: ``wait=True`` returns after every submitted task has finished and
         every process of the executor is gone; ``wait=False`` returns at once and the
-        release happens in the background when the last task finishes (or at interpreter
-        exit, which calls :meth:`terminate`).  ``cancel_futures=True`` cancels the tasks
-        not yet handed to a worker pool.  To stop running tasks too, use :meth:`terminate`.
+        release happens in the background when the last task finishes.  Either way the
+        program does not end before its submitted tasks have (unless ``at_exit="terminate"``).
+        ``cancel_futures=True`` cancels every task that no worker has begun.  To stop
+        running tasks too, use :meth:`terminate`.
+
+        In a done-callback, which runs on the executor's I/O thread, ``wait=True`` acts as
+        ``wait=False``: waiting there would wait for the thread that delivers the results.
         """
         if not self._close_for_submits():
             return
         if cancel_futures:
             self._cancel(list(self._pending.values()), everything=True)
-        if not wait:
+        if not wait or self._on_io_thread():
             self._request_stop(kill=False, when_idle=True)
             return
         wait_futures(list(self._pending.values()))
@@ -371,7 +427,9 @@ class HighThroughputExecutor(BlockManagement, Executor):
 
         Every unfinished future, queued or running, fails with
         :class:`~hpcfutures.ExecutorShutdownError`.  This returns in bounded time even when a
-        task is stuck in C code.  It runs at interpreter exit for executors still alive.
+        task is stuck in C code; in a done-callback (on the I/O thread) it returns at once and
+        the executor stops right after.  With ``at_exit="terminate"`` it runs at interpreter
+        exit for executors still alive.
         """
         if not self._close_for_submits():
             return
@@ -391,6 +449,23 @@ class HighThroughputExecutor(BlockManagement, Executor):
         thread = self._io_thread
         if thread is not None and thread is not threading.current_thread():
             thread.join()
+
+    def _on_io_thread(self) -> bool:
+        """Whether the caller runs on the I/O thread (in a done-callback, say)."""
+        return threading.get_ident() == self._io_ident
+
+    def _exit(self) -> None:
+        """At interpreter exit: let the submitted tasks finish, then stop; or, per ``at_exit``, stop now.
+
+        Like ``shutdown(wait=False)`` followed by a wait for the I/O thread, which ends once no
+        task is pending: when the tasks finish, or fail because the executor broke or the
+        interchange is gone.
+        """
+        if self.at_exit == "terminate":
+            self.terminate()
+        elif self._close_for_submits():
+            self._request_stop(kill=False, when_idle=True)
+            self._join_io_thread()
 
     @property
     def endpoints(self) -> dict[str, str]:
@@ -500,18 +575,22 @@ class HighThroughputExecutor(BlockManagement, Executor):
         return self._map_results(futures, end_time, chunksize > 1)
 
     def _map_results(self, futures: list[HtexFuture], end_time: float | None, chunked: bool) -> Iterator[Any]:
+        """Yield the results of ``futures`` in order; cancel those left when the caller stops.
+
+        Nothing here holds a result once it is yielded (nor a future once its result is
+        taken), so each result is freed as soon as the caller drops it, as in the stdlib.
+        """
         futures.reverse()
         try:
             while futures:
-                fut = futures[-1]
                 remaining = None if end_time is None else end_time - time.monotonic()
-                value = fut.result(remaining)
-                futures.pop()
-                if chunked:
-                    yield from value
-                else:
-                    yield value
-                del fut, value
+                if not chunked:
+                    yield _pop_result(futures, remaining)
+                    continue
+                chunk = _pop_result(futures, remaining)
+                chunk.reverse()
+                while chunk:
+                    yield chunk.pop()
         finally:
             if futures:
                 self._cancel(futures)
@@ -540,13 +619,20 @@ class HighThroughputExecutor(BlockManagement, Executor):
         return all(f.cancelled() for f in futures)
 
     def _control(self, kind: str, payload: Any) -> None:
+        """Hand an order to the I/O thread: ``cancel``, ``drain``, ``stop`` or ``fail``.
+
+        Once the I/O thread is ending it takes no more: a cancel is then released at once,
+        and the others are moot (its teardown fails every future still pending).
+        """
         with self._lock:
-            if self._io_closed:
+            if not self._io_closed:
+                self._controls.append((kind, payload))
+                if not self._wake_pending:
+                    self._wake_pending = True
+                    os.write(self._wake_w, b"\0")
                 return
-            self._controls.append((kind, payload))
-            if not self._wake_pending:
-                self._wake_pending = True
-                os.write(self._wake_w, b"\0")
+        if kind == "cancel":
+            payload[1].set()
 
     def _request_stop(self, kill: bool, when_idle: bool = False) -> None:
         self._control("stop", (kill, when_idle))
@@ -554,52 +640,113 @@ class HighThroughputExecutor(BlockManagement, Executor):
     # -- starting --------------------------------------------------------------------------------
 
     def _start(self) -> None:
+        """Start the interchange, the first blocks and the threads; if a step raises, undo the rest.
+
+        A failed start leaves no process, pipe, key or directory of its own behind (only a
+        ``run_dir``'s run directory stays, with the logs that may say why) and the executor
+        unstarted, so the next submit starts afresh.
+        """
         with self._start_lock:
             if self._started:
                 return
-            if self.run_dir is not None:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-                self._dir = Path(tempfile.mkdtemp(prefix=f"{self.label}-", dir=self.run_dir))
-                self._temporary_dir = False
-            else:
-                self._dir = Path(tempfile.mkdtemp(prefix=f"hpcfutures-{self.label}-"))
-                self._temporary_dir = True
-            self._keys = security.create_keys(self._dir / "keys")
-            self._spill = self._make_spill()
-            self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-            self._start_interchange()
-            settings = {
-                "lost_task_retries": self.lost_task_retries,
-                "heartbeat_period": self.heartbeat_period,
-                "heartbeat_threshold": self.heartbeat_threshold,
-            }
-            init_frames = dumps((self._initializer, self._initargs)) if self._initializer is not None else []
-            self._to_interchange.send([P.CONFIG, json.dumps(settings).encode(), *init_frames])
-            self.provider.script_dir = str(self._dir / "blocks")
-            os.makedirs(self.provider.script_dir, exist_ok=True)
-            if self.tunnel:
-                self._open_tunnel()
-            logger.info("%s: pools connect to %s", self.label, self.endpoints["tcp"])
-            for _ in range(min(self.provider.init_blocks, self.provider.max_blocks)):
-                try:
-                    self._start_block()
-                except Exception as exc:  # noqa: BLE001 - e.g. the scheduler refused the job
-                    self._submit_failed(exc)  # breaks the executor when nothing else can run
-                    break
-            self._io_thread = threading.Thread(
-                target=self._io_loop, name=f"hpcfutures-{self.label}-io", daemon=True
-            )
-            self._block_thread = threading.Thread(
-                target=self._block_loop, name=f"hpcfutures-{self.label}-blocks", daemon=True
-            )
-            self._started = True
-            _live_executors.add(self)
-            self._io_thread.start()
-            self._block_thread.start()
+            with contextlib.ExitStack() as rollback:  # undoes the steps done when a later one raises
+                rollback.callback(self._forget_failed_start)
+                self._make_run_dir(rollback)
+                self._spill = self._make_spill()
+                if self._spill is not None:
+                    rollback.callback(shutil.rmtree, self._spill.directory, ignore_errors=True)
+                self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+                rollback.callback(os.close, self._wake_r)
+                rollback.callback(os.close, self._wake_w)
+                self._start_interchange(rollback)
+                settings = {
+                    "lost_task_retries": self.lost_task_retries,
+                    "heartbeat_period": self.heartbeat_period,
+                    "heartbeat_threshold": self.heartbeat_threshold,
+                }
+                init_frames = (
+                    dumps((self._initializer, self._initargs)) if self._initializer is not None else []
+                )
+                self._to_interchange.send([P.CONFIG, json.dumps(settings).encode(), *init_frames])
+                self.provider.script_dir = str(self._dir / "blocks")
+                os.makedirs(self.provider.script_dir, exist_ok=True)
+                if self.tunnel:
+                    self._open_tunnel()
+                    rollback.callback(self._close_tunnel)
+                logger.info("%s: pools connect to %s", self.label, self.endpoints["tcp"])
+                rollback.callback(self._cancel_blocks_of_failed_start)
+                for _ in range(min(self.provider.init_blocks, self.provider.max_blocks)):
+                    try:
+                        self._start_block()
+                    except Exception as exc:  # noqa: BLE001 - e.g. the scheduler refused the job
+                        self._submit_failed(exc)  # breaks the executor when nothing else can run
+                        break
+                self._io_thread = threading.Thread(
+                    target=self._io_loop, name=f"hpcfutures-{self.label}-io", daemon=True
+                )
+                self._block_thread = threading.Thread(
+                    target=self._block_loop, name=f"hpcfutures-{self.label}-blocks", daemon=True
+                )
+                self._block_thread.start()
+                rollback.callback(self._stop_block_thread)
+                self._owner_pid = os.getpid()
+                self._started = True
+                _live_executors.add(self)
+                self._io_thread.start()
+                rollback.pop_all()  # started: from now on _teardown releases everything
 
-    def _start_interchange(self) -> None:
-        """Start the interchange on ports picked here; its failures surface in housekeeping."""
+    def _make_run_dir(self, rollback: contextlib.ExitStack) -> None:
+        """Make the run directory and the key files in it; ``rollback`` removes them again."""
+        if self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._dir = Path(tempfile.mkdtemp(prefix=f"{self.label}-", dir=self.run_dir))
+            self._temporary_dir = False
+            rollback.callback(shutil.rmtree, self._dir / "keys", ignore_errors=True)
+        else:
+            self._dir = Path(tempfile.mkdtemp(prefix=f"hpcfutures-{self.label}-"))
+            self._temporary_dir = True
+            rollback.callback(shutil.rmtree, self._dir, ignore_errors=True)
+        self._keys = security.create_keys(self._dir / "keys")
+
+    def _forget_failed_start(self) -> None:
+        """The last step of a rollback: the executor is as before its first submit."""
+        with self._lock:
+            self._broken = None  # a block that could not be submitted: the next start tries again
+            self._controls = []
+            self._wake_pending = False
+        self._start_failures = 0
+        self._started = False
+        _live_executors.discard(self)
+        self._owner_pid = 0
+        self._ports = None
+        self._spill = None
+
+    def _cancel_blocks_of_failed_start(self) -> None:
+        with self._blocks_lock:
+            blocks, self._blocks = list(self._blocks.values()), {}
+        if blocks:
+            try:
+                self.provider.cancel([b.job_id for b in blocks])
+            except Exception:  # noqa: BLE001 - the start's own error is the one to raise
+                logger.warning("%s: could not cancel the blocks of a failed start", self.label, exc_info=True)
+
+    def _stop_block_thread(self) -> None:
+        self._block_stop.set()
+        if self._block_thread is not None:
+            self._block_thread.join()
+        self._block_stop.clear()
+
+    def _kill_interchange(self) -> None:
+        self._interchange.kill()
+        self._interchange.wait()
+
+    def _start_interchange(self, rollback: contextlib.ExitStack) -> None:
+        """Start the interchange on ports picked here; its failures surface in housekeeping.
+
+        ``rollback`` kills it, closes its pipes and removes its socket directory again.
+        """
         self._ipc_dir = tempfile.mkdtemp(prefix="hpcf-")  # short: Unix socket paths are limited
+        rollback.callback(shutil.rmtree, self._ipc_dir, ignore_errors=True)
         self._ports = {"pool_port": _free_port("0.0.0.0" if self.address == "*" else self.address)}
         self._interchange_err = self._dir / "interchange.err"
         cmd = [
@@ -654,6 +801,9 @@ class HighThroughputExecutor(BlockManagement, Executor):
         finally:
             os.close(down_read)
             os.close(up_write)
+        rollback.callback(self._kill_interchange)
+        rollback.callback(os.close, down_write)
+        rollback.callback(os.close, up_read)
         self._to_interchange = Sender(down_write)
         self._from_interchange = Receiver(up_read)
 
@@ -749,6 +899,8 @@ class HighThroughputExecutor(BlockManagement, Executor):
                             self._stop_when_idle = True
                         else:
                             self._stop_requested = True
+                    elif kind == "fail":
+                        self._fail_all(payload)
                 for message in receiver.read():
                     self._on_message(message)
                 if receiver.closed:
@@ -764,7 +916,7 @@ class HighThroughputExecutor(BlockManagement, Executor):
                     break
         except BaseException as exc:  # noqa: BLE001 - a bug here must not leave futures hanging
             logger.exception("the I/O thread of %s failed", self.label)
-            self._fail_all(ExecutorError(f"the executor's I/O thread failed: {exc!r}"))
+            self._break(ExecutorError(f"the executor's I/O thread failed: {exc!r}"))
         finally:
             self._teardown()
 
@@ -925,13 +1077,20 @@ class HighThroughputExecutor(BlockManagement, Executor):
     # -- failing and stopping ---------------------------------------------------------------------
 
     def _break(self, error: BaseException) -> None:
-        """Mark the executor broken and fail every pending task with ``error``."""
-        if self._broken is None:
-            with self._lock:
+        """Mark the executor broken (the first error stays) and fail every pending task with ``error``.
+
+        Any thread may call this; the I/O thread fails the futures, as it owns them.
+        """
+        with self._lock:
+            if self._broken is None:
                 self._broken = error
-        self._fail_all(error)
+        if self._on_io_thread():
+            self._fail_all(error)
+        else:
+            self._control("fail", error)
 
     def _fail_all(self, error: BaseException) -> None:
+        """Fail every pending task with ``error`` and release every cancel waiting (I/O thread only)."""
         with self._lock:
             pending, self._pending = self._pending, {}
             self._started_ids = set()
@@ -946,7 +1105,26 @@ class HighThroughputExecutor(BlockManagement, Executor):
             done.set()
         self._cancel_requests.clear()
 
+    def _stop_taking_controls(self) -> None:
+        """The I/O thread is ending: take no more controls; release every cancel still waiting.
+
+        No answer to a cancel can come any more, so none waits ``CANCEL_TIMEOUT`` for one; its
+        futures simply were not cancelled.
+        """
+        with self._lock:
+            self._io_closed = True
+            controls, self._controls = self._controls, []
+        for kind, payload in controls:
+            if kind == "cancel":
+                payload[1].set()
+            elif kind == "fail":
+                self._fail_all(payload)
+        for done, _futures in self._cancel_requests.values():
+            done.set()
+        self._cancel_requests.clear()
+
     def _teardown(self) -> None:
+        self._stop_taking_controls()
         try:
             try:
                 self._to_interchange.send([P.SHUTDOWN])
@@ -965,8 +1143,7 @@ class HighThroughputExecutor(BlockManagement, Executor):
         finally:
             for fd in (self._to_interchange.fd, self._from_interchange.fd):
                 os.close(fd)
-            with self._lock:
-                self._io_closed = True
+            with self._lock:  # _control writes to it under the lock, until _io_closed
                 os.close(self._wake_r)
                 os.close(self._wake_w)
             _live_executors.discard(self)

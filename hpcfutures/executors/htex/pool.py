@@ -12,28 +12,32 @@ was running is charged a loss (and fails after too many), its other tasks are re
 uncharged, and it is replaced; a task past its walltime has its worker's whole process
 group killed.
 
+The manager never has a thread but its main one, so that every fork of a worker, including
+a replacement's while tasks run, copies no lock another thread holds.  So it holds no ZeroMQ
+socket (whose context runs I/O threads): a pool on the interchange's node talks to it over
+a Unix stream socket, and a remote pool through a relay process that holds the CurveZMQ
+socket (see :mod:`.relay`); the manager reads either as a :class:`.stream.StreamConnection`.
+
 Run as ``python -m hpcfutures.executors.htex.pool --addr tcp://HOST:PORT --keys FILE ...``.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import heapq
 import json
 import logging
 import multiprocessing
 import os
+import select
 import signal
 import socket
 import sys
 import time
 import uuid
-import warnings
 from collections import deque
+from multiprocessing.process import BaseProcess
 from typing import Any
-
-import zmq
 
 from ...errors import TaskTimeoutError, WorkerLostError
 from ...serialize import dumps
@@ -42,6 +46,7 @@ from . import security
 from .component import setup_logging
 from .board import WorkerBoard
 from .pipes import Receiver, Sender, pipe_pair, watch_room
+from .relay import start_relay
 from .stream import SCHEME, StreamConnection
 from .worker import worker_main
 
@@ -54,6 +59,8 @@ BATCH_LIMIT = 256
 #: How soon after tasks may have begun without a word (sent to an idle worker, or queued
 #: behind a result) the manager looks at the claim boards to report them started.
 STARTED_DELAY = 0.002
+#: How long a closing manager waits for its relay to hand the interchange its last messages.
+RELAY_EXIT_SECONDS = 2.0
 
 
 def block_end_in() -> float | None:
@@ -143,6 +150,11 @@ class PoolManager:
             "HPCFUTURES_WORKER_COUNT": str(self.workers_wanted),
         }
         self.fork = multiprocessing.get_context("fork")
+        # Worker pipes and sentinels, and the interchange's connection once it is made.
+        self.poller = select.poll()
+        self.ix: StreamConnection  # the interchange's connection (a remote pool's: to its relay)
+        self.link_fds: list[int] = []  # its fd (and the relay's sentinel): no worker may hold them
+        self.relay: BaseProcess | None = None  # a remote pool's relay to the interchange
 
     # -- workers ---------------------------------------------------------------------------
 
@@ -152,38 +164,40 @@ class PoolManager:
         result_read, result_write = pipe_pair()
         board = WorkerBoard()
         # The child keeps only its own ends: with the others closed there, a pipe's reader
-        # sees end-of-file when its one writer goes.
+        # sees end-of-file when its one writer goes.  Nor does it keep the interchange's
+        # connection (or the relay's sentinel): their peers must see end-of-file when this
+        # manager goes.
         ours = [fd for w in self.workers.values() for fd in (w.sender.fd, w.receiver.fd)]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # fork with libzmq's I/O threads
-            process = self.fork.Process(
-                target=worker_main,
-                args=(
-                    rank,
-                    task_read,
-                    result_write,
-                    board,
-                    [task_write, result_read, *ours],
-                    env,
-                    os.getpid(),
-                    self.args.shm_dir,
-                ),
-                name=f"hpcfutures-worker-{rank}",
-                daemon=True,
-            )
-            try:
-                process.start()
-            finally:
-                os.close(task_read)
-                os.close(result_write)
+        ours += self.link_fds
+        # This process has no thread but this one (a remote pool's ZeroMQ socket lives in its
+        # relay), so the fork copies no lock another thread holds.
+        process = self.fork.Process(
+            target=worker_main,
+            args=(
+                rank,
+                task_read,
+                result_write,
+                board,
+                [task_write, result_read, *ours],
+                env,
+                os.getpid(),
+                self.args.shm_dir,
+            ),
+            name=f"hpcfutures-worker-{rank}",
+            daemon=True,
+        )
+        try:
+            process.start()
+        finally:
+            os.close(task_read)
+            os.close(result_write)
         worker = _Worker(rank, process, Sender(task_write), Receiver(result_read), board)
         self.workers[rank] = worker
         self.by_sentinel[process.sentinel] = worker
         self.by_result_fd[result_read] = worker
         self.by_task_fd[task_write] = worker
-        if hasattr(self, "poller"):
-            self.poller.register(process.sentinel, zmq.POLLIN)
-            self.poller.register(result_read, zmq.POLLIN)
+        self.poller.register(process.sentinel, select.POLLIN)
+        self.poller.register(result_read, select.POLLIN)
 
     def forget_worker(self, worker: _Worker) -> None:
         if self.workers.get(worker.rank) is worker:
@@ -194,7 +208,7 @@ class PoolManager:
         for fd in (worker.process.sentinel, worker.receiver.fd, worker.sender.fd):
             try:
                 self.poller.unregister(fd)
-            except (KeyError, AttributeError):
+            except KeyError:  # a task pipe is registered only while it has a backlog
                 pass
         for fd in (worker.receiver.fd, worker.sender.fd):
             try:
@@ -208,7 +222,7 @@ class PoolManager:
             worker.sender.send(frames)
         except OSError:  # the worker is gone: its sentinel fires and its tasks are requeued
             return
-        watch_room(self.poller, worker.sender.fd, worker.sender, pollout=zmq.POLLOUT)
+        watch_room(self.poller, worker.sender.fd, worker.sender, pollout=select.POLLOUT)
 
     def drain_pipe(self, worker: _Worker) -> None:
         """Write what waits for a worker's pipe, now that it has room."""
@@ -216,7 +230,7 @@ class PoolManager:
             worker.sender.flush()
         except OSError:  # the worker is gone: what waited for it is dropped with it
             worker.sender.pending.clear()
-        watch_room(self.poller, worker.sender.fd, worker.sender, pollout=zmq.POLLOUT)
+        watch_room(self.poller, worker.sender.fd, worker.sender, pollout=select.POLLOUT)
 
     def read_worker(self, worker: _Worker) -> None:
         """Handle every whole message waiting in a worker's result pipe."""
@@ -528,11 +542,11 @@ class PoolManager:
         )
         self.ix.send_multipart([P.REGISTER, P.CREDIT.pack(0), self.token.encode(), info])
         if not self.ix.poll(self.args.start_timeout * 1000):
-            print(
-                f"the interchange at {self.args.addr} did not answer within {self.args.start_timeout} s",
-                file=sys.stderr,
-                flush=True,
-            )
+            if self.ix.closed:
+                why = f"{self.link_lost()} before it answered"
+            else:
+                why = f"did not answer within {self.args.start_timeout} s"
+            print(f"the interchange at {self.args.addr} {why}", file=sys.stderr, flush=True)
             return False
         reply = self.ix.recv_multipart(copy=False)
         if bytes(reply[0]) == P.REJECT:
@@ -547,12 +561,8 @@ class PoolManager:
         self.config_frames = [P.CONFIG, *(memoryview(f) for f in reply[2:])]
         return True
 
-    def run(self) -> int:
-        self.exit_code = 0
-        for rank in range(self.workers_wanted):
-            self.start_worker(rank)
-        self.context = zmq.Context()
-        keys = security.load(self.args.keys)
+    def choose_address(self) -> bool:
+        """Pick the interchange address to use among ``--addr``'s; False if none answers."""
         candidates = self.args.addr.split(",")
         if len(candidates) > 1:
             from ...addresses import choose_address
@@ -565,41 +575,65 @@ class PoolManager:
                     file=sys.stderr,
                     flush=True,
                 )
-                return 2
+                return False
             logger.info("chose %s of %s", chosen, candidates)
             self.args.addr = chosen
-        self.token = keys["token"].decode()
-        self.ix: Any
+        return True
+
+    def link_lost(self) -> str:
+        """Say how the connection to the interchange (or, for a remote pool, to its relay) ended."""
+        if self.relay is None:
+            return "closed its connection"
+        self.relay.join(timeout=1)  # it closed its end: it is exiting, if not gone
+        return f"could not be reached: this pool's relay {describe_exit(self.relay.exitcode)}"
+
+    def connect(self) -> bool:
+        """Connect to the interchange; False (with the reason on stderr) if that failed.
+
+        A remote pool's CurveZMQ socket lives in a relay process (see :mod:`.relay`), forked
+        here, before any worker, so that it holds no worker's pipe; this process reads the
+        relay as it reads a local pool's connection.
+        """
         if self.args.addr.startswith(SCHEME):  # on the interchange's node
             try:
                 self.ix = StreamConnection.connect(self.args.addr, self.args.start_timeout)
             except OSError as exc:
                 print(f"cannot connect to the interchange at {self.args.addr}: {exc}", file=sys.stderr, flush=True)
-                return 2
+                return False
         else:
-            self.ix = self.context.socket(zmq.DEALER)
-            self.ix.linger = 0
-            self.ix.sndhwm = self.ix.rcvhwm = 0
-            self.ix.reconnect_ivl = 20  # the interchange may still be starting
-            security.make_client(self.ix, self.args.keys)
-            self.ix.connect(self.args.addr)
-        self.poller = zmq.Poller()
+            self.relay, self.ix = start_relay(self.fork, self.args.addr, self.args.keys)
+            logger.info("relay %d connects to %s", self.relay.pid, self.args.addr)
+            self.link_fds.append(self.relay.sentinel)
+        self.link_fds.append(self.ix.fileno())
+        return True
+
+    def run(self) -> int:
+        """Serve until the interchange says stop or is lost; return the exit code.
+
+        This process never has a thread but its main one, so forking a worker, at start or to
+        replace one that died, copies no lock held by another thread.
+        """
+        self.exit_code = 0
+        keys = security.load(self.args.keys)
+        self.token = keys["token"].decode()
+        if not self.choose_address():
+            return 2
+        local = self.args.addr.startswith(SCHEME)
+        if not local and not self.connect():  # the relay first: it must hold no worker's pipe
+            return 2
+        for rank in range(self.workers_wanted):
+            self.start_worker(rank)
+        if local and not self.connect():  # the workers start meanwhile, as the interchange does
+            return 2
         if not self.register():
             return 2
-        self.poller.register(self.ix, zmq.POLLIN)
-        for sentinel in self.by_sentinel:
-            self.poller.register(sentinel, zmq.POLLIN)
-        for fd in self.by_result_fd:
-            self.poller.register(fd, zmq.POLLIN)
+        stream = self.ix
+        ix_fd = stream.fileno()
+        self.poller.register(ix_fd, select.POLLIN)
         last_heard = last_beat = time.monotonic()
         next_deadline: float | None = None
-        stream = self.ix if isinstance(self.ix, StreamConnection) else None
-        # zmq.Poller reports objects that are not ZeroMQ sockets by their file descriptors.
-        ix_key = stream.fileno() if stream is not None else self.ix
-        ix_readable = stream.readable if stream is not None else functools.partial(P.readable, self.ix)
         while self.running:
-            if stream is not None:
-                watch_room(self.poller, stream, stream.sender, pollout=zmq.POLLOUT, base=zmq.POLLIN)
+            watch_room(self.poller, ix_fd, stream.sender, pollout=select.POLLOUT, base=select.POLLIN)
             now = time.monotonic()
             wake = last_beat + self.heartbeat_period
             if next_deadline is not None:
@@ -608,20 +642,21 @@ class PoolManager:
                 wake = min(wake, self.started_check)
             events = dict(self.poller.poll(max(0.0, wake - now) * 1000))
             now = time.monotonic()
-            if ix_key in events:
-                last_heard = now
-                if stream is not None and stream.sender.watched:
+            if ix_fd in events:
+                # Heard only when it wrote: room to write to a remote pool's relay says
+                # nothing of the interchange behind it.
+                if events[ix_fd] & select.POLLIN:
+                    last_heard = now
+                if stream.sender.watched:
                     self.flush_up(stream)
-                while ix_readable():
-                    self.on_interchange(self.ix.recv_multipart(copy=False))
-                if stream is not None and stream.closed:
-                    print("lost the interchange: its connection closed", file=sys.stderr, flush=True)
+                while stream.readable():
+                    self.on_interchange(stream.recv_multipart(copy=False))
+                if stream.closed:
+                    print(f"lost the interchange: it {self.link_lost()}", file=sys.stderr, flush=True)
                     self.exit_code = 4
                     self.running = False
             died = []
             for fd in events:
-                if not isinstance(fd, int):
-                    continue
                 worker = self.by_result_fd.get(fd)
                 if worker is not None:
                     self.read_worker(worker)
@@ -663,16 +698,21 @@ class PoolManager:
         return self.exit_code
 
     def close(self) -> None:
+        """Kill the workers, hand the interchange what is still queued for it, stop the relay."""
         for worker in list(self.workers.values()):
             self.kill_worker(worker)
-        if isinstance(getattr(self, "ix", None), StreamConnection):
+        if hasattr(self, "ix"):
             try:
                 self.ix.flush()  # e.g. a last INIT_FAILED report
             except OSError:
                 pass
-            self.ix.close()
-        if hasattr(self, "context"):
-            self.context.destroy(linger=0)
+            self.ix.close()  # the relay reads end-of-file, sends what it has, and exits
+        if self.relay is not None:
+            self.relay.join(timeout=RELAY_EXIT_SECONDS)
+            if self.relay.is_alive():
+                logger.warning("relay %d did not exit: killing it", self.relay.pid)
+                self.relay.kill()
+                self.relay.join(timeout=5)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

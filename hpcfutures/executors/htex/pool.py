@@ -97,7 +97,7 @@ def describe_exit(exitcode: int | None) -> str:
 
 class _Worker:
     __slots__ = (
-        "rank", "process", "sender", "receiver", "board", "outstanding", "sent", "reported",
+        "rank", "process", "sender", "receiver", "board", "outstanding", "sent", "reported", "head_seen",
         "cancelled", "ready", "deadline", "walltime",
     )  # fmt: skip
 
@@ -112,6 +112,7 @@ class _Worker:
         self.outstanding: deque[tuple[P.Item, int, int]] = deque()
         self.sent = 0  # ordinal of the next task sent
         self.reported = 0  # tasks with lower ordinals were reported started (or finished)
+        self.head_seen = -1  # ordinal of the first task held, when it was last seen begun
         self.cancelled: set[int] = set()  # ids of tasks cancelled on the board, not yet skipped
         self.ready = False
         self.deadline: float | None = None  # set while it runs a task with a walltime
@@ -356,8 +357,6 @@ class PoolManager:
             if not worker.outstanding:
                 continue
             claimed = worker.board.claimed()
-            if claimed is not None and claimed <= worker.outstanding[0][2]:
-                self.started_soon()  # it holds tasks and has begun none yet: look again shortly
             if claimed is None or claimed <= worker.reported:
                 continue
             reported = worker.reported
@@ -468,6 +467,31 @@ class PoolManager:
                 f"the initializer failed in worker {worker.rank} of pool {self.pool_id}",
                 list(msg[1:]),
             )
+
+    def long_starts(self) -> bool:
+        """Whether a worker has run its current task since the last look, unreported.
+
+        Starts ride up with results; only a task that runs longer than a look's interval
+        needs a message of its own, or ``running()`` would wait for its end.  So the first
+        look at a begun task only notes it, and a look finds it again only if it still runs.
+        Looks go on while a worker holds tasks it has not begun.
+        """
+        long = False
+        for worker in self.workers.values():
+            if not worker.outstanding:
+                continue
+            head = worker.outstanding[0][2]
+            claimed = worker.board.claimed()
+            if claimed is None or worker.reported > head:
+                continue
+            if claimed <= head:
+                self.started_soon()  # it has begun none of its tasks yet
+            elif worker.head_seen == head:
+                long = True
+            else:
+                worker.head_seen = head
+                self.started_soon()
+        return long
 
     def started_soon(self) -> None:
         """Look at the claim boards shortly: tasks may have begun that nobody reported yet."""
@@ -677,7 +701,8 @@ class PoolManager:
             started = b""
             if self.started_check is not None and now >= self.started_check:
                 self.started_check = None
-                started = self.started()
+                if self.long_starts():
+                    started = self.started()
             if self.out_meta:
                 self.send_up(
                     P.RESULTS, started or self.started(), b"".join(self.out_meta), b"".join(self.out_mains), *self.out_extra

@@ -89,29 +89,39 @@ class LeanFuture(Future[Any]):
                 except Exception:
                     logger.exception("exception calling callback for %r", self)
 
+    def _acquire(self) -> tuple[Any, threading.Condition | None]:
+        """Take the lock this future changes state under; return it and the Condition, if any.
+
+        The module-wide lock while the future has no Condition, its Condition once it has one
+        (see the module docstring).  The caller releases the lock it gets.
+        """
+        _UNCONDITIONED.acquire()
+        condition: threading.Condition | None = self.__dict__.get("_condition")
+        if condition is None:
+            return _UNCONDITIONED, None
+        _UNCONDITIONED.release()
+        condition.acquire()
+        return condition, condition
+
     def _finish(self, result: Any, exception: BaseException | None) -> None:
-        with _UNCONDITIONED:
-            condition = self.__dict__.get("_condition")
+        lock, condition = self._acquire()
+        try:
             settled = self._state in _DONE
-            if condition is None and not settled:  # nobody can be waiting: no Condition exists
+            if not settled:
                 self._result = result
                 self._exception = exception
                 self._state = FINISHED
-        if settled:  # repr() takes the lock above, so the message is made after it is released
+                if condition is not None:
+                    for waiter in self.__dict__.get("_waiters") or ():
+                        if exception is not None:
+                            waiter.add_exception(self)
+                        else:
+                            waiter.add_result(self)
+                    condition.notify_all()
+        finally:
+            lock.release()
+        if settled:  # repr() takes the module-wide lock, so the message is made after release
             raise InvalidStateError(f"{self._state}: {self!r}")
-        if condition is not None:
-            with condition:
-                if self._state in _DONE:
-                    raise InvalidStateError(f"{self._state}: {self!r}")
-                self._result = result
-                self._exception = exception
-                self._state = FINISHED
-                for waiter in self.__dict__.get("_waiters") or ():
-                    if exception is not None:
-                        waiter.add_exception(self)
-                    else:
-                        waiter.add_result(self)
-                condition.notify_all()
         self._run_callbacks()
 
     def set_result(self, result: Any) -> None:
@@ -121,40 +131,24 @@ class LeanFuture(Future[Any]):
         self._finish(None, exception)
 
     def cancel(self) -> bool:
-        with _UNCONDITIONED:
-            condition = self.__dict__.get("_condition")
-            if condition is None:
-                state = self._state
-                if state in (RUNNING, FINISHED):
-                    return False
-                if state in (CANCELLED, CANCELLED_AND_NOTIFIED):
-                    return True
-                self._state = CANCELLED
-        if condition is not None:
-            with condition:
-                state = self._state
-                if state in (RUNNING, FINISHED):
-                    return False
-                if state in (CANCELLED, CANCELLED_AND_NOTIFIED):
-                    return True
-                self._state = CANCELLED
+        lock, condition = self._acquire()
+        try:
+            state = self._state
+            if state in (RUNNING, FINISHED):
+                return False
+            if state in (CANCELLED, CANCELLED_AND_NOTIFIED):
+                return True
+            self._state = CANCELLED
+            if condition is not None:
                 condition.notify_all()
+        finally:
+            lock.release()
         self._run_callbacks()
         return True
 
     def set_running_or_notify_cancel(self) -> bool:
-        with _UNCONDITIONED:
-            condition = self.__dict__.get("_condition")
-            if condition is None:
-                state = self._state
-                if state == PENDING:
-                    self._state = RUNNING
-                    return True
-                if state != CANCELLED:
-                    raise RuntimeError(f"Future in unexpected state: {state}")
-                self._state = CANCELLED_AND_NOTIFIED
-                return False
-        with condition:
+        lock, condition = self._acquire()
+        try:
             state = self._state
             if state == PENDING:
                 self._state = RUNNING
@@ -162,28 +156,27 @@ class LeanFuture(Future[Any]):
             if state != CANCELLED:
                 raise RuntimeError(f"Future in unexpected state: {state}")
             self._state = CANCELLED_AND_NOTIFIED
-            for waiter in self.__dict__.get("_waiters") or ():
-                waiter.add_cancelled(self)
-            condition.notify_all()
-        return False
+            if condition is not None:
+                for waiter in self.__dict__.get("_waiters") or ():
+                    waiter.add_cancelled(self)
+                condition.notify_all()
+            return False
+        finally:
+            lock.release()
 
     def add_done_callback(self, fn: Any) -> None:
         if self._state not in _DONE:
-            with _UNCONDITIONED:
-                condition = self.__dict__.get("_condition")
-                if condition is None:
-                    if self._state not in _DONE:
-                        callbacks = self.__dict__.get("_done_callbacks")
-                        if callbacks is None:
-                            self.__dict__["_done_callbacks"] = [fn]
-                        else:
-                            callbacks.append(fn)
-                        return
-            if condition is not None:
-                with condition:
-                    if self._state not in _DONE:
-                        self._done_callbacks.append(fn)
-                        return
+            lock, _condition = self._acquire()
+            try:
+                if self._state not in _DONE:
+                    callbacks = self.__dict__.get("_done_callbacks")
+                    if callbacks is None:
+                        self.__dict__["_done_callbacks"] = [fn]
+                    else:
+                        callbacks.append(fn)
+                    return
+            finally:
+                lock.release()
         try:
             fn(self)
         except Exception:

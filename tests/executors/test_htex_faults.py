@@ -26,25 +26,12 @@ from hpcfutures import (
 from hpcfutures.providers import LocalProvider
 from hpcfutures.testing import Gate, Recorder, faults
 
-from .htex_helpers import assert_all_gone, descendants, fake_pool, pool_key
+from .htex_helpers import assert_all_gone, fake_pool, pool_key
 
 
 def read_pids(path: Path) -> list[int]:
     return [int(line) for line in path.read_text().split()]
 
-
-@pytest.fixture
-def leak_check():
-    """Yield a function that records the executor's processes; check they are gone at the end."""
-    before = descendants()
-    seen: set[int] = set()
-
-    def snapshot() -> None:
-        seen.update(descendants() - before)
-
-    yield snapshot
-    snapshot()
-    assert_all_gone(seen)
 
 
 def test_killed_worker_task_runs_again_on_a_new_worker(tmp_path, leak_check):

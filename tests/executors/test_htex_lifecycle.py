@@ -40,19 +40,6 @@ from .htex_helpers import assert_all_gone, descendants, fake_pool, pool_key
 SCRIPT_TIMEOUT = 120.0  # a script that runs longer hangs
 
 
-@pytest.fixture
-def leak_check() -> Iterator[Callable[[], None]]:
-    """Yield a function that records new processes; check at the end that they are all gone."""
-    before = descendants()
-    seen: set[int] = set()
-
-    def snapshot() -> None:
-        seen.update(descendants() - before)
-
-    yield snapshot
-    snapshot()
-    assert_all_gone(seen)
-
 
 @pytest.fixture
 def htex1(leak_check: Callable[[], None]) -> Iterator[HighThroughputExecutor]:

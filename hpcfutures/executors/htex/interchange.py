@@ -246,17 +246,7 @@ class Interchange:
         Tasks queued here are dropped at once; the pools holding the others are asked, and
         the driver is answered when the last of them has (or was lost).
         """
-        kept = []
-        dropped = []
-        for entry in self.queue:
-            task_id = entry[2][0][0]
-            if ids is None or task_id in ids:
-                dropped.append(task_id)
-            else:
-                kept.append(entry)
-        if dropped:
-            heapq.heapify(kept)
-            self.queue = kept
+        dropped = P.take_queued(self.queue, ids)
         asked: set[tuple[int, bytes]] = set()
         for pool in list(self.pools.values()):
             if ids is None:

@@ -374,17 +374,7 @@ class PoolManager:
         Tasks still in this pool's queue are dropped; tasks a worker holds are cancelled on
         its claim board, which the worker reads before it begins each task.
         """
-        cancelled: list[int] = []
-        kept = []
-        for entry in self.queue:
-            task_id = entry[2][0][0]
-            if ids is None or task_id in ids:
-                cancelled.append(task_id)
-            else:
-                kept.append(entry)
-        if cancelled:
-            heapq.heapify(kept)
-            self.queue = kept
+        cancelled = P.take_queued(self.queue, ids)
         for worker in self.workers.values():
             wanted = {
                 ordinal: fields[0]

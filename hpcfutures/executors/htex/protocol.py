@@ -26,6 +26,7 @@ breaks them, or sends anything malformed, is dropped.
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 import platform
@@ -118,6 +119,29 @@ def join(kind: bytes, layout: struct.Struct, items: Sequence[Item]) -> list[Any]
         if oob:
             extra.extend(oob)
     return [kind, b"".join(metas), b"".join(mains), *extra]
+
+
+def take_queued(queue: list[tuple[int, int, Item]], ids: set[int] | None) -> list[int]:
+    """Remove the tasks ``ids`` (or all) from a priority queue, in place; return their ids.
+
+    ``queue`` is a heap of ``(-priority, sequence number, task)``, as the interchange and the
+    pool managers keep.
+    """
+    if ids is None:
+        taken = [entry[2][0][0] for entry in queue]
+        queue.clear()
+        return taken
+    taken = []
+    kept = []
+    for entry in queue:
+        if entry[2][0][0] in ids:
+            taken.append(entry[2][0][0])
+        else:
+            kept.append(entry)
+    if taken:
+        heapq.heapify(kept)
+        queue[:] = kept
+    return taken
 
 
 def readable(sock: Any) -> bool:

@@ -448,6 +448,8 @@ class PoolManager:
                 self.depth = max(1, min(MAX_DEPTH, int(TARGET_BUFFER_SECONDS / max(self.runtime_ewma, 1e-7))))
             if outstanding:  # it begins the next one without a word
                 self.started_soon()
+            elif self.started_check is not None and not any(w.outstanding for w in self.workers.values()):
+                self.started_check = None  # nothing left to begin: spare the wake-up
         elif kind == P.READY:
             worker.ready = True
             self.send_to_worker(worker, self.config_frames)

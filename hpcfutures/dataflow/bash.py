@@ -1,8 +1,8 @@
 """Runs bash apps on the worker: build the command, run it under ``/bin/bash``, check the result.
 
-This module is imported by worker processes, so it imports only the standard library and
-``hpcfutures.errors``.  The command runs in a session of its own, so that a walltime kill
-takes the whole process tree it started, not only the shell.
+This module is imported by worker processes, so it imports only the standard library,
+``hpcfutures.errors`` and ``hpcfutures.exits``.  The command runs in a session of its
+own, so that a walltime kill takes the whole process tree it started, not only the shell.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import IO, Any, Callable
 
 from ..errors import BashAppNoReturn, BashExitFailure, MissingOutputs, TaskTimeoutError
+from ..exits import describe_exit
 
 #: How much of a failed command's stderr file its BashExitFailure quotes.
 STDERR_TAIL_BYTES = 2000
@@ -128,14 +129,7 @@ def _short(command: str, limit: int = 200) -> str:
 
 
 def _exit_message(spec: BashSpec, command: str, code: int) -> str:
-    if code < 0:
-        try:
-            how = f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            how = f"was killed by signal {-code}"
-    else:
-        how = f"exited with code {code}"
-    message = f"bash app {spec.name} {how} (command: {_short(command)})"
+    message = f"bash app {spec.name} {describe_exit(code)} (command: {_short(command)})"
     if spec.stderr is not None:
         tail = _tail(spec.stderr[0])
         message += (

@@ -20,7 +20,6 @@ import logging
 import os
 import re
 import shlex
-import signal
 import string
 import tempfile
 import threading
@@ -32,6 +31,7 @@ from typing import ClassVar
 from typing_extensions import TypedDict
 
 from ..errors import ConfigurationError
+from ..exits import describe_exit
 from ..launchers.base import Launcher
 from .base import TAIL_LINES, ExecutionProvider, JobState, JobStatus
 from .channels import DEFAULT_COMMAND_TIMEOUT, Channel, CommandResult, LocalChannel
@@ -70,14 +70,6 @@ class SubmitError(OSError):
 
 
 _NAME = re.compile(r"^[^\s#]+$")
-
-
-def signal_name(number: int) -> str:
-    """The name of signal *number* (``"SIGKILL"``), or ``"signal N"`` for an unknown one."""
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
 
 
 def check_name(name: str, value: object, example: str) -> str | None:
@@ -448,7 +440,7 @@ class ClusterProvider(ExecutionProvider):
             code = int(code_text)
             if code == 0:
                 return JobStatus(JobState.COMPLETED, exit_code=0)
-            return JobStatus(JobState.FAILED, exit_code=code, message=f"the pool command exited with code {code}")
+            return JobStatus(JobState.FAILED, exit_code=code, message=f"the pool command {describe_exit(code)}")
         if job.cancelled:
             return JobStatus(JobState.CANCELLED, message="cancelled by this provider")
         return JobStatus(

@@ -25,9 +25,10 @@ from dataclasses import replace
 from typing_extensions import Unpack
 
 from ..errors import ConfigurationError
+from ..exits import signal_name
 from .base import JobState, JobStatus
 from .channels import CommandResult
-from .cluster import BlockShape, ClusterProvider, SubmitError, signal_name
+from .cluster import BlockShape, ClusterProvider, SubmitError
 
 logger = logging.getLogger(__name__)
 

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 import psutil
 
 from ..errors import ConfigurationError
+from ..exits import describe_exit
 from ..launchers.base import Launcher
 from .base import ExecutionProvider, JobState, JobStatus, read_tail
 
@@ -53,16 +54,6 @@ class _Job:
     @property
     def pid(self) -> int:
         return self.popen.pid
-
-
-def _describe_exit(returncode: int) -> str:
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        return f"killed by signal {name}"
-    return f"exited with code {returncode}"
 
 
 def _alive(proc: psutil.Process) -> bool:
@@ -242,11 +233,12 @@ class LocalProvider(ExecutionProvider):
         if returncode is None:
             state, message = JobState.RUNNING, f"running as pid {job.pid}"
         elif job.cancelled:
-            state, message = JobState.CANCELLED, f"cancelled ({_describe_exit(returncode)})"
+            # cancel() sent any SIGKILL itself: no hint about the out-of-memory killer.
+            state, message = JobState.CANCELLED, f"cancelled; it {describe_exit(returncode, sigkill_hint=False)}"
         elif returncode == 0:
-            state, message = JobState.COMPLETED, _describe_exit(returncode)
+            state, message = JobState.COMPLETED, describe_exit(returncode)
         else:
-            state, message = JobState.FAILED, _describe_exit(returncode)
+            state, message = JobState.FAILED, describe_exit(returncode)
         return JobStatus(
             state,
             exit_code=returncode,

@@ -26,9 +26,10 @@ from typing import Any, ClassVar
 from typing_extensions import Unpack
 
 from ..errors import ConfigurationError
+from ..exits import signal_name
 from .base import JobState, JobStatus
 from .channels import CommandResult
-from .cluster import BlockShape, ClusterProvider, SubmitError, check_name, signal_name
+from .cluster import BlockShape, ClusterProvider, SubmitError, check_name
 
 logger = logging.getLogger(__name__)
 

@@ -18,9 +18,10 @@ from collections.abc import Sequence
 from typing_extensions import Unpack
 
 from ..errors import ConfigurationError
+from ..exits import exit_signal
 from .base import JobState, JobStatus
 from .channels import CommandResult
-from .cluster import BlockShape, ClusterProvider, SubmitError, check_name, signal_name
+from .cluster import BlockShape, ClusterProvider, SubmitError, check_name
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +89,9 @@ def _describe(state: str, exit_code: int | None, reason: str) -> str:
     parts = [state]
     if reason and reason not in ("None", "(null)"):
         parts.append(f"reason: {reason}")
-    if exit_code is not None and exit_code < 0:
-        parts.append(f"killed by {signal_name(-exit_code)}")
+    killer = exit_signal(exit_code)
+    if killer is not None:
+        parts.append(f"killed by {killer}")
     elif exit_code:
         parts.append(f"exit code {exit_code}")
     return ", ".join(parts)

@@ -67,6 +67,11 @@ def _call_within(timeout: float, what: str, fn: Callable[..., Any], *args: Any, 
     return outcome.get("value")
 
 
+def _cancel_each(futures: list[Future[Any]]) -> None:
+    for future in futures:
+        future.cancel()
+
+
 class ExecutorConformance:
     """The checks every backend must pass, as a pytest class to subclass.
 
@@ -488,42 +493,46 @@ class ExecutorConformance:
             wait(futures, timeout=self.timeout)
 
     def test_stress_callbacks_added_while_results_arrive(self, executor: Executor) -> None:
-        n = self.stress_tasks
         for round_ in range(self.stress_rounds // 2 or 1):
-            calls = [0] * n
-            lock = threading.Lock()
-            all_called = threading.Event()
-            remaining = [n]
+            self._callbacks_round(executor, round_)
 
-            def callback(i: int) -> Callable[[Future[Any]], None]:
-                def called(_f: Future[Any]) -> None:
-                    with lock:
-                        calls[i] += 1
-                        remaining[0] -= 1
-                        if not remaining[0]:
-                            all_called.set()
+    def _callbacks_round(self, executor: Executor, round_: int) -> None:
+        n = self.stress_tasks
+        calls = [0] * n
+        lock = threading.Lock()
+        all_called = threading.Event()
+        remaining = [n]
 
-                return called
+        def callback(i: int) -> Callable[[Future[Any]], None]:
+            def called(_f: Future[Any]) -> None:
+                with lock:
+                    calls[i] += 1
+                    remaining[0] -= 1
+                    if not remaining[0]:
+                        all_called.set()
 
-            futures = [executor.submit(square, i) for i in range(n)]
-            # Half the callbacks go on before results arrive, half from another thread as they do.
-            for i in range(0, n, 2):
+            return called
+
+        futures = [executor.submit(square, i) for i in range(n)]
+        # Half the callbacks go on before results arrive, half from another thread as they do.
+        for i in range(0, n, 2):
+            futures[i].add_done_callback(callback(i))
+
+        def add_the_rest() -> None:
+            for i in range(1, n, 2):
                 futures[i].add_done_callback(callback(i))
-            def add_the_rest() -> None:
-                for i in range(1, n, 2):
-                    futures[i].add_done_callback(callback(i))
 
-            adder = threading.Thread(target=add_the_rest)
-            adder.start()
-            adder.join(self.timeout)
-            assert all_called.wait(self.timeout), f"round {round_}: {remaining[0]} callbacks never ran"
-            assert calls == [1] * n, f"round {round_}: some callback ran more than once"
+        adder = threading.Thread(target=add_the_rest)
+        adder.start()
+        adder.join(self.timeout)
+        assert all_called.wait(self.timeout), f"round {round_}: {remaining[0]} callbacks never ran"
+        assert calls == [1] * n, f"round {round_}: some callback ran more than once"
 
     def test_stress_cancel_while_results_arrive(self, executor: Executor) -> None:
         n = self.stress_tasks
         for round_ in range(self.stress_rounds // 2 or 1):
             futures = [executor.submit(square, i) for i in range(n)]
-            canceller = threading.Thread(target=lambda: [f.cancel() for f in futures[::3]])
+            canceller = threading.Thread(target=_cancel_each, args=(futures[::3],))
             canceller.start()
             yielded = list(as_completed(futures, timeout=self.timeout))
             canceller.join(self.timeout)

@@ -207,7 +207,7 @@ def closed_by_peer(sock: socket.socket, timeout: float = 10.0) -> bool:
             sock.settimeout(max(0.001, deadline - time.monotonic()))
             if not sock.recv(1 << 16):
                 return True
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         return False
     except OSError:  # reset
         return True

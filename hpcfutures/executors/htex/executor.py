@@ -22,7 +22,6 @@ import shlex
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -30,11 +29,10 @@ import weakref
 from concurrent.futures import Executor, Future, InvalidStateError
 from concurrent.futures import wait as wait_futures
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from ...errors import (
     BrokenExecutorError,
-    ConfigurationError,
     ExecutorError,
     ExecutorShutdownError,
     InterchangeLostError,
@@ -42,6 +40,7 @@ from ...errors import (
     SerializationError,
     VersionMismatchError,
 )
+from ...exits import describe_exit
 from ...leanfuture import LeanFuture
 from ...providers.base import JobStatus
 from ...resources import DEFAULT_OPTIONS, ExecutorView, Resources, TaskOptions, reject_unsupported
@@ -50,8 +49,9 @@ from ..chunks import run_chunk
 from . import protocol as P
 from . import security
 from .blocks import BlockManagement, _Block
+from .components import InterchangeArgs, PoolArgs
+from .config import AtExit, HtexConfig
 from .pipes import Receiver, Sender, pipe_pair, watch_room
-from .pool import describe_exit
 
 if TYPE_CHECKING:
     from ...providers.base import ExecutionProvider
@@ -64,8 +64,6 @@ BATCH_LIMIT = 256
 HOUSEKEEPING_SECONDS = 0.2
 CANCEL_TIMEOUT = 5.0
 STOP_TIMEOUT = 5.0
-
-AtExit = Literal["wait", "terminate"]
 
 _live_executors: weakref.WeakSet[HighThroughputExecutor] = weakref.WeakSet()
 
@@ -227,94 +225,45 @@ class HighThroughputExecutor(BlockManagement, Executor):
         block_poll_period: float = 1.0,
         at_exit: AtExit = "wait",
     ):
-        if max_workers is not None and (
-            isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1
-        ):
-            raise ConfigurationError(
-                f"max_workers must be a positive integer or None (one per CPU), got {max_workers!r}"
-            )
-        if provider is None:
-            from ...providers.local import LocalProvider
-
-            provider = LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1)
-        elif not hasattr(provider, "submit") or not hasattr(provider, "status"):
-            raise ConfigurationError(
-                f"provider must be an hpcfutures ExecutionProvider (for example LocalProvider()), got {provider!r}"
-            )
-        if not isinstance(label, str) or not label or "/" in label:
-            raise ConfigurationError(f"label must be a non-empty string without '/', got {label!r}")
-        if isinstance(address, str):
-            candidates = [address]
-        elif isinstance(address, (list, tuple)):
-            candidates = list(address)
-        else:
-            candidates = []
-        if not candidates or not all(isinstance(a, str) and a for a in candidates):
-            raise ConfigurationError(
-                "address must be an address pools can reach, such as '10.1.2.3' or "
-                f"hpcfutures.addresses.address_by_hostname(), or a list of candidates; got {address!r}"
-            )
-        if tunnel:
-            channels = getattr(provider, "channels", None) or [getattr(provider, "channel", None)]
-            if not all(hasattr(c, "forward_remote") for c in channels):
-                raise ConfigurationError(
-                    "tunnel=True needs a provider whose commands run over SSH (channel=SSHChannel(...) "
-                    f"or SSHProvider); {provider!r} has none"
-                )
-            if len(candidates) > 1 or candidates[0] not in ("127.0.0.1", "localhost"):
-                raise ConfigurationError(
-                    "with tunnel=True pools reach the interchange through SSH, which binds loopback; "
-                    f"leave address at its default instead of {address!r}"
-                )
-        if initializer is not None and not callable(initializer):
-            raise ConfigurationError(f"initializer must be callable or None, got {initializer!r}")
-        if not isinstance(initargs, tuple):
-            raise ConfigurationError(f"initargs must be a tuple, got {type(initargs).__name__}")
-        for name, count, minimum in (("prefetch", prefetch, 0), ("lost_task_retries", lost_task_retries, 0)):
-            if isinstance(count, bool) or not isinstance(count, int) or count < minimum:
-                raise ConfigurationError(f"{name} must be an integer >= {minimum}, got {count!r}")
-        for name, value in (
-            ("heartbeat_period", heartbeat_period),
-            ("heartbeat_threshold", heartbeat_threshold),
-            ("start_timeout", start_timeout),
-            ("max_idletime", max_idletime),
-            ("block_poll_period", block_poll_period),
-        ):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ConfigurationError(f"{name} must be a positive number of seconds, got {value!r}")
-        if at_exit not in ("wait", "terminate"):
-            raise ConfigurationError(
-                "at_exit must be 'wait' (unfinished tasks run to the end when the program ends, as "
-                f"with the standard library) or 'terminate' (they are killed), got {at_exit!r}"
-            )
-        if heartbeat_threshold <= heartbeat_period:
-            raise ConfigurationError(
-                f"heartbeat_threshold ({heartbeat_threshold}) must exceed heartbeat_period ({heartbeat_period})"
-            )
-        self.max_workers = max_workers
-        self.provider = provider
-        self.label = label
+        config = HtexConfig(
+            max_workers=max_workers,
+            provider=provider,  # type: ignore[arg-type]  # None: one local pool
+            label=label,
+            address=address,
+            tunnel=tunnel,
+            run_dir=run_dir,
+            initializer=initializer,
+            initargs=initargs,
+            prefetch=prefetch,
+            heartbeat_period=heartbeat_period,
+            heartbeat_threshold=heartbeat_threshold,
+            lost_task_retries=lost_task_retries,
+            start_timeout=start_timeout,
+            max_idletime=max_idletime,
+            block_poll_period=block_poll_period,
+            at_exit=at_exit,
+        )
+        #: The settings, as checked; the attributes below are their working copies.
+        self.config = config
+        self.max_workers = config.max_workers
+        self.provider = config.provider
+        self.label = config.label
         #: Where the interchange listens and pools may connect; several means pools choose.
-        self.address = candidates[0] if len(candidates) == 1 else "*"
-        self.address_candidates = candidates
-        self.tunnel = tunnel
+        self.address = config.bind_address
+        self.address_candidates = list(config.address_candidates)
+        self.tunnel = config.tunnel
         self._tunnel_port: int | None = None
-        self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.prefetch = prefetch
-        self.heartbeat_period = float(heartbeat_period)
-        self.heartbeat_threshold = float(heartbeat_threshold)
-        self.lost_task_retries = lost_task_retries
-        self.start_timeout = float(start_timeout)
-        self.max_idletime = float(max_idletime)
-        self.block_poll_period = float(block_poll_period)
-        self.at_exit: AtExit = at_exit
-        if getattr(provider, "max_blocks", 1) < 1:
-            raise ConfigurationError(
-                f"the provider's max_blocks is {provider.max_blocks}: no block could ever run a task; "
-                "give it max_blocks >= 1"
-            )
-        self._initializer = initializer
-        self._initargs = initargs
+        self.run_dir = config.run_dir if config.run_dir is None else Path(config.run_dir)
+        self.prefetch = config.prefetch
+        self.heartbeat_period = config.heartbeat_period
+        self.heartbeat_threshold = config.heartbeat_threshold
+        self.lost_task_retries = config.lost_task_retries
+        self.start_timeout = config.start_timeout
+        self.max_idletime = config.max_idletime
+        self.block_poll_period = config.block_poll_period
+        self.at_exit: AtExit = config.at_exit
+        self._initializer = config.initializer
+        self._initargs = config.initargs
 
         # Must be held while touching _outbox, _wake_pending, _next_id, _taken_upto,
         # _skip, _controls, _io_closed, _shutdown and _broken, and while adding to _pending.
@@ -749,41 +698,25 @@ class HighThroughputExecutor(BlockManagement, Executor):
         rollback.callback(shutil.rmtree, self._ipc_dir, ignore_errors=True)
         self._ports = {"pool_port": _free_port("0.0.0.0" if self.address == "*" else self.address)}
         self._interchange_err = self._dir / "interchange.err"
-        cmd = [
-            sys.executable,
-            "-m",
-            "hpcfutures.executors.htex.interchange",
-            "--keys",
-            str(self._keys.interchange),
-            "--address",
-            self.address,
-            "--ipc-dir",
-            self._ipc_dir,
-            "--pool-port",
-            str(self._ports["pool_port"]),
-            "--driver-pid",
-            str(os.getpid()),
-            "--heartbeat-period",
-            str(self.heartbeat_period),
-            "--heartbeat-threshold",
-            str(self.heartbeat_threshold),
-            "--lost-task-retries",
-            str(self.lost_task_retries),
-        ]
-        if not self._temporary_dir:
-            cmd += ["--log-file", str(self._dir / "interchange.log")]
         # The driver and the interchange talk over two pipes: fewer wake-ups per message than
         # a socket with I/O threads, and the interchange sees end-of-file when the driver goes.
         down_read, down_write = pipe_pair()
         up_read, up_write = pipe_pair()
-        cmd += ["--driver-fds", f"{down_read},{up_write}"]
-        for directory in (
-            self._ipc_dir,
-            self._spill.directory if self._spill else None,
-            self._dir if self._temporary_dir else None,
-        ):
-            if directory is not None:
-                cmd += ["--cleanup", str(directory)]
+        spill = self._spill.directory if self._spill else None
+        cleanup = (self._ipc_dir, spill, self._dir if self._temporary_dir else None)
+        cmd = InterchangeArgs(
+            keys=str(self._keys.interchange),
+            ipc_dir=self._ipc_dir,
+            pool_port=self._ports["pool_port"],
+            driver_fds=(down_read, up_write),
+            address=self.address,
+            driver_pid=os.getpid(),
+            heartbeat_period=self.heartbeat_period,
+            heartbeat_threshold=self.heartbeat_threshold,
+            lost_task_retries=self.lost_task_retries,
+            log_file="" if self._temporary_dir else str(self._dir / "interchange.log"),
+            cleanup=tuple(str(d) for d in cleanup if d is not None),
+        ).command()
         try:
             with open(self._interchange_err, "wb") as err:
                 self._interchange = subprocess.Popen(
@@ -822,31 +755,18 @@ class HighThroughputExecutor(BlockManagement, Executor):
     def _start_block(self) -> None:
         block_id = str(next(self._block_counter))
         address = self.endpoints["ipc" if self._pools_are_local() else "tcp"]
-        cmd = [
-            sys.executable,
-            "-m",
-            "hpcfutures.executors.htex.pool",
-            "--addr",
-            address,
-            "--keys",
-            str(self._keys.pool),
-            "--workers",
-            str(self.max_workers or 0),
-            "--block-id",
-            block_id,
-            "--prefetch",
-            str(self.prefetch),
-            "--heartbeat-period",
-            str(self.heartbeat_period),
-            "--heartbeat-threshold",
-            str(self.heartbeat_threshold),
-            "--start-timeout",
-            str(self.start_timeout),
-        ]
-        if not self._temporary_dir:
-            cmd += ["--log-file", str(self._dir / f"pool-{block_id}.log")]
-        if self._spill is not None:
-            cmd += ["--shm-dir", self._spill.directory]
+        cmd = PoolArgs(
+            addr=address,
+            keys=str(self._keys.pool),
+            workers=self.max_workers or 0,
+            block_id=block_id,
+            prefetch=self.prefetch,
+            heartbeat_period=self.heartbeat_period,
+            heartbeat_threshold=self.heartbeat_threshold,
+            start_timeout=self.start_timeout,
+            log_file="" if self._temporary_dir else str(self._dir / f"pool-{block_id}.log"),
+            shm_dir=self._spill.directory if self._spill is not None else "",
+        ).command()
         job_id = self.provider.submit(
             shlex.join(cmd), self.max_workers or 1, f"{self.label}.block-{block_id}"
         )

@@ -29,13 +29,12 @@ longer walltime, and none at all in the block's last minutes; its tasks, if the 
 under them, are requeued without counting as lost.
 
 Run as ``python -m hpcfutures.executors.htex.interchange --keys FILE --ipc-dir DIR
---pool-port M --driver-fds R,W ...``.  The driver picks the port, so that pools can connect
-while this process is still starting.
+--pool-port M --driver-fds R,W ...`` (see :class:`.components.InterchangeArgs`).  The driver
+picks the port, so that pools can connect while this process is still starting.
 """
 
 from __future__ import annotations
 
-import argparse
 import heapq
 import hmac
 import json
@@ -53,7 +52,7 @@ from ...errors import PoolLostError
 from ...serialize import dumps
 from . import protocol as P
 from . import security
-from .component import setup_logging
+from .components import InterchangeArgs, setup_logging
 from .pipes import Receiver, Sender, watch_room
 from .stream import StreamConnection, StreamListener
 
@@ -159,13 +158,13 @@ def _peer(sock: Any) -> str:
 class Interchange:
     """Routes tasks from one driver to many pools.  See the module docstring."""
 
-    def __init__(self, args: argparse.Namespace):
+    def __init__(self, args: InterchangeArgs):
         self.args = args
         keys = security.load(args.keys)
         self.context = zmq.Context()
         self.zap = security.ZapHandler(self.context, keys)
         self.token = keys["token"]
-        down, up = (int(fd) for fd in args.driver_fds.split(","))
+        down, up = args.driver_fds
         self.from_driver = Receiver(down)
         self.client = Sender(up)
         # Local pools reach this process through a Unix socket in a private directory (mode
@@ -681,7 +680,7 @@ class Interchange:
             wake = last_beat + period
             if self.probes:
                 wake = min(wake, self.probes[0])
-            events = dict(poller.poll(max(0.0, wake - now) * 1000))
+            events = dict(poller.poll(int(max(0.0, wake - now) * 1000)))
             now = time.monotonic()
             if self.zap.socket in events:
                 self.zap.handle()
@@ -773,36 +772,9 @@ class Interchange:
                 shutil.rmtree(directory, ignore_errors=True)
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="hpcfutures-interchange")
-    parser.add_argument("--keys", required=True, help="the interchange's key file")
-    parser.add_argument("--address", default="127.0.0.1", help="the address pools connect to")
-    parser.add_argument(
-        "--ipc-dir", required=True, help="a private directory for the local pools' socket"
-    )
-    parser.add_argument("--pool-port", type=int, required=True)
-    parser.add_argument(
-        "--driver-fds",
-        required=True,
-        help="READ,WRITE: the inherited pipe ends the driver talks to this process through",
-    )
-    parser.add_argument("--driver-pid", type=int, default=0)
-    parser.add_argument("--heartbeat-period", type=float, default=1.0)
-    parser.add_argument("--heartbeat-threshold", type=float, default=10.0)
-    parser.add_argument("--lost-task-retries", type=int, default=2)
-    parser.add_argument("--log-file", default="")
-    parser.add_argument(
-        "--cleanup",
-        action="append",
-        default=[],
-        help="a directory of the driver's to remove if the driver dies",
-    )
-    return parser.parse_args(argv)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point: bind the given ports, then route until told to stop."""
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    args = InterchangeArgs.parse(sys.argv[1:] if argv is None else argv)
     setup_logging(args.log_file)
     interchange = Interchange(args)
     try:

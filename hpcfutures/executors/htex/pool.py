@@ -18,12 +18,13 @@ socket (whose context runs I/O threads): a pool on the interchange's node talks 
 a Unix stream socket, and a remote pool through a relay process that holds the CurveZMQ
 socket (see :mod:`.relay`); the manager reads either as a :class:`.stream.StreamConnection`.
 
-Run as ``python -m hpcfutures.executors.htex.pool --addr tcp://HOST:PORT --keys FILE ...``.
+Run as ``python -m hpcfutures.executors.htex.pool --addr tcp://HOST:PORT --keys FILE ...`` (see
+:class:`.components.PoolArgs`).
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import heapq
 import json
 import logging
@@ -40,11 +41,12 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from ...errors import TaskTimeoutError, WorkerLostError
+from ...exits import describe_exit, exit_signal
 from ...serialize import dumps
 from . import protocol as P
 from . import security
-from .component import setup_logging
 from .board import WorkerBoard
+from .components import PoolArgs, setup_logging
 from .pipes import Receiver, Sender, pipe_pair, watch_room
 from .relay import start_relay
 from .stream import SCHEME, StreamConnection
@@ -76,25 +78,6 @@ def block_end_in() -> float | None:
         return None
 
 
-def _signal_name(exitcode: int | None) -> str | None:
-    if exitcode is None or exitcode >= 0:
-        return None
-    try:
-        return signal.Signals(-exitcode).name
-    except ValueError:
-        return f"signal {-exitcode}"
-
-
-def describe_exit(exitcode: int | None) -> str:
-    """Say how a process ended, in words a user can act on."""
-    name = _signal_name(exitcode)
-    if name == "SIGKILL":
-        return "was killed by SIGKILL (the out-of-memory killer, or another process)"
-    if name is not None:
-        return f"was killed by {name}"
-    return f"exited with code {exitcode}"
-
-
 class _Worker:
     __slots__ = (
         "rank", "process", "sender", "receiver", "board", "outstanding", "sent", "reported", "head_seen",
@@ -122,7 +105,7 @@ class _Worker:
 class PoolManager:
     """Serves one node's workers for one interchange.  See the module docstring."""
 
-    def __init__(self, args: argparse.Namespace):
+    def __init__(self, args: PoolArgs):
         self.args = args
         self.workers_wanted = args.workers or len(os.sched_getaffinity(0))
         self.pool_id = args.pool_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -297,7 +280,7 @@ class PoolManager:
                     error = WorkerLostError(
                         f"task {task_id}: its worker {how}, {lost} time(s); it is not retried again",
                         exit_code=exitcode,
-                        signal_name=_signal_name(exitcode),
+                        signal_name=exit_signal(exitcode),
                     )
                     self.add_failure(task_id, error)
                     continue
@@ -593,7 +576,7 @@ class PoolManager:
                 )
                 return False
             logger.info("chose %s of %s", chosen, candidates)
-            self.args.addr = chosen
+            self.args = dataclasses.replace(self.args, addr=chosen)
         return True
 
     def link_lost(self) -> str:
@@ -732,35 +715,9 @@ class PoolManager:
                 self.relay.join(timeout=5)
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="hpcfutures pool", description="Run one worker pool for an interchange."
-    )
-    parser.add_argument(
-        "--addr",
-        required=True,
-        help="the interchange's pool endpoint: tcp://HOST:PORT (CurveZMQ), or unix://PATH on its own node",
-    )
-    parser.add_argument("--keys", required=True, help="the pool's CurveZMQ key file")
-    parser.add_argument("--workers", type=int, default=0, help="worker processes (0: one per available CPU)")
-    parser.add_argument("--block-id", default="0")
-    parser.add_argument("--pool-id", default="")
-    parser.add_argument("--prefetch", type=int, default=0, help="tasks held beyond what the workers take")
-    parser.add_argument("--heartbeat-period", type=float, default=1.0)
-    parser.add_argument("--heartbeat-threshold", type=float, default=10.0)
-    parser.add_argument("--start-timeout", type=float, default=60.0)
-    parser.add_argument("--log-file", default="")
-    parser.add_argument(
-        "--shm-dir",
-        default="",
-        help="the driver's shared-memory directory, when the pool is on the driver's node",
-    )
-    return parser.parse_args(argv)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run a pool manager until the interchange tells it to stop or is lost."""
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    args = PoolArgs.parse(sys.argv[1:] if argv is None else argv)
     setup_logging(args.log_file)
 
     def stop(signum: int, _frame: Any) -> None:

@@ -1,0 +1,141 @@
+"""HtexConfig: a HighThroughputExecutor's settings, checked once when the executor is made.
+
+Every check names the parameter and the fix, and runs before anything starts, so a wrong
+setting fails in the constructor rather than at the first submit or inside a batch job.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Literal
+
+from ...errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from ...providers.base import ExecutionProvider
+
+AtExit = Literal["wait", "terminate"]
+
+
+def _positive_seconds(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigurationError(f"{name} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _count(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigurationError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class HtexConfig:
+    """The settings of one HighThroughputExecutor; see its docstring for what each means.
+
+    Built from the constructor's arguments: ``address`` may be one address or a list of
+    candidates, ``provider`` None means one local pool, and numbers are normalised to
+    floats.  Raises :class:`~hpcfutures.ConfigurationError` naming the bad parameter.
+    """
+
+    max_workers: int | None = None
+    provider: ExecutionProvider = None  # type: ignore[assignment]  # None: one local pool
+    label: str = "htex"
+    address: str | Sequence[str] = "127.0.0.1"
+    tunnel: bool = False
+    run_dir: Path | str | os.PathLike[str] | None = None
+    initializer: Callable[..., Any] | None = None
+    initargs: tuple[Any, ...] = ()
+    prefetch: int = 0
+    heartbeat_period: float = 1.0
+    heartbeat_threshold: float = 10.0
+    lost_task_retries: int = 2
+    start_timeout: float = 30.0
+    max_idletime: float = 120.0
+    block_poll_period: float = 1.0
+    at_exit: AtExit = "wait"
+    #: The addresses pools may try, in order (``address`` as a tuple).
+    address_candidates: tuple[str, ...] = field(init=False)
+    #: What the interchange binds: the one address, or every interface ("*") for several.
+    bind_address: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        def normalise(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+        if self.max_workers is not None:
+            _count("max_workers", self.max_workers, 1)
+        provider = self.provider
+        if provider is None:
+            from ...providers.local import LocalProvider
+
+            normalise("provider", LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1))
+        elif not hasattr(provider, "submit") or not hasattr(provider, "status"):
+            raise ConfigurationError(
+                f"provider must be an hpcfutures ExecutionProvider (for example LocalProvider()), got {provider!r}"
+            )
+        if not isinstance(self.label, str) or not self.label or "/" in self.label:
+            raise ConfigurationError(f"label must be a non-empty string without '/', got {self.label!r}")
+        candidates = self._candidates()
+        normalise("address_candidates", candidates)
+        normalise("bind_address", candidates[0] if len(candidates) == 1 else "*")
+        if self.tunnel:
+            self._check_tunnel(candidates)
+        if self.run_dir is not None:
+            normalise("run_dir", Path(self.run_dir))
+        if self.initializer is not None and not callable(self.initializer):
+            raise ConfigurationError(f"initializer must be callable or None, got {self.initializer!r}")
+        if not isinstance(self.initargs, tuple):
+            raise ConfigurationError(f"initargs must be a tuple, got {type(self.initargs).__name__}")
+        _count("prefetch", self.prefetch, 0)
+        _count("lost_task_retries", self.lost_task_retries, 0)
+        for name in ("heartbeat_period", "heartbeat_threshold", "start_timeout", "max_idletime", "block_poll_period"):
+            normalise(name, _positive_seconds(name, getattr(self, name)))
+        if self.at_exit not in ("wait", "terminate"):
+            raise ConfigurationError(
+                "at_exit must be 'wait' (unfinished tasks run to the end when the program ends, as "
+                f"with the standard library) or 'terminate' (they are killed), got {self.at_exit!r}"
+            )
+        if self.heartbeat_threshold <= self.heartbeat_period:
+            raise ConfigurationError(
+                f"heartbeat_threshold ({self.heartbeat_threshold:g}) must exceed heartbeat_period "
+                f"({self.heartbeat_period:g})"
+            )
+        max_blocks = getattr(self.provider, "max_blocks", 1)
+        if max_blocks < 1:
+            raise ConfigurationError(
+                f"the provider's max_blocks is {max_blocks}: no block could ever run a task; "
+                "give it max_blocks >= 1"
+            )
+
+    def _candidates(self) -> tuple[str, ...]:
+        address = self.address
+        if isinstance(address, str):
+            candidates: list[Any] = [address]
+        elif isinstance(address, (list, tuple)):
+            candidates = list(address)
+        else:
+            candidates = []
+        if not candidates or not all(isinstance(a, str) and a for a in candidates):
+            raise ConfigurationError(
+                "address must be an address pools can reach, such as '10.1.2.3' or "
+                f"hpcfutures.addresses.address_by_hostname(), or a list of candidates; got {address!r}"
+            )
+        return tuple(candidates)
+
+    def _check_tunnel(self, candidates: tuple[str, ...]) -> None:
+        provider = self.provider
+        channels = getattr(provider, "channels", None) or [getattr(provider, "channel", None)]
+        if not all(hasattr(c, "forward_remote") for c in channels):
+            raise ConfigurationError(
+                "tunnel=True needs a provider whose commands run over SSH (channel=SSHChannel(...) "
+                f"or SSHProvider); {provider!r} has none"
+            )
+        if len(candidates) > 1 or candidates[0] not in ("127.0.0.1", "localhost"):
+            raise ConfigurationError(
+                "with tunnel=True pools reach the interchange through SSH, which binds loopback; "
+                f"leave address at its default instead of {self.address!r}"
+            )

@@ -27,13 +27,14 @@ import multiprocessing
 import struct
 from collections.abc import Iterable
 
+from .dealing import MAX_DEPTH
 from .protocol import RESULT_META
 
 _COUNT = struct.Struct("<Q")
 _LENGTHS = struct.Struct("<QQ")
-#: Cancelled ordinals the board holds at once.  A worker holds at most the pool's maximum
-#: depth (64) of tasks, so this never fills; a cancel that would not fit is refused.
-SLOTS = 128
+#: Cancelled ordinals the board holds at once.  A worker holds at most MAX_DEPTH tasks, so
+#: this never fills; a cancel that would not fit is refused.
+SLOTS = 2 * MAX_DEPTH
 #: Results, and bytes of their pickles, the journal holds; a result that does not fit is sent
 #: at once, with those before it, instead of waiting for company.
 JOURNAL_RESULTS = 256

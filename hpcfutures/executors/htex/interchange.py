@@ -53,6 +53,7 @@ from ...serialize import dumps
 from . import protocol as P
 from . import security
 from .components import InterchangeArgs, setup_logging
+from .dealing import deal
 from .pipes import Receiver, Sender, watch_room
 from .stream import StreamConnection, StreamListener
 
@@ -589,39 +590,27 @@ class Interchange:
 
     def dispatch(self) -> None:
         """Hand queued tasks to pools with credit, spreading a burst evenly across them."""
-        queue = self.queue
+        if not self.queue:
+            return
         now = time.monotonic()
-        while queue:
-            ready = [
-                p
-                for p in self.pools.values()
-                if p.credit > p.sent and not p.draining and (p.closing is None or now < p.closing)
-            ]
-            if not ready:
-                return
-            share = -(-len(queue) // len(ready))  # ceiling division
-            sent = 0
-            for pool in ready:
-                if not queue:
-                    return
-                room = min(pool.credit - pool.sent, share, BATCH_LIMIT)
-                items = []
-                outstanding = pool.outstanding
-                while room and queue:
-                    walltime = queue[0][2][0][2]
-                    if walltime and pool.end is not None and now + walltime > pool.end:
-                        break  # it could not finish there
-                    _p, seq, item = heapq.heappop(queue)
-                    items.append(item)
-                    outstanding[item[0][0]] = (seq, item)
-                    room -= 1
-                if items:
-                    pool.sent += len(items)
-                    pool.idle_since = None
-                    sent += len(items)
-                    self.send_pool(pool, P.join(P.TASKS, P.TASK_META, items))
-            if not sent:
-                return
+        ready = [
+            p for p in self.pools.values() if p.credit > p.sent and not p.draining and (p.closing is None or now < p.closing)
+        ]
+        if not ready:
+            return
+        dealt = deal(self.queue, [p.credit - p.sent for p in ready], [p.end for p in ready], now)
+        for pool, entries in zip(ready, dealt):
+            if not entries:
+                continue
+            outstanding = pool.outstanding
+            for _p, seq, item in entries:
+                outstanding[item[0][0]] = (seq, item)
+            pool.sent += len(entries)
+            pool.idle_since = None
+            for start in range(0, len(entries), BATCH_LIMIT):
+                items = [entry[2] for entry in entries[start : start + BATCH_LIMIT]]
+                if not self.send_pool(pool, P.join(P.TASKS, P.TASK_META, items)):
+                    break  # lost: pool_lost requeued what it held
 
     def idle_blocks(self, now: float) -> dict[str, float]:
         """Seconds each block's pools have all been idle (0 for a block with a busy pool)."""

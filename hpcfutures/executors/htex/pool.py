@@ -47,6 +47,7 @@ from . import protocol as P
 from . import security
 from .board import WorkerBoard
 from .components import PoolArgs, setup_logging
+from .dealing import pool_credit, worker_depth
 from .pipes import Receiver, Sender, pipe_pair, watch_room
 from .relay import start_relay
 from .stream import SCHEME, StreamConnection
@@ -54,9 +55,6 @@ from .worker import worker_main
 
 logger = logging.getLogger(__name__)
 
-#: A worker is sent enough short tasks to keep it busy about this long.
-TARGET_BUFFER_SECONDS = 0.005
-MAX_DEPTH = 64
 BATCH_LIMIT = 256
 #: How soon after tasks may have begun without a word (sent to an idle worker, or queued
 #: behind a result) the manager looks at the claim boards to report them started.
@@ -320,9 +318,14 @@ class PoolManager:
     # -- messages ------------------------------------------------------------------------
 
     def credit(self) -> int:
-        held = len(self.queue) + sum(len(w.outstanding) for w in self.workers.values())
-        wanted = len(self.workers) * self.depth + self.args.prefetch
-        return max(self.credit_sent, self.received + max(0, wanted - held))
+        return pool_credit(
+            sent_before=self.credit_sent,
+            received=self.received,
+            held=len(self.queue) + sum(len(w.outstanding) for w in self.workers.values()),
+            workers=len(self.workers),
+            depth=self.depth,
+            prefetch=self.args.prefetch,
+        )
 
     def send_up(self, kind: bytes, *frames: Any) -> None:
         credit = self.credit()
@@ -428,7 +431,7 @@ class PoolManager:
             if n:
                 average = total / n
                 self.runtime_ewma = average if not self.runtime_ewma else 0.7 * self.runtime_ewma + 0.3 * average
-                self.depth = max(1, min(MAX_DEPTH, int(TARGET_BUFFER_SECONDS / max(self.runtime_ewma, 1e-7))))
+                self.depth = worker_depth(self.runtime_ewma)
             if outstanding:  # it begins the next one without a word
                 self.started_soon()
             elif self.started_check is not None and not any(w.outstanding for w in self.workers.values()):

@@ -3,18 +3,21 @@
 A provider given ``SSHChannel("login.cluster.org", …)`` drives that host's scheduler from
 here: commands run through one SSH connection (opened at first use, reopened once when it
 dropped), files move over SFTP.  Only keys authenticate, and the host's key is checked
-against a known_hosts file: an unknown host is refused unless the user chose otherwise.
+against a known_hosts file (:mod:`.ssh_hostkeys`): an unknown host is refused unless the
+user chose otherwise.
 
 The channel also forwards TCP ports through its connection (:meth:`SSHChannel.forward_remote`,
-:meth:`SSHChannel.forward_local`), so that worker pools on a cluster can reach an
-interchange on a machine they cannot connect to directly.
+:meth:`SSHChannel.forward_local`, carried by :mod:`.ssh_forward`), so that worker pools on a
+cluster can reach an interchange on a machine they cannot connect to directly.
+
+Opening the connection may take several ``connect_timeout`` waits (TCP, the SSH handshake,
+the login).  It happens under no lock: one thread connects, the others that need the connection
+meanwhile wait for that one attempt, and :meth:`SSHChannel.close` abandons it at once.
 """
 
 from __future__ import annotations
 
-import base64
 import getpass
-import hashlib
 import logging
 import os
 import posixpath
@@ -26,16 +29,17 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigurationError
 from .base import TAIL_BYTES
 from .channels import DEFAULT_COMMAND_TIMEOUT, Channel, ChannelError, CommandResult
+from .ssh_forward import Forward, PortForwards
+from .ssh_hostkeys import HOST_KEY_POLICIES, HostKeyPolicy, SSHHostKeyError, changed_key_error, fingerprint
+
+__all__ = ["HOST_KEY_POLICIES", "SSHAuthenticationError", "SSHChannel", "SSHHostKeyError", "fingerprint"]
 
 logger = logging.getLogger(__name__)
-
-HOST_KEY_POLICIES = ("reject", "warn", "auto-add")
 
 # The remote shell announces its pid on stderr first, so that a command that outlives its
 # timeout can be killed with its process group.
@@ -45,30 +49,13 @@ _CWD_TAG = "__hpcfutures_no_cwd__"
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Seconds a killed command's process group gets between SIGTERM and SIGKILL.
 _KILL_GRACE = 2.0
-# Seconds a reconnect keeps asking the host to restore a remote forward.
-_RESTORE_SECONDS = 5.0
-# Seconds between checks of a forwarding thread's stop flag.
-_PUMP_POLL = 0.2
+# Seconds a command's wait for output sleeps between checks of its deadline.
+_POLL = 0.2
 _CHUNK = 65536
-
-
-class SSHHostKeyError(ChannelError):
-    """The host's key is unknown or differs from the one in known_hosts: not connected."""
 
 
 class SSHAuthenticationError(ChannelError):
     """The host refused every key offered for the user."""
-
-
-def fingerprint(key: Any) -> str:
-    """Return the ``SHA256:…`` fingerprint of a paramiko public key, as ``ssh-keygen -l`` prints it."""
-    digest = hashlib.sha256(key.asbytes()).digest()
-    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
-
-
-def _known_hosts_name(hostname: str, port: int) -> str:
-    return hostname if port == 22 else f"[{hostname}]:{port}"
-
 
 def _check_port(name: str, value: object, allow_zero: bool) -> int:
     low = 0 if allow_zero else 1
@@ -100,19 +87,59 @@ def _shell_path(path: str) -> str:
     return shlex.quote(path)
 
 
-@dataclass
-class _Forward:
-    """One port forward and the threads that carry its connections."""
+class _Attempt:
+    """One attempt to open a channel's connection, made by one thread under no lock.
 
-    kind: str  # "remote": a port on the SSH host reaches us; "local": a port here reaches it
-    bind_host: str
-    bind_port: int
-    target_host: str
-    target_port: int
-    stop: threading.Event = field(default_factory=threading.Event)
-    threads: set[threading.Thread] = field(default_factory=set)
-    listener: socket.socket | None = None
-    connections: int = 0  # how many connections it has carried, for diagnostics and tests
+    Other threads that need the connection meanwhile wait for :attr:`done` and share the
+    outcome.  Every field is written under the channel's ``_lock``; :attr:`transport` and
+    :attr:`error` are final once :attr:`done` is set, and are read only after it.
+    """
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.transport: Any = None
+        self.error: BaseException | None = None
+        # The TCP connection once made, so that close() can cut the SSH handshake short.
+        self.sock: socket.socket | None = None
+
+    def finish(self, transport: Any = None, error: BaseException | None = None) -> None:
+        """Record the outcome (the first one counts) and release the waiting threads."""
+        if not self.done.is_set():
+            self.transport, self.error = transport, error
+            self.done.set()
+
+    def attach(self, sock: socket.socket) -> None:
+        """Remember the attempt's TCP connection; shut it at once if close() abandoned the attempt already."""
+        self.sock = sock
+        if self.error is not None:  # only abandon() sets it before the attempt's own thread ends
+            _shut(sock)
+
+    def abandon(self, error: ChannelError) -> None:
+        """Fail the attempt with *error* and shut its connection, so that its handshake fails now."""
+        self.finish(error=error)
+        if self.sock is not None:
+            _shut(self.sock)
+
+    def result(self) -> Any:
+        """Return the transport, or raise (a copy of) the attempt's error in this thread."""
+        if self.error is None:
+            return self.transport
+        raise _copy_error(self.error) from self.error
+
+
+def _shut(sock: socket.socket) -> None:
+    """Shut *sock* both ways: a thread blocked reading it sees the end at once (close would not wake it)."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # not connected any more
+
+
+def _copy_error(error: BaseException) -> ChannelError:
+    """Return a new exception like *error* to raise in another thread (one object is raised once)."""
+    if isinstance(error, ChannelError):
+        return type(error)(*error.args)
+    return ChannelError(f"could not connect: {type(error).__name__}: {error}")
 
 
 class SSHChannel(Channel):
@@ -138,7 +165,9 @@ class SSHChannel(Channel):
             literally, not expanded by the shell.
 
     Nothing connects until the first command or :meth:`connect`.  Every method may be
-    called from any thread; commands run concurrently over the one connection.
+    called from any thread; commands run concurrently over the one connection.  Connecting
+    and restoring forwards after a reconnect hold no lock, so they never delay :meth:`close`,
+    :meth:`cancel_forward`, or commands on a connection that is already open.
     """
 
     def __init__(
@@ -210,18 +239,30 @@ class SSHChannel(Channel):
         _check_env(env)
         self.env = dict(env or {})
 
-        # Must be held while reading or replacing _client, _transport and _home, and while
-        # changing _forwards.
+        # Must be held while reading or replacing _client, _transport and _attempt.  Held only
+        # for that, never across network I/O: connecting happens outside it (see _live_transport).
+        # May be taken with _sftp_lock held (an SFTP call connecting), never the other way round,
+        # and never together with _forwarding.lock.
         self._lock = threading.Lock()
         self._client: Any = None  # paramiko.SSHClient
-        self._transport: Any = None  # paramiko.Transport
-        self._home: str | None = None
-        self._forwards: dict[tuple[str, int], _Forward] = {}
-        # Must be held while using or replacing _sftp (paramiko's SFTP client is not
-        # meant for concurrent requests).
+        self._transport: Any = None  # paramiko.Transport of _client
+        self._attempt: _Attempt | None = None  # the connection attempt in progress, if any
+        # Must be held while using or replacing _sftp, _sftp_transport and _home (paramiko's
+        # SFTP client is not meant for concurrent requests).  It is held during SFTP transfers
+        # and while connecting for one, so close() does not take it: closing the transport ends
+        # the SFTP session, and the next SFTP call replaces a client of an older transport.
         self._sftp_lock = threading.Lock()
         self._sftp: Any = None
-        self._sftp_transport: Any = None
+        self._sftp_transport: Any = None  # the transport _sftp runs on
+        self._home: str | None = None  # the remote home directory, as SFTP reported it
+        self._forwarding = PortForwards(
+            self.hostname, self.connect_timeout, self._live_transport, self._current_transport
+        )
+
+    @property
+    def _forwards(self) -> dict[tuple[str, int], Forward]:
+        """The forwards by (kind, port), for diagnostics and tests (read without their lock: a snapshot at best)."""
+        return self._forwarding.forwards
 
     # -- connecting ---------------------------------------------------------------------------
 
@@ -231,53 +272,99 @@ class SSHChannel(Channel):
         Raises:
             SSHHostKeyError: the host's key is unknown (with ``host_key_policy="reject"``) or changed.
             SSHAuthenticationError: no key was accepted.
-            ChannelError: the host cannot be reached.
+            ChannelError: the host cannot be reached, or :meth:`close` was called meanwhile.
+        """
+        self._live_transport()
+
+    def _current_transport(self) -> Any:
+        """Return the installed transport as it is (perhaps dead), or None; never connects."""
+        with self._lock:
+            return self._transport
+
+    def _live_transport(self) -> Any:
+        """Return the live transport, connecting (again) if needed.
+
+        The first thread to find no live transport makes the attempt, outside :attr:`_lock`;
+        threads arriving meanwhile wait for it and share its transport or its error.  After
+        installing a new transport, the connecting thread restores the remote forwards, still
+        outside the lock.
         """
         with self._lock:
-            self._transport_locked()
+            if self._transport is not None and self._transport.is_active():
+                return self._transport
+            other = self._attempt
+            if other is None:
+                attempt = self._attempt = _Attempt()
+                stale, self._client, self._transport = self._client, None, None
+        if other is not None:
+            other.done.wait()  # ended by the connecting thread's timeouts, or by close()
+            return other.result()
+        return self._connect(attempt, stale)
 
-    def _transport_locked(self) -> Any:
-        """Return the live transport, connecting (again) if needed; hold :attr:`_lock`."""
-        if self._transport is not None and self._transport.is_active():
-            return self._transport
-        if self._client is not None:
-            logger.info("SSH connection to %s dropped; reconnecting", self._where())
-            self._client.close()
-            self._client = self._transport = None
-        self._client = self._open_client()
-        self._transport = self._client.get_transport()
-        self._transport.set_keepalive(30)
-        self._restore_forwards()
-        return self._transport
+    def _connect(self, attempt: _Attempt, stale: Any) -> Any:
+        """Make *attempt*, install its transport unless :meth:`close` abandoned it, restore forwards.
 
-    def _restore_forwards(self) -> None:
-        """Ask again for the remote forwards, which died with the old connection; hold :attr:`_lock`."""
-        # The host's sshd may hold the old connection's listening port for a moment.
-        deadline = time.monotonic() + _RESTORE_SECONDS
-        for fw in self._forwards.values():
-            if fw.kind != "remote":
-                continue
-            while True:
-                try:
-                    self._transport.request_port_forward(fw.bind_host, fw.bind_port, self._dispatch)
-                    break
-                except Exception as exc:  # noqa: BLE001 - paramiko raises SSHException or socket errors
-                    if time.monotonic() >= deadline or not self._transport.is_active():
-                        logger.warning("could not restore the forward of %s:%d on %s: %s", fw.bind_host,
-                                       fw.bind_port, self.hostname, exc)
-                        break
-                    time.sleep(0.1)
+        *stale* is the client of the connection that dropped, if any, to close first.  Whatever
+        happens, *attempt* ends, so no thread waits for it forever.
+        """
+        try:
+            if stale is not None:
+                logger.info("SSH connection to %s dropped; reconnecting", self._where())
+                stale.close()
+            client = self._open_client(attempt)
+        except BaseException as exc:
+            with self._lock:
+                if self._attempt is attempt:
+                    self._attempt = None
+                attempt.finish(error=exc)
+            if attempt.error is not None and attempt.error is not exc:
+                # Abandoned by close(): say so, rather than how the cut handshake broke.
+                raise _copy_error(attempt.error) from exc
+            raise
+        transport = client.get_transport()
+        transport.set_keepalive(30)
+        with self._lock:
+            installed = self._attempt is attempt
+            if installed:
+                self._attempt = None
+                self._client, self._transport = client, transport
+                attempt.finish(transport=transport)
+        if not installed:
+            client.close()
+            return attempt.result()  # raises close()'s error
+        self._restore_forwards(transport)
+        return transport
 
-    def _open_client(self) -> Any:
+    def _restore_forwards(self, transport: Any) -> None:
+        """Ask *transport*'s host again for the remote forwards, which died with the old connection.
+
+        Runs on the thread that reconnected, after *transport* was installed, under no lock.
+        """
+        self._forwarding.restore(transport)
+
+    def _open_client(self, attempt: _Attempt) -> Any:
+        """Connect and log in; return the paramiko client.
+
+        Takes :attr:`_lock` only to hand the TCP connection to *attempt*, so that
+        :meth:`close` can shut it and end the handshake at once.
+        """
         import paramiko
 
-        client = paramiko.SSHClient()
-        if not self._known_hosts_given and os.path.isfile("/etc/ssh/ssh_known_hosts"):
-            client.load_system_host_keys("/etc/ssh/ssh_known_hosts")
-        if os.path.isfile(self.known_hosts):
-            client.load_host_keys(self.known_hosts)
-        client.set_missing_host_key_policy(_HostKeyPolicy(self))
         try:
+            sock = socket.create_connection((self.hostname, self.port), timeout=self.connect_timeout)
+        except OSError as exc:
+            raise ChannelError(f"cannot connect to {self._where()}: {type(exc).__name__}: {exc}") from exc
+        with self._lock:
+            attempt.attach(sock)
+        client = paramiko.SSHClient()
+        try:
+            if not self._known_hosts_given and os.path.isfile("/etc/ssh/ssh_known_hosts"):
+                client.load_system_host_keys("/etc/ssh/ssh_known_hosts")
+            if os.path.isfile(self.known_hosts):
+                client.load_host_keys(self.known_hosts)
+            client.set_missing_host_key_policy(
+                HostKeyPolicy(self.host_key_policy, self.known_hosts, self.hostname, self.port)
+            )
             client.connect(
                 self.hostname,
                 port=self.port,
@@ -288,31 +375,35 @@ class SSHChannel(Channel):
                 timeout=self.connect_timeout,
                 banner_timeout=self.connect_timeout,
                 auth_timeout=self.connect_timeout,
+                sock=sock,
             )
-        except SSHHostKeyError:
+        except BaseException as exc:
             client.close()
-            raise
-        except paramiko.BadHostKeyException as exc:
-            client.close()
-            name = _known_hosts_name(self.hostname, self.port)
-            raise SSHHostKeyError(
-                f"the host key of {self._where()} ({fingerprint(exc.key)}) differs from the one in "
-                f"{self.known_hosts} ({fingerprint(exc.expected_key)}): someone may be intercepting the "
-                f"connection, or the host was reinstalled.  Check with the host's administrators; if the new key "
-                f"is right, remove the old one with `ssh-keygen -R '{name}' -f {self.known_hosts}`"
-            ) from exc
-        except paramiko.AuthenticationException as exc:
-            client.close()
+            sock.close()
+            error = self._login_error(exc)
+            if error is exc:
+                raise
+            raise error from exc
+        return client
+
+    def _login_error(self, exc: BaseException) -> BaseException:
+        """Return the error to raise for *exc*, which ended a login: a :class:`ChannelError` that says what to do."""
+        import paramiko
+
+        if isinstance(exc, SSHHostKeyError):  # from HostKeyPolicy: already says what to do
+            return exc
+        if isinstance(exc, paramiko.BadHostKeyException):
+            return changed_key_error(self._where(), self.hostname, self.port, self.known_hosts, exc)
+        if isinstance(exc, paramiko.AuthenticationException):
             key = self.key_filename or "the SSH agent's and ~/.ssh's default keys"
-            raise SSHAuthenticationError(
+            return SSHAuthenticationError(
                 f"{self._where()} refused the login of {self.username!r} with {key} ({exc}); "
                 f"add the public key to ~{self.username}/.ssh/authorized_keys there, or pass key_filename= "
                 "the private key that is authorized"
-            ) from exc
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            client.close()
-            raise ChannelError(f"cannot connect to {self._where()}: {type(exc).__name__}: {exc}") from exc
-        return client
+            )
+        if isinstance(exc, (paramiko.SSHException, OSError, EOFError)):
+            return ChannelError(f"cannot connect to {self._where()}: {type(exc).__name__}: {exc}")
+        return exc
 
     def _where(self) -> str:
         return f"{self.username}@{self.hostname}:{self.port}"
@@ -321,13 +412,12 @@ class SSHChannel(Channel):
         """Open a session channel, reconnecting once if the connection dropped."""
         import paramiko
 
-        for attempt in (1, 2):
-            with self._lock:
-                transport = self._transport_locked()
+        for tries in (1, 2):
+            transport = self._live_transport()
             try:
                 return transport.open_session(timeout=self.connect_timeout)
             except (paramiko.SSHException, OSError, EOFError) as exc:
-                if attempt == 2 or transport.is_active():
+                if tries == 2 or transport.is_active():
                     raise ChannelError(f"cannot open a session on {self._where()}: {exc}") from exc
                 logger.info("SSH connection to %s dropped while opening a session; retrying", self._where())
         raise AssertionError("unreachable")
@@ -394,7 +484,7 @@ class SSHChannel(Channel):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                ready, _, _ = select.select([chan], [], [], min(remaining, _PUMP_POLL))
+                ready, _, _ = select.select([chan], [], [], min(remaining, _POLL))
                 if ready and not (chan.recv_ready() or chan.recv_stderr_ready()):
                     chan.status_event.wait(min(remaining, 0.05))  # EOF came before the exit status
             while chan.recv_ready():
@@ -439,9 +529,8 @@ class SSHChannel(Channel):
         import paramiko
 
         with self._sftp_lock:
-            for attempt in (1, 2):
-                with self._lock:
-                    transport = self._transport_locked()
+            for tries in (1, 2):
+                transport = self._live_transport()
                 try:
                     if self._sftp is None or self._sftp_transport is not transport:
                         if self._sftp is not None:
@@ -451,14 +540,17 @@ class SSHChannel(Channel):
                         self._home = self._sftp.normalize(".")
                     return operation(self._sftp)
                 except (paramiko.SSHException, EOFError, OSError) as exc:
-                    if attempt == 1 and not transport.is_active():
+                    if tries == 1 and not transport.is_active():
                         self._sftp = None
                         continue
                     raise ChannelError(f"cannot {what} on {self._where()}: {exc}") from exc
         raise AssertionError("unreachable")
 
     def _absolute(self, path: str) -> str:
-        """Return *path* on the host as an absolute path (``~`` and relative paths from home)."""
+        """Return *path* on the host as an absolute path (``~`` and relative paths from home).
+
+        Call with :attr:`_sftp_lock` held (inside an :meth:`_sftp_call` operation): it reads :attr:`_home`.
+        """
         home = self._home or "."
         if path == "~":
             return home
@@ -552,41 +644,18 @@ class SSHChannel(Channel):
             The port listening on the host.
 
         Raises:
-            ChannelError: the host refused the forward (port in use, forwarding disabled).
+            ChannelError: the host refused the forward (port in use, forwarding disabled), or
+                the connection was closed or reopened before the host answered.
         """
         _check_port("remote_port", remote_port, allow_zero=True)
         _check_host("local_host", local_host)
         _check_port("local_port", local_port, allow_zero=False)
         _check_host("bind_address", bind_address)
-        import paramiko
-
-        with self._lock:
-            transport = self._transport_locked()
-            try:
-                port = int(transport.request_port_forward(bind_address, remote_port, self._dispatch))
-            except (paramiko.SSHException, OSError, EOFError) as exc:
-                raise ChannelError(
-                    f"{self.hostname} refused to forward {bind_address}:{remote_port} to {local_host}:{local_port} "
-                    f"({exc}); the port may be in use, or AllowTcpForwarding is off in its sshd_config"
-                ) from exc
-            self._forwards[("remote", port)] = _Forward("remote", bind_address, port, local_host, local_port)
-        logger.info("forwarding %s:%d on %s to %s:%d", bind_address, port, self.hostname, local_host, local_port)
-        return port
+        return self._forwarding.forward_remote(remote_port, local_host, local_port, bind_address)
 
     def cancel_forward(self, remote_port: int) -> None:
         """Stop the forward of *remote_port* made by :meth:`forward_remote` and close its connections."""
-        with self._lock:
-            fw = self._forwards.pop(("remote", remote_port), None)
-            transport = self._transport
-        if fw is None:
-            return
-        if transport is not None and transport.is_active():
-            try:
-                # Not transport.cancel_port_forward: it would drop the handler of every other forward.
-                transport.global_request("cancel-tcpip-forward", (fw.bind_host, fw.bind_port), wait=True)
-            except Exception as exc:  # noqa: BLE001 - the connection may be closing
-                logger.debug("cancelling the forward of port %d on %s: %s", remote_port, self.hostname, exc)
-        self._stop_forward(fw)
+        self._forwarding.cancel_remote(remote_port)
 
     def forward_local(
         self, local_port: int, remote_host: str, remote_port: int, *, bind_address: str = "127.0.0.1"
@@ -599,167 +668,33 @@ class SSHChannel(Channel):
         _check_host("remote_host", remote_host)
         _check_port("remote_port", remote_port, allow_zero=False)
         _check_host("bind_address", bind_address)
-        self.connect()
-        listener = socket.create_server((bind_address, local_port))
-        port = int(listener.getsockname()[1])
-        fw = _Forward("local", bind_address, port, remote_host, remote_port, listener=listener)
-        thread = threading.Thread(
-            target=self._accept_local, args=(fw,), name=f"hpcfutures-ssh-forward-{port}", daemon=True
-        )
-        fw.threads.add(thread)
-        with self._lock:
-            self._forwards[("local", port)] = fw
-        thread.start()
-        return port
+        return self._forwarding.forward_local(local_port, remote_host, remote_port, bind_address)
 
     def cancel_local_forward(self, local_port: int) -> None:
         """Stop the forward of *local_port* made by :meth:`forward_local` and close its connections."""
-        with self._lock:
-            fw = self._forwards.pop(("local", local_port), None)
-        if fw is not None:
-            self._stop_forward(fw)
-
-    def _stop_forward(self, fw: _Forward) -> None:
-        fw.stop.set()
-        for thread in list(fw.threads):
-            if thread is not threading.current_thread():
-                thread.join(_PUMP_POLL * 10)
-        if fw.listener is not None:
-            fw.listener.close()
-
-    def _dispatch(self, chan: Any, origin: tuple[str, int], server: tuple[str, int]) -> None:
-        # Called on paramiko's transport thread, which must not block: the pump connects.  No
-        # lock either: forward_remote holds _lock while it waits for this thread's reply.
-        fw = self._forwards.get(("remote", int(server[1])))
-        if fw is None or fw.stop.is_set():
-            chan.close()
-            return
-        fw.connections += 1
-        thread = threading.Thread(
-            target=self._pump_remote, args=(fw, chan), name=f"hpcfutures-ssh-forward-{fw.bind_port}", daemon=True
-        )
-        fw.threads.add(thread)
-        thread.start()
-
-    def _pump_remote(self, fw: _Forward, chan: Any) -> None:
-        try:
-            sock = socket.create_connection((fw.target_host, fw.target_port), timeout=self.connect_timeout)
-        except OSError as exc:
-            logger.warning("forwarded connection to %s:%d failed: %s", fw.target_host, fw.target_port, exc)
-            chan.close()
-            fw.threads.discard(threading.current_thread())
-            return
-        _pump(fw, chan, sock)
-
-    def _accept_local(self, fw: _Forward) -> None:
-        assert fw.listener is not None
-        try:
-            while not fw.stop.is_set():
-                ready, _, _ = select.select([fw.listener], [], [], _PUMP_POLL)
-                if not ready:
-                    continue
-                sock, peer = fw.listener.accept()
-                try:
-                    with self._lock:
-                        transport = self._transport_locked()
-                    chan = transport.open_channel(
-                        "direct-tcpip", (fw.target_host, fw.target_port), peer, timeout=self.connect_timeout
-                    )
-                except Exception as exc:  # noqa: BLE001 - report and refuse this one connection
-                    logger.warning("forward to %s:%d via %s failed: %s", fw.target_host, fw.target_port,
-                                   self.hostname, exc)
-                    sock.close()
-                    continue
-                fw.connections += 1
-                thread = threading.Thread(
-                    target=_pump, args=(fw, chan, sock), name=f"hpcfutures-ssh-forward-{fw.bind_port}", daemon=True
-                )
-                fw.threads.add(thread)
-                thread.start()
-        except OSError:
-            if not fw.stop.is_set():
-                logger.exception("the forward of local port %d stopped", fw.bind_port)
-        finally:
-            fw.threads.discard(threading.current_thread())
+        self._forwarding.cancel_local(local_port)
 
     # -- closing ------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop every forward and close the connection; a later command reconnects."""
+        """Stop every forward and close the connection; a later command reconnects.
+
+        A connection attempt in progress is abandoned: its callers get a :class:`ChannelError`
+        and whatever it opens is closed.  This does not wait for the attempt to end.
+        """
+        forwards = self._forwarding.take_all()  # first, so that no reconnect restores them
         with self._lock:
-            forwards = list(self._forwards.values())
-            self._forwards.clear()
+            client, self._client, self._transport = self._client, None, None
+            attempt, self._attempt = self._attempt, None
+            if attempt is not None:
+                attempt.abandon(ChannelError(f"the channel to {self._where()} was closed while connecting"))
         for fw in forwards:
-            self._stop_forward(fw)
-        with self._sftp_lock:
-            if self._sftp is not None:
-                self._sftp.close()
-            self._sftp = self._sftp_transport = None
-        with self._lock:
-            if self._client is not None:
-                self._client.close()
-            self._client = self._transport = None
+            self._forwarding.stop(fw)
+        if client is not None:
+            client.close()
 
     def __repr__(self) -> str:
         return (
             f"SSHChannel({self.hostname!r}, username={self.username!r}, port={self.port}, "
             f"host_key_policy={self.host_key_policy!r}" + (f", env={self.env!r})" if self.env else ")")
         )
-
-
-def _pump(fw: _Forward, chan: Any, sock: socket.socket) -> None:
-    """Copy bytes both ways between an SSH channel and a socket until both sides ended."""
-    chan_open = sock_open = True  # whether each side may still send us data
-    try:
-        sock.settimeout(None)
-        while (chan_open or sock_open) and not fw.stop.is_set():
-            watch = ([chan] if chan_open else []) + ([sock] if sock_open else [])
-            ready, _, _ = select.select(watch, [], [], _PUMP_POLL)
-            if chan in ready:
-                data = chan.recv(_CHUNK)
-                if data:
-                    sock.sendall(data)
-                else:
-                    chan_open = False
-                    sock.shutdown(socket.SHUT_WR)
-            if sock in ready:
-                data = sock.recv(_CHUNK)
-                if data:
-                    chan.sendall(data)
-                else:
-                    sock_open = False
-                    chan.shutdown_write()
-    except OSError as exc:
-        logger.debug("forwarded connection on port %d ended: %s", fw.bind_port, exc)
-    finally:
-        chan.close()
-        sock.close()
-        fw.threads.discard(threading.current_thread())
-
-
-class _HostKeyPolicy:
-    """Decides about a host whose key is not in known_hosts, per ``host_key_policy``."""
-
-    def __init__(self, channel: SSHChannel) -> None:
-        self.channel = channel
-
-    def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
-        channel = self.channel
-        print_ = fingerprint(key)
-        if channel.host_key_policy == "reject":
-            raise SSHHostKeyError(
-                f"the host key of {hostname} ({key.get_name()} {print_}) is not in {channel.known_hosts}, "
-                f"so the connection was refused.  Check the fingerprint with the host's administrators, then add "
-                f"it: `ssh-keyscan -p {channel.port} {channel.hostname} >> {channel.known_hosts}` (or log in once "
-                "with ssh); or pass host_key_policy='auto-add' to trust a host on first use"
-            )
-        if channel.host_key_policy == "warn":
-            logger.warning("connecting to %s, whose host key %s is not in %s", hostname, print_, channel.known_hosts)
-            return
-        client.get_host_keys().add(hostname, key.get_name(), key)
-        directory = os.path.dirname(channel.known_hosts)
-        if directory:
-            os.makedirs(directory, mode=0o700, exist_ok=True)
-        with open(channel.known_hosts, "a") as f:
-            f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
-        logger.warning("added the host key of %s (%s) to %s", hostname, print_, channel.known_hosts)

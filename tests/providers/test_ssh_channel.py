@@ -259,6 +259,102 @@ def test_unreachable_host_is_a_channel_error(sshd, tmp_path):
         ch.run("true")
 
 
+# -- connecting while other threads use or close the channel -----------------------------------
+
+
+@pytest.fixture
+def silent_server():
+    """A TCP server that accepts connections and never speaks SSH: a login to it hangs.
+
+    Yields its port and an Event set once a client sent its SSH banner, that is, once the
+    client waits for the server's.
+    """
+    listener = socket.create_server(("127.0.0.1", 0))
+    greeted = threading.Event()
+    accepted: list[socket.socket] = []
+
+    def serve():
+        try:
+            while True:
+                conn, _ = listener.accept()
+                accepted.append(conn)
+                line = b""
+                while not line.endswith(b"\n") and (chunk := conn.recv(1)):
+                    line += chunk
+                if line.startswith(b"SSH-"):
+                    greeted.set()
+        except OSError:
+            pass  # the listener was shut at teardown
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield listener.getsockname()[1], greeted
+    listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() (close alone would not)
+    listener.close()
+    for conn in accepted:
+        conn.close()
+
+
+def in_thread(target, errors):
+    """Start *target* in a daemon thread that appends a ChannelError it raises to *errors*."""
+    def call():
+        try:
+            target()
+        except ChannelError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_close_abandons_a_hanging_login_without_waiting_for_it(silent_server, tmp_path):
+    port, greeted = silent_server
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    ch = SSHChannel("127.0.0.1", port=port, known_hosts=known, connect_timeout=60)
+    errors: list[ChannelError] = []
+    connecting = in_thread(lambda: ch.run("true"), errors)
+    assert greeted.wait(30), "the channel never started its SSH handshake"
+    closer = in_thread(ch.close, errors)
+    closer.join(10)  # far below the 60 s the handshake would wait for the server's banner
+    assert not closer.is_alive(), "close() waited for the connection attempt"
+    connecting.join(10)
+    assert not connecting.is_alive(), "the abandoned connection attempt went on"
+    assert len(errors) == 1 and "closed while connecting" in str(errors[0])
+    assert ch._transport is None
+
+
+def test_a_login_that_ends_after_close_is_discarded(sshd, monkeypatch):
+    ch = SSHChannel(sshd.host, port=sshd.port, key_filename=sshd.key, known_hosts=sshd.known_hosts)
+    logged_in, release = threading.Event(), threading.Event()
+    transports = []
+    open_client = ch._open_client
+
+    def held_open_client(*args):
+        client = open_client(*args)
+        transports.append(client.get_transport())
+        logged_in.set()
+        release.wait(60)
+        return client
+
+    monkeypatch.setattr(ch, "_open_client", held_open_client)
+    errors: list[ChannelError] = []
+    connecting = in_thread(ch.connect, errors)
+    try:
+        assert logged_in.wait(30)
+        closer = in_thread(ch.close, errors)
+        closer.join(10)
+        assert not closer.is_alive(), "close() waited for the connection attempt"
+    finally:
+        release.set()
+    connecting.join(30)
+    assert not connecting.is_alive()
+    assert len(errors) == 1 and "closed while connecting" in str(errors[0])
+    assert ch._transport is None and not transports[0].is_active()  # the late login was closed
+    assert ch.run("echo again").stdout == "again\n"  # the channel connects again afterwards
+    ch.close()
+
+
 @pytest.mark.parametrize(
     "kwargs, name",
     [
@@ -386,6 +482,37 @@ def test_forward_is_restored_after_a_reconnect(channel, echo_server):
         conn.sendall(b"ping")
         conn.settimeout(10)
         assert conn.recv(16) == b"ping"
+
+
+def test_run_and_cancel_forward_go_on_while_forwards_are_restored(channel, echo_server, monkeypatch):
+    port = channel.forward_remote(0, "127.0.0.1", echo_server)
+    restoring, release = threading.Event(), threading.Event()
+    restore = channel._restore_forwards
+
+    def held_restore(*args):
+        restoring.set()
+        release.wait(60)
+        return restore(*args)
+
+    monkeypatch.setattr(channel, "_restore_forwards", held_restore)
+    channel._transport.close()
+    errors: list[ChannelError] = []
+    reconnecting = in_thread(channel.connect, errors)
+    try:
+        assert restoring.wait(30), "the reconnect did not reach the restore"
+        outputs = []
+        runner = in_thread(lambda: outputs.append(channel.run("echo meanwhile").stdout), errors)
+        canceller = in_thread(lambda: channel.cancel_forward(port), errors)
+        runner.join(30)
+        canceller.join(30)
+        # Both ended while the restore still waits: neither waited for it.
+        assert (outputs, canceller.is_alive()) == (["meanwhile\n"], False)
+    finally:
+        release.set()
+    reconnecting.join(30)
+    assert not reconnecting.is_alive() and errors == []
+    assert channel._forwards == {}
+    wait_until(lambda: refused(port), "the cancelled forward to stay closed after the restore")
 
 
 def test_forward_refused_when_the_port_is_taken(channel):

@@ -8,8 +8,9 @@ cancels blocks still waiting in the scheduler's queue, and *drains* idle running
 (no new tasks; the pools stop once their running tasks have finished), so scale-in never
 kills a running task.
 
-:class:`LossWindow` is the other pure decision of the block thread: whether blocks are being
-lost under their tasks so often that the executor should give up.
+:class:`LossWindow` is another pure decision of the block thread: whether blocks are being
+lost under their tasks so often that the executor should give up.  :class:`PollBackoff` is
+the third: how long to wait before asking the scheduler about the jobs again.
 """
 
 from __future__ import annotations
@@ -131,3 +132,27 @@ class LossWindow:
     def __len__(self) -> int:
         """Losses recorded within the window ending at the newest one."""
         return len(self._times)
+
+
+class PollBackoff:
+    """How long to wait before the next status poll: longer while nothing changes.
+
+    A batch scheduler is a shared service, and an executor whose blocks sit quietly (queued
+    for hours, or running long tasks) learns nothing from asking every second.  So, like
+    submitit's job watcher, the delay doubles after every poll that saw no change, from
+    ``base`` up to ``cap`` (``base``, 2 x ``base``, 4 x ``base``, ...), and drops back to
+    ``base`` after a change: a job that changed state, or an event the caller knows will
+    change one soon (it submitted or cancelled a job).  Pure, so tested without a clock.
+    """
+
+    def __init__(self, base: float, cap: float) -> None:
+        if not 0 < base <= cap < math.inf:
+            raise ValueError(f"PollBackoff needs 0 < base <= cap < inf, got base={base!r} and cap={cap!r}")
+        self.base = base
+        self.cap = cap
+        self.delay = base  # the delay last returned
+
+    def next_delay(self, changed: bool) -> float:
+        """Return the delay until the poll after this one, which saw a change or not."""
+        self.delay = self.base if changed else min(self.cap, 2 * self.delay)
+        return self.delay

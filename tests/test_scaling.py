@@ -1,11 +1,11 @@
-"""plan_blocks and LossWindow: the block thread's decisions on their own (the executor's use
+"""plan_blocks, LossWindow and PollBackoff: the block thread's decisions on their own (the executor's use
 of them is tested in tests/executors/test_htex_scaling.py, with real blocks too)."""
 
 from __future__ import annotations
 
 import pytest
 
-from hpcfutures.scaling import BlockView, LossWindow, ScalingPlan, plan_blocks, wanted_blocks
+from hpcfutures.scaling import BlockView, LossWindow, PollBackoff, ScalingPlan, plan_blocks, wanted_blocks
 
 LIMITS = dict(min_blocks=0, max_blocks=4, parallelism=1.0, max_idletime=10.0)
 
@@ -119,3 +119,31 @@ def test_loss_window_with_limit_zero_breaks_at_the_first_loss() -> None:
 def test_loss_window_refuses_nonsense(limit: int, window: float) -> None:
     with pytest.raises(ValueError):
         LossWindow(limit, window)
+
+
+def test_poll_backoff_doubles_while_nothing_changes_up_to_the_cap() -> None:
+    backoff = PollBackoff(1.0, 16.0)
+    assert [backoff.next_delay(False) for _ in range(6)] == [2.0, 4.0, 8.0, 16.0, 16.0, 16.0]
+
+
+def test_poll_backoff_returns_to_the_base_after_a_change() -> None:
+    backoff = PollBackoff(0.5, 8.0)
+    for _ in range(10):
+        backoff.next_delay(False)
+    assert backoff.next_delay(True) == 0.5
+    assert backoff.next_delay(True) == 0.5  # changes in a row keep it there
+    assert [backoff.next_delay(False) for _ in range(3)] == [1.0, 2.0, 4.0]
+
+
+def test_poll_backoff_stops_at_a_cap_that_is_no_power_of_two() -> None:
+    backoff = PollBackoff(1.0, 10.0)
+    assert [backoff.next_delay(False) for _ in range(5)] == [2.0, 4.0, 8.0, 10.0, 10.0]
+    assert [PollBackoff(3.0, 3.0).next_delay(False) for _ in range(2)] == [3.0, 3.0]
+
+
+@pytest.mark.parametrize(
+    "base, cap", [(0.0, 1.0), (-1.0, 1.0), (2.0, 1.0), (1.0, float("inf")), (float("nan"), 1.0)]
+)
+def test_poll_backoff_refuses_nonsense(base: float, cap: float) -> None:
+    with pytest.raises(ValueError, match="PollBackoff"):
+        PollBackoff(base, cap)

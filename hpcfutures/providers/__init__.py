@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .._lazy import lazy_exports
-from .base import ExecutionProvider, JobState, JobStatus
+from .base import ExecutionProvider, JobState, JobStatus, TunnelChannel
 from .local import LocalProvider
 
 _LAZY = {
@@ -36,7 +36,7 @@ _LAZY = {
     "SSHAuthenticationError": ".ssh_channel",
 }
 
-__all__ = ["ExecutionProvider", "JobState", "JobStatus", "LocalProvider", *_LAZY]
+__all__ = ["ExecutionProvider", "JobState", "JobStatus", "LocalProvider", "TunnelChannel", *_LAZY]
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

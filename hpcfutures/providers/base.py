@@ -12,6 +12,7 @@ import enum
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from ..errors import ConfigurationError
 from ..launchers.base import Launcher, SimpleLauncher
@@ -71,6 +72,24 @@ class JobStatus:
     stderr_tail: str = ""
 
 
+@runtime_checkable
+class TunnelChannel(Protocol):
+    """A channel that can open an SSH tunnel back to this machine (:class:`~.ssh_channel.SSHChannel`).
+
+    With ``tunnel=True`` the executor asks each of its provider's
+    :meth:`~ExecutionProvider.tunnel_channels` for a remote forward to the interchange's
+    port, so pools on that host connect to ``127.0.0.1:<port>`` there.
+    """
+
+    def forward_remote(self, remote_port: int, local_host: str, local_port: int) -> int:
+        """Make *remote_port* on the channel's host (0: any) lead to *local_host*:*local_port*; return it."""
+        ...
+
+    def cancel_forward(self, remote_port: int) -> None:
+        """Stop the forward of *remote_port* made by :meth:`forward_remote`."""
+        ...
+
+
 def _check_count(name: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigurationError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -95,9 +114,19 @@ class ExecutionProvider(abc.ABC):
             block while tasks wait).
         script_dir: the directory where job scripts, stdout and stderr go.  The executor sets
             it before the first :meth:`submit`; a provider may pick its own when it is None.
+        walltime_seconds: how long each block may run, in seconds; None (the default): no
+            limit.  The executor refuses a task whose own walltime exceeds it, since no
+            block could finish it.
+        cores_per_node: the cores each node of a block has (or asks for); None (the
+            default): unknown, left to the scheduler.  The executor sizes a block by it when
+            neither ``max_workers`` nor a connected pool says how many workers a block runs.
 
-    Subclasses implement :meth:`submit`, :meth:`status` and :meth:`cancel`, and override
-    :meth:`close` when they hold resources.  Every method may be called from any thread.
+    What the executor asks of every provider is declared here, with a default that suits a
+    provider that lacks it: the settings above, :meth:`tunnel_channels` and one meaning of
+    :meth:`close`.  Subclasses implement :meth:`submit`, :meth:`status` and :meth:`cancel`,
+    set the attributes they know better, and override :meth:`tunnel_channels` when their
+    commands run over SSH and :meth:`close` when they keep jobs or files.  Every method may
+    be called from any thread.
     """
 
     def __init__(
@@ -153,6 +182,8 @@ class ExecutionProvider(abc.ABC):
         self.worker_init = worker_init
         self.launcher = launcher
         self.script_dir: str | None = None
+        self.walltime_seconds: float | None = None
+        self.cores_per_node: int | None = None
 
     @abc.abstractmethod
     def submit(self, command: str, tasks_per_node: int, job_name: str = "hpcfutures.block") -> str:
@@ -183,8 +214,31 @@ class ExecutionProvider(abc.ABC):
         bounded time.
         """
 
+    def tunnel_channels(self) -> list[TunnelChannel]:
+        """Return the SSH channels on which the executor opens its tunnel (``tunnel=True``).
+
+        One per host the provider runs its commands on; pools on that host reach the
+        interchange through it.  Empty when the provider's commands do not run over SSH (the
+        default), or not all of them do: a block on a host without a tunnel could not
+        connect back.
+        """
+        return []
+
     def close(self) -> None:  # noqa: B027 - optional hook, not abstract
-        """Release what the provider holds.  The default does nothing."""
+        """Cancel every job still live, remove the provider's own files, release its connections.
+
+        "Live" is every job the provider has not seen end, cancelled before or not (a cancel
+        may not have taken).  "Its own files" are those in directories the provider made
+        itself (a private :attr:`script_dir`, a subdirectory of its own on a remote host);
+        files in a directory it was given are left for whoever gave it.  Errors reaching a
+        host or scheduler are logged, not raised, so closing always finishes.  Calling it
+        again does nothing.  A provider that keeps jobs refuses :meth:`submit` after it
+        (:class:`RuntimeError`): a job started then would have nobody to cancel it.
+
+        The executor calls it at shutdown, once it has stopped its blocks, so this is the
+        backstop for jobs nobody else cancelled.  The default, for a provider that keeps no
+        jobs, files or connections, does nothing.
+        """
 
     def __repr__(self) -> str:
         return (

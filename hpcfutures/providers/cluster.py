@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import string
 import tempfile
 import threading
@@ -33,8 +34,8 @@ from typing_extensions import TypedDict
 from ..errors import ConfigurationError
 from ..exits import describe_exit
 from ..launchers.base import Launcher
-from .base import TAIL_LINES, ExecutionProvider, JobState, JobStatus
-from .channels import DEFAULT_COMMAND_TIMEOUT, Channel, CommandResult, LocalChannel
+from .base import TAIL_LINES, ExecutionProvider, JobState, JobStatus, TunnelChannel
+from .channels import DEFAULT_COMMAND_TIMEOUT, Channel, ChannelError, CommandResult, LocalChannel
 
 logger = logging.getLogger(__name__)
 
@@ -206,6 +207,8 @@ class ClusterProvider(ExecutionProvider):
 
     #: The scheduler's name, for messages ("Slurm", "PBS Pro", …).
     scheduler: ClassVar[str] = "a scheduler"
+    #: Every scheduler job has a time limit: ``walltime``, in seconds.
+    walltime_seconds: int
 
     def __init__(
         self,
@@ -267,9 +270,11 @@ class ClusterProvider(ExecutionProvider):
         self.cmd_timeout = float(cmd_timeout)
         self.remote_script_dir = remote_script_dir
         self._jobs: dict[str, ClusterJob] = {}
+        # Must be held while reading or changing _jobs, _counter, _private_dir and _closed.
         self._jobs_lock = threading.Lock()
         self._counter = 0
         self._private_dir: str | None = None
+        self._closed = False
 
     # -- what a scheduler provider supplies ---------------------------------------------------
 
@@ -326,10 +331,13 @@ class ClusterProvider(ExecutionProvider):
         Raises:
             SubmitError: the scheduler refused the job (its stderr is in the message).
             ChannelError: the channel could not reach the scheduler's host.
+            RuntimeError: the provider was closed.
         """
         if not isinstance(command, str) or not command.strip():
             raise ConfigurationError(f"command must be a non-empty shell command, got {command!r}")
         with self._jobs_lock:
+            if self._closed:
+                raise RuntimeError(f"cannot submit a block: {type(self).__name__} {self.label!r} is closed")
             self._counter += 1
             serial = self._counter
         safe_name = re.sub(r"[^A-Za-z0-9_.-]", "_", job_name)
@@ -479,10 +487,12 @@ class ClusterProvider(ExecutionProvider):
     # -- directories -------------------------------------------------------------------------
 
     def _local_dir(self) -> str:
-        if self.script_dir is None:
-            self.script_dir = self._private_dir = tempfile.mkdtemp(prefix=f"hpcfutures-{self.label}-")
-        os.makedirs(self.script_dir, exist_ok=True)
-        return self.script_dir
+        with self._jobs_lock:
+            if self.script_dir is None:
+                self.script_dir = self._private_dir = tempfile.mkdtemp(prefix=f"hpcfutures-{self.label}-")
+            directory = self.script_dir
+        os.makedirs(directory, exist_ok=True)
+        return directory
 
     def _remote_dir(self, local_dir: str) -> str:
         if self.remote_script_dir is not None:
@@ -496,9 +506,36 @@ class ClusterProvider(ExecutionProvider):
         self.channel.makedirs(directory)
         return directory
 
+    def tunnel_channels(self) -> list[TunnelChannel]:
+        """The channel, if it runs commands over SSH (see :meth:`ExecutionProvider.tunnel_channels`)."""
+        return [self.channel] if isinstance(self.channel, TunnelChannel) else []
+
     def close(self) -> None:
-        """Close the channel."""
-        self.channel.close()
+        """Cancel the jobs not seen ending, remove the private script directory, close the channel.
+
+        See :meth:`ExecutionProvider.close`.  The private directory is the one made when
+        :attr:`script_dir` was None at a submit (then :attr:`script_dir` goes back to None);
+        the scheduler-side directory (``remote_script_dir``, or ``~/.hpcfutures/<label>``
+        over SSH) is kept: providers with the same label share it, and it holds the jobs'
+        output.  Calling it again does nothing; :meth:`submit` fails after it.
+        """
+        with self._jobs_lock:
+            if self._closed:
+                return
+            self._closed = True
+            live = [job.job_id for job in self._jobs.values() if job.final is None]
+            private, self._private_dir = self._private_dir, None
+            if private is not None and self.script_dir == private:
+                self.script_dir = None
+        try:
+            if live:
+                self.cancel(live)
+        except ChannelError as exc:
+            logger.warning("%s: cannot cancel jobs %s while closing: %s", self.label, ", ".join(live), exc)
+        finally:
+            self.channel.close()
+            if private is not None:
+                shutil.rmtree(private, ignore_errors=True)
 
     def __repr__(self) -> str:
         return (

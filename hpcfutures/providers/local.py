@@ -334,9 +334,10 @@ class LocalProvider(ExecutionProvider):
     def close(self) -> None:
         """Cancel every job's processes and remove the private script directory, if one was made.
 
-        When that directory is removed, :attr:`script_dir` goes back to None.
-
-        Calling it again does nothing; :meth:`submit` fails after it.
+        See :meth:`ExecutionProvider.close`.  Every job is cancelled, ended or not, so that
+        processes an ended job left behind are stopped too.  When the private directory is
+        removed, :attr:`script_dir` goes back to None.  Calling it again does nothing;
+        :meth:`submit` fails after it.
         """
         with self._lock:
             if self._closed:

@@ -26,7 +26,7 @@ from typing import TypeVar
 
 from ..errors import ConfigurationError
 from ..launchers.base import Launcher
-from .base import TAIL_BYTES, TAIL_LINES, ExecutionProvider, JobState, JobStatus
+from .base import TAIL_BYTES, TAIL_LINES, ExecutionProvider, JobState, JobStatus, TunnelChannel
 from .channels import DEFAULT_COMMAND_TIMEOUT, Channel, ChannelError
 from .cluster import SubmitError, parse_walltime
 from .ssh_channel import HOST_KEY_POLICIES, SSHChannel
@@ -475,13 +475,24 @@ class SSHProvider(ExecutionProvider):
             return None
         return {int(line.split()[1]) for line in result.stdout.splitlines() if line.startswith("left ")}
 
-    # -- closing ------------------------------------------------------------------------------
+    # -- tunnels and closing ------------------------------------------------------------------
+
+    def tunnel_channels(self) -> list[TunnelChannel]:
+        """Every host's channel, when all of them can tunnel (SSH); else none.
+
+        See :meth:`ExecutionProvider.tunnel_channels`: blocks go to the hosts in turn, so a
+        tunnel is of use only when every host has one.
+        """
+        tunnels: list[TunnelChannel] = [c for c in self.channels if isinstance(c, TunnelChannel)]
+        return tunnels if len(tunnels) == len(self.channels) else []
 
     def close(self) -> None:
         """Cancel the blocks still running, remove this provider's files, close the connections.
 
-        The remote subdirectory is removed when ``remote_script_dir`` was not given; the
-        local script directory when the provider made it.  Calling it again does nothing.
+        See :meth:`ExecutionProvider.close`.  The remote subdirectory is removed when
+        ``remote_script_dir`` was not given (the provider made it); the local script
+        directory when the provider made it.  Calling it again does nothing; :meth:`submit`
+        fails after it.
         """
         with self._lock:
             if self._closed:

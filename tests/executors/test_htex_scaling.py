@@ -12,15 +12,22 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import psutil
 import pytest
 
 from hpcfutures import BrokenExecutorError, HighThroughputExecutor, PoolStartError
-from hpcfutures.executors.htex.blocks import BlockManagement, RoundFailureLog, _Block
+from hpcfutures.executors.htex.blocks import (
+    POLL_BACKOFF_FACTOR,
+    BlockManagement,
+    RoundFailureLog,
+    StatusPolls,
+    _Block,
+)
 from hpcfutures.providers import LocalProvider
-from hpcfutures.providers.base import JobState, JobStatus
+from hpcfutures.providers.base import ExecutionProvider, JobState, JobStatus
 from hpcfutures.testing import Gate, faults
 
 FAST = dict(block_poll_period=0.1, heartbeat_period=0.2, heartbeat_threshold=10.0)
@@ -155,24 +162,34 @@ def test_parallelism_zero_still_starts_a_block_for_waiting_work():
 # -- the block thread's rounds, without an executor ---------------------------------------------
 
 
-class FakeProvider:
-    """Says each job is running unless told otherwise; raises ``down`` while it is set."""
+class FakeProvider(ExecutionProvider):
+    """Says each job is running unless told otherwise; raises ``down`` while it is set.
 
-    min_blocks = 0
-    max_blocks = 1
-    parallelism = 1.0
+    Counts its status calls, and records its submits and cancels.
+    """
 
     def __init__(self) -> None:
+        super().__init__(label="fake", init_blocks=0, min_blocks=0, max_blocks=1)
         self.states: dict[str, JobStatus] = {}
         self.down: Exception | None = None
+        self.status_calls = 0
+        self.submitted: list[str] = []
+        self.cancelled: list[str] = []
 
-    def status(self, job_ids: list[str]) -> list[JobStatus]:
+    def submit(self, command: str, tasks_per_node: int, job_name: str = "hpcfutures.block") -> str:
+        job_id = f"submitted-{len(self.submitted)}"
+        self.submitted.append(job_id)
+        return job_id
+
+    def status(self, job_ids: Sequence[str]) -> list[JobStatus]:
+        self.status_calls += 1
         if self.down is not None:
             raise self.down
         return [self.states.get(job_id, JobStatus(JobState.RUNNING)) for job_id in job_ids]
 
-    def cancel(self, job_ids: list[str]) -> None:
-        pass
+    def cancel(self, job_ids: Sequence[str]) -> list[bool]:
+        self.cancelled += job_ids
+        return [True for _ in job_ids]
 
 
 class Blocks(BlockManagement):
@@ -291,3 +308,165 @@ def test_a_scheduler_that_is_down_is_logged_once_then_briefly_then_its_recovery(
     assert "works again after 120 s and 120 failed rounds" in recovered.getMessage()
     blocks.round(221.0)
     assert records() == []
+
+
+def test_workers_per_block_come_from_the_providers_declared_shape():
+    blocks = Blocks()
+    blocks.fake.nodes_per_block = 2
+    assert blocks._workers_per_block([]) == 2  # max_workers=1 on each of 2 nodes
+    blocks.max_workers = None
+    assert blocks._workers_per_block([]) == 2  # cores_per_node unknown: one worker a node
+    blocks.fake.cores_per_node = 4
+    assert blocks._workers_per_block([]) == 8
+    reported = blocks.add(registered=True)
+    reported.workers = 3
+    assert blocks._workers_per_block([reported]) == 3  # what the pools said wins
+
+
+class FakeTunnel:
+    """Records the forwards asked of it; the first one picks port 4000."""
+
+    def __init__(self, log: list[tuple[str, int]]) -> None:
+        self.log = log
+
+    def forward_remote(self, remote_port: int, local_host: str, local_port: int) -> int:
+        self.log.append(("forward", remote_port))
+        return remote_port or 4000
+
+    def cancel_forward(self, remote_port: int) -> None:
+        self.log.append(("cancel", remote_port))
+
+
+def test_the_tunnel_opens_and_closes_on_the_providers_tunnel_channels(monkeypatch):
+    blocks = Blocks()
+    log: list[tuple[str, int]] = []
+    monkeypatch.setattr(blocks.fake, "tunnel_channels", lambda: [FakeTunnel(log), FakeTunnel(log)])
+    blocks._ports = {"pool_port": 5555}
+    blocks._tunnel_port = None
+    blocks._open_tunnel()
+    assert blocks._tunnel_port == 4000
+    assert log == [("forward", 0), ("forward", 4000)]  # the same port on every host
+    blocks._close_tunnel()
+    assert log[2:] == [("cancel", 4000), ("cancel", 4000)] and blocks._tunnel_port is None
+
+
+# -- how often the block thread asks the provider about its jobs --------------------------------
+
+
+class ElasticBlocks(Blocks):
+    """Blocks whose rounds may start blocks on the fake provider, with their status polls paced."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.polls = StatusPolls(self.block_poll_period, POLL_BACKOFF_FACTOR * self.block_poll_period)
+
+    def tick(self, now: float) -> bool:
+        """One round of the block thread at ``now``; return whether it asked the provider."""
+        before = self.fake.status_calls
+        self._block_round(self.trouble, now, self.polls)
+        return self.fake.status_calls > before
+
+    def _start_block(self) -> None:  # as the executor's: submit, then remember the block
+        job_id = self.provider.submit("pool", 1)
+        block_id = str(len(self._blocks))
+        self._blocks[block_id] = _Block(block_id, job_id)
+
+
+def polled_at(blocks: ElasticBlocks, seconds: range) -> list[int]:
+    """The rounds, one a second, in which the block thread asked the provider."""
+    return [second for second in seconds if blocks.tick(float(second))]
+
+
+def test_status_polls_thin_out_while_nothing_changes_and_come_at_once_after_a_submit():
+    blocks = ElasticBlocks()  # block_poll_period=1: a round a second
+    blocks.fake.max_blocks = 2
+    blocks.add(registered=True)  # a connected block with nothing to do
+    # a poll for the new block, then 1, 2, 4, 8 and 16 s (the cap) after the one before
+    assert POLL_BACKOFF_FACTOR == 16
+    assert polled_at(blocks, range(64)) == [0, 1, 3, 7, 15, 31, 47, 63]
+    blocks._pending = {1: None, 2: None}  # two tasks for one-worker blocks: a second block
+    assert not blocks.tick(64.0)  # this round scales without asking the provider ...
+    assert blocks.fake.submitted == ["submitted-0"]
+    assert blocks.tick(65.0)  # ... and the next asks about the new block
+    assert polled_at(blocks, range(66, 80)) == [66, 68, 72]  # then backs off again
+
+
+def test_a_lost_pools_block_is_cancelled_and_asked_about_in_the_same_round():
+    blocks = ElasticBlocks()
+    block = blocks.add(registered=True)
+    assert polled_at(blocks, range(40)) == [0, 1, 3, 7, 15, 31]
+    block.lost = True  # all the I/O thread does when the block's pools go silent
+    blocks.fake.states[block.job_id] = JobStatus(JobState.CANCELLED)
+    assert blocks.tick(40.0)  # not at 47, when the back-off would have asked
+    assert blocks.fake.cancelled == [block.job_id] and block.ended
+
+
+def test_a_block_cancelled_by_scale_in_is_asked_about_in_the_next_round():
+    blocks = ElasticBlocks()
+    queued = blocks.add()  # waiting in the scheduler's queue, with no work for it
+    blocks.fake.states[queued.job_id] = JobStatus(JobState.PENDING)
+    assert polled_at(blocks, range(20)) == [0, 1, 3, 7, 15]
+    blocks.max_idletime = 0.0  # now it has been idle long enough: it is let go
+    assert not blocks.tick(20.0)
+    assert blocks.fake.cancelled == [queued.job_id] and not queued.ended
+    blocks.fake.states[queued.job_id] = JobStatus(JobState.CANCELLED)
+    assert blocks.tick(21.0) and queued.ended  # not at 31, when the back-off would have asked
+
+
+def test_while_tasks_wait_and_no_pool_is_connected_every_round_asks():
+    blocks = ElasticBlocks()
+    block = blocks.add()  # queued in the scheduler, no pool yet
+    blocks._pending = {1: None}
+    assert polled_at(blocks, range(10)) == list(range(10))  # a start failure is seen at once
+    block.registered = True  # its pool connects: the polls back off again
+    assert polled_at(blocks, range(10, 30)) == [10, 11, 13, 17, 25]
+
+
+def test_a_change_seen_by_a_poll_brings_the_next_one_back_to_the_period():
+    blocks = ElasticBlocks()
+    block = blocks.add(registered=True)
+    assert polled_at(blocks, range(20)) == [0, 1, 3, 7, 15]
+    blocks.fake.states[block.job_id] = JobStatus(JobState.HELD)  # seen by the poll due at 31
+    assert polled_at(blocks, range(20, 36)) == [31, 32, 34]
+
+
+def test_a_failed_poll_is_tried_again_in_the_next_round():
+    blocks = ElasticBlocks()
+    blocks.add(registered=True)
+    assert polled_at(blocks, range(8)) == [0, 1, 3, 7]
+    blocks.fake.down = OSError("squeue: error: Socket timed out")
+    assert polled_at(blocks, range(15, 18)) == [15, 16, 17]
+    assert blocks.trouble.failures == 3
+    blocks.fake.down = None
+    assert polled_at(blocks, range(18, 20)) == [18]
+    assert blocks.trouble.failures == 0
+
+
+class FakeClock:
+    """A monotonic clock that moves only while the block thread waits; the loop ends after ``end``."""
+
+    def __init__(self, end: float) -> None:
+        self.now = 0.0
+        self.end = end
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def wait(self, timeout: float) -> bool:  # the block thread's stop event
+        self.now += timeout
+        return self.now > self.end
+
+
+def test_the_block_loop_backs_its_polls_off_from_block_poll_period(monkeypatch):
+    import hpcfutures.executors.htex.blocks as blocks_module
+
+    blocks = ElasticBlocks()
+    blocks.add(registered=True)
+    clock = FakeClock(end=40.0)
+    monkeypatch.setattr(blocks_module, "time", clock)
+    blocks._block_stop = clock  # type: ignore[assignment]
+    asked: list[float] = []
+    status = blocks.fake.status
+    monkeypatch.setattr(blocks.fake, "status", lambda job_ids: asked.append(clock.now) or status(job_ids))
+    blocks._block_loop()
+    assert asked == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]

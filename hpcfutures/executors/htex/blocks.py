@@ -3,8 +3,10 @@
 :class:`BlockManagement` is a part of :class:`~.executor.HighThroughputExecutor`, kept in its
 own module: the executor's block thread runs :meth:`BlockManagement._block_loop`, which asks
 the provider about every live block in one call, judges the blocks that ended, and carries
-out :func:`hpcfutures.scaling.plan_blocks` (submit, drain or cancel blocks).  Nothing here
-runs on the I/O thread: scheduler commands can take a while.
+out :func:`hpcfutures.scaling.plan_blocks` (submit, drain or cancel blocks).  It scales every
+``block_poll_period``, but asks the provider less often while nothing changes
+(:class:`StatusPolls`).  Nothing here runs on the I/O thread: scheduler commands can take a
+while.
 
 The block thread alone writes the block-keeping counters (start failures in a row, losses
 within :data:`LOSS_WINDOW_SECONDS`); the I/O thread only sets flags on a :class:`_Block`
@@ -14,6 +16,7 @@ within :data:`LOSS_WINDOW_SECONDS`); the I/O thread only sets flags on a :class:
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -21,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import BrokenExecutorError, PoolStartError
 from ...providers.base import JobState, JobStatus
-from ...scaling import BlockView, LossWindow, plan_blocks
+from ...scaling import BlockView, LossWindow, PollBackoff, plan_blocks
 
 if TYPE_CHECKING:
     from ...providers.base import ExecutionProvider
@@ -45,6 +48,15 @@ MAX_START_FAILURES = 3
 #: While rounds of the block thread keep failing (a scheduler down), one warning per this many
 #: seconds; the first failure is logged with its traceback.
 FAILURE_LOG_INTERVAL = 60.0
+#: While no block changes, the provider is asked about the jobs less and less often, up to
+#: once every this many ``block_poll_period``s (16 s by default).  Relative to the period,
+#: because the period is the user's word on how fresh the executor's view must be: a fixed
+#: cap would sit below a slow period or far above a fast one.  Four doublings (1, 2, 4, 8,
+#: 16 periods) cut the status commands of a quiet executor 16-fold, while a block that ends
+#: without anything else telling (a queued block that fails while other blocks do the work)
+#: is still seen within 16 periods.  submitit waits up to 600 s, but it only watches for
+#: results; here a late look delays a replacement block.
+POLL_BACKOFF_FACTOR = 16
 
 
 class _Block:
@@ -122,41 +134,74 @@ class BlockManagement:
         raise NotImplementedError
 
     def _block_loop(self) -> None:
-        """Every ``block_poll_period`` seconds: one round of :meth:`_block_round`."""
-        trouble = RoundFailureLog(self.label, self.block_poll_period)
-        while not self._block_stop.wait(self.block_poll_period):
-            self._block_round(trouble, time.monotonic())
+        """Every ``block_poll_period`` seconds: one round of :meth:`_block_round`.
 
-    def _block_round(self, trouble: RoundFailureLog, now: float) -> None:
-        """Check the provider's jobs, then scale; a failure is logged and the next round retries."""
+        Every round scales; the provider is asked about the jobs when :class:`StatusPolls` says
+        so: every round after a change, then less and less often while nothing changes, but at
+        least every :data:`POLL_BACKOFF_FACTOR` rounds.
+        """
+        trouble = RoundFailureLog(self.label, self.block_poll_period)
+        polls = StatusPolls(self.block_poll_period, POLL_BACKOFF_FACTOR * self.block_poll_period)
+        while not self._block_stop.wait(self.block_poll_period):
+            self._block_round(trouble, time.monotonic(), polls)
+
+    def _block_round(self, trouble: RoundFailureLog, now: float, polls: StatusPolls | None = None) -> None:
+        """Check the provider's jobs, then scale; a failure is logged and the next round retries.
+
+        With ``polls`` the provider is asked about the jobs only when a poll is due (see
+        :class:`StatusPolls`); without, in every round.
+        """
         try:
-            self._check_blocks(now)
-            if not self._shutdown and self._broken is None:
-                self._scale()
+            self._check_blocks(now, polls)
+            if not self._shutdown and self._broken is None and self._scale() and polls is not None:
+                polls.poke()  # a block submitted or cancelled: ask about it in the next round
         except Exception as exc:  # noqa: BLE001 - a failed scheduler call must not end the thread
+            if polls is not None:
+                polls.poke()  # retry the poll in the next round, whatever the back-off says
             trouble.failed(exc, now)
         else:
             trouble.succeeded(now)
 
-    def _check_blocks(self, now: float) -> None:
+    def _check_blocks(self, now: float, polls: StatusPolls | None = None) -> None:
+        """Note connected pools, cancel lost and drained blocks, then ask the provider about the live ones.
+
+        With ``polls``, the provider is asked only when a poll is due or when its answer is
+        news: a pool registered or a block was cancelled just now, a block was never asked
+        about (just submitted), or tasks wait while no pool is connected (a block failing
+        at its start must be seen at once, to fail them).
+        """
         with self._blocks_lock:
             live = [b for b in self._blocks.values() if not b.ended]
+        urgent = False
         for block in live:
             if block.registered and not block.noticed:  # a pool connected: the streak is over
                 block.noticed = True
                 self._start_failures = 0
+                urgent = True
         drained = self._drained
         to_cancel = [b for b in live if not b.cancelled and (b.lost or (b.draining and b.block_id in drained))]
         if to_cancel:
             for block in to_cancel:
                 block.cancelled = True
             self.provider.cancel([b.job_id for b in to_cancel])
+            urgent = True
         if not live:
             return
+        urgent = (
+            urgent
+            or any(b.status is None for b in live)
+            or (bool(self._pending) and not any(b.registered for b in live))
+        )
+        if polls is not None and not (urgent or polls.due(now)):
+            return
+        changed = urgent
         for block, status in zip(live, self.provider.status([b.job_id for b in live])):
+            changed = changed or block.status is None or block.status.state is not status.state
             block.status = status
             if status.state.terminal:
                 self._block_ended(block, status, now)
+        if polls is not None:
+            polls.polled(now, changed)
 
     def _block_ended(self, block: _Block, status: JobStatus, now: float) -> None:
         """Judge a block whose job ended: expected, worth a warning, or fatal for pending tasks."""
@@ -199,7 +244,8 @@ class BlockManagement:
             )
         return self._losses
 
-    def _scale(self) -> None:
+    def _scale(self) -> bool:
+        """Carry out :func:`plan_blocks`; return whether a block was submitted or cancelled."""
         provider = self.provider
         with self._blocks_lock:
             live = [b for b in self._blocks.values() if not b.ended]
@@ -220,11 +266,11 @@ class BlockManagement:
             views,
             min_blocks=provider.min_blocks,
             max_blocks=provider.max_blocks,
-            parallelism=getattr(provider, "parallelism", 1.0),
+            parallelism=provider.parallelism,
             max_idletime=self.max_idletime,
         )
         if plan.empty:
-            return
+            return False
         logger.info("%s: scaling: %s", self.label, plan)
         for _ in range(plan.start):
             try:
@@ -240,6 +286,7 @@ class BlockManagement:
             for block_id in plan.cancel:
                 by_id[block_id].cancelled = True
             provider.cancel([by_id[block_id].job_id for block_id in plan.cancel])
+        return bool(plan.start or plan.cancel)
 
     def _submit_failed(self, exc: BaseException) -> None:
         status = JobStatus(JobState.FAILED, message=str(exc))
@@ -257,13 +304,13 @@ class BlockManagement:
             logger.warning("%s", error)
 
     def _workers_per_block(self, live: list[_Block]) -> int:
-        nodes = getattr(self.provider, "nodes_per_block", 1)
+        nodes = self.provider.nodes_per_block
         if self.max_workers:
             return self.max_workers * nodes
         known = [b.workers for b in live if b.workers]
         if known:
             return max(known)
-        return (getattr(self.provider, "cores_per_node", None) or 1) * nodes
+        return (self.provider.cores_per_node or 1) * nodes
 
     def blocks(self) -> list[BlockInfo]:
         """Snapshots of every block this executor started, in order."""
@@ -284,7 +331,9 @@ class BlockManagement:
 
     def _open_tunnel(self) -> None:
         """Forward one port on every SSH host of the provider to the interchange's pool port."""
-        channels = getattr(self.provider, "channels", None) or [self.provider.channel]  # type: ignore[attr-defined]
+        channels = self.provider.tunnel_channels()
+        if not channels:  # HtexConfig refuses tunnel=True for such a provider
+            raise RuntimeError(f"cannot open a tunnel: {self.provider!r} runs no command over SSH")
         assert self._ports is not None
         port = 0
         for channel in channels:
@@ -294,7 +343,7 @@ class BlockManagement:
     def _close_tunnel(self) -> None:
         if self._tunnel_port is None:
             return
-        for channel in getattr(self.provider, "channels", None) or [self.provider.channel]:  # type: ignore[attr-defined]
+        for channel in self.provider.tunnel_channels():
             try:
                 channel.cancel_forward(self._tunnel_port)
             except Exception:  # noqa: BLE001 - the connection may be gone already
@@ -315,6 +364,39 @@ class BlockManagement:
             self.provider.cancel([b.job_id for b in live])
         for block in self._blocks.values():
             block.ended = True
+
+
+class StatusPolls:
+    """When the block thread next asks the provider about its jobs (block thread only).
+
+    The thread wakes every ``block_poll_period`` to scale, but polls only when
+    :meth:`due`: the delay between polls grows while they see no change
+    (:class:`~hpcfutures.scaling.PollBackoff`, from the period up to ``cap``), and drops back
+    to the period after a change.  :meth:`BlockManagement._check_blocks` also polls at once
+    when something happened that the scheduler's answer must follow.
+    """
+
+    def __init__(self, period: float, cap: float) -> None:
+        self.backoff = PollBackoff(period, cap)
+        self.next_poll = -math.inf  # the first round polls
+        self.poked = False
+
+    def poke(self) -> None:
+        """Make the next round poll: the executor submitted or cancelled a block, or a round failed."""
+        self.poked = True
+
+    def due(self, now: float) -> bool:
+        """Whether a poll is due at ``now``.
+
+        Rounds come a period apart, so a poll is due in the first round within half a period
+        of its time: a round that wakes a hair early does not put it off by a whole period.
+        """
+        return self.poked or now >= self.next_poll - self.backoff.base / 2
+
+    def polled(self, now: float, changed: bool) -> None:
+        """Note a poll at ``now`` that saw a change (or followed an event), or did not."""
+        self.poked = False
+        self.next_poll = now + self.backoff.next_delay(changed)
 
 
 class RoundFailureLog:

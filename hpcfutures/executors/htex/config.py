@@ -69,11 +69,13 @@ class HtexConfig:
         if self.max_workers is not None:
             _count("max_workers", self.max_workers, 1)
         provider = self.provider
+        from ...providers.base import ExecutionProvider
+
         if provider is None:
             from ...providers.local import LocalProvider
 
             normalise("provider", LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1))
-        elif not hasattr(provider, "submit") or not hasattr(provider, "status"):
+        elif not isinstance(provider, ExecutionProvider):
             raise ConfigurationError(
                 f"provider must be an hpcfutures ExecutionProvider (for example LocalProvider()), got {provider!r}"
             )
@@ -104,7 +106,7 @@ class HtexConfig:
                 f"heartbeat_threshold ({self.heartbeat_threshold:g}) must exceed heartbeat_period "
                 f"({self.heartbeat_period:g})"
             )
-        max_blocks = getattr(self.provider, "max_blocks", 1)
+        max_blocks = self.provider.max_blocks
         if max_blocks < 1:
             raise ConfigurationError(
                 f"the provider's max_blocks is {max_blocks}: no block could ever run a task; "
@@ -128,8 +130,7 @@ class HtexConfig:
 
     def _check_tunnel(self, candidates: tuple[str, ...]) -> None:
         provider = self.provider
-        channels = getattr(provider, "channels", None) or [getattr(provider, "channel", None)]
-        if not all(hasattr(c, "forward_remote") for c in channels):
+        if not provider.tunnel_channels():
             raise ConfigurationError(
                 "tunnel=True needs a provider whose commands run over SSH (channel=SSHChannel(...) "
                 f"or SSHProvider); {provider!r} has none"

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from ...errors import (
-    BrokenExecutorError,
     ExecutorError,
     ExecutorShutdownError,
     InterchangeLostError,
@@ -51,6 +50,7 @@ from . import security
 from .blocks import BlockManagement, _Block
 from .components import InterchangeArgs, PoolArgs
 from .config import AtExit, HtexConfig
+from .lifecycle import Lifecycle, Phase
 from .pipes import Receiver, Sender, pipe_pair, watch_room
 
 if TYPE_CHECKING:
@@ -266,7 +266,8 @@ class HighThroughputExecutor(BlockManagement, Executor):
         self._initargs = config.initargs
 
         # Must be held while touching _outbox, _wake_pending, _next_id, _taken_upto,
-        # _skip, _controls, _io_closed, _shutdown and _broken, and while adding to _pending.
+        # _skip, _controls and _io_closed, while changing the lifecycle, and while adding to
+        # _pending.
         self._lock = threading.Lock()
         self._outbox: list[tuple[bytes, Any, list[Any]]] = []  # (meta, main pickle, out-of-band)
         self._wake_pending = False
@@ -278,16 +279,13 @@ class HighThroughputExecutor(BlockManagement, Executor):
         # Tasks handed to a pool and not finished: running() asks here, so that marking a task
         # started costs a set insertion instead of a state change on its future.
         self._started_ids: set[int] = set()
-        self._shutdown = False
-        self._broken: BaseException | None = None
+        self._life = Lifecycle(self._lock)
         self._start_lock = threading.Lock()
-        self._started = False
         self._io_thread: threading.Thread | None = None
         self._io_ident: int | None = None
         self._stop_requested = False
         self._stop_when_idle = False
         self._kill_on_stop = False
-        self._stopped = threading.Event()
         self._io_closed = False  # the I/O thread takes no more controls (it is ending); set under _lock
         self._owner_pid = 0  # the process that started the executor; only it stops it at exit
         self._blocks: dict[str, _Block] = {}
@@ -387,12 +385,23 @@ class HighThroughputExecutor(BlockManagement, Executor):
 
     def _close_for_submits(self) -> bool:
         """Refuse new submits; return whether there is anything left to stop."""
-        with self._lock:
-            self._shutdown = True
-        if not self._started:
+        with self._start_lock, self._lock:  # not while a first submit is starting it
+            before = self._life.close()
+        if before is Phase.NEW:
             self._release_provider()
             return False
-        return not self._stopped.is_set()
+        return not self._life.is_stopped
+
+    # The block side declares these as plain attributes (its tests set them): read-only here.
+    @property
+    def _shutdown(self) -> bool:  # type: ignore[override]
+        """Whether the executor refuses new tasks because it was shut down (for the block side)."""
+        return self._life.closed
+
+    @property
+    def _broken(self) -> BaseException | None:  # type: ignore[override]
+        """The error that broke the executor, if one did (for the block side)."""
+        return self._life.error
 
     def _join_io_thread(self) -> None:
         thread = self._io_thread
@@ -447,7 +456,7 @@ class HighThroughputExecutor(BlockManagement, Executor):
             priority=True,
             hint="Size tasks to one worker, or use an executor that places multi-core tasks.",
         )
-        block_walltime = getattr(self.provider, "walltime_seconds", None)
+        block_walltime = self.provider.walltime_seconds
         if options.walltime and block_walltime and options.walltime > block_walltime:
             raise ValueError(
                 f"walltime={options.walltime:g} s exceeds the walltime of this executor's blocks "
@@ -460,24 +469,14 @@ class HighThroughputExecutor(BlockManagement, Executor):
     ) -> HtexFuture:
         if not callable(fn):
             raise TypeError(f"submit() needs a callable first argument, got {type(fn).__name__}")
-        if self._shutdown:
-            raise RuntimeError("cannot schedule new futures after shutdown")
-        if self._broken is not None:
-            raise BrokenExecutorError(
-                f"this HighThroughputExecutor is broken: {self._broken}"
-            ) from self._broken
-        if not self._started:
+        self._life.check_submit()  # fail early, before serializing; checked again under the lock
+        if not self._life.started:
             self._start()
         spilled: list[str] = []
         frames = dumps_call(fn, args, kwargs, self._spill, spilled)
         walltime = options.walltime or 0.0
         with self._lock:
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            if self._broken is not None:
-                raise BrokenExecutorError(
-                    f"this HighThroughputExecutor is broken: {self._broken}"
-                ) from self._broken
+            self._life.check_submit()
             task_id = next(self._next_id)
             future = HtexFuture(self, task_id)
             self._pending[task_id] = future
@@ -559,7 +558,7 @@ class HighThroughputExecutor(BlockManagement, Executor):
                     remote.append(fut)
         if not remote and not everything:
             return all(f.cancelled() for f in futures)
-        if self._stopped.is_set():
+        if self._life.is_stopped:
             return all(f.cancelled() for f in futures)
         done = threading.Event()
         self._control("cancel", (remote, done, everything))
@@ -596,7 +595,7 @@ class HighThroughputExecutor(BlockManagement, Executor):
         unstarted, so the next submit starts afresh.
         """
         with self._start_lock:
-            if self._started:
+            if self._life.started:
                 return
             with contextlib.ExitStack() as rollback:  # undoes the steps done when a later one raises
                 rollback.callback(self._forget_failed_start)
@@ -639,7 +638,8 @@ class HighThroughputExecutor(BlockManagement, Executor):
                 self._block_thread.start()
                 rollback.callback(self._stop_block_thread)
                 self._owner_pid = os.getpid()
-                self._started = True
+                with self._lock:
+                    self._life.run()
                 _live_executors.add(self)
                 self._io_thread.start()
                 rollback.pop_all()  # started: from now on _teardown releases everything
@@ -660,11 +660,10 @@ class HighThroughputExecutor(BlockManagement, Executor):
     def _forget_failed_start(self) -> None:
         """The last step of a rollback: the executor is as before its first submit."""
         with self._lock:
-            self._broken = None  # a block that could not be submitted: the next start tries again
+            self._life.undo_start()  # a block that could not be submitted: the next start tries again
             self._controls = []
             self._wake_pending = False
         self._start_failures = 0
-        self._started = False
         _live_executors.discard(self)
         self._owner_pid = 0
         self._ports = None
@@ -856,7 +855,7 @@ class HighThroughputExecutor(BlockManagement, Executor):
         self._housekeeping()
 
     def _broken_stop(self) -> bool:
-        return self._broken is not None and isinstance(self._broken, InterchangeLostError)
+        return isinstance(self._life.error, InterchangeLostError)
 
     def _send_tasks(self, sock: Sender, outbox: list[tuple[bytes, Any, list[Any]]], skip: set[int]) -> None:
         if skip:
@@ -1002,8 +1001,7 @@ class HighThroughputExecutor(BlockManagement, Executor):
         Any thread may call this; the I/O thread fails the futures, as it owns them.
         """
         with self._lock:
-            if self._broken is None:
-                self._broken = error
+            self._life.break_with(error)
         if self._on_io_thread():
             self._fail_all(error)
         else:
@@ -1074,9 +1072,8 @@ class HighThroughputExecutor(BlockManagement, Executor):
             shutil.rmtree(self._ipc_dir, ignore_errors=True)
             if self._spill is not None:
                 shutil.rmtree(self._spill.directory, ignore_errors=True)
-            self._stopped.set()
+            self._life.stopped()
 
     def _release_provider(self) -> None:
-        close = getattr(self.provider, "close", None)
-        if close is not None:
-            close()
+        """Close the provider: it cancels any job left and removes its own files (see its ``close``)."""
+        self.provider.close()

@@ -29,7 +29,7 @@ from hpcfutures import (
     HighThroughputExecutor,
     PoolStartError,
 )
-from hpcfutures.executors.htex import executor as htex_module
+from hpcfutures.executors.htex import link as link_module
 from hpcfutures.executors.htex import protocol as P
 from hpcfutures.providers import LocalProvider
 from hpcfutures.testing import Gate, tasks
@@ -235,7 +235,7 @@ def test_cancels_while_the_executor_stops_return_at_once(
     monkeypatch: pytest.MonkeyPatch, leak_check: Callable[[], None]
 ) -> None:
     # A cancel that waited for an answer from the interchange would hang the test.
-    monkeypatch.setattr(htex_module, "CANCEL_TIMEOUT", 600.0)
+    monkeypatch.setattr(link_module, "CANCEL_TIMEOUT", 600.0)
     ex = HighThroughputExecutor(max_workers=1)
     with Gate() as gate:
         queued = queue_behind_a_busy_worker(ex, gate, 20)
@@ -270,7 +270,7 @@ def test_cancels_while_the_executor_stops_return_at_once(
 def test_many_cancels_racing_terminate_all_return(
     monkeypatch: pytest.MonkeyPatch, leak_check: Callable[[], None]
 ) -> None:
-    monkeypatch.setattr(htex_module, "CANCEL_TIMEOUT", 600.0)
+    monkeypatch.setattr(link_module, "CANCEL_TIMEOUT", 600.0)
     ex = HighThroughputExecutor(max_workers=1)
     with Gate() as gate:
         queued = queue_behind_a_busy_worker(ex, gate, 40)
@@ -371,7 +371,7 @@ def test_a_failed_start_leaves_nothing_behind_and_the_next_submit_starts_afresh(
             {
                 "interchange": ex._interchange.pid,
                 "dirs": [ex._dir, Path(ex._ipc_dir), Path(ex._spill.directory)],
-                "fds": [ex._wake_r, ex._wake_w, ex._to_interchange.fd, ex._from_interchange.fd],
+                "fds": [ex._link.wake_r, ex._link.wake_w, ex._link.to_interchange.fd, ex._link.from_interchange.fd],
             }
         )
         raise OSError("ssh: connect to host login1 port 22: Connection refused")

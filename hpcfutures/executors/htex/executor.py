@@ -1,11 +1,12 @@
-"""HighThroughputExecutor: the driver side of the pilot-job executor.
+"""HighThroughputExecutor: the driver side of the pilot-job executor, and its public API.
 
-``submit`` serializes the call on the caller's thread (so a bad argument raises there),
-queues it, and wakes one I/O thread.  That thread owns the ZeroMQ socket to the interchange:
-it sends whatever has queued as one batch, resolves futures from result batches, and keeps
-watch over the interchange process and the provider's blocks, failing futures with the
-evidence (exit code, signal, stderr tail) when either is lost.  No thread per task, no
-polling per task.
+``submit`` serializes the call on the caller's thread (so a bad argument raises there) and
+hands it to the :class:`~.link.DriverLink`, whose one I/O thread sends whatever has queued
+as one batch through the pipes to the interchange and resolves futures from result batches.
+This module starts and stops the parts (the interchange process, the link, the block
+thread of :mod:`.blocks`) and answers what the link asks: what a pool or block event means,
+whether the interchange died, how to stop.  Its settings are an :class:`~.config.HtexConfig`
+and its life a :class:`~.lifecycle.Lifecycle`.  No thread per task, no polling per task.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ import itertools
 import json
 import logging
 import os
-import pickle
-import select
 import shlex
 import shutil
 import socket
@@ -26,24 +25,20 @@ import tempfile
 import threading
 import time
 import weakref
-from concurrent.futures import Executor, Future, InvalidStateError
+from concurrent.futures import Executor, Future
 from concurrent.futures import wait as wait_futures
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from ...errors import (
-    ExecutorError,
-    ExecutorShutdownError,
     InterchangeLostError,
     PoolStartError,
-    SerializationError,
     VersionMismatchError,
 )
 from ...exits import describe_exit
-from ...leanfuture import LeanFuture
 from ...providers.base import JobStatus
 from ...resources import DEFAULT_OPTIONS, ExecutorView, Resources, TaskOptions, reject_unsupported
-from ...serialize import SharedSpill, dumps, dumps_call, loads, loads_exception
+from ...serialize import SharedSpill, dumps, dumps_call, loads_exception
 from ..chunks import run_chunk
 from . import protocol as P
 from . import security
@@ -51,7 +46,8 @@ from .blocks import BlockManagement, _Block
 from .components import InterchangeArgs, PoolArgs
 from .config import AtExit, HtexConfig
 from .lifecycle import Lifecycle, Phase
-from .pipes import Receiver, Sender, pipe_pair, watch_room
+from .link import DriverLink, HtexFuture, unlink_spilled
+from .pipes import Receiver, Sender, pipe_pair
 
 if TYPE_CHECKING:
     from ...providers.base import ExecutionProvider
@@ -60,10 +56,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-BATCH_LIMIT = 256
-HOUSEKEEPING_SECONDS = 0.2
-CANCEL_TIMEOUT = 5.0
-STOP_TIMEOUT = 5.0
 
 _live_executors: weakref.WeakSet[HighThroughputExecutor] = weakref.WeakSet()
 
@@ -91,17 +83,6 @@ try:
     threading._register_atexit(_finish_all_at_exit)  # type: ignore[attr-defined]
 except RuntimeError:  # imported while the interpreter is already shutting down
     atexit.register(_finish_all_at_exit)
-
-
-def _unlink_spilled(future: Future[Any]) -> None:
-    paths = getattr(future, "spilled", None)
-    if paths:
-        future.spilled = None  # type: ignore[attr-defined]
-        for path in paths:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
 
 
 def _free_port(address: str) -> int:
@@ -139,41 +120,6 @@ def _tail(path: Path, limit: int = 4000) -> str:
             return f.read().decode(errors="replace").strip()
     except OSError:
         return ""
-
-
-class HtexFuture(LeanFuture):
-    """A Future whose ``cancel()`` reaches wherever its task waits.
-
-    ``cancel()`` returns True for a task no worker has begun, wherever it is queued (driver,
-    interchange, pool, or a worker's prefetched batch), and such a task never runs.  A task
-    counts as started (``running()`` is True) once a worker has begun it: pools report the
-    tasks their workers claim, batched with their results.
-    """
-
-    spilled: list[str] | None = None  # shared-memory files holding large arguments
-
-    def __init__(self, executor: HighThroughputExecutor, task_id: int):
-        super().__init__()
-        self.task_id = task_id
-        self._executor = executor
-
-    def cancel(self) -> bool:
-        """Cancel the task unless a worker has begun it; return whether it was cancelled."""
-        if self.done():
-            return self.cancelled()
-        if self.task_id in self._executor._started_ids:
-            return False
-        return self._executor._cancel([self])
-
-    def running(self) -> bool:
-        """Return True if a worker has begun the task and it has not finished."""
-        return not self.done() and self.task_id in self._executor._started_ids
-
-    def _cancel_locally(self) -> bool:
-        if LeanFuture.cancel(self):
-            self.set_running_or_notify_cancel()  # wait() and as_completed() see it at once
-            return True
-        return self.cancelled()
 
 
 class HighThroughputExecutor(BlockManagement, Executor):
@@ -265,28 +211,13 @@ class HighThroughputExecutor(BlockManagement, Executor):
         self._initializer = config.initializer
         self._initargs = config.initargs
 
-        # Must be held while touching _outbox, _wake_pending, _next_id, _taken_upto,
-        # _skip, _controls and _io_closed, while changing the lifecycle, and while adding to
-        # _pending.
+        # Must be held while changing the lifecycle, and by the link for its queues (see link.py).
         self._lock = threading.Lock()
-        self._outbox: list[tuple[bytes, Any, list[Any]]] = []  # (meta, main pickle, out-of-band)
-        self._wake_pending = False
-        self._next_id = itertools.count(1)
-        self._taken_upto = 0  # the I/O thread has taken every task with an id up to this
-        self._skip: set[int] = set()  # cancelled before the I/O thread took them
-        self._controls: list[tuple[str, Any]] = []
-        self._pending: dict[int, HtexFuture] = {}
-        # Tasks handed to a pool and not finished: running() asks here, so that marking a task
-        # started costs a set insertion instead of a state change on its future.
-        self._started_ids: set[int] = set()
         self._life = Lifecycle(self._lock)
-        self._start_lock = threading.Lock()
+        self._start_lock = threading.Lock()  # one start at a time; shutdown waits for it
+        self._link: DriverLink | None = None  # from the start: the I/O thread's side of things
         self._io_thread: threading.Thread | None = None
-        self._io_ident: int | None = None
-        self._stop_requested = False
-        self._stop_when_idle = False
-        self._kill_on_stop = False
-        self._io_closed = False  # the I/O thread takes no more controls (it is ending); set under _lock
+        self._kill_on_stop = False  # set on the I/O thread as it stops; read by the block side
         self._owner_pid = 0  # the process that started the executor; only it stops it at exit
         self._blocks: dict[str, _Block] = {}
         self._blocks_lock = threading.Lock()  # the block thread adds, the I/O thread reads
@@ -299,10 +230,6 @@ class HighThroughputExecutor(BlockManagement, Executor):
         #: What the provider said of blocks that ended before any of their pools connected.
         self.block_failures: list[JobStatus] = []
         self._pools_connected = 0
-        # Cancel requests sent to the interchange, waiting for its answer.  The I/O thread owns
-        # this dict: it alone adds, answers, releases (_fail_all, _stop_taking_controls) and reads.
-        self._cancel_requests: dict[bytes, tuple[threading.Event, list[HtexFuture]]] = {}
-        self._cancel_counter = itertools.count(1)
         self.pools: dict[str, dict[str, Any]] = {}
         self._ports: dict[str, int] | None = None
         self._spill: SharedSpill | None = None
@@ -410,7 +337,7 @@ class HighThroughputExecutor(BlockManagement, Executor):
 
     def _on_io_thread(self) -> bool:
         """Whether the caller runs on the I/O thread (in a done-callback, say)."""
-        return threading.get_ident() == self._io_ident
+        return self._link is not None and self._link.on_io_thread()
 
     def _exit(self) -> None:
         """At interpreter exit: let the submitted tasks finish, then stop; or, per ``at_exit``, stop now.
@@ -475,27 +402,11 @@ class HighThroughputExecutor(BlockManagement, Executor):
         spilled: list[str] = []
         frames = dumps_call(fn, args, kwargs, self._spill, spilled)
         walltime = options.walltime or 0.0
-        with self._lock:
-            self._life.check_submit()
-            task_id = next(self._next_id)
-            future = HtexFuture(self, task_id)
-            self._pending[task_id] = future
-            self._outbox.append(
-                (
-                    P.TASK_META.pack(task_id, options.priority, walltime, 0, len(frames[0]), len(frames) - 1),
-                    frames[0],
-                    frames[1:],
-                )
-            )
-            if not self._wake_pending:
-                self._wake_pending = True
-                # The I/O thread itself (a done-callback submitting a dependent task) looks at
-                # the outbox before it next waits; anyone else must wake it.
-                if threading.get_ident() != self._io_ident:
-                    os.write(self._wake_w, b"\0")
+        assert self._link is not None  # started above
+        future = self._link.enqueue(options.priority, walltime, frames)
         if spilled:
             future.spilled = spilled
-            future.add_done_callback(_unlink_spilled)  # for paths that end it outside the I/O thread
+            future.add_done_callback(unlink_spilled)  # for paths that end it outside the I/O thread
         return future
 
     def _map_with_options(
@@ -547,40 +458,21 @@ class HighThroughputExecutor(BlockManagement, Executor):
 
     def _cancel(self, futures: list[HtexFuture], everything: bool = False) -> bool:
         """Cancel what can be cancelled of ``futures``; return whether all of them were."""
-        remote: list[HtexFuture] = []
-        with self._lock:
-            for fut in futures:
-                if fut.task_id > self._taken_upto:
-                    self._skip.add(fut.task_id)
-                    self._pending.pop(fut.task_id, None)
-                    fut._cancel_locally()
-                elif not fut.done():
-                    remote.append(fut)
-        if not remote and not everything:
+        if self._link is None:
             return all(f.cancelled() for f in futures)
-        if self._life.is_stopped:
-            return all(f.cancelled() for f in futures)
-        done = threading.Event()
-        self._control("cancel", (remote, done, everything))
-        if self._io_thread is not threading.current_thread():
-            done.wait(CANCEL_TIMEOUT)
-        return all(f.cancelled() for f in futures)
+        return self._link.cancel(futures, everything)
 
     def _control(self, kind: str, payload: Any) -> None:
-        """Hand an order to the I/O thread: ``cancel``, ``drain``, ``stop`` or ``fail``.
-
-        Once the I/O thread is ending it takes no more: a cancel is then released at once,
-        and the others are moot (its teardown fails every future still pending).
-        """
-        with self._lock:
-            if not self._io_closed:
-                self._controls.append((kind, payload))
-                if not self._wake_pending:
-                    self._wake_pending = True
-                    os.write(self._wake_w, b"\0")
-                return
-        if kind == "cancel":
+        """Hand an order to the I/O thread (see :meth:`DriverLink.control`)."""
+        if self._link is not None:
+            self._link.control(kind, payload)
+        elif kind == "cancel":
             payload[1].set()
+
+    @property
+    def _pending(self) -> dict[int, HtexFuture]:  # type: ignore[override]  # the block side declares it
+        """The futures of tasks not finished (the link's; none before the start)."""
+        return self._link.pending if self._link is not None else {}
 
     def _request_stop(self, kill: bool, when_idle: bool = False) -> None:
         self._control("stop", (kill, when_idle))
@@ -603,10 +495,9 @@ class HighThroughputExecutor(BlockManagement, Executor):
                 self._spill = self._make_spill()
                 if self._spill is not None:
                     rollback.callback(shutil.rmtree, self._spill.directory, ignore_errors=True)
-                self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-                rollback.callback(os.close, self._wake_r)
-                rollback.callback(os.close, self._wake_w)
-                self._start_interchange(rollback)
+                to_interchange, from_interchange = self._start_interchange(rollback)
+                link = self._link = DriverLink(self, self._lock, self._life, to_interchange, from_interchange)
+                rollback.callback(link.close_wake_pipe)
                 settings = {
                     "lost_task_retries": self.lost_task_retries,
                     "heartbeat_period": self.heartbeat_period,
@@ -615,7 +506,7 @@ class HighThroughputExecutor(BlockManagement, Executor):
                 init_frames = (
                     dumps((self._initializer, self._initargs)) if self._initializer is not None else []
                 )
-                self._to_interchange.send([P.CONFIG, json.dumps(settings).encode(), *init_frames])
+                link.to_interchange.send([P.CONFIG, json.dumps(settings).encode(), *init_frames])
                 self.provider.script_dir = str(self._dir / "blocks")
                 os.makedirs(self.provider.script_dir, exist_ok=True)
                 if self.tunnel:
@@ -630,7 +521,7 @@ class HighThroughputExecutor(BlockManagement, Executor):
                         self._submit_failed(exc)  # breaks the executor when nothing else can run
                         break
                 self._io_thread = threading.Thread(
-                    target=self._io_loop, name=f"hpcfutures-{self.label}-io", daemon=True
+                    target=link.run, name=f"hpcfutures-{self.label}-io", daemon=True
                 )
                 self._block_thread = threading.Thread(
                     target=self._block_loop, name=f"hpcfutures-{self.label}-blocks", daemon=True
@@ -642,7 +533,7 @@ class HighThroughputExecutor(BlockManagement, Executor):
                     self._life.run()
                 _live_executors.add(self)
                 self._io_thread.start()
-                rollback.pop_all()  # started: from now on _teardown releases everything
+                rollback.pop_all()  # started: from now on the link's teardown releases everything
 
     def _make_run_dir(self, rollback: contextlib.ExitStack) -> None:
         """Make the run directory and the key files in it; ``rollback`` removes them again."""
@@ -661,8 +552,7 @@ class HighThroughputExecutor(BlockManagement, Executor):
         """The last step of a rollback: the executor is as before its first submit."""
         with self._lock:
             self._life.undo_start()  # a block that could not be submitted: the next start tries again
-            self._controls = []
-            self._wake_pending = False
+        self._link = None
         self._start_failures = 0
         _live_executors.discard(self)
         self._owner_pid = 0
@@ -688,7 +578,7 @@ class HighThroughputExecutor(BlockManagement, Executor):
         self._interchange.kill()
         self._interchange.wait()
 
-    def _start_interchange(self, rollback: contextlib.ExitStack) -> None:
+    def _start_interchange(self, rollback: contextlib.ExitStack) -> tuple[Sender, Receiver]:
         """Start the interchange on ports picked here; its failures surface in housekeeping.
 
         ``rollback`` kills it, closes its pipes and removes its socket directory again.
@@ -736,8 +626,7 @@ class HighThroughputExecutor(BlockManagement, Executor):
         rollback.callback(self._kill_interchange)
         rollback.callback(os.close, down_write)
         rollback.callback(os.close, up_read)
-        self._to_interchange = Sender(down_write)
-        self._from_interchange = Receiver(up_read)
+        return Sender(down_write), Receiver(up_read)
 
     def _make_spill(self) -> SharedSpill | None:
         """Large buffers to and from pools on this node go through /dev/shm when it exists."""
@@ -775,172 +664,19 @@ class HighThroughputExecutor(BlockManagement, Executor):
 
     # -- the I/O thread --------------------------------------------------------------------------
 
-    def _io_loop(self) -> None:
-        sock = self._to_interchange
-        receiver = self._from_interchange
-        poller = select.poll()
-        poller.register(receiver.fd, select.POLLIN)
-        poller.register(self._wake_r, select.POLLIN)
-        next_check = time.monotonic() + HOUSEKEEPING_SECONDS
-        self._io_ident = threading.get_ident()
-        try:
-            while True:
-                watch_room(poller, sock.fd, sock, pollout=select.POLLOUT)
-                timeout = 0 if self._outbox else max(0.0, next_check - time.monotonic()) * 1000
-                events = poller.poll(int(timeout))
-                if events:
-                    try:
-                        os.read(self._wake_r, 4096)
-                    except BlockingIOError:
-                        pass
-                    if sock.watched:
-                        self._write_to_interchange(sock.flush)
-                with self._lock:
-                    outbox, self._outbox = self._outbox, []
-                    controls, self._controls = self._controls, []
-                    self._wake_pending = False
-                    if outbox:
-                        self._taken_upto = P.TASK_META.unpack(outbox[-1][0])[0]
-                    skip = self._skip
-                    if skip:
-                        self._skip = set()
-                if outbox:
-                    self._send_tasks(sock, outbox, skip)
-                for kind, payload in controls:
-                    if kind == "cancel":
-                        self._send_cancel(sock, *payload)
-                    elif kind == "drain":
-                        self._write_to_interchange(sock.send, [P.DRAIN, str(payload).encode()])
-                    elif kind == "stop":
-                        kill, when_idle = payload
-                        self._kill_on_stop = self._kill_on_stop or kill
-                        if when_idle:
-                            self._stop_when_idle = True
-                        else:
-                            self._stop_requested = True
-                    elif kind == "fail":
-                        self._fail_all(payload)
-                for message in receiver.read():
-                    self._on_message(message)
-                if receiver.closed:
-                    self._interchange_gone()
-                if time.monotonic() >= next_check:
-                    next_check = time.monotonic() + HOUSEKEEPING_SECONDS
-                    self._housekeeping()
-                if (
-                    self._stop_requested
-                    or (self._stop_when_idle and not self._pending)
-                    or self._broken_stop()
-                ):
-                    break
-        except BaseException as exc:  # noqa: BLE001 - a bug here must not leave futures hanging
-            logger.exception("the I/O thread of %s failed", self.label)
-            self._break(ExecutorError(f"the executor's I/O thread failed: {exc!r}"))
-        finally:
-            self._teardown()
+    # -- what the link asks of the executor (on the I/O thread) ---------------------------------
 
-    def _write_to_interchange(self, write: Callable[..., Any], *args: Any) -> None:
-        try:
-            write(*args)
-        except OSError:  # the interchange is gone; housekeeping reports how it ended
-            self._interchange_gone()
-
-    def _interchange_gone(self) -> None:
+    def _interchange_ended(self) -> None:
         """The pipes to the interchange closed: wait briefly for its exit status, report it."""
         try:
             self._interchange.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self._interchange.kill()
             self._interchange.wait()
-        self._housekeeping()
+        self._check_interchange()
 
-    def _broken_stop(self) -> bool:
-        return isinstance(self._life.error, InterchangeLostError)
-
-    def _send_tasks(self, sock: Sender, outbox: list[tuple[bytes, Any, list[Any]]], skip: set[int]) -> None:
-        if skip:
-            outbox = [item for item in outbox if P.TASK_META.unpack(item[0])[0] not in skip]
-        for start in range(0, len(outbox), BATCH_LIMIT):
-            batch = outbox[start : start + BATCH_LIMIT]
-            extra: list[Any] = []
-            for _meta, _main, oob in batch:
-                if oob:
-                    extra.extend(oob)
-            self._write_to_interchange(
-                sock.send,
-                [P.TASKS, b"".join([item[0] for item in batch]), b"".join([item[1] for item in batch]), *extra],
-            )
-
-    def _send_cancel(
-        self, sock: Sender, futures: list[HtexFuture], done: threading.Event, everything: bool
-    ) -> None:
-        request = b"%d" % next(self._cancel_counter)
-        self._cancel_requests[request] = (done, futures)
-        if everything:
-            self._write_to_interchange(sock.send, [P.CANCEL_QUEUED, request])
-        else:
-            self._write_to_interchange(sock.send, [P.CANCEL, request, P.pack_ids([f.task_id for f in futures])])
-
-    def _on_message(self, msg: list[memoryview]) -> None:
-        kind = msg[0].tobytes()
-        if kind == P.RESULTS:
-            self._on_results(msg)
-        elif kind == P.STARTED:
-            self._started_ids.update(P.unpack_ids(msg[1].tobytes()))
-        elif kind == P.CANCEL_REPLY:
-            waiting = self._cancel_requests.pop(msg[1].tobytes(), None)
-            for task_id in P.unpack_ids(msg[2].tobytes()):
-                fut = self._pending.pop(task_id, None)
-                if fut is not None:
-                    fut._cancel_locally()
-            if waiting is not None:
-                waiting[0].set()
-        elif kind == P.EVENT:
-            self._on_event(json.loads(msg[1].tobytes()), msg[2:])
-        elif kind == P.HEARTBEAT and len(msg) > 1:
-            self._block_idle = json.loads(msg[1].tobytes())
-
-    def _on_results(self, msg: list[memoryview]) -> None:
-        pending = self._pending
-        started = self._started_ids
-        if len(msg[1]):
-            started.update(P.unpack_ids(msg[1].tobytes()))  # before the results discard them
-        extra = msg[4:]
-        blob = msg[3]
-        offset = 0
-        frame = 0
-        for task_id, status, _elapsed, size, count in P.RESULT_META.iter_unpack(msg[2]):
-            main = blob[offset : offset + size]
-            offset += size
-            if count:
-                buffers = [main, *extra[frame : frame + count]]
-                frame += count
-            else:
-                buffers = [main]
-            fut = pending.pop(task_id, None)
-            if fut is None:
-                continue
-            started.discard(task_id)
-            if fut.spilled:
-                _unlink_spilled(fut)
-            try:
-                if status == P.OK:
-                    try:
-                        value = pickle.loads(main) if not count else loads(buffers)
-                    except Exception as exc:  # noqa: BLE001
-                        fut.set_exception(
-                            SerializationError(f"the result of task {task_id} could not be loaded: {exc!r}")
-                        )
-                    else:
-                        fut.set_result(value)
-                elif status == P.ERROR:
-                    fut.set_exception(loads_exception(buffers))
-                elif status == P.FAILED:
-                    fut.set_exception(loads(buffers)[0])
-                else:
-                    fut._cancel_locally()
-            except InvalidStateError:  # cancelled meanwhile
-                pass
+    def _on_block_idle(self, idle: dict[str, float]) -> None:
+        self._block_idle = idle
 
     def _on_event(self, event: dict[str, Any], frames: list[memoryview]) -> None:
         kind = event.get("event")
@@ -969,7 +705,8 @@ class HighThroughputExecutor(BlockManagement, Executor):
                 block.lost = True  # a silent pool may be hung: the block thread ends its job
         elif kind == "pool_rejected":
             if self._pools_connected == 0:
-                self._fail_all(VersionMismatchError(event.get("reason", "a worker pool was rejected")))
+                assert self._link is not None
+                self._link.fail_all(VersionMismatchError(event.get("reason", "a worker pool was rejected")))
         elif kind == "pool_failed":
             error = PoolStartError(
                 f"worker pool of block {event.get('block')} could not start: {event.get('reason')}"
@@ -981,7 +718,7 @@ class HighThroughputExecutor(BlockManagement, Executor):
                     pass
             self._break(error)
 
-    def _housekeeping(self) -> None:
+    def _check_interchange(self) -> None:
         code = self._interchange.poll()
         if code is not None:
             self._break(
@@ -1002,77 +739,38 @@ class HighThroughputExecutor(BlockManagement, Executor):
         """
         with self._lock:
             self._life.break_with(error)
-        if self._on_io_thread():
-            self._fail_all(error)
+        link = self._link
+        if link is None:
+            return
+        if link.on_io_thread():
+            link.fail_all(error)
         else:
-            self._control("fail", error)
+            link.control("fail", error)
 
-    def _fail_all(self, error: BaseException) -> None:
-        """Fail every pending task with ``error`` and release every cancel waiting (I/O thread only)."""
-        with self._lock:
-            pending, self._pending = self._pending, {}
-            self._started_ids = set()
-            self._outbox = []
-            self._taken_upto = max(self._taken_upto, max(pending, default=0))
-        for fut in pending.values():
-            try:
-                fut.set_exception(error)
-            except InvalidStateError:
-                pass
-        for done, _futures in self._cancel_requests.values():
-            done.set()
-        self._cancel_requests.clear()
-
-    def _stop_taking_controls(self) -> None:
-        """The I/O thread is ending: take no more controls; release every cancel still waiting.
-
-        No answer to a cancel can come any more, so none waits ``CANCEL_TIMEOUT`` for one; its
-        futures simply were not cancelled.
-        """
-        with self._lock:
-            self._io_closed = True
-            controls, self._controls = self._controls, []
-        for kind, payload in controls:
-            if kind == "cancel":
-                payload[1].set()
-            elif kind == "fail":
-                self._fail_all(payload)
-        for done, _futures in self._cancel_requests.values():
-            done.set()
-        self._cancel_requests.clear()
-
-    def _teardown(self) -> None:
-        self._stop_taking_controls()
+    def _stop_processes(self, kill: bool) -> None:
+        """The interchange was told to stop: wait for it (briefly if ``kill``), then stop the blocks."""
+        self._kill_on_stop = kill
         try:
-            try:
-                self._to_interchange.send([P.SHUTDOWN])
-            except OSError:
-                pass
-            try:
-                self._interchange.wait(timeout=1.0 if not self._kill_on_stop else 0.2)
-            except subprocess.TimeoutExpired:
-                self._interchange.kill()
-                self._interchange.wait()
-            self._block_stop.set()
-            if self._block_thread is not None and self._block_thread is not threading.current_thread():
-                self._block_thread.join()
-            self._stop_blocks()
-            self._fail_all(ExecutorShutdownError("the executor shut down before this task finished"))
-        finally:
-            for fd in (self._to_interchange.fd, self._from_interchange.fd):
-                os.close(fd)
-            with self._lock:  # _control writes to it under the lock, until _io_closed
-                os.close(self._wake_r)
-                os.close(self._wake_w)
-            _live_executors.discard(self)
-            self._close_tunnel()
-            self._release_provider()
-            if self._temporary_dir:
-                shutil.rmtree(self._dir, ignore_errors=True)
-            shutil.rmtree(self._ipc_dir, ignore_errors=True)
-            if self._spill is not None:
-                shutil.rmtree(self._spill.directory, ignore_errors=True)
-            self._life.stopped()
+            self._interchange.wait(timeout=1.0 if not kill else 0.2)
+        except subprocess.TimeoutExpired:
+            self._interchange.kill()
+            self._interchange.wait()
+        self._block_stop.set()
+        if self._block_thread is not None and self._block_thread is not threading.current_thread():
+            self._block_thread.join()
+        self._stop_blocks()
+
+    def _release(self) -> None:
+        """The link is closed: release the tunnel, the provider and the directories; stopped."""
+        _live_executors.discard(self)
+        self._close_tunnel()
+        self._release_provider()
+        if self._temporary_dir:
+            shutil.rmtree(self._dir, ignore_errors=True)
+        shutil.rmtree(self._ipc_dir, ignore_errors=True)
+        if self._spill is not None:
+            shutil.rmtree(self._spill.directory, ignore_errors=True)
+        self._life.stopped()
 
     def _release_provider(self) -> None:
         """Close the provider: it cancels any job left and removes its own files (see its ``close``)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import threading
 
-from ...errors import BrokenExecutorError
+from ...errors import BrokenExecutorError, InterchangeLostError
 
 
 class Phase(enum.Enum):
@@ -42,6 +42,11 @@ class Lifecycle:
     def closed(self) -> bool:
         """Whether the executor refuses new tasks because it was shut down."""
         return self.phase in (Phase.SHUTTING_DOWN, Phase.STOPPED)
+
+    @property
+    def interchange_lost(self) -> bool:
+        """Whether the executor broke because its interchange died (its I/O thread then stops)."""
+        return isinstance(self.error, InterchangeLostError)
 
     @property
     def started(self) -> bool:

@@ -1,0 +1,435 @@
+"""DriverLink: the driver's end of the link to the interchange, and the I/O thread that serves it.
+
+The executor's caller threads hand the link work (:meth:`DriverLink.enqueue` a task,
+:meth:`DriverLink.control` an order) and wake its one I/O thread, which sends whatever has
+queued as one batch, resolves futures from result batches, and answers cancels.  What a
+pool or block event means for the executor, and how its processes are stopped, the link
+asks of its :class:`LinkHost` (the executor).
+
+Who owns what:
+
+- under ``lock`` (the executor's, which it also holds while changing its lifecycle):
+  ``outbox``, ``wake_pending``, ``next_id``, ``taken_upto``, ``skip``, ``controls``,
+  ``closed``, and adding to ``pending``;
+- the I/O thread alone: resolving ``pending``, ``started_ids``, ``cancel_requests``, the stop
+  flags and the pipes to the interchange.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import pickle
+import select
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, InvalidStateError
+from typing import Any, Protocol
+
+from ...errors import ExecutorError, ExecutorShutdownError, SerializationError
+from ...leanfuture import LeanFuture
+from ...serialize import loads, loads_exception
+from . import protocol as P
+from .lifecycle import Lifecycle
+from .pipes import Receiver, Sender, watch_room
+
+logger = logging.getLogger("hpcfutures.executors.htex.executor")  # one logger for the executor
+
+BATCH_LIMIT = 256
+HOUSEKEEPING_SECONDS = 0.2
+CANCEL_TIMEOUT = 5.0
+
+#: (meta, main pickle, out-of-band frames) of a task waiting for the I/O thread.
+Outgoing = tuple[bytes, Any, list[Any]]
+
+
+def unlink_spilled(future: Future[Any]) -> None:
+    """Remove the shared-memory files that held a task's large arguments."""
+    paths = getattr(future, "spilled", None)
+    if paths:
+        future.spilled = None  # type: ignore[attr-defined]
+        for path in paths:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+
+class HtexFuture(LeanFuture):
+    """A Future whose ``cancel()`` reaches wherever its task waits.
+
+    ``cancel()`` returns True for a task no worker has begun, wherever it is queued (driver,
+    interchange, pool, or a worker's prefetched batch), and such a task never runs.  A task
+    counts as started (``running()`` is True) once a worker has begun it: pools report the
+    tasks their workers claim, batched with their results.
+    """
+
+    spilled: list[str] | None = None  # shared-memory files holding large arguments
+
+    def __init__(self, link: DriverLink, task_id: int):
+        super().__init__()
+        self.task_id = task_id
+        self._link = link
+
+    def cancel(self) -> bool:
+        """Cancel the task unless a worker has begun it; return whether it was cancelled."""
+        if self.done():
+            return self.cancelled()
+        if self._link.is_started(self.task_id):
+            return False
+        return self._link.cancel([self])
+
+    def running(self) -> bool:
+        """Return True if a worker has begun the task and it has not finished."""
+        return not self.done() and self._link.is_started(self.task_id)
+
+    def _cancel_locally(self) -> bool:
+        if LeanFuture.cancel(self):
+            self.set_running_or_notify_cancel()  # wait() and as_completed() see it at once
+            return True
+        return self.cancelled()
+
+
+class LinkHost(Protocol):
+    """What the link asks of the executor it serves (all on the I/O thread)."""
+
+    label: str
+
+    def _on_event(self, event: dict[str, Any], frames: list[memoryview]) -> None:
+        """A pool or block event from the interchange."""
+
+    def _on_block_idle(self, idle: dict[str, float]) -> None:
+        """How long each block's pools have been idle, from the interchange's heartbeat."""
+
+    def _check_interchange(self) -> None:
+        """Break the executor if the interchange process has died."""
+
+    def _interchange_ended(self) -> None:
+        """The pipes to the interchange closed: find out how it ended."""
+
+    def _break(self, error: BaseException) -> None:
+        """Break the executor with ``error``."""
+
+    def _stop_processes(self, kill: bool) -> None:
+        """The interchange was told to stop: wait for it (not long if ``kill``), stop the blocks."""
+
+    def _release(self) -> None:
+        """The link is closed: release everything else the executor holds."""
+
+
+class DriverLink:
+    """The driver's side of the interchange link; see the module docstring."""
+
+    def __init__(self, host: LinkHost, lock: threading.Lock, life: Lifecycle, to_interchange: Sender, from_interchange: Receiver):
+        self.host = host
+        self.lock = lock
+        self.life = life
+        self.to_interchange = to_interchange
+        self.from_interchange = from_interchange
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        # Under lock:
+        self.outbox: list[Outgoing] = []
+        self.wake_pending = False
+        self.next_id = itertools.count(1)
+        self.taken_upto = 0  # the I/O thread has taken every task with an id up to this
+        self.skip: set[int] = set()  # cancelled before the I/O thread took them
+        self.controls: list[tuple[str, Any]] = []
+        self.closed = False  # the I/O thread takes no more controls (it is ending)
+        self.pending: dict[int, HtexFuture] = {}
+        # The I/O thread's alone:
+        # Tasks a worker has begun and not finished: running() asks here, so that marking a
+        # task started costs a set insertion instead of a state change on its future.
+        self.started_ids: set[int] = set()
+        # Cancel requests sent to the interchange, waiting for its answer.
+        self.cancel_requests: dict[bytes, tuple[threading.Event, list[HtexFuture]]] = {}
+        self.cancel_counter = itertools.count(1)
+        self.stop_requested = False
+        self.stop_when_idle = False
+        self.kill_on_stop = False
+        self.ident: int | None = None  # the I/O thread's
+
+    # -- for the executor's threads ---------------------------------------------------------------
+
+    def enqueue(self, priority: int, walltime: float, frames: list[Any]) -> HtexFuture:
+        """Queue a serialized call for the I/O thread and return its future.
+
+        Raises:
+            RuntimeError, BrokenExecutorError: the executor's lifecycle refuses new tasks.
+        """
+        with self.lock:
+            self.life.check_submit()
+            task_id = next(self.next_id)
+            future = HtexFuture(self, task_id)
+            self.pending[task_id] = future
+            self.outbox.append(
+                (P.TASK_META.pack(task_id, priority, walltime, 0, len(frames[0]), len(frames) - 1), frames[0], frames[1:])
+            )
+            if not self.wake_pending:
+                self.wake_pending = True
+                # The I/O thread itself (a done-callback submitting a dependent task) looks at
+                # the outbox before it next waits; anyone else must wake it.
+                if threading.get_ident() != self.ident:
+                    os.write(self.wake_w, b"\0")
+        return future
+
+    def is_started(self, task_id: int) -> bool:
+        """Whether a worker has begun task ``task_id`` (as far as the pools have said)."""
+        return task_id in self.started_ids
+
+    def on_io_thread(self) -> bool:
+        """Whether the caller runs on the I/O thread (in a done-callback, say)."""
+        return threading.get_ident() == self.ident
+
+    def cancel(self, futures: list[HtexFuture], everything: bool = False) -> bool:
+        """Cancel what can be cancelled of ``futures`` (and, if ``everything``, of every task
+        not begun); return whether all of ``futures`` were."""
+        remote: list[HtexFuture] = []
+        with self.lock:
+            for fut in futures:
+                if fut.task_id > self.taken_upto:
+                    self.skip.add(fut.task_id)
+                    self.pending.pop(fut.task_id, None)
+                    fut._cancel_locally()
+                elif not fut.done():
+                    remote.append(fut)
+        if not remote and not everything:
+            return all(f.cancelled() for f in futures)
+        done = threading.Event()
+        self.control("cancel", (remote, done, everything))
+        if not self.on_io_thread():
+            done.wait(CANCEL_TIMEOUT)
+        return all(f.cancelled() for f in futures)
+
+    def control(self, kind: str, payload: Any) -> None:
+        """Hand an order to the I/O thread: ``cancel``, ``drain``, ``stop`` or ``fail``.
+
+        Once the I/O thread is ending it takes no more: a cancel is then released at once,
+        and the others are moot (its teardown fails every future still pending).
+        """
+        with self.lock:
+            if not self.closed:
+                self.controls.append((kind, payload))
+                if not self.wake_pending:
+                    self.wake_pending = True
+                    os.write(self.wake_w, b"\0")
+                return
+        if kind == "cancel":
+            payload[1].set()
+
+    def close_wake_pipe(self) -> None:
+        """Close the pipe that wakes the I/O thread (under the lock: :meth:`control` writes it)."""
+        with self.lock:
+            os.close(self.wake_r)
+            os.close(self.wake_w)
+
+    # -- the I/O thread ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """The I/O thread: serve the link until told to stop or the interchange is lost."""
+        sock = self.to_interchange
+        receiver = self.from_interchange
+        poller = select.poll()
+        poller.register(receiver.fd, select.POLLIN)
+        poller.register(self.wake_r, select.POLLIN)
+        next_check = time.monotonic() + HOUSEKEEPING_SECONDS
+        self.ident = threading.get_ident()
+        try:
+            while True:
+                watch_room(poller, sock.fd, sock, pollout=select.POLLOUT)
+                timeout = 0 if self.outbox else max(0.0, next_check - time.monotonic()) * 1000
+                events = poller.poll(int(timeout))
+                if events:
+                    try:
+                        os.read(self.wake_r, 4096)
+                    except BlockingIOError:
+                        pass
+                    if sock.watched:
+                        self.write(sock.flush)
+                with self.lock:
+                    outbox, self.outbox = self.outbox, []
+                    controls, self.controls = self.controls, []
+                    self.wake_pending = False
+                    if outbox:
+                        self.taken_upto = P.TASK_META.unpack(outbox[-1][0])[0]
+                    skip = self.skip
+                    if skip:
+                        self.skip = set()
+                if outbox:
+                    self.send_tasks(outbox, skip)
+                for kind, payload in controls:
+                    self.obey(kind, payload)
+                for message in receiver.read():
+                    self.on_message(message)
+                if receiver.closed:
+                    self.host._interchange_ended()
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + HOUSEKEEPING_SECONDS
+                    self.host._check_interchange()
+                if self.stop_requested or (self.stop_when_idle and not self.pending) or self.life.interchange_lost:
+                    break
+        except BaseException as exc:  # noqa: BLE001 - a bug here must not leave futures hanging
+            logger.exception("the I/O thread of %s failed", self.host.label)
+            self.host._break(ExecutorError(f"the executor's I/O thread failed: {exc!r}"))
+        finally:
+            self.teardown()
+
+    def obey(self, kind: str, payload: Any) -> None:
+        """Carry out one order from :meth:`control`."""
+        if kind == "cancel":
+            self.send_cancel(*payload)
+        elif kind == "drain":
+            self.write(self.to_interchange.send, [P.DRAIN, str(payload).encode()])
+        elif kind == "stop":
+            kill, when_idle = payload
+            self.kill_on_stop = self.kill_on_stop or kill
+            if when_idle:
+                self.stop_when_idle = True
+            else:
+                self.stop_requested = True
+        elif kind == "fail":
+            self.fail_all(payload)
+
+    def write(self, write: Callable[..., Any], *args: Any) -> None:
+        """Write to the interchange; if it has gone, find out how it ended."""
+        try:
+            write(*args)
+        except OSError:  # the interchange is gone; housekeeping reports how it ended
+            self.host._interchange_ended()
+
+    def send_tasks(self, outbox: list[Outgoing], skip: set[int]) -> None:
+        if skip:
+            outbox = [item for item in outbox if P.TASK_META.unpack(item[0])[0] not in skip]
+        for start in range(0, len(outbox), BATCH_LIMIT):
+            batch = outbox[start : start + BATCH_LIMIT]
+            extra: list[Any] = []
+            for _meta, _main, oob in batch:
+                if oob:
+                    extra.extend(oob)
+            self.write(
+                self.to_interchange.send,
+                [P.TASKS, b"".join([item[0] for item in batch]), b"".join([item[1] for item in batch]), *extra],
+            )
+
+    def send_cancel(self, futures: list[HtexFuture], done: threading.Event, everything: bool) -> None:
+        request = b"%d" % next(self.cancel_counter)
+        self.cancel_requests[request] = (done, futures)
+        if everything:
+            self.write(self.to_interchange.send, [P.CANCEL_QUEUED, request])
+        else:
+            self.write(self.to_interchange.send, [P.CANCEL, request, P.pack_ids([f.task_id for f in futures])])
+
+    def on_message(self, msg: list[memoryview]) -> None:
+        kind = msg[0].tobytes()
+        if kind == P.RESULTS:
+            self.on_results(msg)
+        elif kind == P.STARTED:
+            self.started_ids.update(P.unpack_ids(msg[1].tobytes()))
+        elif kind == P.CANCEL_REPLY:
+            waiting = self.cancel_requests.pop(msg[1].tobytes(), None)
+            for task_id in P.unpack_ids(msg[2].tobytes()):
+                fut = self.pending.pop(task_id, None)
+                if fut is not None:
+                    fut._cancel_locally()
+            if waiting is not None:
+                waiting[0].set()
+        elif kind == P.EVENT:
+            self.host._on_event(json.loads(msg[1].tobytes()), msg[2:])
+        elif kind == P.HEARTBEAT and len(msg) > 1:
+            self.host._on_block_idle(json.loads(msg[1].tobytes()))
+
+    def on_results(self, msg: list[memoryview]) -> None:
+        pending = self.pending
+        started = self.started_ids
+        if len(msg[1]):
+            started.update(P.unpack_ids(msg[1].tobytes()))  # before the results discard them
+        extra = msg[4:]
+        blob = msg[3]
+        offset = 0
+        frame = 0
+        for task_id, status, _elapsed, size, count in P.RESULT_META.iter_unpack(msg[2]):
+            main = blob[offset : offset + size]
+            offset += size
+            if count:
+                buffers = [main, *extra[frame : frame + count]]
+                frame += count
+            else:
+                buffers = [main]
+            fut = pending.pop(task_id, None)
+            if fut is None:
+                continue
+            started.discard(task_id)
+            if fut.spilled:
+                unlink_spilled(fut)
+            try:
+                if status == P.OK:
+                    try:
+                        value = pickle.loads(main) if not count else loads(buffers)
+                    except Exception as exc:  # noqa: BLE001
+                        fut.set_exception(
+                            SerializationError(f"the result of task {task_id} could not be loaded: {exc!r}")
+                        )
+                    else:
+                        fut.set_result(value)
+                elif status == P.ERROR:
+                    fut.set_exception(loads_exception(buffers))
+                elif status == P.FAILED:
+                    fut.set_exception(loads(buffers)[0])
+                else:
+                    fut._cancel_locally()
+            except InvalidStateError:  # cancelled meanwhile
+                pass
+
+    def fail_all(self, error: BaseException) -> None:
+        """Fail every pending task with ``error`` and release every cancel waiting (I/O thread only)."""
+        with self.lock:
+            pending, self.pending = self.pending, {}
+            self.outbox = []
+            self.taken_upto = max(self.taken_upto, max(pending, default=0))
+        self.started_ids = set()
+        for fut in pending.values():
+            try:
+                fut.set_exception(error)
+            except InvalidStateError:
+                pass
+        self.release_cancels()
+
+    def release_cancels(self) -> None:
+        """Let every cancel that waits for an answer go: none will come (I/O thread only)."""
+        for done, _futures in self.cancel_requests.values():
+            done.set()
+        self.cancel_requests.clear()
+
+    def stop_taking_controls(self) -> None:
+        """The I/O thread is ending: take no more controls; release every cancel still waiting.
+
+        No answer to a cancel can come any more, so none waits ``CANCEL_TIMEOUT`` for one; its
+        futures simply were not cancelled.
+        """
+        with self.lock:
+            self.closed = True
+            controls, self.controls = self.controls, []
+        for kind, payload in controls:
+            if kind == "cancel":
+                payload[1].set()
+            elif kind == "fail":
+                self.fail_all(payload)
+        self.release_cancels()
+
+    def teardown(self) -> None:
+        """After the loop: stop the interchange and the blocks, fail what is left, close the link."""
+        self.stop_taking_controls()
+        try:
+            try:
+                self.to_interchange.send([P.SHUTDOWN])
+            except OSError:
+                pass
+            self.host._stop_processes(self.kill_on_stop)
+            self.fail_all(ExecutorShutdownError("the executor shut down before this task finished"))
+        finally:
+            for fd in (self.to_interchange.fd, self.from_interchange.fd):
+                os.close(fd)
+            self.close_wake_pipe()
+            self.host._release()

@@ -31,6 +31,7 @@ from hpcfutures import (
 )
 from hpcfutures.executors.htex import link as link_module
 from hpcfutures.executors.htex import protocol as P
+from hpcfutures.executors.htex.blocks import BlockManager
 from hpcfutures.providers import LocalProvider
 from hpcfutures.testing import Gate, tasks
 from hpcfutures.testing.tasks import ConformanceError
@@ -241,14 +242,14 @@ def test_cancels_while_the_executor_stops_return_at_once(
         queued = queue_behind_a_busy_worker(ex, gate, 20)
         leak_check()
         stopping, go_on = threading.Event(), threading.Event()
-        stop_blocks = ex._stop_blocks
+        stop_blocks = ex._block_manager.stop_blocks
 
-        def held_stop_blocks() -> None:  # the I/O thread has left its loop and is tearing down
+        def held_stop_blocks(kill: bool) -> None:  # the I/O thread has left its loop and is tearing down
             stopping.set()
             go_on.wait(60)
-            stop_blocks()
+            stop_blocks(kill)
 
-        monkeypatch.setattr(ex, "_stop_blocks", held_stop_blocks)
+        monkeypatch.setattr(ex._block_manager, "stop_blocks", held_stop_blocks)
         terminate = threading.Thread(target=ex.terminate)
         terminate.start()
         try:
@@ -377,7 +378,7 @@ def test_a_failed_start_leaves_nothing_behind_and_the_next_submit_starts_afresh(
         raise OSError("ssh: connect to host login1 port 22: Connection refused")
 
     ex.tunnel = True  # reach the tunnel step without an SSH host
-    monkeypatch.setattr(ex, "_open_tunnel", refuse)
+    monkeypatch.setattr(BlockManager, "open_tunnel", lambda _blocks, _port: refuse())
     try:
         for _attempt in range(2):
             with pytest.raises(OSError, match="Connection refused"):

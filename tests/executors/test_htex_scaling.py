@@ -10,7 +10,6 @@ real Slurm cluster.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -21,7 +20,7 @@ import pytest
 from hpcfutures import BrokenExecutorError, HighThroughputExecutor, PoolStartError
 from hpcfutures.executors.htex.blocks import (
     POLL_BACKOFF_FACTOR,
-    BlockManagement,
+    BlockManager,
     RoundFailureLog,
     StatusPolls,
     _Block,
@@ -192,30 +191,57 @@ class FakeProvider(ExecutionProvider):
         return [True for _ in job_ids]
 
 
-class Blocks(BlockManagement):
-    """BlockManagement with the executor state its rounds use, and no executor around it."""
+class FakeExecutor:
+    """The executor's side of the block rounds: tasks waiting, whether it broke, and with what."""
+
+    def __init__(self) -> None:
+        self.pending: dict[int, Any] = {}
+        self.broken: BaseException | None = None
+
+    def _outstanding(self) -> int:
+        return len(self.pending)
+
+    def _accepting(self) -> bool:
+        return self.broken is None
+
+    def _shutting_down(self) -> bool:
+        return False
+
+    def _break(self, error: BaseException) -> None:
+        self.broken = error
+
+    def _drain(self, block_id: str) -> None:
+        pass
+
+    def _pool_command(self, block_id: str) -> str:
+        raise AssertionError("these tests need no new block")
+
+
+class Blocks(BlockManager):
+    """A BlockManager whose executor is a stand-in, and no executor around it."""
 
     def __init__(self) -> None:
         self.fake = FakeProvider()
-        self.provider = self.fake  # type: ignore[assignment]
-        self.label = "unit"
-        self.max_workers = 1
-        self.max_idletime = 1e9  # nothing is scaled in
-        self.block_poll_period = 1.0
-        self.block_failures = []
-        self._blocks = {}
-        self._blocks_lock = threading.Lock()
-        self._block_idle = {}
-        self._drained = set()
-        self._pending = {}
-        self._pools_connected = 0
-        self._start_failures = 0
-        self._shutdown = False
-        self._broken = None
+        self.executor = FakeExecutor()
+        super().__init__(
+            self.executor, self.fake, label="unit", max_workers=1, max_idletime=1e9, block_poll_period=1.0
+        )
         self.trouble = RoundFailureLog(self.label, self.block_poll_period)
 
+    @property
+    def _broken(self) -> BaseException | None:
+        return self.executor.broken
+
+    @property
+    def _pending(self) -> dict[int, Any]:
+        return self.executor.pending
+
+    @_pending.setter
+    def _pending(self, pending: dict[int, Any]) -> None:
+        self.executor.pending = pending
+
     def add(self, *, registered: bool = False) -> _Block:
-        block_id = str(len(self._blocks))
+        block_id = str(next(self._block_counter))
         block = self._blocks[block_id] = _Block(block_id, f"job-{block_id}")
         block.registered = registered
         return block
@@ -225,15 +251,6 @@ class Blocks(BlockManagement):
 
     def round(self, now: float) -> None:
         self._block_round(self.trouble, now)
-
-    def _break(self, error: BaseException) -> None:
-        self._broken = error
-
-    def _control(self, kind: str, payload: Any) -> None:
-        pass
-
-    def _start_block(self) -> None:
-        raise AssertionError("these tests need no new block")
 
 
 def test_a_connected_pool_ends_the_start_failure_streak_on_the_block_thread():
@@ -341,12 +358,10 @@ def test_the_tunnel_opens_and_closes_on_the_providers_tunnel_channels(monkeypatc
     blocks = Blocks()
     log: list[tuple[str, int]] = []
     monkeypatch.setattr(blocks.fake, "tunnel_channels", lambda: [FakeTunnel(log), FakeTunnel(log)])
-    blocks._ports = {"pool_port": 5555}
-    blocks._tunnel_port = None
-    blocks._open_tunnel()
+    blocks.open_tunnel(5555)
     assert blocks._tunnel_port == 4000
     assert log == [("forward", 0), ("forward", 4000)]  # the same port on every host
-    blocks._close_tunnel()
+    blocks.close_tunnel()
     assert log[2:] == [("cancel", 4000), ("cancel", 4000)] and blocks._tunnel_port is None
 
 
@@ -359,17 +374,13 @@ class ElasticBlocks(Blocks):
     def __init__(self) -> None:
         super().__init__()
         self.polls = StatusPolls(self.block_poll_period, POLL_BACKOFF_FACTOR * self.block_poll_period)
+        self.executor._pool_command = lambda block_id: "pool"  # type: ignore[method-assign]  # blocks may start
 
     def tick(self, now: float) -> bool:
         """One round of the block thread at ``now``; return whether it asked the provider."""
         before = self.fake.status_calls
         self._block_round(self.trouble, now, self.polls)
         return self.fake.status_calls > before
-
-    def _start_block(self) -> None:  # as the executor's: submit, then remember the block
-        job_id = self.provider.submit("pool", 1)
-        block_id = str(len(self._blocks))
-        self._blocks[block_id] = _Block(block_id, job_id)
 
 
 def polled_at(blocks: ElasticBlocks, seconds: range) -> list[int]:

@@ -1,7 +1,7 @@
 """The HighThroughputExecutor's blocks: watching their jobs, scaling them, tunnels, stopping.
 
-:class:`BlockManagement` is a part of :class:`~.executor.HighThroughputExecutor`, kept in its
-own module: the executor's block thread runs :meth:`BlockManagement._block_loop`, which asks
+:class:`BlockManager` serves one :class:`~.executor.HighThroughputExecutor` (its
+:class:`BlockHost`): its block thread runs :meth:`BlockManager._block_loop`, which asks
 the provider about every live block in one call, judges the blocks that ended, and carries
 out :func:`hpcfutures.scaling.plan_blocks` (submit, drain or cancel blocks).  It scales every
 ``block_poll_period``, but asks the provider less often while nothing changes
@@ -15,12 +15,13 @@ within :data:`LOSS_WINDOW_SECONDS`); the I/O thread only sets flags on a :class:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ...errors import BrokenExecutorError, PoolStartError
 from ...providers.base import JobState, JobStatus
@@ -99,39 +100,155 @@ class BlockInfo:
     workers: int
 
 
-class BlockManagement:
-    """The block side of HighThroughputExecutor (a mixin; see the module docstring)."""
+class BlockHost(Protocol):
+    """What the block manager asks of the executor it serves."""
 
-    # Set by HighThroughputExecutor.__init__ / _start; declared here for type checkers.
-    provider: ExecutionProvider
-    label: str
-    max_workers: int | None
-    max_idletime: float
-    block_poll_period: float
-    block_failures: list[JobStatus]
-    _blocks: dict[str, _Block]
-    _blocks_lock: threading.Lock
-    _block_stop: threading.Event
-    _block_idle: dict[str, float]
-    _drained: set[str]
-    _pending: dict[int, Any]
-    _pools_connected: int
-    _start_failures: int  # blocks in a row that ended before a pool connected; block thread only
-    _losses: LossWindow | None = None  # blocks lost under their tasks; created by the block thread
-    _shutdown: bool
-    _broken: BaseException | None
-    _kill_on_stop: bool
-    _ports: dict[str, int] | None
-    _tunnel_port: int | None
+    def _outstanding(self) -> int:
+        """How many tasks are submitted and not finished."""
 
-    def _break(self, error: BaseException) -> None:  # pragma: no cover - the executor's
-        raise NotImplementedError
+    def _accepting(self) -> bool:
+        """Whether the executor still takes tasks (neither shut down nor broken)."""
 
-    def _control(self, kind: str, payload: Any) -> None:  # pragma: no cover - the executor's
-        raise NotImplementedError
+    def _shutting_down(self) -> bool:
+        """Whether the executor was shut down (block ends are then expected)."""
 
-    def _start_block(self) -> None:  # pragma: no cover - the executor's
-        raise NotImplementedError
+    def _break(self, error: BaseException) -> None:
+        """Break the executor with ``error``: pending tasks fail with it."""
+
+    def _drain(self, block_id: str) -> None:
+        """Tell the interchange to give the block no more tasks and stop its pools when idle."""
+
+    def _pool_command(self, block_id: str) -> str:
+        """The shell command that runs a pool of the block ``block_id``."""
+
+
+class BlockManager:
+    """The blocks of one HighThroughputExecutor, and the thread that watches and scales them.
+
+    Owns the blocks (under ``_blocks_lock``: the block thread adds, the I/O thread reads), the
+    block-keeping counters (block thread only), the pools connected (I/O thread only, through
+    the ``pool_*`` event methods), and the SSH tunnel.  Asks its :class:`BlockHost` for the
+    rest.
+    """
+
+    def __init__(
+        self,
+        host: BlockHost,
+        provider: ExecutionProvider,
+        *,
+        label: str,
+        max_workers: int | None,
+        max_idletime: float,
+        block_poll_period: float,
+    ) -> None:
+        self.host = host
+        self.provider = provider
+        self.label = label
+        self.max_workers = max_workers
+        self.max_idletime = max_idletime
+        self.block_poll_period = block_poll_period
+        self._blocks: dict[str, _Block] = {}
+        self._blocks_lock = threading.Lock()  # the block thread adds, the I/O thread reads
+        self._block_counter = itertools.count()
+        self._block_stop = threading.Event()
+        self._block_thread: threading.Thread | None = None
+        self._start_failures = 0  # blocks in a row that ended before a pool connected; block thread only
+        self._losses: LossWindow | None = None  # blocks lost under their tasks; made by the block thread
+        #: What the provider said of blocks that ended before any of their pools connected.
+        self.block_failures: list[JobStatus] = []
+        # The I/O thread's, from the interchange's events and heartbeats:
+        self._block_idle: dict[str, float] = {}  # block id -> idle seconds
+        self._drained: set[str] = set()  # blocks whose pools all stopped after draining
+        self._pools_connected = 0
+        #: The pools connected, by pool id: what each said when it registered.
+        self.pools: dict[str, dict[str, Any]] = {}
+        self._tunnel_port: int | None = None
+
+    # -- the executor's calls ---------------------------------------------------------------------
+
+    @property
+    def tunnel_port(self) -> int | None:
+        """The port the SSH hosts forward to the interchange, while a tunnel is open."""
+        return self._tunnel_port
+
+    def start_block(self) -> None:
+        """Submit one block to the provider.
+
+        Raises:
+            Exception: whatever the provider raised (the scheduler refused the job, say).
+        """
+        block_id = str(next(self._block_counter))
+        job_id = self.provider.submit(
+            self.host._pool_command(block_id), self.max_workers or 1, f"{self.label}.block-{block_id}"
+        )
+        with self._blocks_lock:
+            self._blocks[block_id] = _Block(block_id, job_id)
+        logger.info("%s: started block %s as job %s", self.label, block_id, job_id)
+
+    def start_thread(self) -> None:
+        """Start the block thread (see :meth:`_block_loop`)."""
+        self._block_thread = threading.Thread(
+            target=self._block_loop, name=f"hpcfutures-{self.label}-blocks", daemon=True
+        )
+        self._block_thread.start()
+
+    def stop_thread(self) -> None:
+        """Stop the block thread and wait for it (unless called on it)."""
+        self._block_stop.set()
+        thread = self._block_thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def cancel_all_now(self) -> None:
+        """Cancel every block at once (a start that failed half way is being undone)."""
+        with self._blocks_lock:
+            blocks, self._blocks = list(self._blocks.values()), {}
+        if blocks:
+            try:
+                self.provider.cancel([b.job_id for b in blocks])
+            except Exception:  # noqa: BLE001 - undoing a failed start: the first error is the news
+                logger.warning("%s: could not cancel the blocks of a failed start", self.label, exc_info=True)
+
+    # -- events, on the I/O thread ----------------------------------------------------------------
+
+    def pool_registered(self, event: dict[str, Any]) -> None:
+        """A pool of one of the blocks connected."""
+        self._pools_connected += 1
+        self.pools[str(event.get("pool"))] = event
+        logger.info(
+            "%s: pool %s of block %s connected from %s with %s workers",
+            self.label, event.get("pool"), event.get("block"), event.get("host"), event.get("workers"),
+        )  # fmt: skip
+        block = self._blocks.get(str(event.get("block")))
+        if block is not None:
+            block.registered = True
+            block.workers += int(event.get("workers") or 0)
+
+    def block_drained(self, block_id: str) -> None:
+        """Every pool of a draining block has stopped."""
+        self._drained.add(block_id)
+        for pool_id, info in list(self.pools.items()):
+            if str(info.get("block")) == block_id:
+                del self.pools[pool_id]
+                self._pools_connected -= 1
+
+    def pool_lost(self, event: dict[str, Any]) -> None:
+        """A pool went silent or its connection closed: its block is ended (by the block thread)."""
+        self._pools_connected -= 1
+        self.pools.pop(str(event.get("pool")), None)
+        logger.warning("worker pool %s lost: %s", event.get("pool"), event.get("reason"))
+        block = self._blocks.get(str(event.get("block")))
+        if block is not None and not block.ended:
+            block.lost = True  # a silent pool may be hung: the block thread ends its job
+
+    def blocks_idle(self, idle: dict[str, float]) -> None:
+        """How long each block's pools have been idle, from the interchange's heartbeat."""
+        self._block_idle = idle
+
+    @property
+    def pools_connected(self) -> int:
+        """How many pools are connected now."""
+        return self._pools_connected
 
     def _block_loop(self) -> None:
         """Every ``block_poll_period`` seconds: one round of :meth:`_block_round`.
@@ -153,7 +270,7 @@ class BlockManagement:
         """
         try:
             self._check_blocks(now, polls)
-            if not self._shutdown and self._broken is None and self._scale() and polls is not None:
+            if self.host._accepting() and self._scale() and polls is not None:
                 polls.poke()  # a block submitted or cancelled: ask about it in the next round
         except Exception as exc:  # noqa: BLE001 - a failed scheduler call must not end the thread
             if polls is not None:
@@ -190,7 +307,7 @@ class BlockManagement:
         urgent = (
             urgent
             or any(b.status is None for b in live)
-            or (bool(self._pending) and not any(b.registered for b in live))
+            or (self.host._outstanding() > 0 and not any(b.registered for b in live))
         )
         if polls is not None and not (urgent or polls.due(now)):
             return
@@ -206,7 +323,7 @@ class BlockManagement:
     def _block_ended(self, block: _Block, status: JobStatus, now: float) -> None:
         """Judge a block whose job ended: expected, worth a warning, or fatal for pending tasks."""
         block.ended = True
-        if self._shutdown or block.draining or (block.cancelled and not block.lost):
+        if self.host._shutting_down() or block.draining or (block.cancelled and not block.lost):
             return
         how = status.message or f"ended as {status.state.name.lower()}"
         if status.exit_code is not None and str(status.exit_code) not in how:
@@ -225,7 +342,7 @@ class BlockManagement:
             return
         losses = self._loss_window()
         if losses.record(now):
-            self._break(
+            self.host._break(
                 BrokenExecutorError(
                     f"worker pool block {block.block_id} {how}, after {len(losses) - 1} other blocks had "
                     f"ended under their tasks within {losses.window:.0f} s (at most {losses.limit} are "
@@ -261,7 +378,7 @@ class BlockManagement:
             for b in live
         ]
         plan = plan_blocks(
-            len(self._pending),
+            self.host._outstanding(),
             self._workers_per_block(live),
             views,
             min_blocks=provider.min_blocks,
@@ -274,21 +391,22 @@ class BlockManagement:
         logger.info("%s: scaling: %s", self.label, plan)
         for _ in range(plan.start):
             try:
-                self._start_block()
+                self.start_block()
             except Exception as exc:  # noqa: BLE001 - reported as a failed block
-                self._submit_failed(exc)
+                self.submit_failed(exc)
                 break
         by_id = {b.block_id: b for b in live}
         for block_id in plan.drain:
             by_id[block_id].draining = True
-            self._control("drain", block_id)
+            self.host._drain(block_id)
         if plan.cancel:
             for block_id in plan.cancel:
                 by_id[block_id].cancelled = True
             provider.cancel([by_id[block_id].job_id for block_id in plan.cancel])
         return bool(plan.start or plan.cancel)
 
-    def _submit_failed(self, exc: BaseException) -> None:
+    def submit_failed(self, exc: BaseException) -> None:
+        """A block could not be submitted: record it as a failed block (see :meth:`_start_failed`)."""
         status = JobStatus(JobState.FAILED, message=str(exc))
         self._start_failed(status, PoolStartError(f"could not submit a worker pool block: {exc}"))
 
@@ -299,7 +417,7 @@ class BlockManagement:
         with self._blocks_lock:
             others = any(not b.ended for b in self._blocks.values())
         if (not others and self._pools_connected <= 0) or self._start_failures >= MAX_START_FAILURES:
-            self._break(error)
+            self.host._break(error)
         else:
             logger.warning("%s", error)
 
@@ -329,18 +447,18 @@ class BlockManagement:
             out.append(BlockInfo(b.block_id, b.job_id, state, b.status, b.workers))
         return out
 
-    def _open_tunnel(self) -> None:
-        """Forward one port on every SSH host of the provider to the interchange's pool port."""
+    def open_tunnel(self, pool_port: int) -> None:
+        """Forward one port on every SSH host of the provider to the interchange's ``pool_port``."""
         channels = self.provider.tunnel_channels()
         if not channels:  # HtexConfig refuses tunnel=True for such a provider
             raise RuntimeError(f"cannot open a tunnel: {self.provider!r} runs no command over SSH")
-        assert self._ports is not None
         port = 0
         for channel in channels:
-            port = channel.forward_remote(port, "127.0.0.1", self._ports["pool_port"])
+            port = channel.forward_remote(port, "127.0.0.1", pool_port)
         self._tunnel_port = port
 
-    def _close_tunnel(self) -> None:
+    def close_tunnel(self) -> None:
+        """Cancel the tunnel's forwards, if one is open."""
         if self._tunnel_port is None:
             return
         for channel in self.provider.tunnel_channels():
@@ -350,9 +468,10 @@ class BlockManagement:
                 logger.debug("could not cancel the tunnel on %r", channel, exc_info=True)
         self._tunnel_port = None
 
-    def _stop_blocks(self) -> None:
+    def stop_blocks(self, kill: bool) -> None:
+        """Let the blocks end on their own for a second (not at all if ``kill``), then cancel the rest."""
         live = [b for b in self._blocks.values() if not b.ended]
-        deadline = time.monotonic() + (0.0 if self._kill_on_stop else 1.0)
+        deadline = time.monotonic() + (0.0 if kill else 1.0)
         while live and time.monotonic() < deadline:
             statuses = self.provider.status([b.job_id for b in live])
             live = [b for b, s in zip(live, statuses) if not s.state.terminal]
@@ -372,7 +491,7 @@ class StatusPolls:
     The thread wakes every ``block_poll_period`` to scale, but polls only when
     :meth:`due`: the delay between polls grows while they see no change
     (:class:`~hpcfutures.scaling.PollBackoff`, from the period up to ``cap``), and drops back
-    to the period after a change.  :meth:`BlockManagement._check_blocks` also polls at once
+    to the period after a change.  :meth:`BlockManager._check_blocks` also polls at once
     when something happened that the scheduler's answer must follow.
     """
 

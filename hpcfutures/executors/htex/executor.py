@@ -42,7 +42,7 @@ from ...serialize import SharedSpill, dumps, dumps_call, loads_exception
 from ..chunks import run_chunk
 from . import protocol as P
 from . import security
-from .blocks import BlockManagement, _Block
+from .blocks import BlockInfo, BlockManager
 from .components import InterchangeArgs, PoolArgs
 from .config import AtExit, HtexConfig
 from .lifecycle import Lifecycle, Phase
@@ -122,7 +122,7 @@ def _tail(path: Path, limit: int = 4000) -> str:
         return ""
 
 
-class HighThroughputExecutor(BlockManagement, Executor):
+class HighThroughputExecutor(Executor):
     """A ``concurrent.futures.Executor`` that runs tasks on pilot worker pools.
 
     With no provider it starts one local pool of ``max_workers`` processes and behaves as a
@@ -198,7 +198,6 @@ class HighThroughputExecutor(BlockManagement, Executor):
         self.address = config.bind_address
         self.address_candidates = list(config.address_candidates)
         self.tunnel = config.tunnel
-        self._tunnel_port: int | None = None
         self.run_dir = config.run_dir if config.run_dir is None else Path(config.run_dir)
         self.prefetch = config.prefetch
         self.heartbeat_period = config.heartbeat_period
@@ -217,20 +216,8 @@ class HighThroughputExecutor(BlockManagement, Executor):
         self._start_lock = threading.Lock()  # one start at a time; shutdown waits for it
         self._link: DriverLink | None = None  # from the start: the I/O thread's side of things
         self._io_thread: threading.Thread | None = None
-        self._kill_on_stop = False  # set on the I/O thread as it stops; read by the block side
         self._owner_pid = 0  # the process that started the executor; only it stops it at exit
-        self._blocks: dict[str, _Block] = {}
-        self._blocks_lock = threading.Lock()  # the block thread adds, the I/O thread reads
-        self._block_counter = itertools.count()
-        self._start_failures = 0  # blocks in a row that ended before a pool connected
-        self._block_idle: dict[str, float] = {}  # block id -> idle seconds, from the interchange
-        self._block_thread: threading.Thread | None = None
-        self._block_stop = threading.Event()
-        self._drained: set[str] = set()  # blocks whose pools all stopped after draining
-        #: What the provider said of blocks that ended before any of their pools connected.
-        self.block_failures: list[JobStatus] = []
-        self._pools_connected = 0
-        self.pools: dict[str, dict[str, Any]] = {}
+        self._block_manager = self._new_block_manager()
         self._ports: dict[str, int] | None = None
         self._spill: SharedSpill | None = None
         self._force_tcp = False  # tests: make local pools take the remote (CurveZMQ) path
@@ -319,17 +306,6 @@ class HighThroughputExecutor(BlockManagement, Executor):
             return False
         return not self._life.is_stopped
 
-    # The block side declares these as plain attributes (its tests set them): read-only here.
-    @property
-    def _shutdown(self) -> bool:  # type: ignore[override]
-        """Whether the executor refuses new tasks because it was shut down (for the block side)."""
-        return self._life.closed
-
-    @property
-    def _broken(self) -> BaseException | None:  # type: ignore[override]
-        """The error that broke the executor, if one did (for the block side)."""
-        return self._life.error
-
     def _join_io_thread(self) -> None:
         thread = self._io_thread
         if thread is not None and thread is not threading.current_thread():
@@ -361,12 +337,27 @@ class HighThroughputExecutor(BlockManagement, Executor):
         if self._ports is None:
             return {}
         port = self._ports["pool_port"]
-        if self._tunnel_port is not None:
-            tcp = f"tcp://127.0.0.1:{self._tunnel_port}"  # the SSH host's end of the tunnel
+        tunnel_port = self._block_manager.tunnel_port
+        if tunnel_port is not None:
+            tcp = f"tcp://127.0.0.1:{tunnel_port}"  # the SSH host's end of the tunnel
         else:
             hosts = [a if a not in ("0.0.0.0", "*", "::") else socket.gethostname() for a in self.address_candidates]
             tcp = ",".join(f"tcp://{h}:{port}" for h in hosts)
         return {"tcp": tcp, "ipc": f"unix://{self._ipc_dir}/pools"}
+
+    def blocks(self) -> list[BlockInfo]:
+        """Snapshots of every block this executor started, in order."""
+        return self._block_manager.blocks()
+
+    @property
+    def pools(self) -> dict[str, dict[str, Any]]:
+        """The worker pools connected now, by pool id: what each said when it registered."""
+        return self._block_manager.pools
+
+    @property
+    def block_failures(self) -> list[JobStatus]:
+        """What the provider said of blocks that ended before any of their pools connected."""
+        return self._block_manager.block_failures
 
     @property
     def key_dir(self) -> Path | None:
@@ -470,7 +461,7 @@ class HighThroughputExecutor(BlockManagement, Executor):
             payload[1].set()
 
     @property
-    def _pending(self) -> dict[int, HtexFuture]:  # type: ignore[override]  # the block side declares it
+    def _pending(self) -> dict[int, HtexFuture]:
         """The futures of tasks not finished (the link's; none before the start)."""
         return self._link.pending if self._link is not None else {}
 
@@ -509,25 +500,23 @@ class HighThroughputExecutor(BlockManagement, Executor):
                 link.to_interchange.send([P.CONFIG, json.dumps(settings).encode(), *init_frames])
                 self.provider.script_dir = str(self._dir / "blocks")
                 os.makedirs(self.provider.script_dir, exist_ok=True)
+                blocks = self._block_manager
                 if self.tunnel:
-                    self._open_tunnel()
-                    rollback.callback(self._close_tunnel)
+                    blocks.open_tunnel(self._ports["pool_port"])  # type: ignore[index]
+                    rollback.callback(blocks.close_tunnel)
                 logger.info("%s: pools connect to %s", self.label, self.endpoints["tcp"])
-                rollback.callback(self._cancel_blocks_of_failed_start)
+                rollback.callback(blocks.cancel_all_now)
                 for _ in range(min(self.provider.init_blocks, self.provider.max_blocks)):
                     try:
-                        self._start_block()
+                        blocks.start_block()
                     except Exception as exc:  # noqa: BLE001 - e.g. the scheduler refused the job
-                        self._submit_failed(exc)  # breaks the executor when nothing else can run
+                        blocks.submit_failed(exc)  # breaks the executor when nothing else can run
                         break
                 self._io_thread = threading.Thread(
                     target=link.run, name=f"hpcfutures-{self.label}-io", daemon=True
                 )
-                self._block_thread = threading.Thread(
-                    target=self._block_loop, name=f"hpcfutures-{self.label}-blocks", daemon=True
-                )
-                self._block_thread.start()
-                rollback.callback(self._stop_block_thread)
+                blocks.start_thread()
+                rollback.callback(blocks.stop_thread)
                 self._owner_pid = os.getpid()
                 with self._lock:
                     self._life.run()
@@ -553,26 +542,21 @@ class HighThroughputExecutor(BlockManagement, Executor):
         with self._lock:
             self._life.undo_start()  # a block that could not be submitted: the next start tries again
         self._link = None
-        self._start_failures = 0
+        self._block_manager = self._new_block_manager()  # its counters and stopped thread start over
         _live_executors.discard(self)
         self._owner_pid = 0
         self._ports = None
         self._spill = None
 
-    def _cancel_blocks_of_failed_start(self) -> None:
-        with self._blocks_lock:
-            blocks, self._blocks = list(self._blocks.values()), {}
-        if blocks:
-            try:
-                self.provider.cancel([b.job_id for b in blocks])
-            except Exception:  # noqa: BLE001 - the start's own error is the one to raise
-                logger.warning("%s: could not cancel the blocks of a failed start", self.label, exc_info=True)
-
-    def _stop_block_thread(self) -> None:
-        self._block_stop.set()
-        if self._block_thread is not None:
-            self._block_thread.join()
-        self._block_stop.clear()
+    def _new_block_manager(self) -> BlockManager:
+        return BlockManager(
+            self,
+            self.provider,
+            label=self.label,
+            max_workers=self.max_workers,
+            max_idletime=self.max_idletime,
+            block_poll_period=self.block_poll_period,
+        )
 
     def _kill_interchange(self) -> None:
         self._interchange.kill()
@@ -640,29 +624,37 @@ class HighThroughputExecutor(BlockManagement, Executor):
 
         return isinstance(self.provider, LocalProvider) and not self._force_tcp
 
-    def _start_block(self) -> None:
-        block_id = str(next(self._block_counter))
+    def _pool_command(self, block_id: str) -> str:
+        """The shell command that runs a pool of block ``block_id`` (the block manager asks)."""
         address = self.endpoints["ipc" if self._pools_are_local() else "tcp"]
-        cmd = PoolArgs(
-            addr=address,
-            keys=str(self._keys.pool),
-            workers=self.max_workers or 0,
-            block_id=block_id,
-            prefetch=self.prefetch,
-            heartbeat_period=self.heartbeat_period,
-            heartbeat_threshold=self.heartbeat_threshold,
-            start_timeout=self.start_timeout,
-            log_file="" if self._temporary_dir else str(self._dir / f"pool-{block_id}.log"),
-            shm_dir=self._spill.directory if self._spill is not None else "",
-        ).command()
-        job_id = self.provider.submit(
-            shlex.join(cmd), self.max_workers or 1, f"{self.label}.block-{block_id}"
+        return shlex.join(
+            PoolArgs(
+                addr=address,
+                keys=str(self._keys.pool),
+                workers=self.max_workers or 0,
+                block_id=block_id,
+                prefetch=self.prefetch,
+                heartbeat_period=self.heartbeat_period,
+                heartbeat_threshold=self.heartbeat_threshold,
+                start_timeout=self.start_timeout,
+                log_file="" if self._temporary_dir else str(self._dir / f"pool-{block_id}.log"),
+                shm_dir=self._spill.directory if self._spill is not None else "",
+            ).command()
         )
-        with self._blocks_lock:
-            self._blocks[block_id] = _Block(block_id, job_id)
-        logger.info("%s: started block %s as job %s", self.label, block_id, job_id)
 
-    # -- the I/O thread --------------------------------------------------------------------------
+    # -- what the block manager asks of the executor -------------------------------------------
+
+    def _outstanding(self) -> int:
+        return len(self._pending)
+
+    def _accepting(self) -> bool:
+        return not self._life.closed and self._life.error is None
+
+    def _shutting_down(self) -> bool:
+        return self._life.closed
+
+    def _drain(self, block_id: str) -> None:
+        self._control("drain", block_id)
 
     # -- what the link asks of the executor (on the I/O thread) ---------------------------------
 
@@ -676,35 +668,19 @@ class HighThroughputExecutor(BlockManagement, Executor):
         self._check_interchange()
 
     def _on_block_idle(self, idle: dict[str, float]) -> None:
-        self._block_idle = idle
+        self._block_manager.blocks_idle(idle)
 
     def _on_event(self, event: dict[str, Any], frames: list[memoryview]) -> None:
         kind = event.get("event")
-        block = self._blocks.get(str(event.get("block")))
+        blocks = self._block_manager
         if kind == "pool_registered":
-            self._pools_connected += 1
-            self.pools[str(event.get("pool"))] = event
-            logger.info(
-                "%s: pool %s of block %s connected from %s with %s workers",
-                self.label, event.get("pool"), event.get("block"), event.get("host"), event.get("workers"),
-            )  # fmt: skip
-            if block is not None:
-                block.registered = True
-                block.workers += int(event.get("workers") or 0)
+            blocks.pool_registered(event)
         elif kind == "block_drained":
-            self._drained.add(str(event.get("block")))
-            for pool_id, info in list(self.pools.items()):
-                if str(info.get("block")) == str(event.get("block")):
-                    del self.pools[pool_id]
-                    self._pools_connected -= 1
+            blocks.block_drained(str(event.get("block")))
         elif kind == "pool_lost":
-            self._pools_connected -= 1
-            self.pools.pop(str(event.get("pool")), None)
-            logger.warning("worker pool %s lost: %s", event.get("pool"), event.get("reason"))
-            if block is not None and not block.ended:
-                block.lost = True  # a silent pool may be hung: the block thread ends its job
+            blocks.pool_lost(event)
         elif kind == "pool_rejected":
-            if self._pools_connected == 0:
+            if blocks.pools_connected == 0:
                 assert self._link is not None
                 self._link.fail_all(VersionMismatchError(event.get("reason", "a worker pool was rejected")))
         elif kind == "pool_failed":
@@ -749,21 +725,18 @@ class HighThroughputExecutor(BlockManagement, Executor):
 
     def _stop_processes(self, kill: bool) -> None:
         """The interchange was told to stop: wait for it (briefly if ``kill``), then stop the blocks."""
-        self._kill_on_stop = kill
         try:
             self._interchange.wait(timeout=1.0 if not kill else 0.2)
         except subprocess.TimeoutExpired:
             self._interchange.kill()
             self._interchange.wait()
-        self._block_stop.set()
-        if self._block_thread is not None and self._block_thread is not threading.current_thread():
-            self._block_thread.join()
-        self._stop_blocks()
+        self._block_manager.stop_thread()
+        self._block_manager.stop_blocks(kill)
 
     def _release(self) -> None:
         """The link is closed: release the tunnel, the provider and the directories; stopped."""
         _live_executors.discard(self)
-        self._close_tunnel()
+        self._block_manager.close_tunnel()
         self._release_provider()
         if self._temporary_dir:
             shutil.rmtree(self._dir, ignore_errors=True)

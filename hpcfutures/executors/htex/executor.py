@@ -20,7 +20,6 @@ import os
 import shlex
 import shutil
 import socket
-import subprocess
 import tempfile
 import threading
 import time
@@ -31,23 +30,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from ...errors import (
-    InterchangeLostError,
     PoolStartError,
     VersionMismatchError,
 )
-from ...exits import describe_exit
 from ...providers.base import JobStatus
 from ...resources import DEFAULT_OPTIONS, ExecutorView, Resources, TaskOptions, reject_unsupported
 from ...serialize import SharedSpill, dumps, dumps_call, loads_exception
 from ..chunks import run_chunk
+from . import launch, security
 from . import protocol as P
-from . import security
 from .blocks import BlockInfo, BlockManager
 from .components import InterchangeArgs, PoolArgs
 from .config import AtExit, HtexConfig
 from .lifecycle import Lifecycle, Phase
 from .link import DriverLink, HtexFuture, unlink_spilled
-from .pipes import Receiver, Sender, pipe_pair
+from .pipes import Receiver, Sender
 
 if TYPE_CHECKING:
     from ...providers.base import ExecutionProvider
@@ -85,15 +82,6 @@ except RuntimeError:  # imported while the interpreter is already shutting down
     atexit.register(_finish_all_at_exit)
 
 
-def _free_port(address: str) -> int:
-    """Return a TCP port that is free on ``address`` now (the interchange binds it next)."""
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    host = {"*": "0.0.0.0", "::": "::"}.get(address, address)
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
-
-
 def _pop_result(futures: list[HtexFuture], timeout: float | None) -> Any:
     """Take the last of ``futures`` out of the list and return its result.
 
@@ -109,17 +97,6 @@ def _pop_result(futures: list[HtexFuture], timeout: float | None) -> Any:
         if not future.done():
             futures.append(future)
         del future
-
-
-def _tail(path: Path, limit: int = 4000) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - limit))
-            return f.read().decode(errors="replace").strip()
-    except OSError:
-        return ""
 
 
 class HighThroughputExecutor(Executor):
@@ -558,10 +535,6 @@ class HighThroughputExecutor(Executor):
             block_poll_period=self.block_poll_period,
         )
 
-    def _kill_interchange(self) -> None:
-        self._interchange.kill()
-        self._interchange.wait()
-
     def _start_interchange(self, rollback: contextlib.ExitStack) -> tuple[Sender, Receiver]:
         """Start the interchange on ports picked here; its failures surface in housekeeping.
 
@@ -569,19 +542,15 @@ class HighThroughputExecutor(Executor):
         """
         self._ipc_dir = tempfile.mkdtemp(prefix="hpcf-")  # short: Unix socket paths are limited
         rollback.callback(shutil.rmtree, self._ipc_dir, ignore_errors=True)
-        self._ports = {"pool_port": _free_port("0.0.0.0" if self.address == "*" else self.address)}
+        self._ports = {"pool_port": launch.free_port("0.0.0.0" if self.address == "*" else self.address)}
         self._interchange_err = self._dir / "interchange.err"
-        # The driver and the interchange talk over two pipes: fewer wake-ups per message than
-        # a socket with I/O threads, and the interchange sees end-of-file when the driver goes.
-        down_read, down_write = pipe_pair()
-        up_read, up_write = pipe_pair()
         spill = self._spill.directory if self._spill else None
         cleanup = (self._ipc_dir, spill, self._dir if self._temporary_dir else None)
-        cmd = InterchangeArgs(
+        args = InterchangeArgs(
             keys=str(self._keys.interchange),
             ipc_dir=self._ipc_dir,
             pool_port=self._ports["pool_port"],
-            driver_fds=(down_read, up_write),
+            driver_fds=(),  # filled in by start_interchange
             address=self.address,
             driver_pid=os.getpid(),
             heartbeat_period=self.heartbeat_period,
@@ -589,28 +558,12 @@ class HighThroughputExecutor(Executor):
             lost_task_retries=self.lost_task_retries,
             log_file="" if self._temporary_dir else str(self._dir / "interchange.log"),
             cleanup=tuple(str(d) for d in cleanup if d is not None),
-        ).command()
-        try:
-            with open(self._interchange_err, "wb") as err:
-                self._interchange = subprocess.Popen(
-                    cmd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=err,
-                    stderr=err,
-                    start_new_session=True,
-                    pass_fds=(down_read, up_write),
-                )
-        except BaseException:
-            for fd in (down_write, up_read):
-                os.close(fd)
-            raise
-        finally:
-            os.close(down_read)
-            os.close(up_write)
-        rollback.callback(self._kill_interchange)
-        rollback.callback(os.close, down_write)
-        rollback.callback(os.close, up_read)
-        return Sender(down_write), Receiver(up_read)
+        )
+        self._interchange, to_interchange, from_interchange = launch.start_interchange(args, self._interchange_err)
+        rollback.callback(launch.stop, self._interchange, 0.0)
+        rollback.callback(os.close, to_interchange.fd)
+        rollback.callback(os.close, from_interchange.fd)
+        return to_interchange, from_interchange
 
     def _make_spill(self) -> SharedSpill | None:
         """Large buffers to and from pools on this node go through /dev/shm when it exists."""
@@ -660,11 +613,7 @@ class HighThroughputExecutor(Executor):
 
     def _interchange_ended(self) -> None:
         """The pipes to the interchange closed: wait briefly for its exit status, report it."""
-        try:
-            self._interchange.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self._interchange.kill()
-            self._interchange.wait()
+        launch.stop(self._interchange, 5.0)
         self._check_interchange()
 
     def _on_block_idle(self, idle: dict[str, float]) -> None:
@@ -695,17 +644,10 @@ class HighThroughputExecutor(Executor):
             self._break(error)
 
     def _check_interchange(self) -> None:
-        code = self._interchange.poll()
-        if code is not None:
-            self._break(
-                InterchangeLostError(
-                    f"the interchange process {describe_exit(code)}; every task it held is lost. "
-                    f"Its stderr ends with:\n{_tail(self._interchange_err)}",
-                    exit_code=code,
-                    stderr_tail=_tail(self._interchange_err),
-                )
-            )
-            return
+        error = launch.lost_error(self._interchange, self._interchange_err)
+        if error is not None:
+            self._break(error)
+
     # -- failing and stopping ---------------------------------------------------------------------
 
     def _break(self, error: BaseException) -> None:
@@ -725,11 +667,7 @@ class HighThroughputExecutor(Executor):
 
     def _stop_processes(self, kill: bool) -> None:
         """The interchange was told to stop: wait for it (briefly if ``kill``), then stop the blocks."""
-        try:
-            self._interchange.wait(timeout=1.0 if not kill else 0.2)
-        except subprocess.TimeoutExpired:
-            self._interchange.kill()
-            self._interchange.wait()
+        launch.stop(self._interchange, 1.0 if not kill else 0.2)
         self._block_manager.stop_thread()
         self._block_manager.stop_blocks(kill)
 

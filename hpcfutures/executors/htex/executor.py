@@ -190,7 +190,11 @@ class HighThroughputExecutor(Executor):
         # Must be held while changing the lifecycle, and by the link for its queues (see link.py).
         self._lock = threading.Lock()
         self._life = Lifecycle(self._lock)
-        self._start_lock = threading.Lock()  # one start at a time; shutdown waits for it
+        # Held by the start (the first submit) and by shutdown's close.  What the start builds
+        # (the link, the interchange, the run directory, keys, ports, spill) is written only
+        # under it, before the executor counts as started, and only read afterwards; a failed
+        # start puts it back.  The link's and the block manager's state is theirs (see them).
+        self._start_lock = threading.Lock()
         self._link: DriverLink | None = None  # from the start: the I/O thread's side of things
         self._io_thread: threading.Thread | None = None
         self._owner_pid = 0  # the process that started the executor; only it stops it at exit

@@ -12,8 +12,10 @@ manager and the interchange end.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -169,15 +171,24 @@ def test_a_remote_pools_relay_holds_the_socket_and_no_worker_pipe(tmp_path):
     assert_all_gone(descendants() - before)
 
 
-def test_a_pool_whose_relay_dies_exits_and_its_task_runs_on_a_new_pool(tmp_path):
+@contextlib.contextmanager
+def a_task_held_on_a_remote_pool(tmp_path: Path) -> Iterator[tuple[Any, Gate, psutil.Process, int, psutil.Process]]:
+    """An executor whose one remote pool runs a task held at a gate.
+
+    Yields the task's future, the gate, the pool manager, the worker's pid and the relay.
+    """
     pids = tmp_path / "pids"
-    before = descendants()
     with make_executor(tmp_path / "run", "tcp", max_workers=1) as ex, Gate() as gate:
         future = ex.submit(faults.report_pid_then, gate.wait, str(pids))
         gate.wait_entered(1, timeout=30)
         manager = pool_manager()
         (worker,) = read_pids(pids)
-        relay = the_relay(manager, {worker})
+        yield future, gate, manager, worker, the_relay(manager, {worker})
+
+
+def test_a_pool_whose_relay_dies_exits_and_its_task_runs_on_a_new_pool(tmp_path):
+    before = descendants()
+    with a_task_held_on_a_remote_pool(tmp_path) as (future, gate, manager, worker, relay):
         relay.kill()
         gate.wait_entered(2, timeout=60)  # the pool was lost and a new block's pool runs it
         assert_all_gone({manager.pid, worker, relay.pid})
@@ -188,14 +199,8 @@ def test_a_pool_whose_relay_dies_exits_and_its_task_runs_on_a_new_pool(tmp_path)
 
 
 def test_the_relay_ends_with_its_manager(tmp_path):
-    pids = tmp_path / "pids"
     before = descendants()
-    with make_executor(tmp_path / "run", "tcp", max_workers=1) as ex, Gate() as gate:
-        future = ex.submit(faults.report_pid_then, gate.wait, str(pids))
-        gate.wait_entered(1, timeout=30)
-        manager = pool_manager()
-        (worker,) = read_pids(pids)
-        relay = the_relay(manager, {worker})
+    with a_task_held_on_a_remote_pool(tmp_path) as (future, gate, manager, worker, relay):
         manager.kill()
         assert_all_gone({manager.pid, worker, relay.pid})
         gate.wait_entered(2, timeout=60)

@@ -106,10 +106,6 @@ class Lifecycle:
             self.phase = Phase.STOPPED
         self._stopped.set()
 
-    def wait_stopped(self, timeout: float | None = None) -> bool:
-        """Wait until the executor has stopped; return whether it has."""
-        return self._stopped.wait(timeout)
-
     @property
     def is_stopped(self) -> bool:
         """Whether every process of the executor is gone."""

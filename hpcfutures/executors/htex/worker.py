@@ -30,12 +30,12 @@ from ...serialize import (
     loads_call,
 )
 from . import protocol as P
-from .board import WorkerBoard
+from .board import JOURNAL_RESULTS, WorkerBoard
 from .pipes import Receiver, Sender
 
 #: Results wait at most this long for company before they are sent.
 RESULT_FLUSH_SECONDS = 0.002
-RESULT_FLUSH_COUNT = 256
+RESULT_FLUSH_COUNT = JOURNAL_RESULTS  # as many as the journal holds
 _PR_SET_PDEATHSIG = 1
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import signal
 
 #: The usual causes of a SIGKILL nobody in this process asked for.
-_SIGKILL_HINT = "the out-of-memory killer, or another process"
+SIGKILL_HINT = "the out-of-memory killer, or another process"
 
 
 def signal_name(signum: int) -> str:
@@ -54,5 +54,5 @@ def describe_exit(exitcode: int | None, *, sigkill_hint: bool = True) -> str:
     if name is None:
         return f"exited with code {exitcode}"
     if name == "SIGKILL" and sigkill_hint:
-        return f"was killed by SIGKILL ({_SIGKILL_HINT})"
+        return f"was killed by SIGKILL ({SIGKILL_HINT})"
     return f"was killed by {name}"

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 import psutil
 
 from ..errors import ConfigurationError
-from ..exits import describe_exit
+from ..exits import SIGKILL_HINT, describe_exit, exit_signal
 from ..launchers.base import Launcher
 from .base import ExecutionProvider, JobState, JobStatus, read_tail
 
@@ -36,6 +36,14 @@ _KILL_WAIT = 5.0
 # Rounds of "find what is left, kill it" after SIGKILL, to catch processes forked meanwhile.
 _KILL_ROUNDS = 3
 
+
+
+def _failure(returncode: int) -> str:
+    """How a block's script failed: its exit code, or the signal that killed it."""
+    name = exit_signal(returncode)
+    if name is None:
+        return describe_exit(returncode)
+    return f"killed by signal {name}" + (f" ({SIGKILL_HINT})" if name == "SIGKILL" else "")
 
 class _Job:
     """One submitted block: its leader process and where its files are."""
@@ -238,7 +246,7 @@ class LocalProvider(ExecutionProvider):
         elif returncode == 0:
             state, message = JobState.COMPLETED, describe_exit(returncode)
         else:
-            state, message = JobState.FAILED, describe_exit(returncode)
+            state, message = JobState.FAILED, _failure(returncode)
         return JobStatus(
             state,
             exit_code=returncode,

@@ -231,7 +231,7 @@ def test_large_buffers_travel_through_shared_memory_and_are_cleaned_up(htex):
     assert results[0] == payloads[0] and type(results[0]) is bytes
     assert results[1] == payloads[1] and type(results[1]) is bytearray
     assert bytes(results[2]) == bytes(payloads[2]) and type(results[2]) is memoryview
-    spill = htex._spill
+    spill = htex._space.spill
     if spill is None:
         pytest.skip("no writable /dev/shm here: large buffers travel as frames")
     assert os.listdir(spill.directory) == []  # every argument and result file was removed

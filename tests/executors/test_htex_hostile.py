@@ -173,7 +173,7 @@ def pending_tasks(ex: HighThroughputExecutor) -> Iterator[None]:
         assert isinstance(held.result(timeout=30), int)
         assert [f.result(timeout=30) for f in queued] == [3**i for i in range(5)]
     assert ex.submit(pow, 2, 10).result(timeout=30) == 1024
-    assert ex._interchange.poll() is None, "the interchange died"
+    assert ex._space.interchange.poll() is None, "the interchange died"
 
 
 def framed(*frames: bytes) -> bytes:

@@ -176,7 +176,7 @@ def test_the_end_of_the_program_does_not_hang_on_a_broken_executor(trouble: str)
             with Recorder() as recorder:
                 ex.submit(long_task, recorder.record)
                 (pid,) = recorder.wait_for(1, timeout=60)
-            os.kill(ex._interchange.pid, signal.SIGKILL)
+            os.kill(ex._space.interchange.pid, signal.SIGKILL)
             print(pid, flush=True)
         else:
             ex = HighThroughputExecutor(max_workers=1, initializer=faults.failing_initializer)
@@ -367,11 +367,11 @@ def test_a_failed_start_leaves_nothing_behind_and_the_next_submit_starts_afresh(
     built: list[dict[str, Any]] = []
 
     def refuse() -> None:  # what an SSH host that refuses the forward does
-        assert ex._spill is not None
+        assert ex._space is not None and ex._space.spill is not None
         built.append(
             {
-                "interchange": ex._interchange.pid,
-                "dirs": [ex._dir, Path(ex._ipc_dir), Path(ex._spill.directory)],
+                "interchange": ex._space.interchange.pid,
+                "dirs": [ex._space.directory, Path(ex._space.ipc_dir), Path(ex._space.spill.directory)],
                 "fds": [ex._link.wake_r, ex._link.wake_w, ex._link.to_interchange.fd, ex._link.from_interchange.fd],
             }
         )

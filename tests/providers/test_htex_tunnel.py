@@ -24,7 +24,7 @@ def test_pools_connect_through_the_tunnel(sshd, tmp_path):
     ex = HighThroughputExecutor(max_workers=1, provider=provider, tunnel=True, run_dir=tmp_path / "run")
     try:
         assert ex.submit(pow, 2, 10).result(timeout=120) == 1024
-        interchange_port = ex._ports["pool_port"]
+        interchange_port = ex._space.pool_port
         tcp = ex.endpoints["tcp"]
         assert tcp.startswith("tcp://127.0.0.1:") and not tcp.endswith(f":{interchange_port}")
         (channel,) = provider.channels

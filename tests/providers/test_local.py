@@ -90,7 +90,7 @@ def test_death_by_signal_names_the_signal(provider):
     status = wait_terminal(provider, job_id)
     assert status.state is JobState.FAILED
     assert status.exit_code == -9
-    assert "was killed by SIGKILL" in status.message
+    assert "killed by signal SIGKILL" in status.message
 
 
 def test_tails_hold_the_last_lines(provider):

@@ -14,13 +14,10 @@ from __future__ import annotations
 import atexit
 import contextlib
 import itertools
-import json
 import logging
 import os
 import shlex
-import shutil
 import socket
-import tempfile
 import threading
 import time
 import weakref
@@ -35,16 +32,14 @@ from ...errors import (
 )
 from ...providers.base import JobStatus
 from ...resources import DEFAULT_OPTIONS, ExecutorView, Resources, TaskOptions, reject_unsupported
-from ...serialize import SharedSpill, dumps, dumps_call, loads_exception
-from ..chunks import run_chunk
-from . import launch, security
-from . import protocol as P
+from ...serialize import dumps_call, loads_exception
+from ..chunks import ordered_results, run_chunk
+from . import launch
 from .blocks import BlockInfo, BlockManager
-from .components import InterchangeArgs, PoolArgs
 from .config import AtExit, HtexConfig
 from .lifecycle import Lifecycle, Phase
 from .link import DriverLink, HtexFuture, unlink_spilled
-from .pipes import Receiver, Sender
+from .runspace import RunSpace, open_run_space
 
 if TYPE_CHECKING:
     from ...providers.base import ExecutionProvider
@@ -80,23 +75,6 @@ try:
     threading._register_atexit(_finish_all_at_exit)  # type: ignore[attr-defined]
 except RuntimeError:  # imported while the interpreter is already shutting down
     atexit.register(_finish_all_at_exit)
-
-
-def _pop_result(futures: list[HtexFuture], timeout: float | None) -> Any:
-    """Take the last of ``futures`` out of the list and return its result.
-
-    The future leaves the list first and this frame lets go of it before returning or
-    raising, so that neither its result nor its exception (whose traceback holds this frame)
-    is kept alive from here; one that did not finish (a timeout) goes back, to be cancelled
-    with the rest.
-    """
-    future = futures.pop()
-    try:
-        return future.result(timeout)
-    finally:
-        if not future.done():
-            futures.append(future)
-        del future
 
 
 class HighThroughputExecutor(Executor):
@@ -199,8 +177,7 @@ class HighThroughputExecutor(Executor):
         self._io_thread: threading.Thread | None = None
         self._owner_pid = 0  # the process that started the executor; only it stops it at exit
         self._block_manager = self._new_block_manager()
-        self._ports: dict[str, int] | None = None
-        self._spill: SharedSpill | None = None
+        self._space: RunSpace | None = None  # from the start: directories, keys, the interchange
         self._force_tcp = False  # tests: make local pools take the remote (CurveZMQ) path
 
     # -- public API ----------------------------------------------------------------------------
@@ -315,16 +292,17 @@ class HighThroughputExecutor(Executor):
 
         Empty until the executor has started (at the first submit).
         """
-        if self._ports is None:
+        space = self._space
+        if space is None:
             return {}
-        port = self._ports["pool_port"]
+        port = space.pool_port
         tunnel_port = self._block_manager.tunnel_port
         if tunnel_port is not None:
             tcp = f"tcp://127.0.0.1:{tunnel_port}"  # the SSH host's end of the tunnel
         else:
             hosts = [a if a not in ("0.0.0.0", "*", "::") else socket.gethostname() for a in self.address_candidates]
             tcp = ",".join(f"tcp://{h}:{port}" for h in hosts)
-        return {"tcp": tcp, "ipc": f"unix://{self._ipc_dir}/pools"}
+        return {"tcp": tcp, "ipc": f"unix://{space.ipc_dir}/pools"}
 
     def blocks(self) -> list[BlockInfo]:
         """Snapshots of every block this executor started, in order."""
@@ -343,7 +321,7 @@ class HighThroughputExecutor(Executor):
     @property
     def key_dir(self) -> Path | None:
         """The directory holding this executor's key files (owner-only), once started."""
-        return self._keys.directory if self._ports is not None else None
+        return self._space.keys.directory if self._space is not None else None
 
     # -- submitting ----------------------------------------------------------------------------
 
@@ -372,9 +350,9 @@ class HighThroughputExecutor(Executor):
         if not self._life.started:
             self._start()
         spilled: list[str] = []
-        frames = dumps_call(fn, args, kwargs, self._spill, spilled)
+        assert self._space is not None and self._link is not None  # started above
+        frames = dumps_call(fn, args, kwargs, self._space.spill, spilled)
         walltime = options.walltime or 0.0
-        assert self._link is not None  # started above
         future = self._link.enqueue(options.priority, walltime, frames)
         if spilled:
             future.spilled = spilled
@@ -403,28 +381,7 @@ class HighThroughputExecutor(Executor):
         if hook is not None:
             for fut in futures:
                 hook(fut)
-        return self._map_results(futures, end_time, chunksize > 1)
-
-    def _map_results(self, futures: list[HtexFuture], end_time: float | None, chunked: bool) -> Iterator[Any]:
-        """Yield the results of ``futures`` in order; cancel those left when the caller stops.
-
-        Nothing here holds a result once it is yielded (nor a future once its result is
-        taken), so each result is freed as soon as the caller drops it, as in the stdlib.
-        """
-        futures.reverse()
-        try:
-            while futures:
-                remaining = None if end_time is None else end_time - time.monotonic()
-                if not chunked:
-                    yield _pop_result(futures, remaining)
-                    continue
-                chunk = _pop_result(futures, remaining)
-                chunk.reverse()
-                while chunk:
-                    yield chunk.pop()
-        finally:
-            if futures:
-                self._cancel(futures)
+        return ordered_results(futures, end_time, chunksize > 1, self._cancel)
 
     # -- cancelling -----------------------------------------------------------------------------
 
@@ -463,27 +420,16 @@ class HighThroughputExecutor(Executor):
                 return
             with contextlib.ExitStack() as rollback:  # undoes the steps done when a later one raises
                 rollback.callback(self._forget_failed_start)
-                self._make_run_dir(rollback)
-                self._spill = self._make_spill()
-                if self._spill is not None:
-                    rollback.callback(shutil.rmtree, self._spill.directory, ignore_errors=True)
-                to_interchange, from_interchange = self._start_interchange(rollback)
-                link = self._link = DriverLink(self, self._lock, self._life, to_interchange, from_interchange)
-                rollback.callback(link.close_wake_pipe)
-                settings = {
-                    "lost_task_retries": self.lost_task_retries,
-                    "heartbeat_period": self.heartbeat_period,
-                    "heartbeat_threshold": self.heartbeat_threshold,
-                }
-                init_frames = (
-                    dumps((self._initializer, self._initargs)) if self._initializer is not None else []
+                space = self._space = open_run_space(self.config, self._pools_are_local(), rollback)
+                link = self._link = DriverLink(
+                    self, self._lock, self._life, space.to_interchange, space.from_interchange
                 )
-                link.to_interchange.send([P.CONFIG, json.dumps(settings).encode(), *init_frames])
-                self.provider.script_dir = str(self._dir / "blocks")
+                rollback.callback(link.close_wake_pipe)
+                self.provider.script_dir = str(space.directory / "blocks")
                 os.makedirs(self.provider.script_dir, exist_ok=True)
                 blocks = self._block_manager
                 if self.tunnel:
-                    blocks.open_tunnel(self._ports["pool_port"])  # type: ignore[index]
+                    blocks.open_tunnel(space.pool_port)
                     rollback.callback(blocks.close_tunnel)
                 logger.info("%s: pools connect to %s", self.label, self.endpoints["tcp"])
                 rollback.callback(blocks.cancel_all_now)
@@ -505,29 +451,15 @@ class HighThroughputExecutor(Executor):
                 self._io_thread.start()
                 rollback.pop_all()  # started: from now on the link's teardown releases everything
 
-    def _make_run_dir(self, rollback: contextlib.ExitStack) -> None:
-        """Make the run directory and the key files in it; ``rollback`` removes them again."""
-        if self.run_dir is not None:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self._dir = Path(tempfile.mkdtemp(prefix=f"{self.label}-", dir=self.run_dir))
-            self._temporary_dir = False
-            rollback.callback(shutil.rmtree, self._dir / "keys", ignore_errors=True)
-        else:
-            self._dir = Path(tempfile.mkdtemp(prefix=f"hpcfutures-{self.label}-"))
-            self._temporary_dir = True
-            rollback.callback(shutil.rmtree, self._dir, ignore_errors=True)
-        self._keys = security.create_keys(self._dir / "keys")
-
     def _forget_failed_start(self) -> None:
         """The last step of a rollback: the executor is as before its first submit."""
         with self._lock:
             self._life.undo_start()  # a block that could not be submitted: the next start tries again
         self._link = None
+        self._space = None
         self._block_manager = self._new_block_manager()  # its counters and stopped thread start over
         _live_executors.discard(self)
         self._owner_pid = 0
-        self._ports = None
-        self._spill = None
 
     def _new_block_manager(self) -> BlockManager:
         return BlockManager(
@@ -539,43 +471,6 @@ class HighThroughputExecutor(Executor):
             block_poll_period=self.block_poll_period,
         )
 
-    def _start_interchange(self, rollback: contextlib.ExitStack) -> tuple[Sender, Receiver]:
-        """Start the interchange on ports picked here; its failures surface in housekeeping.
-
-        ``rollback`` kills it, closes its pipes and removes its socket directory again.
-        """
-        self._ipc_dir = tempfile.mkdtemp(prefix="hpcf-")  # short: Unix socket paths are limited
-        rollback.callback(shutil.rmtree, self._ipc_dir, ignore_errors=True)
-        self._ports = {"pool_port": launch.free_port("0.0.0.0" if self.address == "*" else self.address)}
-        self._interchange_err = self._dir / "interchange.err"
-        spill = self._spill.directory if self._spill else None
-        cleanup = (self._ipc_dir, spill, self._dir if self._temporary_dir else None)
-        args = InterchangeArgs(
-            keys=str(self._keys.interchange),
-            ipc_dir=self._ipc_dir,
-            pool_port=self._ports["pool_port"],
-            driver_fds=(),  # filled in by start_interchange
-            address=self.address,
-            driver_pid=os.getpid(),
-            heartbeat_period=self.heartbeat_period,
-            heartbeat_threshold=self.heartbeat_threshold,
-            lost_task_retries=self.lost_task_retries,
-            log_file="" if self._temporary_dir else str(self._dir / "interchange.log"),
-            cleanup=tuple(str(d) for d in cleanup if d is not None),
-        )
-        self._interchange, to_interchange, from_interchange = launch.start_interchange(args, self._interchange_err)
-        rollback.callback(launch.stop, self._interchange, 0.0)
-        rollback.callback(os.close, to_interchange.fd)
-        rollback.callback(os.close, from_interchange.fd)
-        return to_interchange, from_interchange
-
-    def _make_spill(self) -> SharedSpill | None:
-        """Large buffers to and from pools on this node go through /dev/shm when it exists."""
-        if not self._pools_are_local() or not os.access("/dev/shm", os.W_OK):
-            return None
-        directory = tempfile.mkdtemp(prefix="hpcf-", dir="/dev/shm")
-        return SharedSpill(directory, "a", unlink_on_load=False)
-
     def _pools_are_local(self) -> bool:
         from ...providers.local import LocalProvider
 
@@ -583,21 +478,9 @@ class HighThroughputExecutor(Executor):
 
     def _pool_command(self, block_id: str) -> str:
         """The shell command that runs a pool of block ``block_id`` (the block manager asks)."""
+        assert self._space is not None  # blocks start after the run space
         address = self.endpoints["ipc" if self._pools_are_local() else "tcp"]
-        return shlex.join(
-            PoolArgs(
-                addr=address,
-                keys=str(self._keys.pool),
-                workers=self.max_workers or 0,
-                block_id=block_id,
-                prefetch=self.prefetch,
-                heartbeat_period=self.heartbeat_period,
-                heartbeat_threshold=self.heartbeat_threshold,
-                start_timeout=self.start_timeout,
-                log_file="" if self._temporary_dir else str(self._dir / f"pool-{block_id}.log"),
-                shm_dir=self._spill.directory if self._spill is not None else "",
-            ).command()
-        )
+        return shlex.join(self._space.pool_command(self.config, block_id, address))
 
     # -- what the block manager asks of the executor -------------------------------------------
 
@@ -617,7 +500,8 @@ class HighThroughputExecutor(Executor):
 
     def _interchange_ended(self) -> None:
         """The pipes to the interchange closed: wait briefly for its exit status, report it."""
-        launch.stop(self._interchange, 5.0)
+        assert self._space is not None  # the link runs only after the start
+        launch.stop(self._space.interchange, 5.0)
         self._check_interchange()
 
     def _on_block_idle(self, idle: dict[str, float]) -> None:
@@ -648,7 +532,8 @@ class HighThroughputExecutor(Executor):
             self._break(error)
 
     def _check_interchange(self) -> None:
-        error = launch.lost_error(self._interchange, self._interchange_err)
+        assert self._space is not None
+        error = self._space.interchange_lost()
         if error is not None:
             self._break(error)
 
@@ -671,7 +556,8 @@ class HighThroughputExecutor(Executor):
 
     def _stop_processes(self, kill: bool) -> None:
         """The interchange was told to stop: wait for it (briefly if ``kill``), then stop the blocks."""
-        launch.stop(self._interchange, 1.0 if not kill else 0.2)
+        assert self._space is not None
+        launch.stop(self._space.interchange, 1.0 if not kill else 0.2)
         self._block_manager.stop_thread()
         self._block_manager.stop_blocks(kill)
 
@@ -680,11 +566,8 @@ class HighThroughputExecutor(Executor):
         _live_executors.discard(self)
         self._block_manager.close_tunnel()
         self._release_provider()
-        if self._temporary_dir:
-            shutil.rmtree(self._dir, ignore_errors=True)
-        shutil.rmtree(self._ipc_dir, ignore_errors=True)
-        if self._spill is not None:
-            shutil.rmtree(self._spill.directory, ignore_errors=True)
+        if self._space is not None:
+            self._space.remove()
         self._life.stopped()
 
     def _release_provider(self) -> None:

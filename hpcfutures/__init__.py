@@ -37,6 +37,7 @@ _EXPORTS = {
     "RemoteError": "hpcfutures.errors",
     "DependencyError": "hpcfutures.errors",
     "JoinError": "hpcfutures.errors",
+    "WorkflowStoppedError": "hpcfutures.errors",
     "AppError": "hpcfutures.errors",
     "BashExitFailure": "hpcfutures.errors",
     "BashAppNoReturn": "hpcfutures.errors",
@@ -100,6 +101,7 @@ if TYPE_CHECKING:
         UnsupportedOptionError,
         VersionMismatchError,
         WorkerLostError,
+        WorkflowStoppedError,
     )
     from .executors.htex.executor import HighThroughputExecutor
     from .executors.threads import ThreadExecutor

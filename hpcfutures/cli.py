@@ -55,7 +55,12 @@ def _parser() -> argparse.ArgumentParser:
         "--tasks", type=_positive_int, default=20, help="tasks to split them into (default: 20)"
     )
     demo.add_argument(
-        "--workers", type=_positive_int, default=None, help="worker processes (default: the usable CPUs)"
+        "--max-workers",
+        "--workers",
+        dest="max_workers",
+        type=_positive_int,
+        default=None,
+        help="worker processes, as HighThroughputExecutor(max_workers=) (default: the usable CPUs)",
     )
 
     commands.add_parser(
@@ -77,7 +82,7 @@ def _demo(args: argparse.Namespace) -> int:
     from . import HighThroughputExecutor
     from ._demo import count_inside
 
-    workers = args.workers if args.workers is not None else _usable_cpus()
+    workers = args.max_workers if args.max_workers is not None else _usable_cpus()
     share, extra = divmod(args.samples, args.tasks)
     sizes = [share + (1 if i < extra else 0) for i in range(args.tasks)]
     base_seed = int.from_bytes(os.urandom(4), "little")

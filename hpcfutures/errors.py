@@ -185,6 +185,22 @@ class JoinError(TaskError):
         return JoinError, (self.args[0], self.failed)
 
 
+class WorkflowStoppedError(TaskError):
+    """A DataflowExecutor with ``lazy_errors=False`` stopped at its first failed task.
+
+    Tasks that had not finished fail with this error, and so do later submits; ``first``
+    is the first failure (also the ``__cause__``).
+    """
+
+    def __init__(self, message: str, first: BaseException | None = None):
+        super().__init__(message)
+        self.first = first
+        self.__cause__ = first
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return WorkflowStoppedError, (self.args[0], self.first)
+
+
 class AppError(TaskError):
     """Base class of failures of bash apps reported by the app machinery."""
 

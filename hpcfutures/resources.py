@@ -11,7 +11,7 @@ import math
 import threading
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar, runtime_checkable
 
 from .errors import ConfigurationError, UnsupportedOptionError
 
@@ -113,8 +113,22 @@ class TaskOptions:
 DEFAULT_OPTIONS = TaskOptions()
 
 
+@runtime_checkable
 class SupportsOptions(Protocol):
-    """A backend that can run a submit carrying :class:`TaskOptions`."""
+    """An Executor that takes per-task settings through ``options()``.
+
+    ``options(...)`` returns an Executor whose submits carry the settings (for hpcfutures'
+    backends an :class:`ExecutorView`).  This is what layers above a backend, such as
+    ``DataflowExecutor``, rely on; any Executor with such a method qualifies.
+    """
+
+    def options(
+        self, *, resources: Resources | None = None, walltime: float | None = None, priority: int | None = None
+    ) -> Executor: ...
+
+
+class OptionsBackend(Protocol):
+    """What an :class:`ExecutorView` needs from the backend it is a view of."""
 
     def _submit_with_options(
         self, options: TaskOptions, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -227,7 +241,7 @@ class ExecutorView(ClosableView):
     ones, and leaves the backend running, since the view does not own it.
     """
 
-    def __init__(self, backend: SupportsOptions, options: TaskOptions):
+    def __init__(self, backend: OptionsBackend, options: TaskOptions):
         backend._check_options(options)
         super().__init__()
         self._backend = backend

@@ -19,35 +19,24 @@ import functools
 import inspect
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, overload
+from typing import Any, Callable, Iterable, TypedDict, overload
+
+from typing_extensions import Unpack
 
 from ..errors import ConfigurationError, NoExecutorBoundError
 from .bash import BashSpec, Target, bind
-from .executor import DEFAULT_SETTINGS, DataflowExecutor, TaskSettings, current_executor
-from .files import File
+from .context import current_executor
+from .executor import DataflowExecutor
+from .files import AUTO_LOGNAME, File, _AutoLogname
 from .futures import DataflowFuture, DataFuture
+from .settings import DEFAULT_SETTINGS, TaskSettings
 
 __all__ = ["AUTO_LOGNAME", "App", "BashApp", "JoinApp", "PythonApp", "bash_app", "join_app", "python_app"]
 
 
-class _AutoLogname:
-    """The type of :data:`AUTO_LOGNAME`; one instance, which unpickles as itself."""
-
-    def __repr__(self) -> str:
-        return "AUTO_LOGNAME"
-
-    def __reduce__(self) -> str:
-        return "AUTO_LOGNAME"
-
-
-#: ``stdout=AUTO_LOGNAME`` (or ``stderr=``) sends the stream to a file of its own under the
-#: executor's ``run_dir``: ``task_logs/<app name>-<task id>.stdout`` (or ``.stderr``).
-AUTO_LOGNAME: Any = _AutoLogname()
-
 _STREAMS = ("stdout", "stderr")
 _PASSED_ON = ("inputs", "outputs", "stdout", "stderr")
-_SPECIAL = frozenset((*_PASSED_ON, "walltime"))
-_JOIN_SETTINGS = TaskSettings(join=True)
+_SPECIAL = frozenset((*_PASSED_ON, "walltime", "label"))
 
 
 @dataclass(frozen=True)
@@ -107,6 +96,15 @@ def _check_walltime(walltime: Any, what: str) -> float | None:
     if isinstance(walltime, bool) or not isinstance(walltime, (int, float)) or not walltime > 0:
         raise ConfigurationError(f"{what} must be a positive number of seconds, got {walltime!r}")
     return walltime
+
+
+def _check_label(label: Any, app: App) -> str | None:
+    """A call's ``label=``: a name for its AUTO_LOGNAME files (no path separator)."""
+    if label is None:
+        return None
+    if not isinstance(label, str) or not label or "/" in label or "\0" in label:
+        raise ValueError(f"{app.where}: label must be a non-empty string without '/', got {label!r}")
+    return label
 
 
 def _target(value: Any, name: str, app: App) -> Target | _AutoLogname | None:
@@ -182,6 +180,7 @@ class App:
         #: The special keywords the function takes, and their defaults.
         self._takes = frozenset(n for n in _PASSED_ON if any_keyword or n in params)
         self._takes_walltime = "walltime" in params
+        self._takes_label = "label" in params
         self._defaults = {
             n: p.default
             for n, p in params.items()
@@ -247,15 +246,14 @@ class App:
         labels = self.options.executors
         if labels == ("all",) and "all" not in dfx.executors:
             labels = tuple(dfx.executors)
-        return dfx._settings(
+        return dfx._layered(
             DEFAULT_SETTINGS,
-            labels,
-            self.options.retries,
-            walltime,
-            None,
-            None,
-            self.options.cache or None,
-            self.options.ignore_for_cache or None,
+            executors=labels,
+            retries=self.options.retries,
+            walltime=walltime,
+            cache=self.options.cache or None,
+            ignore_for_cache=self.options.ignore_for_cache or None,
+            join=self.kind == "join" or None,
         )
 
     def _walltime(self, kwargs: dict[str, Any]) -> float | None:
@@ -278,6 +276,13 @@ class App:
         elif files:
             kwargs["outputs"] = files
         call = _Call(self, dfx, files)
+        if "label" in kwargs or "label" in self._defaults:
+            value = kwargs.get("label", self._defaults.get("label"))
+            if not self._takes_label:  # the special keyword: it names the AUTO_LOGNAME files only
+                kwargs.pop("label", None)
+                call.label = _check_label(value, self)
+            elif value is not None:  # the function's own argument, which also names the files
+                call.label = str(value).replace("/", "_")
         if streams:
             call.stdout = _target(kwargs.get("stdout", self._defaults.get("stdout")), "stdout", self)
             call.stderr = _target(kwargs.get("stderr", self._defaults.get("stderr")), "stderr", self)
@@ -304,7 +309,7 @@ class App:
 class _Call:
     """One call of an app: its outputs and streams, resolved once the task has its id."""
 
-    __slots__ = ("app", "dfx", "files", "stdout", "stderr", "auto", "drop", "runner", "walltime", "spec")
+    __slots__ = ("app", "dfx", "files", "stdout", "stderr", "auto", "drop", "runner", "walltime", "spec", "label")
 
     def __init__(self, app: App, dfx: DataflowExecutor, files: list[File]):
         self.app = app
@@ -317,6 +322,7 @@ class _Call:
         self.runner: Callable[..., Any] | None = None  # a bash app's task function
         self.walltime: float | None = None  # a bash app's walltime
         self.spec: BashSpec | None = None
+        self.label: str | None = None  # the call's label=, which AUTO_LOGNAME file names carry
 
     def setup(self, future: DataflowFuture) -> None:
         """Give the future its output DataFutures and stream paths (AUTO_LOGNAME made concrete)."""
@@ -324,10 +330,11 @@ class _Call:
             future.outputs = [DataFuture(future, f) for f in self.files]
         if self.auto:
             logs = self.dfx.run_dir / "task_logs"
+            stem = f"{self.app.name}-{future.task_id}" + (f"-{self.label}" if self.label else "")
             if self.stdout is AUTO_LOGNAME:
-                self.stdout = (str(logs / f"{self.app.name}-{future.task_id}.stdout"), "w")
+                self.stdout = (str(logs / f"{stem}.stdout"), "w")
             if self.stderr is AUTO_LOGNAME:
-                self.stderr = (str(logs / f"{self.app.name}-{future.task_id}.stderr"), "w")
+                self.stderr = (str(logs / f"{stem}.stderr"), "w")
         if isinstance(self.stdout, tuple):
             future.stdout = self.stdout[0]
         if isinstance(self.stderr, tuple):
@@ -405,7 +412,8 @@ class JoinApp(App):
         call = self._call(dfx, kwargs, streams=False)
         # The core runs a join body as it is (no wrap), so leave out what it does not take here.
         fn = functools.partial(_call_without, self.func, call.drop) if call.drop else self.func
-        return dfx._submit(fn, args, kwargs, _JOIN_SETTINGS, name=self.name, setup=call.setup)
+        settings = self._bound_settings or self._settings_for(dfx, None)
+        return dfx._submit(fn, args, kwargs, settings, name=self.name, setup=call.setup)
 
 
 # -- the decorators ----------------------------------------------------------------------------------
@@ -422,48 +430,54 @@ def _decorator(
     return cls(function, executor, options)
 
 
+class JoinAppOptions(TypedDict, total=False):
+    """The keywords of :func:`join_app` (and of ``@dfx.join_app(...)``)."""
+
+    executor: DataflowExecutor | None
+    cache: bool
+    ignore_for_cache: Iterable[str] | None
+
+
+class AppKeywords(JoinAppOptions, total=False):
+    """The keywords of :func:`python_app` and :func:`bash_app`; see :func:`python_app`."""
+
+    executors: str | Iterable[str] | None
+    retries: int | None
+    walltime: float | None
+
+
+def _options(kind: str, keywords: dict[str, Any]) -> tuple[DataflowExecutor | None, AppOptions]:
+    allowed = (JoinAppOptions if kind == "join" else AppKeywords).__annotations__
+    unknown = sorted(set(keywords) - set(allowed))
+    if unknown:
+        raise TypeError(f"{kind}_app() got unexpected option(s) {unknown}; its options are {sorted(allowed)}")
+    options = AppOptions(
+        keywords.get("cache", False),
+        _labels(keywords.get("executors")),
+        keywords.get("retries"),
+        _names(keywords.get("ignore_for_cache")),
+        keywords.get("walltime"),
+    )
+    return keywords.get("executor"), options
+
+
 @overload
-def python_app(
-    function: Callable[..., Any],
-    *,
-    executor: DataflowExecutor | None = None,
-    cache: bool = False,
-    executors: str | Iterable[str] | None = None,
-    retries: int | None = None,
-    ignore_for_cache: Iterable[str] | None = None,
-    walltime: float | None = None,
-) -> PythonApp: ...
+def python_app(function: Callable[..., Any], /, **options: Unpack[AppKeywords]) -> PythonApp: ...
 
 
 @overload
 def python_app(
-    function: None = None,
-    *,
-    executor: DataflowExecutor | None = None,
-    cache: bool = False,
-    executors: str | Iterable[str] | None = None,
-    retries: int | None = None,
-    ignore_for_cache: Iterable[str] | None = None,
-    walltime: float | None = None,
+    function: None = None, /, **options: Unpack[AppKeywords]
 ) -> Callable[[Callable[..., Any]], PythonApp]: ...
 
 
-def python_app(
-    function: Callable[..., Any] | None = None,
-    *,
-    executor: DataflowExecutor | None = None,
-    cache: bool = False,
-    executors: str | Iterable[str] | None = None,
-    retries: int | None = None,
-    ignore_for_cache: Iterable[str] | None = None,
-    walltime: float | None = None,
-) -> Any:
+def python_app(function: Callable[..., Any] | None = None, /, **options: Unpack[AppKeywords]) -> Any:
     """Make ``function`` a python app: each call runs it as a task and returns a DataflowFuture.
 
     Use as ``@python_app``, ``@python_app(...)`` or ``@dfx.python_app``.  Without
     ``executor``, each call goes to the innermost DataflowExecutor active (``with dfx:``).
 
-    Args:
+    Options:
         executor: the DataflowExecutor the app is bound to.
         cache: whether results may be reused for identical calls.
         executors: the backend label(s) the app runs on (``"all"``: any of them).
@@ -475,94 +489,56 @@ def python_app(
         ConfigurationError: an option is invalid (the message names it), or ``executor`` has no
             backend with one of the ``executors`` labels.
     """
-    options = AppOptions(cache, _labels(executors), retries, _names(ignore_for_cache), walltime)
-    return _decorator(PythonApp, function, executor, options)
+    executor, app_options = _options("python", dict(options))
+    return _decorator(PythonApp, function, executor, app_options)
+
+
+@overload
+def bash_app(function: Callable[..., Any], /, **options: Unpack[AppKeywords]) -> BashApp: ...
 
 
 @overload
 def bash_app(
-    function: Callable[..., Any],
-    *,
-    executor: DataflowExecutor | None = None,
-    cache: bool = False,
-    executors: str | Iterable[str] | None = None,
-    retries: int | None = None,
-    ignore_for_cache: Iterable[str] | None = None,
-    walltime: float | None = None,
-) -> BashApp: ...
-
-
-@overload
-def bash_app(
-    function: None = None,
-    *,
-    executor: DataflowExecutor | None = None,
-    cache: bool = False,
-    executors: str | Iterable[str] | None = None,
-    retries: int | None = None,
-    ignore_for_cache: Iterable[str] | None = None,
-    walltime: float | None = None,
+    function: None = None, /, **options: Unpack[AppKeywords]
 ) -> Callable[[Callable[..., Any]], BashApp]: ...
 
 
-def bash_app(
-    function: Callable[..., Any] | None = None,
-    *,
-    executor: DataflowExecutor | None = None,
-    cache: bool = False,
-    executors: str | Iterable[str] | None = None,
-    retries: int | None = None,
-    ignore_for_cache: Iterable[str] | None = None,
-    walltime: float | None = None,
-) -> Any:
+def bash_app(function: Callable[..., Any] | None = None, /, **options: Unpack[AppKeywords]) -> Any:
     """Make ``function`` a bash app: it returns a command, which each call runs under ``/bin/bash``.
 
     The call's ``stdout=`` and ``stderr=`` (or the function's defaults for them) name where
     the command's streams go: a path (truncated first), a ``(path, mode)`` pair with mode
-    ``"w"`` or ``"a"``, a File, or AUTO_LOGNAME.  The future resolves to 0 or fails with
-    BashExitFailure, TaskTimeoutError, MissingOutputs or BashAppNoReturn.  The walltime is
-    enforced by the runner, which kills the command's whole process group, so it works on
-    any backend.  Options as for :func:`python_app`.
+    ``"w"`` or ``"a"``, a File, or AUTO_LOGNAME (a call's ``label=`` then enters the file
+    names).  The future resolves to 0 or fails with BashExitFailure, TaskTimeoutError,
+    MissingOutputs or BashAppNoReturn.  The walltime is enforced by the runner, which kills
+    the command's whole process group, so it works on any backend.  Options as for
+    :func:`python_app`.
     """
-    options = AppOptions(cache, _labels(executors), retries, _names(ignore_for_cache), walltime)
-    return _decorator(BashApp, function, executor, options)
+    executor, app_options = _options("bash", dict(options))
+    return _decorator(BashApp, function, executor, app_options)
+
+
+@overload
+def join_app(function: Callable[..., Any], /, **options: Unpack[JoinAppOptions]) -> JoinApp: ...
 
 
 @overload
 def join_app(
-    function: Callable[..., Any],
-    *,
-    executor: DataflowExecutor | None = None,
-    cache: bool = False,
-    ignore_for_cache: Iterable[str] | None = None,
-) -> JoinApp: ...
-
-
-@overload
-def join_app(
-    function: None = None,
-    *,
-    executor: DataflowExecutor | None = None,
-    cache: bool = False,
-    ignore_for_cache: Iterable[str] | None = None,
+    function: None = None, /, **options: Unpack[JoinAppOptions]
 ) -> Callable[[Callable[..., Any]], JoinApp]: ...
 
 
-def join_app(
-    function: Callable[..., Any] | None = None,
-    *,
-    executor: DataflowExecutor | None = None,
-    cache: bool = False,
-    ignore_for_cache: Iterable[str] | None = None,
-) -> Any:
+def join_app(function: Callable[..., Any] | None = None, /, **options: Unpack[JoinAppOptions]) -> Any:
     """Make ``function`` a join app: its body runs on the driver and returns futures.
 
     The body (run once its dependencies are done, with its DataflowExecutor active, so bare
     apps called inside go to it) returns a future or a list of futures; the app's future
     resolves to their result(s), or fails with JoinError naming the failed inner tasks.
+    Options: ``executor``, ``cache`` (the join's result is reused for an identical call,
+    and its body does not run again) and ``ignore_for_cache``, as for :func:`python_app`.
     """
-    options = AppOptions(cache, None, None, _names(ignore_for_cache), None)
-    return _decorator(JoinApp, function, executor, options)
+    executor, app_options = _options("join", dict(options))
+    return _decorator(JoinApp, function, executor, app_options)
 
 
 def _labels(executors: Any) -> Any:

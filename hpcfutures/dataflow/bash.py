@@ -1,8 +1,9 @@
 """Runs bash apps on the worker: build the command, run it under ``/bin/bash``, check the result.
 
 This module is imported by worker processes, so it imports only the standard library,
-``hpcfutures.errors`` and ``hpcfutures.exits``.  The command runs in a session of its
-own, so that a walltime kill takes the whole process tree it started, not only the shell.
+``hpcfutures.errors``, ``hpcfutures.exits`` and ``hpcfutures.tails``.  The command runs in
+a session of its own, so that a walltime kill takes the whole process tree it started, not
+only the shell.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import IO, Any, Callable
 
 from ..errors import BashAppNoReturn, BashExitFailure, MissingOutputs, TaskTimeoutError
 from ..exits import describe_exit
+from ..tails import read_tail
 
 #: How much of a failed command's stderr file its BashExitFailure quotes.
 STDERR_TAIL_BYTES = 2000
@@ -131,20 +133,10 @@ def _short(command: str, limit: int = 200) -> str:
 def _exit_message(spec: BashSpec, command: str, code: int) -> str:
     message = f"bash app {spec.name} {describe_exit(code)} (command: {_short(command)})"
     if spec.stderr is not None:
-        tail = _tail(spec.stderr[0])
+        tail = read_tail(spec.stderr[0], lines=None, max_bytes=STDERR_TAIL_BYTES)
         message += (
             f"; end of its stderr ({spec.stderr[0]}):\n{tail}"
             if tail
             else f"; its stderr ({spec.stderr[0]}) is empty"
         )
     return message
-
-
-def _tail(path: str) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - STDERR_TAIL_BYTES))
-            return f.read().decode(errors="replace").strip()
-    except OSError:
-        return ""

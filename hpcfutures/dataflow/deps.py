@@ -165,7 +165,7 @@ def substitute(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any
         if kind in ATOMIC_TYPES:
             return obj
         if isinstance(obj, Future):
-            return obj._result if obj._state == "FINISHED" else obj.result()
+            return obj.result()
         walk = _walker_for(obj)
         if walk is None:
             return obj

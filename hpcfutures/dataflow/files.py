@@ -1,15 +1,38 @@
-"""``File``: a path or URL that apps take as input and declare as output."""
+"""``File``, a path or URL that apps take as input and declare as output, and ``AUTO_LOGNAME``.
+
+Both are plain values that the apps, the cache keys and the staging code share; this
+module imports nothing else of the dataflow layer, so that any of them may import it.
+"""
 
 from __future__ import annotations
 
 import functools
 import os
 import re
+from typing import Any
 from urllib.parse import SplitResult, urlparse, urlsplit
+
+__all__ = ["AUTO_LOGNAME", "File"]
 
 # scp's "user@host:path": no "/" before the ":" (so "./a@b:c" stays a local path), and an
 # IPv6 host in brackets.
 _SCP_LIKE = re.compile(r"^(?P<user>[^@/:\s]+)@(?P<host>\[[^\]/]+\]|[^:/\s\[\]]+):(?P<path>.*)$")
+
+
+class _AutoLogname:
+    """The type of :data:`AUTO_LOGNAME`; one instance, which unpickles as itself."""
+
+    def __repr__(self) -> str:
+        return "AUTO_LOGNAME"
+
+    def __reduce__(self) -> str:
+        return "AUTO_LOGNAME"
+
+
+#: ``stdout=AUTO_LOGNAME`` (or ``stderr=``) sends the stream to a file of its own under the
+#: executor's ``run_dir``: ``task_logs/<app name>-<task id>.stdout`` (or ``.stderr``).
+#: Cache keys leave such streams out, since their paths are made per task.
+AUTO_LOGNAME: Any = _AutoLogname()
 
 
 @functools.total_ordering

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..leanfuture import LeanFuture
 from .files import File
 
-if TYPE_CHECKING:
-    from .executor import _Task
+
+class _TaskHandle(Protocol):
+    """What a future asks of its task while the task lives (see :class:`~.task.Task`)."""
+
+    inner: Future[Any] | None
+
+    def cancel(self) -> bool: ...
 
 
 class DataflowFuture(LeanFuture):
@@ -30,7 +35,7 @@ class DataflowFuture(LeanFuture):
         super().__init__()
         self.task_id = task_id
         self.name = name
-        self._task: _Task | None = None  # dropped when the task ends, so records do not pile up
+        self._task: _TaskHandle | None = None  # dropped when the task ends, so records do not pile up
 
     def cancel(self) -> bool:
         """Cancel the task if it is waiting or queued; return whether it was cancelled."""

@@ -17,6 +17,7 @@ from concurrent.futures import Future
 from concurrent.futures import thread as _thread
 from typing import Any
 
+from .._validate import check_count
 from ..errors import ConfigurationError
 from ..resources import DEFAULT_OPTIONS, ExecutorView, Resources, TaskOptions, reject_unsupported
 
@@ -130,12 +131,7 @@ class ThreadExecutor(_thread.ThreadPoolExecutor):
         Raises:
             ConfigurationError: a parameter has a value that cannot work; the message names it.
         """
-        if max_workers is not None and (
-            isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1
-        ):
-            raise ConfigurationError(
-                f"max_workers must be a positive integer or None (for the default), got {max_workers!r}"
-            )
+        check_count("max_workers", max_workers, 1, optional="for the default")
         if not isinstance(thread_name_prefix, str):
             raise ConfigurationError(f"thread_name_prefix must be a string, got {thread_name_prefix!r}")
         if initializer is not None and not callable(initializer):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shlex
 
+from .._validate import check_count, check_text
 from ..errors import ConfigurationError
 
 #: The shell each copy of the command runs in.  An absolute path, because the launchers
@@ -19,21 +20,13 @@ BASH = "/bin/bash"
 _VARIABLE = re.compile(r"^\$(?:\{[A-Za-z_][A-Za-z0-9_]*\}|[A-Za-z_][A-Za-z0-9_]*)$")
 
 
-def check_call(command: object, tasks_per_node: object, nodes_per_block: object) -> None:
+def check_call(command: object, max_workers: object, nodes_per_block: object) -> None:
     """Raise ConfigurationError unless the arguments of ``Launcher.__call__`` can work."""
-    if not isinstance(command, str) or not command.strip():
-        raise ConfigurationError(f"command must be a non-empty shell command line, got {command!r}")
-    if "\0" in command:
+    text = check_text("command", command, what="a non-empty shell command line")
+    if "\0" in text:
         raise ConfigurationError("command must not contain NUL bytes: no shell can run it")
-    check_count("tasks_per_node", tasks_per_node, 1)
+    check_count("max_workers", max_workers, 1)
     check_count("nodes_per_block", nodes_per_block, 1)
-
-
-def check_count(name: str, value: object, minimum: int) -> int:
-    """Return *value* if it is an int (not a bool) of at least *minimum*, else raise."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigurationError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
 
 
 def check_flags(name: str, value: object) -> str:

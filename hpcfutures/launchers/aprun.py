@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .._validate import check_count, keyword_renamed
 from ..errors import ConfigurationError
 from ._fragment import check_call, check_flags, in_bash, join
 from .base import Launcher
@@ -35,10 +36,7 @@ class AprunLauncher(Launcher):
     overrides: str = ""
 
     def __post_init__(self) -> None:
-        if self.depth is not None and (
-            isinstance(self.depth, bool) or not isinstance(self.depth, int) or self.depth < 1
-        ):
-            raise ConfigurationError(f"depth must be None or an integer >= 1 (CPUs per copy), got {self.depth!r}")
+        check_count("depth", self.depth, 1, note="CPUs per copy", optional=True)
         if not isinstance(self.cpu_binding, str) or not (
             self.cpu_binding == "" or _CPU_BINDING.match(self.cpu_binding)
         ):
@@ -48,13 +46,14 @@ class AprunLauncher(Launcher):
             )
         check_flags("overrides", self.overrides)
 
-    def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
+    @keyword_renamed("tasks_per_node", "max_workers")
+    def __call__(self, command: str, max_workers: int, nodes_per_block: int) -> str:
         """Return the ``aprun`` command line that runs *command* once on each node.
 
         Raises:
             ConfigurationError: *command* is empty, or a count is not a positive integer.
         """
-        check_call(command, tasks_per_node, nodes_per_block)
+        check_call(command, max_workers, nodes_per_block)
         return join(
             f"aprun -n {nodes_per_block} -N 1",
             f"-d {self.depth}" if self.depth is not None else "",

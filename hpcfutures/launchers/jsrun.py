@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .._validate import check_count, keyword_renamed
 from ..errors import ConfigurationError
 from ._fragment import check_call, check_flags, in_bash, join
 from .base import Launcher
@@ -12,12 +13,10 @@ from .base import Launcher
 _BINDING = re.compile(r"^(none|rs|packed:[0-9]+|packed:smt:[0-9]+)$")
 
 
-def _check_per_set(name: str, value: object, everything: str) -> str:
-    if isinstance(value, bool) or not (
-        (isinstance(value, int) and value >= 0) or value == everything
-    ):
-        raise ConfigurationError(f"{name} must be an integer >= 0 or {everything!r}, got {value!r}")
-    return str(value)
+def _check_per_set(name: str, value: object, everything: str, minimum: int) -> str:
+    if isinstance(value, str) and value == everything:
+        return value
+    return str(check_count(name, value, minimum, note=f"or {everything!r}"))
 
 
 @dataclass(frozen=True)
@@ -42,23 +41,22 @@ class JsrunLauncher(Launcher):
     overrides: str = ""
 
     def __post_init__(self) -> None:
-        _check_per_set("cpus_per_set", self.cpus_per_set, "ALL_CPUS")
-        if self.cpus_per_set == 0:
-            raise ConfigurationError("cpus_per_set must be at least 1 (or 'ALL_CPUS'), got 0")
-        _check_per_set("gpus_per_set", self.gpus_per_set, "ALL_GPUS")
+        _check_per_set("cpus_per_set", self.cpus_per_set, "ALL_CPUS", 1)
+        _check_per_set("gpus_per_set", self.gpus_per_set, "ALL_GPUS", 0)
         if not isinstance(self.binding, str) or not _BINDING.match(self.binding):
             raise ConfigurationError(
                 f"binding must be 'none', 'rs', 'packed:N' or 'packed:smt:N', got {self.binding!r}"
             )
         check_flags("overrides", self.overrides)
 
-    def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
+    @keyword_renamed("tasks_per_node", "max_workers")
+    def __call__(self, command: str, max_workers: int, nodes_per_block: int) -> str:
         """Return the ``jsrun`` command line that runs *command* once on each node.
 
         Raises:
             ConfigurationError: *command* is empty, or a count is not a positive integer.
         """
-        check_call(command, tasks_per_node, nodes_per_block)
+        check_call(command, max_workers, nodes_per_block)
         return join(
             f"jsrun -n {nodes_per_block} -r 1 -a 1 -c {self.cpus_per_set} -g {self.gpus_per_set} -b {self.binding}",
             self.overrides.strip(),

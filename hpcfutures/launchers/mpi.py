@@ -11,6 +11,7 @@ import re
 import shlex
 from dataclasses import dataclass
 
+from .._validate import keyword_renamed
 from ..errors import ConfigurationError
 from ._fragment import (
     check_call,
@@ -54,13 +55,14 @@ class _MpiLauncher(Launcher):
     def _placement(self, nodes_per_block: int) -> str:
         """Return the flags that start one copy on each of *nodes_per_block* nodes."""
 
-    def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
+    @keyword_renamed("tasks_per_node", "max_workers")
+    def __call__(self, command: str, max_workers: int, nodes_per_block: int) -> str:
         """Return the launcher command line that runs *command* once on each node.
 
         Raises:
             ConfigurationError: *command* is empty, or a count is not a positive integer.
         """
-        check_call(command, tasks_per_node, nodes_per_block)
+        check_call(command, max_workers, nodes_per_block)
         return join(
             shlex.quote(self.executable),
             self._placement(nodes_per_block),

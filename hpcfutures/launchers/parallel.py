@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
+from .._validate import keyword_renamed
 from ._fragment import BASH, check_call, check_flags, check_path_or_variable, path_or_variable
 from .base import Launcher
 
@@ -73,13 +74,14 @@ class GnuParallelLauncher(Launcher):
         check_path_or_variable("hostfile", self.hostfile)
         check_flags("overrides", self.overrides)
 
-    def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
+    @keyword_renamed("tasks_per_node", "max_workers")
+    def __call__(self, command: str, max_workers: int, nodes_per_block: int) -> str:
         """Return a bash command line that finds the nodes and runs ``parallel`` on them.
 
         Raises:
             ConfigurationError: *command* is empty, or a count is not a positive integer.
         """
-        check_call(command, tasks_per_node, nodes_per_block)
+        check_call(command, max_workers, nodes_per_block)
         copy = shlex.join([BASH, "-c", _COPY.format(size=nodes_per_block), "hpcfutures-copy", command])
         script = _NODES + (self.overrides.strip() + " " if self.overrides.strip() else "")
         script += '"$3" ::: $(seq 0 $(( $2 - 1 )))'

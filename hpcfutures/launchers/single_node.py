@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
-from ..errors import ConfigurationError
+from .._validate import check_bool, keyword_renamed
 from ._fragment import BASH, check_call
 from .base import Launcher
 
@@ -39,8 +39,8 @@ class SingleNodeLauncher(Launcher):
     Use it when a block's processes must all run on its first node: a big shared-memory node
     requested as one block, a scheduler that runs the job script on one node without a
     parallel launcher, or a test.  It starts ``nodes_per_block`` copies (one pool per node
-    the block asked for), or ``tasks_per_node * nodes_per_block`` with ``per_task=True``,
-    for commands that run one worker each.
+    the block asked for), or ``max_workers * nodes_per_block`` with ``per_task=True``,
+    for commands that are one worker each rather than a pool.
 
     Each copy runs in its own ``/bin/bash`` with ``HPCFUTURES_LAUNCH_RANK`` (0, 1, …) and
     ``HPCFUTURES_LAUNCH_SIZE`` (the number of copies) in its environment.  The fragment waits
@@ -50,25 +50,25 @@ class SingleNodeLauncher(Launcher):
         fail_on_any: True (the default): exit non-zero when any copy failed.  False: exit
             non-zero only when every copy failed.  The status is the lowest-ranked failed
             copy's exit status (128 + N for a copy killed by signal N).
-        per_task: start one copy per task instead of one per node.
+        per_task: start ``max_workers`` copies per node instead of one: one per worker the
+            executor asked for, for commands that run a single worker each.
     """
 
     fail_on_any: bool = True
     per_task: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("fail_on_any", "per_task"):
-            value = getattr(self, name)
-            if not isinstance(value, bool):
-                raise ConfigurationError(f"{name} must be True or False, got {value!r}")
+        check_bool("fail_on_any", self.fail_on_any)
+        check_bool("per_task", self.per_task)
 
-    def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
+    @keyword_renamed("tasks_per_node", "max_workers")
+    def __call__(self, command: str, max_workers: int, nodes_per_block: int) -> str:
         """Return a bash command line that runs the copies and exits with their outcome.
 
         Raises:
             ConfigurationError: *command* is empty, or a count is not a positive integer.
         """
-        check_call(command, tasks_per_node, nodes_per_block)
-        copies = nodes_per_block * (tasks_per_node if self.per_task else 1)
+        check_call(command, max_workers, nodes_per_block)
+        copies = nodes_per_block * (max_workers if self.per_task else 1)
         policy = "any" if self.fail_on_any else "all"
         return shlex.join([BASH, "-c", _SCRIPT, "hpcfutures-single-node", command, str(copies), policy])

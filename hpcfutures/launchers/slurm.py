@@ -11,6 +11,7 @@ import re
 import shlex
 from dataclasses import dataclass
 
+from .._validate import keyword_renamed
 from ..errors import ConfigurationError
 from ._fragment import check_call, check_flags, check_program, in_bash, join
 from .base import Launcher
@@ -48,13 +49,14 @@ class SrunLauncher(Launcher):
         check_program("executable", self.executable)
         check_flags("overrides", self.overrides)
 
-    def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
+    @keyword_renamed("tasks_per_node", "max_workers")
+    def __call__(self, command: str, max_workers: int, nodes_per_block: int) -> str:
         """Return the ``srun`` line that runs *command* once per node.
 
         Raises:
             ConfigurationError: *command* is empty, or a count is not a positive integer.
         """
-        check_call(command, tasks_per_node, nodes_per_block)
+        check_call(command, max_workers, nodes_per_block)
         return join(
             shlex.quote(self.executable),
             f"--nodes={nodes_per_block}",
@@ -85,7 +87,7 @@ class SrunMPILauncher(Launcher):
       ``srun -n 8`` would inherit them.
 
     Give the pool as many workers as MPI runs should go at once; each task names its ranks
-    (``srun -n R``, or ``-N nodes``).  Attributes:
+    (``srun -n R``, or ``-N nodes``).
 
     Attributes:
         mpi: the MPI plugin for the tasks' ``srun`` (``"pmi2"``, ``"pmix"``), or ``""`` to
@@ -101,13 +103,14 @@ class SrunMPILauncher(Launcher):
                 f"cluster's default; `srun --mpi=list` shows them), got {self.mpi!r}"
             )
 
-    def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
+    @keyword_renamed("tasks_per_node", "max_workers")
+    def __call__(self, command: str, max_workers: int, nodes_per_block: int) -> str:
         """Return the line that runs *command* once, with the environment for MPI steps.
 
         Raises:
             ConfigurationError: *command* is empty, or a count is not a positive integer.
         """
-        check_call(command, tasks_per_node, nodes_per_block)
+        check_call(command, max_workers, nodes_per_block)
         return join(
             "/usr/bin/env",
             *(f"-u {name}" for name in _SHAPE_VARIABLES),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass, field
 
+from .._validate import keyword_renamed
 from ..errors import ConfigurationError
 from ._fragment import check_call, check_flags, check_program, join
 from .base import Launcher, SimpleLauncher
@@ -50,12 +51,13 @@ class WrappedLauncher(Launcher):
                 f"got {self.launcher!r}"
             )
 
-    def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
+    @keyword_renamed("tasks_per_node", "max_workers")
+    def __call__(self, command: str, max_workers: int, nodes_per_block: int) -> str:
         """Return ``launcher(<prepend> <command>)``.
 
         Raises:
             ConfigurationError: *command* is empty, or a count is not a positive integer.
         """
-        check_call(command, tasks_per_node, nodes_per_block)
+        check_call(command, max_workers, nodes_per_block)
         inner = f"{shlex.quote(self.shell)} -c {shlex.quote(command)}" if self.shell else command
-        return self.launcher(join(self.prepend.strip(), inner), tasks_per_node, nodes_per_block)
+        return self.launcher(join(self.prepend.strip(), inner), max_workers, nodes_per_block)

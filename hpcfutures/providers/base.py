@@ -9,19 +9,13 @@ from __future__ import annotations
 
 import abc
 import enum
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from .._validate import check_count, check_number, check_text
 from ..errors import ConfigurationError
 from ..launchers.base import Launcher, SimpleLauncher
-
-#: How many trailing lines of a job's stdout and stderr a :class:`JobStatus` carries.
-TAIL_LINES = 20
-
-#: At most this many trailing bytes of a job's output file are read to build a tail.
-TAIL_BYTES = 16 * 1024
 
 
 class JobState(enum.Enum):
@@ -90,12 +84,6 @@ class TunnelChannel(Protocol):
         ...
 
 
-def _check_count(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigurationError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
 class ExecutionProvider(abc.ABC):
     """Starts, watches and stops blocks: jobs that each run one worker-pool command.
 
@@ -148,22 +136,19 @@ class ExecutionProvider(abc.ABC):
                 ``max_blocks``, ``nodes_per_block`` is below 1, or ``label``, ``worker_init``
                 or ``launcher`` has the wrong type.
         """
-        if not isinstance(label, str) or not label:
-            raise ConfigurationError(f"label must be a non-empty string, got {label!r}")
-        _check_count("init_blocks", init_blocks, 0)
-        _check_count("min_blocks", min_blocks, 0)
-        _check_count("max_blocks", max_blocks, 0)
-        _check_count("nodes_per_block", nodes_per_block, 1)
+        check_text("label", label)
+        check_count("init_blocks", init_blocks, 0)
+        check_count("min_blocks", min_blocks, 0)
+        check_count("max_blocks", max_blocks, 0)
+        check_count("nodes_per_block", nodes_per_block, 1)
         if min_blocks > max_blocks:
             raise ConfigurationError(
                 f"min_blocks ({min_blocks}) must not exceed max_blocks ({max_blocks}); "
                 f"raise max_blocks to at least {min_blocks} or lower min_blocks"
             )
-        if isinstance(parallelism, bool) or not isinstance(parallelism, (int, float)) or not 0 <= parallelism <= 1:
-            raise ConfigurationError(
-                f"parallelism must be a number between 0 and 1 (the share of queued tasks to start "
-                f"workers for), got {parallelism!r}"
-            )
+        check_number(
+            "parallelism", parallelism, at_least=0, at_most=1, note="the share of queued tasks to start workers for"
+        )
         if not isinstance(worker_init, str):
             raise ConfigurationError(
                 f"worker_init must be a string of shell lines, got {type(worker_init).__name__}; "
@@ -186,12 +171,16 @@ class ExecutionProvider(abc.ABC):
         self.cores_per_node: int | None = None
 
     @abc.abstractmethod
-    def submit(self, command: str, tasks_per_node: int, job_name: str = "hpcfutures.block") -> str:
+    def submit(self, command: str, max_workers: int, job_name: str = "hpcfutures.block") -> str:
         """Start one block that runs *command*, wrapped by the launcher, and return its job id.
 
         Args:
             command: the worker-pool command, one shell command line.
-            tasks_per_node: how many workers each node's pool runs; passed to the launcher.
+            max_workers: how many workers each node's pool runs (the executor's
+                ``max_workers``, or 1 when the pool chooses); passed to the launcher.
+                Slurm and PBS providers without ``cores_per_node`` ask for this many CPUs per
+                node.  Called ``tasks_per_node`` before; the built-in providers still accept
+                that keyword, with a DeprecationWarning.
             job_name: a name for the job, used in file names and the scheduler's queue.
 
         Raises:
@@ -247,23 +236,3 @@ class ExecutionProvider(abc.ABC):
             f"nodes_per_block={self.nodes_per_block})"
         )
 
-
-def read_tail(path: str | os.PathLike[str], lines: int = TAIL_LINES, max_bytes: int = TAIL_BYTES) -> str:
-    """Return the last *lines* lines of the text file at *path*, reading at most *max_bytes*.
-
-    Returns ``""`` when the file is missing or unreadable.  Undecodable bytes are replaced, so
-    a binary crash dump cannot make this raise.
-    """
-    try:
-        with open(path, "rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            start = max(0, size - max_bytes)
-            f.seek(start)
-            data = f.read(max_bytes)
-    except OSError:
-        return ""
-    text = data.decode("utf-8", errors="replace")
-    parts = text.splitlines()
-    if start > 0 and len(parts) > 1:
-        parts = parts[1:]  # the first line was cut by the byte limit
-    return "\n".join(parts[-lines:])

@@ -14,7 +14,9 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
+from .._validate import check_text
 from ..errors import ConfigurationError
+from ..tails import TAIL_LINES, read_tail
 
 #: Seconds a scheduler command may run before the channel gives up on it.
 DEFAULT_COMMAND_TIMEOUT = 30.0
@@ -78,7 +80,7 @@ class Channel(abc.ABC):
         """Create directory *path* and its parents on the channel's host, if missing."""
 
     @abc.abstractmethod
-    def read_tail(self, path: str, lines: int = 20) -> str:
+    def read_tail(self, path: str, lines: int = TAIL_LINES) -> str:
         """Return the last *lines* lines of the text file at *path*, or ``""`` if unreadable."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
@@ -112,8 +114,7 @@ class LocalChannel(Channel):
         cwd: str | None = None,
     ) -> CommandResult:
         """Run *command* through ``/bin/sh`` here; see :meth:`Channel.run`."""
-        if not isinstance(command, str) or not command.strip():
-            raise ConfigurationError(f"command must be a non-empty shell command string, got {command!r}")
+        check_text("command", command, what="a non-empty shell command string")
         full_env = None
         if env or self.env:
             full_env = dict(os.environ)
@@ -155,10 +156,8 @@ class LocalChannel(Channel):
         """Create *path* (and parents) if missing."""
         os.makedirs(path, mode=mode, exist_ok=True)
 
-    def read_tail(self, path: str, lines: int = 20) -> str:
+    def read_tail(self, path: str, lines: int = TAIL_LINES) -> str:
         """Return the last *lines* lines of *path*."""
-        from .base import read_tail
-
         return read_tail(path, lines)
 
     def __repr__(self) -> str:

@@ -31,10 +31,12 @@ from typing import ClassVar
 
 from typing_extensions import TypedDict
 
+from .._validate import check_count, check_number, check_seconds, check_text, keyword_renamed
 from ..errors import ConfigurationError
 from ..exits import describe_exit
 from ..launchers.base import Launcher
-from .base import TAIL_LINES, ExecutionProvider, JobState, JobStatus, TunnelChannel
+from ..tails import TAIL_LINES
+from .base import ExecutionProvider, JobState, JobStatus, TunnelChannel
 from .channels import DEFAULT_COMMAND_TIMEOUT, Channel, ChannelError, CommandResult, LocalChannel
 
 logger = logging.getLogger(__name__)
@@ -245,20 +247,13 @@ class ClusterProvider(ExecutionProvider):
             raise ConfigurationError(
                 f"channel must be an hpcfutures Channel (LocalChannel() or SSHChannel(...)), got {channel!r}"
             )
-        if cores_per_node is not None and (
-            isinstance(cores_per_node, bool) or not isinstance(cores_per_node, int) or cores_per_node < 1
-        ):
-            raise ConfigurationError(f"cores_per_node must be a positive integer or None, got {cores_per_node!r}")
-        if mem_per_node is not None and (
-            isinstance(mem_per_node, bool) or not isinstance(mem_per_node, (int, float)) or mem_per_node <= 0
-        ):
-            raise ConfigurationError(f"mem_per_node must be a positive number of GB or None, got {mem_per_node!r}")
+        check_count("cores_per_node", cores_per_node, 1, optional=True)
+        check_number("mem_per_node", mem_per_node, unit="GB", optional=True)
         if not isinstance(scheduler_options, str):
             raise ConfigurationError(
                 f"scheduler_options must be a string of directive lines, got {type(scheduler_options).__name__}"
             )
-        if isinstance(cmd_timeout, bool) or not isinstance(cmd_timeout, (int, float)) or cmd_timeout <= 0:
-            raise ConfigurationError(f"cmd_timeout must be a positive number of seconds, got {cmd_timeout!r}")
+        check_seconds("cmd_timeout", cmd_timeout)
         if remote_script_dir is not None and not isinstance(remote_script_dir, str):
             raise ConfigurationError(f"remote_script_dir must be a path string or None, got {remote_script_dir!r}")
         self.channel = channel
@@ -279,8 +274,12 @@ class ClusterProvider(ExecutionProvider):
     # -- what a scheduler provider supplies ---------------------------------------------------
 
     @abc.abstractmethod
-    def directives(self, job_name: str, stdout: str, stderr: str, tasks_per_node: int) -> list[str]:
-        """Return the scheduler directive lines (``#SBATCH --nodes=2``, …) for one block."""
+    def directives(self, job_name: str, stdout: str, stderr: str, max_workers: int) -> list[str]:
+        """Return the scheduler directive lines (``#SBATCH --nodes=2``, …) for one block.
+
+        *max_workers* is how many workers each node's pool runs (see :meth:`submit`); a
+        provider whose scheduler counts CPUs or tasks per node may ask for that many.
+        """
 
     @abc.abstractmethod
     def submit_command(self, script_path: str) -> str:
@@ -325,16 +324,19 @@ class ClusterProvider(ExecutionProvider):
 
     # -- the ExecutionProvider interface --------------------------------------------------------
 
-    def submit(self, command: str, tasks_per_node: int, job_name: str = "hpcfutures.block") -> str:
+    @keyword_renamed("tasks_per_node", "max_workers")
+    def submit(self, command: str, max_workers: int, job_name: str = "hpcfutures.block") -> str:
         """Render the job script, put it on the scheduler's host, submit it, return the job id.
+
+        *max_workers* is how many workers each node's pool runs; see
+        :meth:`ExecutionProvider.submit`.
 
         Raises:
             SubmitError: the scheduler refused the job (its stderr is in the message).
             ChannelError: the channel could not reach the scheduler's host.
             RuntimeError: the provider was closed.
         """
-        if not isinstance(command, str) or not command.strip():
-            raise ConfigurationError(f"command must be a non-empty shell command, got {command!r}")
+        check_text("command", command, what="a non-empty shell command")
         with self._jobs_lock:
             if self._closed:
                 raise RuntimeError(f"cannot submit a block: {type(self).__name__} {self.label!r} is closed")
@@ -347,8 +349,8 @@ class ClusterProvider(ExecutionProvider):
         stdout = os.path.join(remote_dir, base + ".out")
         stderr = os.path.join(remote_dir, base + ".err")
         exit_file = os.path.join(remote_dir, base + ".sh.exitcode")
-        launch = self.launcher(command, tasks_per_node, self.nodes_per_block)
-        text = self.render_script(job_name, stdout, stderr, exit_file, tasks_per_node, launch)
+        launch = self.launcher(command, max_workers, self.nodes_per_block)
+        text = self.render_script(job_name, stdout, stderr, exit_file, max_workers, launch)
         local_script = os.path.join(local_dir, base + ".sh")
         with open(local_script, "w") as f:
             f.write(text)
@@ -366,22 +368,24 @@ class ClusterProvider(ExecutionProvider):
         logger.info("%s: submitted block %s as job %s", self.label, job_name, job_id)
         return job_id
 
-    def script_header(self, job_name: str, stdout: str, stderr: str, tasks_per_node: int) -> list[str]:
+    @keyword_renamed("tasks_per_node", "max_workers")
+    def script_header(self, job_name: str, stdout: str, stderr: str, max_workers: int) -> list[str]:
         """The lines at the top of the job script: :meth:`directives`, then ``scheduler_options``.
 
         A scheduler whose extra lines need a prefix or a fixed place (HTCondor) overrides this.
         """
-        lines = self.directives(job_name, stdout, stderr, tasks_per_node)
+        lines = self.directives(job_name, stdout, stderr, max_workers)
         if self.scheduler_options.strip():
             lines.append(self.scheduler_options.strip("\n"))
         return lines
 
+    @keyword_renamed("tasks_per_node", "max_workers")
     def render_script(
-        self, job_name: str, stdout: str, stderr: str, exit_file: str, tasks_per_node: int, launch: str
+        self, job_name: str, stdout: str, stderr: str, exit_file: str, max_workers: int, launch: str
     ) -> str:
         """Return the text of one block's job script (see :data:`SCRIPT_TEMPLATE`)."""
         return SCRIPT_TEMPLATE.substitute(
-            directives="\n".join(self.script_header(job_name, stdout, stderr, tasks_per_node)),
+            directives="\n".join(self.script_header(job_name, stdout, stderr, max_workers)),
             job_name=job_name,
             provider=type(self).__name__,
             worker_init=self.worker_init,

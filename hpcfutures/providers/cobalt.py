@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 
 from typing_extensions import Unpack
 
+from .._validate import keyword_renamed
 from ..errors import ConfigurationError
 from .base import JobState, JobStatus
 from .channels import CommandResult
@@ -129,7 +130,8 @@ class CobaltProvider(ClusterProvider):
         self.account = _check_word("account", account)
         self.attrs = _attrs(attrs)
 
-    def directives(self, job_name: str, stdout: str, stderr: str, tasks_per_node: int) -> list[str]:
+    @keyword_renamed("tasks_per_node", "max_workers")
+    def directives(self, job_name: str, stdout: str, stderr: str, max_workers: int) -> list[str]:
         """Return the ``#COBALT`` lines for one block."""
         lines = [
             f"#COBALT -t {max(1, math.ceil(self.walltime_seconds / 60))}",

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 from typing_extensions import Unpack
 
+from .._validate import check_bool, keyword_renamed
 from ..errors import ConfigurationError
 from .base import JobState, JobStatus
 from .channels import CommandResult
@@ -169,12 +170,11 @@ class CondorProvider(ClusterProvider):
             )
         self.requirements = _check_line("requirements", requirements)
         self.project = _check_line("project", project, forbidden='"')
-        if not isinstance(getenv, bool):
-            raise ConfigurationError(f"getenv must be True or False, got {getenv!r}")
-        self.getenv = getenv
+        self.getenv = check_bool("getenv", getenv)
         self.walltime_expression = walltime_expression(self.walltime_seconds)
 
-    def directives(self, job_name: str, stdout: str, stderr: str, tasks_per_node: int) -> list[str]:
+    @keyword_renamed("tasks_per_node", "max_workers")
+    def directives(self, job_name: str, stdout: str, stderr: str, max_workers: int) -> list[str]:
         """Return the ``#CONDOR`` submit-description lines for one block (``queue`` excluded)."""
         base = stdout[: -len(".out")] if stdout.endswith(".out") else stdout
         lines = [
@@ -200,9 +200,10 @@ class CondorProvider(ClusterProvider):
             lines.append(f'+ProjectName = "{self.project}"')
         return [PREFIX + line for line in lines]
 
-    def script_header(self, job_name: str, stdout: str, stderr: str, tasks_per_node: int) -> list[str]:
+    @keyword_renamed("tasks_per_node", "max_workers")
+    def script_header(self, job_name: str, stdout: str, stderr: str, max_workers: int) -> list[str]:
         """The submit description as ``#CONDOR`` lines: directives, the user's lines, ``queue`` last."""
-        lines = self.directives(job_name, stdout, stderr, tasks_per_node)
+        lines = self.directives(job_name, stdout, stderr, max_workers)
         lines += [PREFIX + line.strip() for line in self.scheduler_options.splitlines() if line.strip()]
         lines.append(PREFIX + "queue 1")
         return lines

@@ -24,6 +24,7 @@ from dataclasses import replace
 
 from typing_extensions import Unpack
 
+from .._validate import keyword_renamed
 from ..errors import ConfigurationError
 from ..exits import signal_name
 from .base import JobState, JobStatus
@@ -259,7 +260,8 @@ class GridEngineProvider(ClusterProvider):
 
     # -- what ClusterProvider asks of a scheduler ----------------------------------------------
 
-    def directives(self, job_name: str, stdout: str, stderr: str, tasks_per_node: int) -> list[str]:
+    @keyword_renamed("tasks_per_node", "max_workers")
+    def directives(self, job_name: str, stdout: str, stderr: str, max_workers: int) -> list[str]:
         """Return the ``#$`` lines of one block's script."""
         for what, path in (("stdout", stdout), ("stderr", stderr)):
             if any(c.isspace() for c in path) or ":" in path:

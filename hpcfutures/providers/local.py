@@ -22,10 +22,11 @@ from collections.abc import Iterable, Sequence
 
 import psutil
 
-from ..errors import ConfigurationError
+from .._validate import check_seconds, keyword_renamed
 from ..exits import SIGKILL_HINT, describe_exit, exit_signal
 from ..launchers.base import Launcher
-from .base import ExecutionProvider, JobState, JobStatus, read_tail
+from ..tails import read_tail
+from .base import ExecutionProvider, JobState, JobStatus
 
 logger = logging.getLogger(__name__)
 
@@ -149,15 +150,7 @@ class LocalProvider(ExecutionProvider):
             worker_init=worker_init,
             launcher=launcher,
         )
-        if (
-            isinstance(cancel_grace, bool)
-            or not isinstance(cancel_grace, (int, float))
-            or not (0 <= cancel_grace < float("inf"))
-        ):
-            raise ConfigurationError(
-                f"cancel_grace must be a finite number of seconds >= 0, got {cancel_grace!r}"
-            )
-        self.cancel_grace = float(cancel_grace)
+        self.cancel_grace = float(check_seconds("cancel_grace", cancel_grace, allow_zero=True, finite=True))
         # Must be held while reading or changing _jobs, _next_id, _private_dir, _closed, and
         # script_dir once jobs may be submitted.
         self._lock = threading.Lock()
@@ -166,14 +159,17 @@ class LocalProvider(ExecutionProvider):
         self._private_dir: str | None = None
         self._closed = False
 
-    def submit(self, command: str, tasks_per_node: int, job_name: str = "hpcfutures.block") -> str:
+    @keyword_renamed("tasks_per_node", "max_workers")
+    def submit(self, command: str, max_workers: int, job_name: str = "hpcfutures.block") -> str:
         """Start a block running *command* (wrapped by the launcher); return its job id.
+
+        *max_workers* is how many workers the pool runs, passed to the launcher.
 
         Raises:
             RuntimeError: the provider was closed.
             OSError: the script directory or files could not be created, or bash not started.
         """
-        launched = self.launcher(command, tasks_per_node, self.nodes_per_block)
+        launched = self.launcher(command, max_workers, self.nodes_per_block)
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", job_name) or "block"
         init = self.worker_init.rstrip("\n")
         body = (

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from typing_extensions import Unpack
 
+from .._validate import check_bool, keyword_renamed
 from ..errors import ConfigurationError
 from .base import JobState, JobStatus
 from .channels import CommandResult
@@ -162,13 +163,11 @@ class LSFProvider(ClusterProvider):
         super().__init__(label=label, **shape)
         self.queue = _check_word("queue", queue)
         self.project = _check_word("project", project)
-        for name, flag in (("nnodes", nnodes), ("exclusive", exclusive)):
-            if not isinstance(flag, bool):
-                raise ConfigurationError(f"{name} must be True or False, got {flag!r}")
-        self.nnodes = nnodes
-        self.exclusive = exclusive
+        self.nnodes = check_bool("nnodes", nnodes)
+        self.exclusive = check_bool("exclusive", exclusive)
 
-    def directives(self, job_name: str, stdout: str, stderr: str, tasks_per_node: int) -> list[str]:
+    @keyword_renamed("tasks_per_node", "max_workers")
+    def directives(self, job_name: str, stdout: str, stderr: str, max_workers: int) -> list[str]:
         """Return the ``#BSUB`` lines for one block."""
         lines = [
             f"#BSUB -J {re.sub(r'[^A-Za-z0-9_.-]', '_', job_name)}",

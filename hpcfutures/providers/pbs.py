@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 from typing_extensions import Unpack
 
+from .._validate import check_bool, keyword_renamed
 from ..errors import ConfigurationError
 from ..exits import signal_name
 from .base import JobState, JobStatus
@@ -197,7 +198,7 @@ class _PBSProvider(ClusterProvider):
     def _common(self, job_name: str, stdout: str, stderr: str) -> list[str]:
         return [f"#PBS -N {self.job_name(job_name)}", f"#PBS -o {stdout}", f"#PBS -e {stderr}"]
 
-    def _tail(self) -> list[str]:
+    def _closing_directives(self) -> list[str]:
         lines = [f"#PBS -l walltime={self.walltime}"]
         if self.queue is not None:
             lines.append(f"#PBS -q {self.queue}")
@@ -324,14 +325,15 @@ class TorqueProvider(_PBSProvider):
     ) -> None:
         super().__init__(queue=queue, account=account, label=label, **shape)
 
-    def directives(self, job_name: str, stdout: str, stderr: str, tasks_per_node: int) -> list[str]:
+    @keyword_renamed("tasks_per_node", "max_workers")
+    def directives(self, job_name: str, stdout: str, stderr: str, max_workers: int) -> list[str]:
         """Return the ``#PBS`` lines for one block."""
-        ppn = self.cores_per_node if self.cores_per_node is not None else max(1, tasks_per_node)
+        ppn = self.cores_per_node if self.cores_per_node is not None else max(1, max_workers)
         lines = self._common(job_name, stdout, stderr)
         lines.append(f"#PBS -l nodes={self.nodes_per_block}:ppn={ppn}")
         if self.mem_per_node is not None:
             lines.append(f"#PBS -l mem={max(1, round(self.mem_per_node * 1024 * self.nodes_per_block))}mb")
-        return lines + self._tail()
+        return lines + self._closing_directives()
 
 
 class PBSProProvider(_PBSProvider):
@@ -389,17 +391,17 @@ class PBSProProvider(_PBSProvider):
             raise ConfigurationError(
                 f"place must be a PBS placement such as 'scatter' or 'scatter:excl', got {place!r}"
             )
-        for name, value in (("json", json), ("history", history)):
-            if not isinstance(value, bool):
-                raise ConfigurationError(f"{name} must be True or False, got {value!r}")
+        check_bool("json", json)
+        check_bool("history", history)
         self.select_options = select_options.strip(":")
         self.place = place
         self.json = json
         self.history = history
 
-    def directives(self, job_name: str, stdout: str, stderr: str, tasks_per_node: int) -> list[str]:
+    @keyword_renamed("tasks_per_node", "max_workers")
+    def directives(self, job_name: str, stdout: str, stderr: str, max_workers: int) -> list[str]:
         """Return the ``#PBS`` lines for one block."""
-        ncpus = self.cores_per_node if self.cores_per_node is not None else max(1, tasks_per_node)
+        ncpus = self.cores_per_node if self.cores_per_node is not None else max(1, max_workers)
         chunk = [str(self.nodes_per_block), f"ncpus={ncpus}"]
         if self.mem_per_node is not None:
             chunk.append(f"mem={max(1, round(self.mem_per_node * 1024))}mb")
@@ -407,7 +409,7 @@ class PBSProProvider(_PBSProvider):
             chunk.append(self.select_options)
         lines = self._common(job_name, stdout, stderr)
         lines += [f"#PBS -l select={':'.join(chunk)}", f"#PBS -l place={self.place}"]
-        lines += self._tail()
+        lines += self._closing_directives()
         if self.project is not None:
             lines.append(f"#PBS -P {self.project}")
         return lines

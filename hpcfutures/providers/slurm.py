@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from typing_extensions import Unpack
 
-from ..errors import ConfigurationError
+from .._validate import check_bool, keyword_renamed
 from ..exits import exit_signal
 from .base import JobState, JobStatus
 from .channels import CommandResult
@@ -220,11 +220,10 @@ class SlurmProvider(ClusterProvider):
         self.account = check_name("account", account, "proj123")
         self.qos = check_name("qos", qos, "normal")
         self.constraint = check_name("constraint", constraint, "haswell&ib")
-        if not isinstance(exclusive, bool):
-            raise ConfigurationError(f"exclusive must be True or False, got {exclusive!r}")
-        self.exclusive = exclusive
+        self.exclusive = check_bool("exclusive", exclusive)
 
-    def directives(self, job_name: str, stdout: str, stderr: str, tasks_per_node: int) -> list[str]:
+    @keyword_renamed("tasks_per_node", "max_workers")
+    def directives(self, job_name: str, stdout: str, stderr: str, max_workers: int) -> list[str]:
         """Return the ``#SBATCH`` lines for one block."""
         lines = [
             f"#SBATCH --job-name={job_name}",
@@ -235,7 +234,7 @@ class SlurmProvider(ClusterProvider):
         if self.cores_per_node is not None:
             lines += ["#SBATCH --ntasks-per-node=1", f"#SBATCH --cpus-per-task={self.cores_per_node}"]
         else:
-            lines.append(f"#SBATCH --ntasks-per-node={max(1, tasks_per_node)}")
+            lines.append(f"#SBATCH --ntasks-per-node={max(1, max_workers)}")
         if self.mem_per_node is not None:
             lines.append(f"#SBATCH --mem={max(1, round(self.mem_per_node * 1024))}M")
         lines.append(f"#SBATCH --time={format_slurm_time(self.walltime_seconds)}")

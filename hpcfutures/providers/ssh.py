@@ -24,9 +24,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
+from .._validate import check_seconds, check_text, keyword_renamed
 from ..errors import ConfigurationError
 from ..launchers.base import Launcher
-from .base import TAIL_BYTES, TAIL_LINES, ExecutionProvider, JobState, JobStatus, TunnelChannel
+from ..tails import TAIL_BYTES, TAIL_LINES, last_lines
+from .base import ExecutionProvider, JobState, JobStatus, TunnelChannel
 from .channels import DEFAULT_COMMAND_TIMEOUT, Channel, ChannelError
 from .cluster import SubmitError, parse_walltime
 from .ssh_channel import HOST_KEY_POLICIES, SSHChannel
@@ -194,19 +196,12 @@ class SSHProvider(ExecutionProvider):
             )
         self.channels = channels
         self.walltime_seconds = None if walltime is None else parse_walltime(walltime)
-        if remote_script_dir is not None and (not isinstance(remote_script_dir, str) or not remote_script_dir):
-            raise ConfigurationError(
-                f"remote_script_dir must be a directory path on the hosts or None, got {remote_script_dir!r}"
-            )
-        self.remote_script_dir = remote_script_dir
-        for name, value in (("cancel_grace", cancel_grace), ("poll_interval", poll_interval)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
-                raise ConfigurationError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
-        if isinstance(cmd_timeout, bool) or not isinstance(cmd_timeout, (int, float)) or not cmd_timeout > 0:
-            raise ConfigurationError(f"cmd_timeout must be a positive number of seconds, got {cmd_timeout!r}")
-        self.cancel_grace = float(cancel_grace)
-        self.cmd_timeout = float(cmd_timeout)
-        self.poll_interval = float(poll_interval)
+        self.remote_script_dir = check_text(
+            "remote_script_dir", remote_script_dir, what="a directory path on the hosts", optional=True
+        )
+        self.cancel_grace = float(check_seconds("cancel_grace", cancel_grace, allow_zero=True, finite=True))
+        self.cmd_timeout = float(check_seconds("cmd_timeout", cmd_timeout))
+        self.poll_interval = float(check_seconds("poll_interval", poll_interval, allow_zero=True, finite=True))
         self._token = uuid.uuid4().hex[:8]
         # Must be held while reading or changing _jobs, _counter, _polled, _private_dir and _closed.
         self._lock = threading.Lock()
@@ -224,16 +219,18 @@ class SSHProvider(ExecutionProvider):
         base = self.remote_script_dir or getattr(self.channels[host], "script_dir", None) or ".hpcfutures"
         return f"{base.rstrip('/')}/{self.label}-{self._token}"
 
-    def submit(self, command: str, tasks_per_node: int, job_name: str = "hpcfutures.block") -> str:
+    @keyword_renamed("tasks_per_node", "max_workers")
+    def submit(self, command: str, max_workers: int, job_name: str = "hpcfutures.block") -> str:
         """Start a block on the next host and return its job id (``host:pid``).
+
+        *max_workers* is how many workers the pool runs, passed to the launcher.
 
         Raises:
             SubmitError: the host did not start the script.
             ChannelError: the host could not be reached.
             RuntimeError: the provider was closed.
         """
-        if not isinstance(command, str) or not command.strip():
-            raise ConfigurationError(f"command must be a non-empty shell command, got {command!r}")
+        check_text("command", command, what="a non-empty shell command")
         with self._lock:
             if self._closed:
                 raise RuntimeError(f"cannot submit a block: SSHProvider {self.label!r} is closed")
@@ -247,7 +244,7 @@ class SSHProvider(ExecutionProvider):
         local_script = os.path.join(local_dir, base + ".sh")
         remote = self.remote_dir(host)
         with open(local_script, "w") as f:
-            f.write(self.render_script(command, job_name, channel.hostname, tasks_per_node))
+            f.write(self.render_script(command, job_name, channel.hostname, max_workers))
         os.chmod(local_script, 0o700)
         script = channel.push_file(local_script, remote)  # an absolute path on the host
         directory = script.rsplit("/", 1)[0]
@@ -273,9 +270,10 @@ class SSHProvider(ExecutionProvider):
         logger.info("%s: started block %s on %s as pid %d", self.label, job_name, channel.hostname, pid)
         return job_id
 
-    def render_script(self, command: str, job_name: str, host: str, tasks_per_node: int) -> str:
+    @keyword_renamed("tasks_per_node", "max_workers")
+    def render_script(self, command: str, job_name: str, host: str, max_workers: int) -> str:
         """Return the text of one block's script (see :data:`SCRIPT_TEMPLATE`)."""
-        launch = self.launcher(command, tasks_per_node, 1)
+        launch = self.launcher(command, max_workers, 1)
         block_end = ""
         if self.walltime_seconds is not None:
             seconds = self.walltime_seconds
@@ -405,10 +403,7 @@ class SSHProvider(ExecutionProvider):
             return tails
         pieces = re.split(rf"\n{_TAIL_MARK} (\d+)\n", result.stdout)
         for index, text in zip(pieces[1::2], pieces[2::2]):
-            lines = text.splitlines()
-            if len(text.encode()) >= TAIL_BYTES and len(lines) > 1:
-                lines = lines[1:]  # the first line was cut by the byte limit
-            tails[int(index)] = "\n".join(lines)
+            tails[int(index)] = last_lines(text, None, cut=len(text.encode()) >= TAIL_BYTES)
         return tails
 
     # -- cancelling ---------------------------------------------------------------------------

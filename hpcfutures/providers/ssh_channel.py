@@ -31,8 +31,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from .._validate import check_count, check_seconds, check_text
 from ..errors import ConfigurationError
-from .base import TAIL_BYTES
+from ..tails import TAIL_BYTES, TAIL_LINES, last_lines
 from .channels import DEFAULT_COMMAND_TIMEOUT, Channel, ChannelError, CommandResult
 from .ssh_forward import Forward, PortForwards
 from .ssh_hostkeys import HOST_KEY_POLICIES, HostKeyPolicy, SSHHostKeyError, changed_key_error, fingerprint
@@ -58,10 +59,7 @@ class SSHAuthenticationError(ChannelError):
     """The host refused every key offered for the user."""
 
 def _check_port(name: str, value: object, allow_zero: bool) -> int:
-    low = 0 if allow_zero else 1
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 65535:
-        raise ConfigurationError(f"{name} must be a TCP port number from {low} to 65535, got {value!r}")
-    return value
+    return check_count(name, value, 0 if allow_zero else 1, maximum=65535, what="a TCP port number")
 
 
 def _check_host(name: str, value: object) -> str:
@@ -226,16 +224,8 @@ class SSHChannel(Channel):
                 )
         else:
             raise ConfigurationError(f"known_hosts must be a path or None, got {known_hosts!r}")
-        if (
-            isinstance(connect_timeout, bool)
-            or not isinstance(connect_timeout, (int, float))
-            or not 0 < connect_timeout < float("inf")
-        ):
-            raise ConfigurationError(f"connect_timeout must be a positive number of seconds, got {connect_timeout!r}")
-        self.connect_timeout = float(connect_timeout)
-        if script_dir is not None and (not isinstance(script_dir, str) or not script_dir):
-            raise ConfigurationError(f"script_dir must be a remote directory path or None, got {script_dir!r}")
-        self.script_dir = script_dir
+        self.connect_timeout = float(check_seconds("connect_timeout", connect_timeout, finite=True))
+        self.script_dir = check_text("script_dir", script_dir, what="a remote directory path", optional=True)
         _check_env(env)
         self.env = dict(env or {})
 
@@ -441,13 +431,10 @@ class SSHChannel(Channel):
         Raises:
             ChannelError: not connected, or *cwd* does not exist on the host.
         """
-        if not isinstance(command, str) or not command.strip():
-            raise ConfigurationError(f"command must be a non-empty shell command string, got {command!r}")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-            raise ConfigurationError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        check_text("command", command, what="a non-empty shell command string")
+        check_seconds("timeout", timeout)
         _check_env(env)
-        if cwd is not None and (not isinstance(cwd, str) or not cwd):
-            raise ConfigurationError(f"cwd must be a directory path or None, got {cwd!r}")
+        check_text("cwd", cwd, what="a directory path", optional=True)
         # The script goes in on stdin so that the login shell (bash, tcsh, …) never parses it.
         lines = [f'echo "{_PID_TAG}$$" >&2']
         if cwd is not None:
@@ -570,8 +557,7 @@ class SSHChannel(Channel):
 
     def makedirs(self, path: str, mode: int = 0o700) -> None:
         """Create directory *path* (and parents) on the host if missing; see :meth:`Channel.makedirs`."""
-        if not isinstance(path, str) or not path:
-            raise ConfigurationError(f"path must be a directory path, got {path!r}")
+        check_text("path", path, what="a directory path")
         self._sftp_call(f"create directory {path!r}", lambda sftp: self._sftp_makedirs(sftp, path, mode))
 
     def push_file(self, local_path: str, remote_dir: str) -> str:
@@ -582,8 +568,7 @@ class SSHChannel(Channel):
         """
         if not isinstance(local_path, (str, os.PathLike)) or not os.path.isfile(local_path):
             raise ChannelError(f"cannot push {local_path!r} to {self.hostname}: no such local file")
-        if not isinstance(remote_dir, str) or not remote_dir:
-            raise ConfigurationError(f"remote_dir must be a directory path, got {remote_dir!r}")
+        check_text("remote_dir", remote_dir, what="a directory path")
         local_path = os.fspath(local_path)
         mode = os.stat(local_path).st_mode & 0o777
 
@@ -604,8 +589,7 @@ class SSHChannel(Channel):
 
     def pull_file(self, remote_path: str, local_dir: str) -> str:
         """Copy *remote_path* from the host into *local_dir* (made if missing); return the local path."""
-        if not isinstance(remote_path, str) or not remote_path:
-            raise ConfigurationError(f"remote_path must be a file path, got {remote_path!r}")
+        check_text("remote_path", remote_path, what="a file path")
         os.makedirs(local_dir, exist_ok=True)
         target = os.path.join(local_dir, posixpath.basename(remote_path))
         self._sftp_call(
@@ -613,7 +597,7 @@ class SSHChannel(Channel):
         )
         return target
 
-    def read_tail(self, path: str, lines: int = 20) -> str:
+    def read_tail(self, path: str, lines: int = TAIL_LINES) -> str:
         """Return the last *lines* lines of the text file *path* on the host (``""`` if unreadable)."""
         command = f"tail -n {int(lines)} -- {_shell_path(path)} 2>/dev/null | tail -c {TAIL_BYTES}"
         try:
@@ -621,11 +605,7 @@ class SSHChannel(Channel):
         except ChannelError as exc:
             logger.debug("cannot read the tail of %s on %s: %s", path, self.hostname, exc)
             return ""
-        text = result.stdout
-        parts = text.splitlines()
-        if len(text.encode()) >= TAIL_BYTES and len(parts) > 1:
-            parts = parts[1:]  # the first line was cut by the byte limit
-        return "\n".join(parts)
+        return last_lines(result.stdout, None, cut=len(result.stdout.encode()) >= TAIL_BYTES)
 
     # -- port forwarding ----------------------------------------------------------------------
 

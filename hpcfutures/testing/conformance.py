@@ -41,6 +41,7 @@ from typing import Any
 
 import pytest
 
+from .._validate import check_count
 from .gate import Gate, Recorder
 from .tasks import ConformanceError, add, digest, identity, raise_error, return_none, square
 
@@ -572,8 +573,7 @@ def conformance_suite(
     """
     if not callable(factory):
         raise TypeError(f"factory must be a callable that returns an Executor, got {factory!r}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    check_count("workers", workers, 1, error=ValueError)
     cls_name = name or "TestExecutorConformance"
     caller = sys._getframe(1).f_globals.get("__name__", __name__)
     namespace = {

@@ -196,6 +196,48 @@ def test_a_bad_mode_or_period_names_the_parameter(tmp_path: Path) -> None:
     assert not (tmp_path / "run.db").exists()
 
 
+@pytest.mark.parametrize(
+    ("period", "seconds"),
+    [
+        (30, 30.0),
+        (2.5, 2.5),
+        ("00:00:05", 5.0),
+        ("01:30:00", 5400.0),
+        ("1:02:03", 3723.0),
+        ("48:00:00", 172800.0),
+    ],
+)
+def test_a_period_is_seconds_or_hh_mm_ss(tmp_path: Path, period: float | str, seconds: float) -> None:
+    with Checkpoint(tmp_path / "run.db", mode="periodic", period=period) as checkpoint:
+        assert checkpoint.period == seconds
+
+
+def test_an_hh_mm_ss_period_times_the_writes(tmp_path: Path) -> None:
+    path = tmp_path / "run.db"
+    clock = FakeClock()
+    with Checkpoint(path, mode="periodic", period="00:01:00", clock=clock) as checkpoint:
+        clock.now = 59.0
+        checkpoint.put("a", 1)
+        assert stored_keys(path) == []
+        clock.now = 60.0
+        checkpoint.put("b", 2)
+        assert stored_keys(path) == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    "period", ["5", "00:05", "1:60:00", "00:00:75", "-1:00:00", "aa:bb:cc", "", "00:00:00", True]
+)
+def test_a_malformed_period_names_the_parameter_and_the_accepted_forms(
+    tmp_path: Path, period: object
+) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Checkpoint(tmp_path / "run.db", mode="periodic", period=period)  # type: ignore[arg-type]
+    message = str(info.value)
+    assert message.startswith(f"period={period!r} ")
+    assert "number of seconds" in message and "'HH:MM:SS'" in message
+    assert not (tmp_path / "run.db").exists()
+
+
 def test_a_file_that_is_not_sqlite_is_refused_and_left_alone(tmp_path: Path) -> None:
     path = tmp_path / "run.db"
     garbage = b"this is not a database\n" * 100

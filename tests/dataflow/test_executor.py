@@ -124,7 +124,7 @@ def test_a_10000_task_chain_over_threads():
             futures.append(dfx.submit(add, futures[-1], 1))
         assert futures[-1].result(timeout=TIMEOUT) == n
         # Bounded memory: every finished task's record is gone.
-        assert dfx.pending == 0 and not dfx._live
+        assert dfx.pending == 0 and not dfx._engine.live
         assert all(f._task is None for f in futures)
 
 

@@ -30,7 +30,7 @@ def test_interchange_args_survive_their_command_line():
 
 
 def test_pool_args_survive_their_command_line_and_defaults_apply():
-    args = PoolArgs(addr="tcp://a:1,tcp://b:2", keys="/k/pool.key", workers=4, block_id="7", shm_dir="/dev/shm/x")
+    args = PoolArgs(addr="tcp://a:1,tcp://b:2", keys="/k/pool.key", max_workers=4, block_id="7", shm_dir="/dev/shm/x")
     assert PoolArgs.parse(args.to_argv()) == args
     assert PoolArgs.parse(["--addr", "unix:///p", "--keys", "k"]) == PoolArgs(addr="unix:///p", keys="k")
 
@@ -40,13 +40,13 @@ def test_a_missing_or_malformed_option_is_a_usage_error(capsys):
         PoolArgs.parse(["--keys", "k"])
     assert "--addr" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        PoolArgs.parse(["--addr", "a", "--keys", "k", "--workers", "many"])
-    assert "--workers" in capsys.readouterr().err
+        PoolArgs.parse(["--addr", "a", "--keys", "k", "--max-workers", "many"])
+    assert "--max-workers" in capsys.readouterr().err
 
 
 def test_the_pool_program_takes_its_options_from_the_same_declaration():
     help_text = subprocess.run(
         [sys.executable, "-m", "hpcfutures.executors.htex.pool", "--help"], capture_output=True, text=True, timeout=60
     ).stdout
-    for spec in ("--addr", "--keys", "--workers", "--block-id", "--prefetch", "--start-timeout", "--shm-dir"):
+    for spec in ("--addr", "--keys", "--max-workers", "--block-id", "--prefetch", "--start-timeout", "--shm-dir"):
         assert spec in help_text

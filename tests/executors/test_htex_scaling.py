@@ -175,7 +175,7 @@ class FakeProvider(ExecutionProvider):
         self.submitted: list[str] = []
         self.cancelled: list[str] = []
 
-    def submit(self, command: str, tasks_per_node: int, job_name: str = "hpcfutures.block") -> str:
+    def submit(self, command: str, max_workers: int, job_name: str = "hpcfutures.block") -> str:
         job_id = f"submitted-{len(self.submitted)}"
         self.submitted.append(job_id)
         return job_id

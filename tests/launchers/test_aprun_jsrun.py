@@ -125,7 +125,7 @@ def test_jsrun_options_are_validated(kwargs, name):
 
 
 def test_call_arguments_are_validated(launcher_class):
-    with pytest.raises(ConfigurationError, match="tasks_per_node"):
+    with pytest.raises(ConfigurationError, match="max_workers"):
         launcher_class()("pool", 0, 1)
     with pytest.raises(ConfigurationError, match="command"):
         launcher_class()(None, 1, 1)

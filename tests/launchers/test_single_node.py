@@ -15,14 +15,14 @@ RANK = "HPCFUTURES_LAUNCH_RANK"
 
 
 def test_one_copy_per_node_with_ranks_and_quoting_intact(tmp_path):
-    fragment = SingleNodeLauncher()(marker_command(tmp_path, RANK), tasks_per_node=4, nodes_per_block=3)
+    fragment = SingleNodeLauncher()(marker_command(tmp_path, RANK), max_workers=4, nodes_per_block=3)
     proc = run_fragment(fragment)
     assert proc.returncode == 0, proc.stderr
     assert markers(tmp_path) == [("0", PAYLOAD), ("1", PAYLOAD), ("2", PAYLOAD)]
 
 
-def test_per_task_starts_a_copy_per_task(tmp_path):
-    fragment = SingleNodeLauncher(per_task=True)(marker_command(tmp_path, RANK), tasks_per_node=2, nodes_per_block=2)
+def test_per_task_starts_a_copy_per_worker(tmp_path):
+    fragment = SingleNodeLauncher(per_task=True)(marker_command(tmp_path, RANK), max_workers=2, nodes_per_block=2)
     assert run_fragment(fragment).returncode == 0
     assert [rank for rank, _ in markers(tmp_path)] == ["0", "1", "2", "3"]
 
@@ -75,7 +75,7 @@ def test_options_are_validated(kwargs, name):
 
 @pytest.mark.parametrize(
     "args, name",
-    [(("", 1, 1), "command"), (("x", 0, 1), "tasks_per_node"), (("x", 1, True), "nodes_per_block")],
+    [(("", 1, 1), "command"), (("x", 0, 1), "max_workers must be an integer >= 1"), (("x", 1, True), "nodes_per_block")],
 )
 def test_call_arguments_are_validated(args, name):
     with pytest.raises(ConfigurationError, match=name):

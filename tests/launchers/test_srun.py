@@ -64,7 +64,7 @@ def test_srun_mpi_fragment_sets_step_environment() -> None:
         (lambda: SrunMPILauncher(mpi="pmi 2"), "mpi"),
         (lambda: SrunLauncher()("", 1, 1), "command"),
         (lambda: SrunLauncher()("pool", 1, 0), "nodes_per_block"),
-        (lambda: SrunMPILauncher()("pool", 0, 1), "tasks_per_node"),
+        (lambda: SrunMPILauncher()("pool", 0, 1), "max_workers"),
     ],
 )
 def test_bad_arguments_raise_configuration_error(make, word: str) -> None:

@@ -1,4 +1,4 @@
-"""Tests of hpcfutures.providers.base: job states, validation of shared settings, output tails."""
+"""Tests of hpcfutures.providers.base: job states and validation of shared settings."""
 
 from __future__ import annotations
 
@@ -6,14 +6,13 @@ import pytest
 
 from hpcfutures.errors import ConfigurationError
 from hpcfutures.providers import ExecutionProvider, JobState, JobStatus
-from hpcfutures.providers.base import read_tail
 
 
 class _Nothing(ExecutionProvider):
     def __init__(self, **kwargs):
-        super().__init__(label="nothing", **kwargs)
+        super().__init__(**{"label": "nothing", **kwargs})
 
-    def submit(self, command, tasks_per_node, job_name="hpcfutures.block"):
+    def submit(self, command, max_workers, job_name="hpcfutures.block"):
         raise NotImplementedError
 
     def status(self, job_ids):
@@ -62,6 +61,10 @@ def test_defaults():
         ({"nodes_per_block": 0}, "nodes_per_block"),
         ({"worker_init": ["module load x"]}, "worker_init"),
         ({"launcher": "srun"}, "launcher"),
+        ({"label": ""}, "label"),
+        ({"parallelism": 1.5}, "parallelism must be a number from 0 to 1"),
+        ({"parallelism": float("nan")}, "parallelism"),
+        ({"parallelism": True}, "parallelism"),
     ],
 )
 def test_invalid_settings_name_the_parameter(kwargs, name):
@@ -77,25 +80,3 @@ def test_min_above_max_says_how_to_fix():
 def test_init_blocks_may_exceed_max_blocks_like_parsl():
     assert _Nothing(init_blocks=3, min_blocks=0, max_blocks=1).init_blocks == 3
 
-
-def test_read_tail_keeps_last_lines(tmp_path):
-    path = tmp_path / "out"
-    path.write_text("".join(f"line {i}\n" for i in range(100)))
-    tail = read_tail(path)
-    assert tail.splitlines() == [f"line {i}" for i in range(80, 100)]
-    assert read_tail(path, lines=2) == "line 98\nline 99"
-
-
-def test_read_tail_reads_a_bounded_amount(tmp_path):
-    path = tmp_path / "out"
-    path.write_bytes(b"x" * 1_000_000 + b"\nlast line\n")
-    assert read_tail(path) == "last line"
-    path.write_bytes(b"y" * 1_000_000)  # one line longer than the limit: its end is kept
-    assert read_tail(path, max_bytes=100) == "y" * 100
-
-
-def test_read_tail_of_missing_or_binary_file(tmp_path):
-    assert read_tail(tmp_path / "absent") == ""
-    path = tmp_path / "core"
-    path.write_bytes(b"\xff\xfe\x00bad\nok\n")
-    assert read_tail(path).endswith("ok")

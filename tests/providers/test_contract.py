@@ -46,7 +46,7 @@ class _Minimal(ExecutionProvider):
     def __init__(self) -> None:
         super().__init__(label="minimal")
 
-    def submit(self, command: str, tasks_per_node: int, job_name: str = "hpcfutures.block") -> str:
+    def submit(self, command: str, max_workers: int, job_name: str = "hpcfutures.block") -> str:
         raise NotImplementedError
 
     def status(self, job_ids: Sequence[str]) -> list[JobStatus]:

@@ -88,10 +88,19 @@ def test_directives_carry_every_option(tmp_path: Path) -> None:
 
 
 def test_without_cores_it_asks_a_cpu_per_worker() -> None:
-    lines = SlurmProvider(walltime=90).directives("b", "o", "e", tasks_per_node=3)
+    lines = SlurmProvider(walltime=90).directives("b", "o", "e", max_workers=3)
     assert "#SBATCH --ntasks-per-node=3" in lines
     assert not any("cpus-per-task" in line or "--mem" in line or "--partition" in line for line in lines)
     assert "#SBATCH --time=00:01:30" in lines
+
+
+def test_the_old_keyword_tasks_per_node_still_renders_with_a_warning() -> None:
+    provider = SlurmProvider(walltime=90)
+    with pytest.warns(DeprecationWarning, match="max_workers="):
+        assert provider.directives("b", "o", "e", tasks_per_node=3) == provider.directives("b", "o", "e", 3)
+    with pytest.warns(DeprecationWarning, match="max_workers="):
+        script = provider.render_script("b", "o", "e", "x", tasks_per_node=3, launch="pool")
+    assert "#SBATCH --ntasks-per-node=3" in script
 
 
 @pytest.mark.parametrize(

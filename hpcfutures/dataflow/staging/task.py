@@ -10,6 +10,7 @@ works whether or not workers share the driver's file system.
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Any, Callable, Sequence
 
 from ..deps import ATOMIC_TYPES, _walker_for
@@ -69,6 +70,9 @@ def run_staged(
     Remote Files in the ``outputs`` keyword are outputs; every other remote File in the
     arguments is an input.
 
+    ``directory`` and the copies in it are removed when the call ends, whether it succeeded
+    or not: a task returns data or remote Files, never paths into its staging directory.
+
     Raises:
         StagingError: an input could not be fetched or an output could not be sent (the
             message names the file); the function's own exceptions pass through.
@@ -77,8 +81,11 @@ def run_staged(
     output_ids = {id(f) for f in outputs}
     inputs = [f for f in remote_files(args, kwargs) if id(f) not in output_ids]
     os.makedirs(directory, exist_ok=True)
-    stage_inputs(inputs, directory, providers)
-    prepare_outputs(outputs, directory)
-    result = fn(*args, **kwargs)
-    stage_outputs(outputs, providers)
-    return result
+    try:
+        stage_inputs(inputs, directory, providers)
+        prepare_outputs(outputs, directory)
+        result = fn(*args, **kwargs)
+        stage_outputs(outputs, providers)
+        return result
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)  # the staged copies end with the task

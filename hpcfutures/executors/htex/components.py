@@ -133,7 +133,9 @@ class PoolArgs(_ComponentArgs):
         )
     )
     keys: str = field(metadata=_help("the pool's CurveZMQ key file"))
-    workers: int = field(default=0, metadata=_help("worker processes (0: one per available CPU)"))
+    max_workers: int = field(
+        default=0, metadata=_help("worker processes, as the executor's max_workers (0: one per available CPU)")
+    )
     block_id: str = "0"
     pool_id: str = ""
     prefetch: int = field(default=0, metadata=_help("tasks held beyond what the workers take"))

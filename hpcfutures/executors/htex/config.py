@@ -12,24 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
+from ..._validate import check_count, check_seconds
 from ...errors import ConfigurationError
 
 if TYPE_CHECKING:
     from ...providers.base import ExecutionProvider
 
 AtExit = Literal["wait", "terminate"]
-
-
-def _positive_seconds(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ConfigurationError(f"{name} must be a positive number of seconds, got {value!r}")
-    return float(value)
-
-
-def _count(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigurationError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -66,8 +55,7 @@ class HtexConfig:
         def normalise(name: str, value: Any) -> None:
             object.__setattr__(self, name, value)
 
-        if self.max_workers is not None:
-            _count("max_workers", self.max_workers, 1)
+        check_count("max_workers", self.max_workers, 1, optional="one per CPU")
         provider = self.provider
         from ...providers.base import ExecutionProvider
 
@@ -92,10 +80,10 @@ class HtexConfig:
             raise ConfigurationError(f"initializer must be callable or None, got {self.initializer!r}")
         if not isinstance(self.initargs, tuple):
             raise ConfigurationError(f"initargs must be a tuple, got {type(self.initargs).__name__}")
-        _count("prefetch", self.prefetch, 0)
-        _count("lost_task_retries", self.lost_task_retries, 0)
+        check_count("prefetch", self.prefetch, 0)
+        check_count("lost_task_retries", self.lost_task_retries, 0)
         for name in ("heartbeat_period", "heartbeat_threshold", "start_timeout", "max_idletime", "block_poll_period"):
-            normalise(name, _positive_seconds(name, getattr(self, name)))
+            normalise(name, float(check_seconds(name, getattr(self, name))))
         if self.at_exit not in ("wait", "terminate"):
             raise ConfigurationError(
                 "at_exit must be 'wait' (unfinished tasks run to the end when the program ends, as "

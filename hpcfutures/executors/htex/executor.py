@@ -26,6 +26,7 @@ from concurrent.futures import wait as wait_futures
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
+from ..._validate import check_count
 from ...errors import (
     PoolStartError,
     VersionMismatchError,
@@ -368,8 +369,7 @@ class HighThroughputExecutor(Executor):
         chunksize: int,
         hook: Callable[[Future[Any]], None] | None,
     ) -> Iterator[Any]:
-        if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
-            raise ValueError(f"chunksize must be a positive integer, got {chunksize!r}")
+        check_count("chunksize", chunksize, 1, error=ValueError)
         end_time = None if timeout is None else time.monotonic() + timeout
         calls = zip(*iterables)
         if chunksize == 1:

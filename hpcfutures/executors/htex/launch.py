@@ -17,8 +17,12 @@ from pathlib import Path
 
 from ...errors import InterchangeLostError
 from ...exits import describe_exit
+from ...tails import read_tail
 from .components import InterchangeArgs
 from .pipes import Receiver, Sender, pipe_pair
+
+#: How much of the interchange's stderr file its InterchangeLostError quotes.
+STDERR_TAIL_BYTES = 4000
 
 
 def free_port(address: str) -> int:
@@ -28,18 +32,6 @@ def free_port(address: str) -> int:
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
-
-
-def file_tail(path: Path, limit: int = 4000) -> str:
-    """The last ``limit`` bytes of a file, as text ("" if it cannot be read)."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - limit))
-            return f.read().decode(errors="replace").strip()
-    except OSError:
-        return ""
 
 
 def start_interchange(args: InterchangeArgs, stderr: Path) -> tuple[subprocess.Popen[bytes], Sender, Receiver]:
@@ -88,7 +80,7 @@ def lost_error(process: subprocess.Popen[bytes], stderr: Path) -> InterchangeLos
     code = process.poll()
     if code is None:
         return None
-    tail = file_tail(stderr)
+    tail = read_tail(stderr, lines=None, max_bytes=STDERR_TAIL_BYTES)
     return InterchangeLostError(
         f"the interchange process {describe_exit(code)}; every task it held is lost. "
         f"Its stderr ends with:\n{tail}",

@@ -105,7 +105,7 @@ class PoolManager:
 
     def __init__(self, args: PoolArgs):
         self.args = args
-        self.workers_wanted = args.workers or len(os.sched_getaffinity(0))
+        self.workers_wanted = args.max_workers or len(os.sched_getaffinity(0))
         self.pool_id = args.pool_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.workers: dict[int, _Worker] = {}  # by rank
         self.by_sentinel: dict[int, _Worker] = {}

@@ -59,7 +59,7 @@ class RunSpace:
         return PoolArgs(
             addr=address,
             keys=str(self.keys.pool),
-            workers=config.max_workers or 0,
+            max_workers=config.max_workers or 0,
             block_id=block_id,
             prefetch=config.prefetch,
             heartbeat_period=config.heartbeat_period,

@@ -1,0 +1,369 @@
+"""Task: one dataflow task's state machine, written against what it needs from its host.
+
+A task waits until every future in its arguments is done (done-callbacks, no polling, no
+thread per task), then goes to a backend executor with those futures replaced by their
+results.  A task whose dependency failed never runs: it fails with DependencyError naming
+the chain back to the first failure.  States: WAITING (for dependencies) -> QUEUED (looked
+up in the cache, handed to the backend or a join body) -> DONE.
+
+Threads: a task is started on the submitting thread; every later step (a dependency done,
+the backend's outcome, a cache leader's outcome, a join body's outcome) is posted to the
+host's :class:`~.dispatch.Dispatcher` and runs on its one thread.  ``state`` and ``inner``
+are guarded by the task's ``lock``, because ``cancel`` may come from any thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from concurrent.futures import Executor, Future
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
+
+from .deps import ATOMIC_TYPES, find_futures, substitute
+from .dispatch import Dispatcher
+from .failures import dependency_error, failures
+from .futures import DataflowFuture
+from .retry import RetryHandler, TaskRecord, should_retry
+from .settings import TaskSettings
+
+if TYPE_CHECKING:
+    from .caching import Memoizer
+    from .memo import CacheKey
+
+logger = logging.getLogger(__name__)
+
+WAITING, QUEUED, DONE = 0, 1, 2
+
+#: A call's last change before it goes to the backend: ``wrap(fn, args, kwargs)`` returns
+#: the function and arguments to submit (apps use it for streams and bash commands).
+Wrap = Callable[
+    [Callable[..., Any], tuple[Any, ...], dict[str, Any]],
+    tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]],
+]
+
+
+class TaskHost(Protocol):
+    """What a task needs from the executor that runs it."""
+
+    dispatcher: Dispatcher
+    retries: int
+    retry_handler: RetryHandler | None
+
+    def choose_label(self, settings: TaskSettings) -> str:
+        """The backend label this task runs on."""
+
+    def backend_for(self, label: str, settings: TaskSettings) -> Executor:
+        """The executor to submit to: the backend, or its ``options()`` view for these settings."""
+
+    def memo_for(self, settings: TaskSettings) -> Memoizer | None:
+        """The cache this task uses, or None if it is not cached."""
+
+    def stage(
+        self, task: Task, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+        """The call, wrapped so that its remote files are staged where it runs."""
+
+    def run_join(self, task: Task) -> None:
+        """Run a join app's body; its outcome comes back through ``task.finish``."""
+
+    def stop_error(self) -> BaseException | None:
+        """Why the workflow stopped (lazy_errors=False), or None: a failure is not retried then."""
+
+    def discarding(self) -> bool:
+        """Whether the host is shutting down with cancel_futures: failures are not retried."""
+
+    def task_failed(self, task: Task, error: BaseException) -> None:
+        """A task failed with its own error (not a dependency's, not a cancel)."""
+
+    def forget(self, task: Task) -> None:
+        """The task ended: drop it from the host's live tasks."""
+
+
+class Task:
+    """One task's bookkeeping, dropped as soon as its future is resolved."""
+
+    __slots__ = (
+        "host",
+        "future",
+        "fn",
+        "args",
+        "kwargs",
+        "settings",
+        "label",
+        "wrap",
+        "deps",
+        "done_count",
+        "state",
+        "inner",
+        "record",
+        "lock",
+        "memo",
+        "cache_key",
+        "plain",
+        "stopped",
+        "settled",
+        "_key",
+    )
+
+    def __init__(
+        self,
+        host: TaskHost,
+        future: DataflowFuture,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        settings: TaskSettings,
+        wrap: Wrap | None,
+    ):
+        self.host = host
+        self.future = future
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.settings = settings
+        self.label = host.choose_label(settings)
+        self.wrap = wrap
+        self.deps: list[Future[Any]] = []
+        self.done_count: Iterator[int] | None = None
+        self.state = WAITING
+        self.inner: Future[Any] | None = None
+        self.record: TaskRecord | None = None
+        self.memo: Memoizer | None = None  # the cache, while this task leads a cached call
+        self.cache_key: CacheKey | None = None  # the key this task leads
+        self._key: CacheKey | None = None  # the key this task follows another task's call for
+        self.plain = False  # every argument is a plain value (known at submit, so not looked at again)
+        self.stopped: BaseException | None = None  # the workflow stopped: fail with this
+        self.settled = False  # finish() has run (a cancel and the backend's outcome may race)
+        self.lock = threading.Lock()  # guards state and inner
+
+    # -- waiting for dependencies --------------------------------------------------------------
+
+    def start(self) -> None:
+        """Launch now if no argument holds a future; else wait for them (on the submitting thread)."""
+        if is_plain(self.args, self.kwargs):  # nothing can hold a future (or a File): skip searches
+            self.plain = True
+            self.launch()
+            return
+        deps = find_futures(self.args, self.kwargs)
+        if not deps:
+            self.launch()
+            return
+        self.deps = deps
+        self.done_count = itertools.count(1)
+        for dep in deps:
+            dep.add_done_callback(self._dep_done)
+
+    def _dep_done(self, _dep: Future[Any]) -> None:
+        # itertools.count advances atomically: exactly one callback sees the last number.
+        if next(self.done_count) == len(self.deps):  # type: ignore[arg-type]
+            self.host.dispatcher.post(Task.launch, self)
+
+    def launch(self) -> None:
+        """Every dependency is done: fail, answer from the cache, or run."""
+        with self.lock:
+            if self.state != WAITING:
+                return
+            self.state = QUEUED
+        deps, self.deps = self.deps, []
+        if self.stopped is not None:
+            self.finish(exception=self.stopped)
+            return
+        failed = failures(deps) if deps else []
+        if failed:
+            self.finish(exception=dependency_error(self.future, failed))
+            return
+        try:
+            args, kwargs = substitute(self.args, self.kwargs) if deps else (self.args, self.kwargs)
+        except BaseException as exc:  # noqa: BLE001 - a container that cannot be rebuilt
+            self.finish(exception=exc)
+            return
+        self.args, self.kwargs = args, kwargs
+        memo = self.host.memo_for(self.settings)
+        if memo is not None and self._answered_from_cache(memo):
+            return
+        self.run()
+
+    def run(self) -> None:
+        """Hand the call to its backend (or, for a join app, run its body)."""
+        if self.settings.join:
+            self.host.run_join(self)
+        else:
+            self.submit()
+
+    # -- memoisation -----------------------------------------------------------------------------
+
+    def _answered_from_cache(self, memo: Memoizer) -> bool:
+        """Look the call up in the cache; return True if that settled the task (or will)."""
+        try:
+            key = memo.key(self.fn, self.args, self.kwargs, self.settings.ignore_for_cache)
+            found, value = memo.lookup(key)
+        except Exception as exc:  # noqa: BLE001 - an argument with no cache key, an unreadable checkpoint
+            self.finish(exception=exc)
+            return True
+        if found:
+            self.finish(result=value)
+            return True
+        leader = memo.lead_or_follow(key, self.future)
+        if leader is not None:  # the same call is running: share its outcome
+            self._key = key
+            leader.add_done_callback(self._leader_done)
+            return True
+        self.memo, self.cache_key = memo, key
+        return False
+
+    def _leader_done(self, leader: Future[Any]) -> None:
+        self.host.dispatcher.post(self._follow, leader)
+
+    def _follow(self, leader: Future[Any]) -> None:
+        if leader.cancelled():
+            # The call this task waited for will not run: the first follower here leads the
+            # key in its place, and the others follow that one.
+            memo, key = self.host.memo_for(self.settings), self._key
+            new_leader = memo.take_over(key, self.future, leader) if memo is not None and key is not None else None
+            if new_leader is None:
+                self.memo, self.cache_key = memo, key
+                self.run()
+            else:
+                new_leader.add_done_callback(self._leader_done)
+        elif (error := leader.exception()) is not None:
+            self.finish(exception=error)
+        else:
+            self.finish(result=leader.result())
+
+    # -- running in the backend ------------------------------------------------------------------
+
+    def submit(self) -> None:
+        """Submit the call (again, on a retry) to the backend executor."""
+        fn, args, kwargs = self.fn, self.args, self.kwargs
+        if self.wrap is not None:
+            fn, args, kwargs = self.wrap(fn, args, kwargs)
+        if not (self.plain and self.wrap is None) and not is_plain(args, kwargs):
+            fn, args, kwargs = self.host.stage(self, fn, args, kwargs)
+        try:
+            inner = self.host.backend_for(self.label, self.settings).submit(fn, *args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - e.g. an argument that cannot be pickled
+            self.finish(exception=exc)
+            return
+        with self.lock:
+            self.inner = inner
+        inner.add_done_callback(self._inner_done)
+
+    def _inner_done(self, inner: Future[Any]) -> None:
+        self.host.dispatcher.post(self.settle, inner)
+
+    def settle(self, inner: Future[Any]) -> None:
+        """The backend's (or a join body's) future ``inner`` is done: finish, or retry."""
+        if inner.cancelled():
+            if self.stopped is not None:
+                self.finish(exception=self.stopped)
+            else:
+                self.finish(cancelled=True)
+            return
+        error = inner.exception()
+        if error is None:
+            self.finish(result=inner.result())
+            return
+        host = self.host
+        if self.stopped is not None or host.discarding() or host.stop_error() is not None:
+            self.finish(exception=error)
+            return
+        record = self.record
+        if record is None:
+            retries = self.settings.retries if self.settings.retries is not None else host.retries
+            record = self.record = TaskRecord(
+                self.future.task_id, self.future.name, self.label, retries, self.args, self.kwargs
+            )
+        record.attempts += 1
+        if should_retry(error, record, host.retry_handler):
+            logger.debug("task %s failed (%r); running it again", self.future.task_id, error)
+            self.submit()
+        else:
+            self.finish(exception=error)
+
+    # -- ending --------------------------------------------------------------------------------
+
+    def cancel(self) -> bool:
+        """Cancel the task while it waits or is queued in its backend; return whether it was."""
+        with self.lock:
+            if self.state == WAITING:
+                self.state = DONE
+                self.settled = True
+                inner = None
+            elif self.state == QUEUED:
+                inner = self.inner
+                if inner is None:
+                    return False
+            else:
+                return self.future.cancelled()
+        if inner is None:
+            self._release()
+            return self.future._cancel_self()
+        if not inner.cancel():
+            return False
+        self.finish(cancelled=True)  # now, as the stdlib's cancel() does; settle() then finds it done
+        return True
+
+    def stop(self, error: BaseException) -> None:
+        """The workflow stopped (lazy_errors=False): fail with ``error`` unless already running."""
+        self.stopped = error
+        with self.lock:
+            if self.state == WAITING:
+                self.state = QUEUED  # launch() now fails it
+                waiting = True
+            else:
+                waiting = False
+                inner = self.inner
+        if waiting:
+            self.host.dispatcher.post(Task.launch_stopped, self)
+        elif inner is not None:
+            inner.cancel()  # settle() then fails it with ``error``
+
+    def launch_stopped(self) -> None:
+        self.finish(exception=self.stopped)
+
+    def finish(self, *, result: Any = None, exception: BaseException | None = None, cancelled: bool = False) -> None:
+        """Settle the task's future and let go of everything the task holds."""
+        with self.lock:
+            if self.settled:
+                return
+            self.settled = True
+            self.state = DONE
+        if self.cache_key is not None:
+            memo = self.memo
+            assert memo is not None
+            if cancelled or self.stopped is not None:
+                memo.ended(self.cache_key, self.future)
+            elif exception is None:
+                memo.succeeded(self.cache_key, result, self.future.name, self.future)
+            else:
+                memo.failed(self.cache_key, exception, self.future.name, self.future)
+        if exception is not None and not cancelled and self.stopped is None:
+            self.host.task_failed(self, exception)
+        self._release()
+        fut = self.future
+        if cancelled:
+            fut._cancel_self()
+        elif exception is not None:
+            fut.set_exception(exception)
+        else:
+            fut.set_result(result)
+
+    def _release(self) -> None:
+        """Drop what the finished task holds, so that a long run keeps memory flat."""
+        self.future._task = None
+        self.host.forget(self)
+        self.fn = self.args = self.kwargs = self.inner = None  # type: ignore[assignment]
+        self.record = None  # it holds the arguments and the failed attempts' tracebacks
+        self.memo = self._key = None
+
+
+def is_plain(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether every argument is a plain value (so no future or File can hide in the call)."""
+    for a in args:
+        if type(a) not in ATOMIC_TYPES:
+            return False
+    for v in kwargs.values():
+        if type(v) not in ATOMIC_TYPES:
+            return False
+    return True

@@ -7,21 +7,16 @@ to any library that accepts an Executor.  Nothing is smuggled through ``submit``
 
 from __future__ import annotations
 
-import math
 import threading
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar, runtime_checkable
 
+from ._validate import check_count, check_number, check_seconds
 from .errors import ConfigurationError, UnsupportedOptionError
 
 T = TypeVar("T")
 F = TypeVar("F", bound="Future[Any]")
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigurationError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -39,20 +34,11 @@ class Resources:
     ranks_per_node: int = 1
 
     def __post_init__(self) -> None:
-        _check_int("Resources.cores", self.cores, 1)
-        _check_int("Resources.gpus", self.gpus, 0)
-        _check_int("Resources.num_nodes", self.num_nodes, 1)
-        _check_int("Resources.ranks_per_node", self.ranks_per_node, 1)
-        if self.memory_gb is not None:
-            if (
-                isinstance(self.memory_gb, bool)
-                or not isinstance(self.memory_gb, (int, float))
-                or not math.isfinite(self.memory_gb)
-                or self.memory_gb <= 0
-            ):
-                raise ConfigurationError(
-                    f"Resources.memory_gb must be a positive number of GiB or None, got {self.memory_gb!r}"
-                )
+        check_count("Resources.cores", self.cores, 1)
+        check_count("Resources.gpus", self.gpus, 0)
+        check_count("Resources.num_nodes", self.num_nodes, 1)
+        check_count("Resources.ranks_per_node", self.ranks_per_node, 1)
+        check_number("Resources.memory_gb", self.memory_gb, finite=True, unit="GiB", optional=True)
 
     def non_default_fields(self) -> dict[str, Any]:
         """Return the fields whose value differs from the default, by name."""
@@ -81,18 +67,8 @@ class TaskOptions:
                 f"resources must be a hpcfutures.Resources, got {type(self.resources).__name__}; "
                 "write resources=Resources(cores=..., memory_gb=...)"
             )
-        if self.walltime is not None:
-            if (
-                isinstance(self.walltime, bool)
-                or not isinstance(self.walltime, (int, float))
-                or not math.isfinite(self.walltime)
-                or self.walltime <= 0
-            ):
-                raise ConfigurationError(
-                    f"walltime must be a positive number of seconds or None, got {self.walltime!r}"
-                )
-        if isinstance(self.priority, bool) or not isinstance(self.priority, int):
-            raise ConfigurationError(f"priority must be an integer, got {self.priority!r}")
+        check_seconds("walltime", self.walltime, finite=True, optional=True)
+        check_count("priority", self.priority, None)
         if not -(2**31) <= self.priority < 2**31:
             raise ConfigurationError(f"priority must fit in 32 bits, got {self.priority}")
 
@@ -127,14 +103,59 @@ class SupportsOptions(Protocol):
     ) -> Executor: ...
 
 
-class OptionsBackend(Protocol):
-    """What an :class:`ExecutorView` needs from the backend it is a view of."""
+@runtime_checkable
+class NonBlockingSubmit(Protocol):
+    """An Executor whose ``submit`` only queues the call and returns.
 
-    def _submit_with_options(
+    It never waits for the executor's own threads (no bounded queue, no lock they hold
+    while running a callback), so it may be called from a done-callback of one of its own
+    futures.  ``DataflowExecutor`` then launches a small dependent right there instead of
+    handing it to its dispatcher thread.  Declare it with a class attribute
+    ``submit_never_blocks = True``; hpcfutures' ``ThreadExecutor`` and
+    ``HighThroughputExecutor`` do.
+    """
+
+    submit_never_blocks: bool
+
+
+def submit_never_blocks(executor: object) -> bool:
+    """Whether ``executor`` declares :class:`NonBlockingSubmit` (and says True)."""
+    return isinstance(executor, NonBlockingSubmit) and executor.submit_never_blocks is True
+
+
+class OptionsBackend(Protocol):
+    """What an :class:`ExecutorView` needs from the backend it is a view of.
+
+    A backend that honours per-task settings implements these two methods and returns
+    ``ExecutorView(self, options)`` from its ``options()``.  ``check_options`` raises
+    :class:`UnsupportedOptionError` (naming the setting) for what it cannot honour, so that
+    the view fails when it is made, not when a task runs.
+    """
+
+    def submit_with_options(
         self, options: TaskOptions, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Future[Any]: ...
 
-    def _check_options(self, options: TaskOptions) -> None: ...
+    def check_options(self, options: TaskOptions) -> None: ...
+
+
+@runtime_checkable
+class MapsWithOptions(Protocol):
+    """A backend with its own ``map`` (chunking, in-order results) for views to use.
+
+    ``hook`` is called with every future the map creates, so that the view can track them.
+    Backends without it get ``Executor.map`` over the view's ``submit``.
+    """
+
+    def map_with_options(
+        self,
+        options: TaskOptions,
+        fn: Callable[..., Any],
+        iterables: tuple[Iterable[Any], ...],
+        timeout: float | None,
+        chunksize: int,
+        hook: Callable[[Future[Any]], None] | None,
+    ) -> Iterator[Any]: ...
 
 
 def reject_unsupported(
@@ -242,7 +263,7 @@ class ExecutorView(ClosableView):
     """
 
     def __init__(self, backend: OptionsBackend, options: TaskOptions):
-        backend._check_options(options)
+        backend.check_options(options)
         super().__init__()
         self._backend = backend
         self._options = options
@@ -265,7 +286,7 @@ class ExecutorView(ClosableView):
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """Schedule ``fn(*args, **kwargs)`` on the backend with this view's settings."""
         return self._submit_tracked(
-            lambda: self._backend._submit_with_options(self._options, fn, args, kwargs)
+            lambda: self._backend.submit_with_options(self._options, fn, args, kwargs)
         )
 
     def map(
@@ -276,8 +297,9 @@ class ExecutorView(ClosableView):
         chunksize: int = 1,
     ) -> Iterator[T]:
         """Like ``Executor.map``, with the view's settings on every task."""
-        backend_map = getattr(self._backend, "_map_with_options", None)
-        if backend_map is not None:
+        if isinstance(self._backend, MapsWithOptions):
             self._refuse_if_closed()
-            return backend_map(self._options, fn, iterables, timeout, chunksize, self._track)
+            return self._backend.map_with_options(
+                self._options, fn, iterables, timeout, chunksize, self._track
+            )
         return super().map(fn, *iterables, timeout=timeout, chunksize=chunksize)

@@ -167,11 +167,11 @@ class _Backend:
         self.seen: list[TaskOptions] = []
         self._refuse = refuse
 
-    def _check_options(self, options: TaskOptions) -> None:
+    def check_options(self, options: TaskOptions) -> None:
         if self._refuse is not None:
             self._refuse(options)
 
-    def _submit_with_options(
+    def submit_with_options(
         self, options: TaskOptions, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Future[Any]:
         self.seen.append(options)
@@ -280,7 +280,7 @@ def test_view_submit_does_not_deadlock_with_a_backend_cancelling_under_its_lock(
 class _MapBackend(_Backend):
     """A backend with its own map, as HighThroughputExecutor has."""
 
-    def _map_with_options(
+    def map_with_options(
         self,
         options: TaskOptions,
         fn: Callable[..., Any],
@@ -289,7 +289,7 @@ class _MapBackend(_Backend):
         chunksize: int,
         hook: Callable[[Future[Any]], None] | None,
     ) -> Iterator[Any]:
-        futures = [self._submit_with_options(options, fn, args, {}) for args in zip(*iterables)]
+        futures = [self.submit_with_options(options, fn, args, {}) for args in zip(*iterables)]
         for f in futures:
             if hook is not None:
                 hook(f)

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable, TypedDict, overload
 
 from typing_extensions import Unpack
 
+from .._validate import check_bool, check_count, check_seconds
 from ..errors import ConfigurationError, NoExecutorBoundError
 from .bash import BashSpec, Target, bind
 from .context import current_executor
@@ -60,8 +61,7 @@ class AppOptions:
     walltime: float | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.cache, bool):
-            raise ConfigurationError(f"app option cache must be True or False, got {self.cache!r}")
+        check_bool("app option cache", self.cache)
         executors: Any = self.executors
         if executors is not None:
             labels = (executors,) if isinstance(executors, str) else _as_tuple(executors, "executors")
@@ -71,9 +71,7 @@ class AppOptions:
                     f"of the DataflowExecutor's backends, got {executors!r}"
                 )
             object.__setattr__(self, "executors", labels)
-        retries = self.retries
-        if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int) or retries < 0):
-            raise ConfigurationError(f"app option retries must be an integer >= 0 or None, got {retries!r}")
+        check_count("app option retries", self.retries, 0, optional=True)
         ignored: Any = self.ignore_for_cache
         names = () if ignored is None else _as_tuple(ignored, "ignore_for_cache")
         if not all(isinstance(name, str) and name for name in names):
@@ -91,11 +89,7 @@ def _as_tuple(value: Any, option: str) -> tuple[Any, ...]:
 
 
 def _check_walltime(walltime: Any, what: str) -> float | None:
-    if walltime is None:
-        return None
-    if isinstance(walltime, bool) or not isinstance(walltime, (int, float)) or not walltime > 0:
-        raise ConfigurationError(f"{what} must be a positive number of seconds, got {walltime!r}")
-    return walltime
+    return check_seconds(what, walltime, optional=True)
 
 
 def _check_label(label: Any, app: App) -> str | None:

@@ -20,7 +20,7 @@ from collections import OrderedDict
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..errors import ConfigurationError
+from .._validate import check_count
 from .keys.fingerprint import callable_identity
 from .memo import CacheKey, explain, make_key
 
@@ -59,11 +59,12 @@ class Memoizer:
         *,
         memo_size: int = DEFAULT_MEMO_SIZE,
     ):
-        if isinstance(memo_size, bool) or not isinstance(memo_size, int) or memo_size < 0:
-            raise ConfigurationError(
-                f"memo_size={memo_size!r} must be a whole number >= 0 of results to keep in "
-                f"memory (default {DEFAULT_MEMO_SIZE}); use a checkpoint to keep more without memory."
-            )
+        check_count(
+            "memo_size",
+            memo_size,
+            0,
+            note=f"results kept in memory, default {DEFAULT_MEMO_SIZE}; a checkpoint keeps more without memory",
+        )
         self.checkpoint = checkpoint
         self.file_digest = file_digest
         self.memo_size = memo_size

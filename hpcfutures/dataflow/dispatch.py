@@ -1,11 +1,12 @@
 """Dispatcher: the one thread that does a DataflowExecutor's completion work.
 
 Backends complete their futures on threads of their own (HTEX on its I/O thread, a thread
-pool on its workers).  The dataflow layer's done-callbacks on those futures only post the
-outcome here; everything that follows (reading checkpoints, hashing input files, retrying,
-staging, launching dependents, which pickles and submits them) runs on this thread, so a
-slow disk or a large file never stalls a backend's I/O.  Work runs one item at a time in the
-order posted, which also keeps a long chain of failures from nesting one call per task.
+pool on its workers).  The dataflow layer's done-callbacks on those futures post the outcome
+here, except for the two bounded steps :mod:`.task` describes; everything that can take long
+(reading checkpoints, hashing input files, retrying, staging, launching dependents with
+large arguments) runs on this thread, so a slow disk or a large file never stalls a
+backend's I/O.  Work runs one item at a time in the order posted, which also keeps a long
+chain of failures from nesting one call per task.
 """
 
 from __future__ import annotations
@@ -75,3 +76,6 @@ class Dispatcher:
                 fn(arg)
             except Exception:  # noqa: BLE001 - one failed item must not stop the others
                 logger.exception("dataflow completion work %r failed", fn)
+            # Let go of the item now, not when the next one comes: it may hold a task's
+            # arguments, a failed attempt's traceback and so the frames of its call.
+            fn = arg = None

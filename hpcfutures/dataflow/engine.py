@@ -12,18 +12,20 @@ shutdown) and popped without it when a task ends (a dict pop is atomic).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
 import random
 import shutil
 import threading
+import weakref
 from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from ..errors import DependencyError, UnsupportedOptionError, WorkflowStoppedError
-from ..resources import SupportsOptions
+from ..resources import SupportsOptions, submit_never_blocks
 from .dispatch import Dispatcher
 from .futures import DataflowFuture
 from .join import run_join
@@ -56,6 +58,11 @@ class Engine:
     ):
         self.owner = owner  # the current executor inside join bodies
         self.executors = dict(executors)
+        # Backends whose submit never blocks: small dependents may be launched on their threads.
+        self.quick_labels = frozenset(label for label, ex in self.executors.items() if submit_never_blocks(ex))
+        # Functions submitted at least once (by id, with a weak reference to tell a reused
+        # id): a backend that serializes functions has done so for these.
+        self.warm: dict[int, weakref.ref[Callable[..., Any]]] = {}
         self.default_label = next(iter(self.executors))
         self.retries = retries
         self.retry_handler = retry_handler
@@ -208,6 +215,25 @@ class Engine:
             if other is not task:
                 other.stop(stop)
 
+    def launches_here(self, task: Task) -> bool:
+        fn = task.fn
+        known = self.warm.get(id(fn))
+        return (
+            known is not None
+            and known() is fn
+            and task.label in self.quick_labels
+            and self.memo_for(task.settings) is None
+        )
+
+    def submitted(self, fn: Callable[..., Any]) -> None:
+        key = id(fn)
+        known = self.warm.get(key)
+        if known is None or known() is not fn:
+            try:
+                self.warm[key] = weakref.ref(fn, functools.partial(_drop, self.warm, key))
+            except TypeError:  # cannot be weakly referenced (a builtin): never launched off the dispatcher
+                pass
+
     def forget(self, task: Task) -> None:
         self.live.pop(task.future.task_id, None)
 
@@ -254,6 +280,10 @@ class Engine:
 
     def live_futures(self) -> list[Future[Any]]:
         return [t.future for t in list(self.live.values())]
+
+
+def _drop(warm: dict[int, Any], key: int, _ref: object) -> None:
+    warm.pop(key, None)
 
 
 def remove_if_empty(directory: Path) -> bool:

@@ -15,13 +15,14 @@ from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
+from .._validate import check_bool, check_count
 from ..errors import ConfigurationError
 from ..resources import ClosableView, Resources
 from .caching import DEFAULT_MEMO_SIZE, Memoizer
 from .context import current_executor
 from .deps import substitute
 from .engine import Engine, remove_if_empty
-from .futures import DataflowFuture
+from .futures import ENGINE_CALLBACKS, DataflowFuture
 from .retry import RetryHandler
 from .settings import DEFAULT_SETTINGS, TaskSettings
 from .task import Wrap
@@ -29,12 +30,6 @@ from .task import Wrap
 __all__ = ["DEFAULT_SETTINGS", "DataflowExecutor", "DataflowView", "TaskSettings", "current_executor"]
 
 T = TypeVar("T")
-
-
-def _flag(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigurationError(f"{name} must be True or False, got {value!r}")
-    return value
 
 
 class DataflowExecutor(Executor):
@@ -102,8 +97,7 @@ class DataflowExecutor(Executor):
         lazy_errors: bool = True,
     ):
         backends, owned = self._backends(executor, executors)
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ConfigurationError(f"retries must be an integer >= 0, got {retries!r}")
+        check_count("retries", retries, 0)
         if retry_handler is not None and not callable(retry_handler):
             raise ConfigurationError(
                 f"retry_handler must be callable(exception, task) -> cost, got {retry_handler!r}"
@@ -116,11 +110,11 @@ class DataflowExecutor(Executor):
         self.default_label = next(iter(backends))
         self.retries = retries
         self.retry_handler = retry_handler
-        self.cache = _flag("cache", cache)
-        self.app_cache = _flag("app_cache", app_cache)
-        self.lazy_errors = _flag("lazy_errors", lazy_errors)
+        self.cache = check_bool("cache", cache)
+        self.app_cache = check_bool("app_cache", app_cache)
+        self.lazy_errors = check_bool("lazy_errors", lazy_errors)
         self.cache_file_digest = cache_file_digest
-        self._owned = set(backends) if _flag("shutdown_executors", shutdown_executors) else owned
+        self._owned = set(backends) if check_bool("shutdown_executors", shutdown_executors) else owned
         self._run_dir = Path(run_dir) if run_dir is not None else None
         self._temporary_run_dir = False
         self._run_dir_lock = threading.Lock()
@@ -449,3 +443,6 @@ class DataflowView(ClosableView):
             "ignore_for_cache": ignore_for_cache,
         }
         return DataflowView(self._dfx, self._dfx._layered(self._settings, **changes))
+
+
+ENGINE_CALLBACKS.add(ClosableView._forget)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import Future
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from ..leanfuture import LeanFuture
 from .files import File
@@ -15,6 +15,12 @@ class _TaskHandle(Protocol):
     inner: Future[Any] | None
 
     def cancel(self) -> bool: ...
+
+
+#: The functions of the engine's own done-callbacks (the bound methods' ``__func__``): they
+#: only count, queue or forget, so a future with no other callback may be settled on any
+#: thread.  The modules that define them add them here.
+ENGINE_CALLBACKS: set[Callable[..., Any]] = set()
 
 
 class DataflowFuture(LeanFuture):
@@ -30,12 +36,25 @@ class DataflowFuture(LeanFuture):
     outputs: list[DataFuture] = []  # noqa: RUF012 - replaced, never mutated in place
     stdout: str | None = None
     stderr: str | None = None
+    _user_callbacks = False  # set once a callback not in ENGINE_CALLBACKS is added
 
     def __init__(self, task_id: int, name: str):
         super().__init__()
         self.task_id = task_id
         self.name = name
         self._task: _TaskHandle | None = None  # dropped when the task ends, so records do not pile up
+
+    def add_done_callback(self, fn: Callable[[Future[Any]], object]) -> None:
+        """As ``Future.add_done_callback``.  Callbacks present when the task's outcome
+        arrives run on the executor's dispatcher thread (a cancel runs them on the thread
+        that cancels, as in the standard library); one added after the end runs at once."""
+        if getattr(fn, "__func__", None) not in ENGINE_CALLBACKS:
+            self._user_callbacks = True
+        super().add_done_callback(fn)
+
+    def has_user_callbacks(self) -> bool:
+        """Whether a callback other than the engine's own was ever added."""
+        return self._user_callbacks
 
     def cancel(self) -> bool:
         """Cancel the task if it is waiting or queued; return whether it was cancelled."""

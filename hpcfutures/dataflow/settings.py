@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .._validate import check_bool, check_count, check_seconds
 from ..errors import ConfigurationError
 from ..resources import Resources
 
@@ -41,20 +42,16 @@ def _checked(name: str, value: Any) -> Any:
     if name == "ignore_for_cache":
         return _names(value)
     if name == "retries":
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ConfigurationError(f"retries must be an integer >= 0, got {value!r}")
+        check_count("retries", value, 0)
     elif name == "walltime":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ConfigurationError(f"walltime must be a positive number of seconds, got {value!r}")
+        check_seconds("walltime", value)
     elif name == "priority":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigurationError(f"priority must be an integer (higher runs first), got {value!r}")
+        check_count("priority", value, None, note="higher runs first")
     elif name == "resources":
         if not isinstance(value, Resources):
             raise ConfigurationError(f"resources must be a hpcfutures.Resources, got {type(value).__name__}")
     elif name in ("cache", "join"):
-        if not isinstance(value, bool):
-            raise ConfigurationError(f"{name} must be True or False, got {value!r}")
+        check_bool(name, value)
     else:
         raise TypeError(f"unknown task setting {name!r}; the settings are {', '.join(OPTION_NAMES)}")
     return value

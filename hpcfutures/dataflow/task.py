@@ -8,8 +8,22 @@ up in the cache, handed to the backend or a join body) -> DONE.
 
 Threads: a task is started on the submitting thread; every later step (a dependency done,
 the backend's outcome, a cache leader's outcome, a join body's outcome) is posted to the
-host's :class:`~.dispatch.Dispatcher` and runs on its one thread.  ``state`` and ``inner``
-are guarded by the task's ``lock``, because ``cancel`` may come from any thread.
+host's :class:`~.dispatch.Dispatcher` and runs on its one thread, with two exceptions that
+are sure to be quick and run where the news arrives instead (a hand-off to another thread
+costs two thread wake-ups, which a chain of tasks would pay at every step):
+
+- a task whose backend call succeeded, that leads no cache entry and whose future has no
+  callback but the engine's own, is marked done at once (:meth:`Task._inner_done`);
+- a dependent whose last dependency just succeeded is launched at once when launching it
+  cannot take long: every argument is a small plain value or a future holding one, it is
+  not cached, staged or a join, its backend promises that ``submit`` never blocks
+  (:class:`~hpcfutures.resources.NonBlockingSubmit`) and its function was submitted before,
+  so a backend that serializes functions has done so already (:meth:`Task._launch_here`).
+
+Everything else (cache lookups and writes, checkpoints, retries and their handler, staging,
+failures, join bodies, user callbacks, large arguments) runs on the dispatcher, so a slow
+disk or a large value never stalls a backend's thread.  ``state`` and ``inner`` are guarded
+by the task's ``lock``, because ``cancel`` may come from any thread.
 """
 
 from __future__ import annotations
@@ -17,13 +31,13 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-from concurrent.futures import Executor, Future
+from concurrent.futures import CancelledError, Executor, Future
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
 from .deps import ATOMIC_TYPES, find_futures, substitute
 from .dispatch import Dispatcher
 from .failures import dependency_error, failures
-from .futures import DataflowFuture
+from .futures import ENGINE_CALLBACKS, DataflowFuture
 from .retry import RetryHandler, TaskRecord, should_retry
 from .settings import TaskSettings
 
@@ -34,6 +48,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 WAITING, QUEUED, DONE = 0, 1, 2
+
+#: The largest str or bytes argument a dependent may have and still be launched off the
+#: dispatcher: serializing it is then sure to be quick.
+QUICK_TEXT = 64 * 1024
+#: The largest int, in bits, for the same purpose.
+QUICK_INT_BITS = 4096
+_QUICK_TYPES = frozenset({int, float, complex, str, bytes, bool, type(None)})
 
 #: A call's last change before it goes to the backend: ``wrap(fn, args, kwargs)`` returns
 #: the function and arguments to submit (apps use it for streams and bash commands).
@@ -75,6 +96,13 @@ class TaskHost(Protocol):
 
     def task_failed(self, task: Task, error: BaseException) -> None:
         """A task failed with its own error (not a dependency's, not a cancel)."""
+
+    def launches_here(self, task: Task) -> bool:
+        """Whether ``task`` may be launched off the dispatcher: not cached, and its backend's
+        ``submit`` never blocks and has seen its function before."""
+
+    def submitted(self, fn: Callable[..., Any]) -> None:
+        """``fn`` (a task's own function, unwrapped) was handed to a backend."""
 
     def forget(self, task: Task) -> None:
         """The task ended: drop it from the host's live tasks."""
@@ -157,7 +185,35 @@ class Task:
     def _dep_done(self, _dep: Future[Any]) -> None:
         # itertools.count advances atomically: exactly one callback sees the last number.
         if next(self.done_count) == len(self.deps):  # type: ignore[arg-type]
-            self.host.dispatcher.post(Task.launch, self)
+            dispatcher = self.host.dispatcher
+            # On the dispatcher itself, queue it: a chain of failures then runs one task at
+            # a time instead of nesting a call per task.
+            if dispatcher.on_thread() or not self._launch_here():
+                dispatcher.post(Task.launch, self)
+
+    def _launch_here(self) -> bool:
+        """Launch now, on this thread, if that is sure to be quick; return whether it was."""
+        if self.settings.join or self.wrap is not None or self.stopped is not None:
+            return False
+        for value in itertools.chain(self.args, self.kwargs.values()):
+            if isinstance(value, Future):
+                try:
+                    if value.exception() is not None:
+                        return False
+                except CancelledError:
+                    return False
+                value = value.result()
+            kind = type(value)
+            if kind not in _QUICK_TYPES:
+                return False
+            if kind is int and value.bit_length() > QUICK_INT_BITS:
+                return False
+            if (kind is str or kind is bytes) and len(value) > QUICK_TEXT:
+                return False
+        if not self.host.launches_here(self):
+            return False
+        self.launch()
+        return True
 
     def launch(self) -> None:
         """Every dependency is done: fail, answer from the cache, or run."""
@@ -182,7 +238,10 @@ class Task:
         memo = self.host.memo_for(self.settings)
         if memo is not None and self._answered_from_cache(memo):
             return
-        self.run()
+        if self.settings.join:
+            self.host.run_join(self)
+        else:
+            self.submit()
 
     def run(self) -> None:
         """Hand the call to its backend (or, for a join app, run its body)."""
@@ -247,20 +306,33 @@ class Task:
             return
         with self.lock:
             self.inner = inner
+        if self.wrap is None:
+            self.host.submitted(self.fn)
         inner.add_done_callback(self._inner_done)
 
     def _inner_done(self, inner: Future[Any]) -> None:
+        # A plain success is settled here (see the module docstring); anything else is
+        # the dispatcher's.
+        if self.cache_key is None and self.stopped is None and not self.future.has_user_callbacks():
+            try:
+                succeeded = inner.exception() is None
+            except CancelledError:
+                succeeded = False
+            if succeeded:
+                self.finish(result=inner.result())
+                return
         self.host.dispatcher.post(self.settle, inner)
 
     def settle(self, inner: Future[Any]) -> None:
         """The backend's (or a join body's) future ``inner`` is done: finish, or retry."""
-        if inner.cancelled():
+        try:
+            error = inner.exception()
+        except CancelledError:
             if self.stopped is not None:
                 self.finish(exception=self.stopped)
             else:
                 self.finish(cancelled=True)
             return
-        error = inner.exception()
         if error is None:
             self.finish(result=inner.result())
             return
@@ -367,3 +439,6 @@ def is_plain(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
         if type(v) not in ATOMIC_TYPES:
             return False
     return True
+
+
+ENGINE_CALLBACKS.update({Task._dep_done, Task._leader_done})

@@ -1,7 +1,9 @@
 """Implements ThreadExecutor: the stdlib thread pool plus ``options()`` and task priorities.
 
-While no task with a non-zero priority is queued, a submit is the stdlib's own code path:
-work goes straight into the C ``SimpleQueue`` and workers take it from there.  Only while a
+A submit is the stdlib's code path with two changes: the future is a
+:class:`~hpcfutures.leanfuture.LeanFuture` (no lock built until someone waits), and the work
+queue may be a heap.  While no task with a non-zero priority is queued, work goes straight
+into the C ``SimpleQueue`` and the stdlib's workers take it from there.  Only while a
 prioritized task (submitted through ``ex.options(priority=...)``) is queued do submits and
 workers go through a heap.
 """
@@ -19,6 +21,7 @@ from typing import Any
 
 from .._validate import check_count
 from ..errors import ConfigurationError
+from ..leanfuture import LeanFuture
 from ..resources import DEFAULT_OPTIONS, ExecutorView, Resources, TaskOptions, reject_unsupported
 
 __all__ = ["ThreadExecutor"]
@@ -109,6 +112,9 @@ class ThreadExecutor(_thread.ThreadPoolExecutor):
     enforces walltime.
     """
 
+    #: ``submit`` only queues the call (see :class:`~hpcfutures.resources.NonBlockingSubmit`).
+    submit_never_blocks = True
+
     _work_queue: Any  # a _WorkQueue, which the stdlib machinery uses like its SimpleQueue
 
     def __init__(
@@ -164,7 +170,8 @@ class ThreadExecutor(_thread.ThreadPoolExecutor):
         """
         return ExecutorView(self, DEFAULT_OPTIONS.merged(resources, walltime, priority))
 
-    def _check_options(self, options: TaskOptions) -> None:
+    def check_options(self, options: TaskOptions) -> None:
+        """Raise for a setting this executor cannot honour (the :class:`OptionsBackend` contract)."""
         reject_unsupported(
             "ThreadExecutor",
             options,
@@ -180,13 +187,22 @@ class ThreadExecutor(_thread.ThreadPoolExecutor):
             hint="Use HighThroughputExecutor, which enforces walltime by killing the task's worker.",
         )
 
-    def _submit_with_options(
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Schedule ``fn(*args, **kwargs)``, as ``ThreadPoolExecutor.submit`` does.
+
+        The future is a :class:`~hpcfutures.leanfuture.LeanFuture`, which builds its lock
+        only when someone waits on it, so a submit allocates less than the stdlib's.
+        """
+        return self._put(fn, args, kwargs, 0)
+
+    def submit_with_options(
         self, options: TaskOptions, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Future[Any]:
-        priority = options.priority
-        if priority == 0:
-            return self.submit(fn, *args, **kwargs)
-        # The stdlib's submit with another put; keep the two in step.
+        """Submit one call with these settings (what an ``options()`` view calls)."""
+        return self._put(fn, args, kwargs, options.priority)
+
+    def _put(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], priority: int) -> Future[Any]:
+        # The stdlib's submit with our future and our put; keep the two in step.
         with self._shutdown_lock, _thread._global_shutdown_lock:
             if self._broken:
                 raise getattr(self, "BROKEN", _thread.BrokenThreadPool)(self._broken)
@@ -194,12 +210,15 @@ class ThreadExecutor(_thread.ThreadPoolExecutor):
                 raise RuntimeError("cannot schedule new futures after shutdown")
             if _thread._shutdown:
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
-            f: Future[Any] = Future()
+            f = LeanFuture()
             resolve = getattr(self, "_resolve_work_item_task", None)
             if resolve is not None:  # Python 3.14 moved the call into a task tuple
                 w = _thread._WorkItem(f, resolve(fn, args, kwargs))  # type: ignore[call-arg]
             else:
                 w = _thread._WorkItem(f, fn, args, kwargs)
-            self._work_queue.put_priority(w, priority)
+            if priority == 0:
+                self._work_queue.put(w)
+            else:
+                self._work_queue.put_priority(w, priority)
             self._adjust_thread_count()
             return f

@@ -51,7 +51,7 @@ def test_the_default_size_is_bounded():
 
 @pytest.mark.parametrize("size", [-1, 2.5, "10", True, None])
 def test_a_bad_memo_size_is_refused_naming_the_parameter(size: Any):
-    with pytest.raises(ConfigurationError, match="memo_size="):
+    with pytest.raises(ConfigurationError, match="memo_size must be an integer >= 0"):
         Memoizer(None, "content", memo_size=size)
 
 

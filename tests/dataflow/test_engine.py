@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import itertools
 import os
+import random
 import threading
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
@@ -28,7 +29,8 @@ from hpcfutures import (
 from hpcfutures.dataflow.dispatch import Dispatcher
 from hpcfutures.dataflow.futures import DataflowFuture
 from hpcfutures.dataflow.settings import DEFAULT_SETTINGS, TaskSettings
-from hpcfutures.dataflow.task import Task
+from hpcfutures.dataflow.task import QUICK_TEXT, Task
+from hpcfutures.resources import submit_never_blocks
 from hpcfutures.testing import Gate
 from hpcfutures.testing.tasks import add, identity
 
@@ -115,6 +117,12 @@ class StandInHost:
 
     def task_failed(self, task: Task, error: BaseException) -> None:
         self.failed.append(error)
+
+    def launches_here(self, task: Task) -> bool:
+        return False
+
+    def submitted(self, fn: Any) -> None:
+        pass
 
     def forget(self, task: Task) -> None:
         self.forgotten.append(task.future.task_id)
@@ -223,6 +231,122 @@ def test_shutdown_wait_in_a_done_callback_does_not_deadlock():
     dependent.add_done_callback(stop)
     assert dependent.result(TIMEOUT) == 4
     assert called.wait(TIMEOUT)
+
+
+class RecordingThreads(ThreadExecutor):
+    """A ThreadExecutor that records which thread submits each call, by the call's first argument."""
+
+    def __init__(self) -> None:
+        super().__init__(2, thread_name_prefix="backend-worker")
+        self.submitted_from: dict[Any, str] = {}
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self.submitted_from[args[0] if args else None] = threading.current_thread().name
+        return super().submit(fn, *args, **kwargs)
+
+
+class BlockingRecordingThreads(RecordingThreads):
+    """The same, but it does not declare that its submit never blocks."""
+
+    submit_never_blocks = False
+
+
+def tagged(tag: str, value: Any) -> Any:
+    return value
+
+
+def test_small_dependents_launch_where_the_news_arrives_and_the_rest_on_the_dispatcher(tmp_path):
+    backend = RecordingThreads()
+    release = threading.Event()
+
+    def held(tag: str, value: Any) -> Any:
+        release.wait(TIMEOUT)
+        return value
+
+    with DataflowExecutor(backend, run_dir=str(tmp_path), shutdown_executors=True) as dfx:
+        assert dfx.submit(tagged, "warm-up", 0).result(TIMEOUT) == 0
+        # Every source is held until all the dependents wait on it.
+        small = dfx.submit(tagged, "small", dfx.submit(held, "small-source", 7))  # small value, warm function
+        big = dfx.submit(tagged, "big", dfx.submit(held, "big-source", b"x" * (QUICK_TEXT + 1)))
+        cached = dfx.options(cache=True).submit(tagged, "cached", dfx.submit(held, "cached-source", 1))
+        fresh = dfx.submit(identity, dfx.submit(held, "fresh-source", 2))  # identity never submitted before
+        release.set()
+        assert [f.result(TIMEOUT) for f in (small, big, cached)] == [7, b"x" * (QUICK_TEXT + 1), 1]
+        assert fresh.result(TIMEOUT) == 2
+    where = backend.submitted_from
+    assert where["warm-up"] == "MainThread"
+    assert where["small"].startswith("backend-worker"), where
+    assert where["big"] == "hpcfutures-dataflow", "a large argument is serialized off the backend's threads"
+    assert where["cached"] == "hpcfutures-dataflow", "a cache lookup runs on the dispatcher"
+    assert where[2] == "hpcfutures-dataflow", "a function's first submit may serialize it: dispatcher"
+
+
+def test_a_backend_that_may_block_in_submit_gets_every_launch_from_the_dispatcher():
+    backend = BlockingRecordingThreads()
+    with DataflowExecutor(backend, shutdown_executors=True) as dfx:
+        first = dfx.submit(tagged, "first", 1)
+        second = dfx.submit(tagged, "second", first)
+        assert second.result(TIMEOUT) == 1
+    assert backend.submitted_from["second"] == "hpcfutures-dataflow"
+
+
+def test_callbacks_on_a_task_run_on_the_dispatcher_even_for_a_plain_success():
+    seen: list[str] = []
+    done = threading.Event()
+    release = threading.Event()
+
+    def held(x: int) -> int:
+        release.wait(TIMEOUT)
+        return x
+
+    with DataflowExecutor(RecordingThreads(), shutdown_executors=True) as dfx:
+        fut = dfx.submit(held, 5)
+        fut.add_done_callback(lambda _f: (seen.append(threading.current_thread().name), done.set()))
+        release.set()
+        assert fut.result(TIMEOUT) == 5
+        assert done.wait(TIMEOUT)
+    assert seen == ["hpcfutures-dataflow"]
+
+
+def test_which_backends_declare_a_submit_that_never_blocks():
+    assert submit_never_blocks(ThreadExecutor(1))
+    assert HighThroughputExecutor.submit_never_blocks is True
+    assert not submit_never_blocks(ThreadPoolExecutor(1))
+    assert not submit_never_blocks(BlockingRecordingThreads())
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_a_large_random_graph_with_both_paths_gives_the_sequential_answer(round_):
+    """Thousands of tasks mixing launches on worker threads and on the dispatcher, small and
+    large values, callbacks and cancels, checked against the same graph computed in order."""
+    rng = random.Random(round_)
+    n = 3000
+    big = b"y" * (QUICK_TEXT + 1)
+    expected: list[Any] = []
+    called = itertools.count()
+    with DataflowExecutor(ThreadExecutor(4), shutdown_executors=True) as dfx:
+        futures: list[Future[Any]] = []
+        for i in range(n):
+            if i < 10 or rng.random() < 0.05:
+                value: Any = big if rng.random() < 0.2 else i
+                futures.append(dfx.submit(tagged, "leaf", value))
+                expected.append(value)
+                continue
+            a, b = rng.randrange(i), rng.randrange(i)
+            futures.append(dfx.submit(pick, futures[a], futures[b], i))
+            expected.append(pick(expected[a], expected[b], i))
+            if rng.random() < 0.1:
+                futures[-1].add_done_callback(lambda _f: next(called))
+        results = [f.result(TIMEOUT) for f in futures]
+    assert results == expected
+    assert next(called) > 0
+
+
+def pick(a: Any, b: Any, i: int) -> Any:
+    """Small ints mostly, a large bytes value now and then."""
+    if isinstance(a, bytes) or isinstance(b, bytes):
+        return i if i % 3 else (a if isinstance(a, bytes) else b)
+    return (a + b + i) % 1000 if i % 7 else b"z" * (QUICK_TEXT + i % 5)
 
 
 # -- defects ----------------------------------------------------------------------------------------

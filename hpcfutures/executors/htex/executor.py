@@ -107,6 +107,10 @@ class HighThroughputExecutor(Executor):
             :meth:`terminate` does.
     """
 
+    #: ``submit`` only serializes the call and queues it for the I/O thread (see
+    #: :class:`~hpcfutures.resources.NonBlockingSubmit`).
+    submit_never_blocks = True
+
     def __init__(
         self,
         max_workers: int | None = None,
@@ -191,7 +195,7 @@ class HighThroughputExecutor(Executor):
             RuntimeError: the executor was shut down.
             BrokenExecutorError: the executor can no longer run tasks (the cause says why).
         """
-        return self._submit_with_options(DEFAULT_OPTIONS, fn, args, kwargs)
+        return self.submit_with_options(DEFAULT_OPTIONS, fn, args, kwargs)
 
     def options(
         self,
@@ -216,7 +220,7 @@ class HighThroughputExecutor(Executor):
         chunksize: int = 1,
     ) -> Iterator[T]:
         """Like ``Executor.map``; ``chunksize`` > 1 sends each chunk of calls as one task."""
-        return self._map_with_options(DEFAULT_OPTIONS, fn, iterables, timeout, chunksize, None)
+        return self.map_with_options(DEFAULT_OPTIONS, fn, iterables, timeout, chunksize, None)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting tasks; release the interchange, pools and workers once tasks are done.
@@ -326,7 +330,8 @@ class HighThroughputExecutor(Executor):
 
     # -- submitting ----------------------------------------------------------------------------
 
-    def _check_options(self, options: TaskOptions) -> None:
+    def check_options(self, options: TaskOptions) -> None:
+        """Raise for a setting this executor cannot honour (the :class:`OptionsBackend` contract)."""
         reject_unsupported(
             "HighThroughputExecutor",
             options,
@@ -342,9 +347,10 @@ class HighThroughputExecutor(Executor):
                 "or raise the provider's"
             )
 
-    def _submit_with_options(
+    def submit_with_options(
         self, options: TaskOptions, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> HtexFuture:
+        """Submit one call with these settings (what an ``options()`` view calls)."""
         if not callable(fn):
             raise TypeError(f"submit() needs a callable first argument, got {type(fn).__name__}")
         self._life.check_submit()  # fail early, before serializing; checked again under the lock
@@ -360,7 +366,7 @@ class HighThroughputExecutor(Executor):
             future.add_done_callback(unlink_spilled)  # for paths that end it outside the I/O thread
         return future
 
-    def _map_with_options(
+    def map_with_options(
         self,
         options: TaskOptions,
         fn: Callable[..., Any],
@@ -369,15 +375,16 @@ class HighThroughputExecutor(Executor):
         chunksize: int,
         hook: Callable[[Future[Any]], None] | None,
     ) -> Iterator[Any]:
+        """``map`` with these settings, chunked; ``hook`` sees every future it creates."""
         check_count("chunksize", chunksize, 1, error=ValueError)
         end_time = None if timeout is None else time.monotonic() + timeout
         calls = zip(*iterables)
         if chunksize == 1:
-            futures = [self._submit_with_options(options, fn, args, {}) for args in calls]
+            futures = [self.submit_with_options(options, fn, args, {}) for args in calls]
         else:
             futures = []
             while chunk := list(itertools.islice(calls, chunksize)):
-                futures.append(self._submit_with_options(options, run_chunk, (fn, chunk), {}))
+                futures.append(self.submit_with_options(options, run_chunk, (fn, chunk), {}))
         if hook is not None:
             for fut in futures:
                 hook(fut)

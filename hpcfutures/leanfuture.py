@@ -181,3 +181,29 @@ class LeanFuture(Future[Any]):
             fn(self)
         except Exception:
             logger.exception("exception calling callback for %r", self)
+
+
+class FinishedReadsFuture(Future[Any]):
+    """A stdlib Future (its Condition made up front) that reads a finished outcome without it.
+
+    Once a future is FINISHED its result and exception never change, so ``result()`` and
+    ``exception()`` of a finished future need no lock.  Code that reads many finished
+    futures, such as a done-callback that reads the future it was called with, then takes no
+    lock at all.  Everything else is the stdlib's, so threads that settle these futures do
+    not share a module-wide lock as :class:`LeanFuture`'s do.
+    """
+
+    def result(self, timeout: float | None = None) -> Any:
+        try:
+            if self._state == FINISHED:
+                if self._exception is not None:
+                    raise self._exception
+                return self._result
+            return super().result(timeout)
+        finally:
+            self = None  # type: ignore[assignment]  # as in LeanFuture.result
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if self._state == FINISHED:
+            return self._exception
+        return super().exception(timeout)

@@ -1,4 +1,4 @@
-"""LeanFuture against the stdlib Future's contract, including racing setters and waiters."""
+"""LeanFuture and FinishedReadsFuture against the stdlib Future's contract, including racing setters and waiters."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from concurrent.futures import FIRST_COMPLETED, CancelledError, InvalidStateErro
 
 import pytest
 
-from hpcfutures.leanfuture import LeanFuture
+from hpcfutures.leanfuture import FinishedReadsFuture, LeanFuture
 
 
 def test_result_exception_and_states():
@@ -102,3 +102,33 @@ def test_racing_setters_waiters_and_callbacks_lose_nothing(round_):
         assert not t.is_alive()
     assert sorted(results) == list(range(len(futures)))
     assert counts == [1] * len(futures)
+
+
+def test_a_finished_reads_future_reads_its_outcome_without_its_lock():
+    ok, failed = FinishedReadsFuture(), FinishedReadsFuture()
+    ok.set_result(3)
+    error = ValueError("no")
+    failed.set_exception(error)
+    took = threading.Event()
+
+    def hold_locks() -> None:
+        with ok._condition, failed._condition:
+            took.set()
+            release.wait(10)
+
+    release = threading.Event()
+    holder = threading.Thread(target=hold_locks)
+    holder.start()
+    try:
+        assert took.wait(10)
+        # With the Conditions held elsewhere, the stdlib's reads would block here.
+        assert ok.result() == 3 and ok.exception() is None
+        assert failed.exception() is error
+        with pytest.raises(ValueError):
+            failed.result()
+    finally:
+        release.set()
+        holder.join()
+    pending = FinishedReadsFuture()
+    with pytest.raises(TimeoutError):
+        pending.result(timeout=0.01)

@@ -33,7 +33,41 @@ _UNCONDITIONED = threading.Lock()
 _DONE = frozenset({CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED})
 
 
-class LeanFuture(Future[Any]):
+class _FinishedReads(Future[Any]):
+    """``result()`` and ``exception()`` that read a FINISHED future without its lock.
+
+    Once a future is FINISHED its result and exception never change, so reading them needs
+    no lock; a pending future goes through the stdlib's locked path.
+    """
+
+    def result(self, timeout: float | None = None) -> Any:
+        try:
+            if self._state == FINISHED:
+                if self._exception is not None:
+                    raise self._exception
+                return self._result
+            return super().result(timeout)
+        finally:
+            # The exception's traceback holds this frame: break the cycle through ``self``
+            # (and so through the exception), as the stdlib does.
+            self = None  # type: ignore[assignment]
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if self._state == FINISHED:
+            return self._exception
+        return super().exception(timeout)
+
+
+class FinishedReadsFuture(_FinishedReads):
+    """A stdlib Future (its Condition made up front) that reads a finished outcome without it.
+
+    Code that reads many finished futures, such as a done-callback that reads the future it
+    was called with, then takes no lock at all.  Everything else is the stdlib's, so threads
+    that settle these futures do not share a module-wide lock as :class:`LeanFuture`'s do.
+    """
+
+
+class LeanFuture(_FinishedReads):
     """A Future with lazily created synchronisation; see the module docstring."""
 
     def __init__(self) -> None:  # no super().__init__(): that builds what we make lazily
@@ -60,23 +94,6 @@ class LeanFuture(Future[Any]):
 
     def running(self) -> bool:
         return self._state == RUNNING
-
-    def result(self, timeout: float | None = None) -> Any:
-        try:
-            if self._state == FINISHED:
-                if self._exception is not None:
-                    raise self._exception
-                return self._result
-            return super().result(timeout)
-        finally:
-            # The exception's traceback holds this frame: break the cycle through ``self``
-            # (and so through the exception), as the stdlib does.
-            self = None  # type: ignore[assignment]
-
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        if self._state == FINISHED:
-            return self._exception
-        return super().exception(timeout)
 
     # -- changing state ----------------------------------------------------------------------
 
@@ -182,28 +199,3 @@ class LeanFuture(Future[Any]):
         except Exception:
             logger.exception("exception calling callback for %r", self)
 
-
-class FinishedReadsFuture(Future[Any]):
-    """A stdlib Future (its Condition made up front) that reads a finished outcome without it.
-
-    Once a future is FINISHED its result and exception never change, so ``result()`` and
-    ``exception()`` of a finished future need no lock.  Code that reads many finished
-    futures, such as a done-callback that reads the future it was called with, then takes no
-    lock at all.  Everything else is the stdlib's, so threads that settle these futures do
-    not share a module-wide lock as :class:`LeanFuture`'s do.
-    """
-
-    def result(self, timeout: float | None = None) -> Any:
-        try:
-            if self._state == FINISHED:
-                if self._exception is not None:
-                    raise self._exception
-                return self._result
-            return super().result(timeout)
-        finally:
-            self = None  # type: ignore[assignment]  # as in LeanFuture.result
-
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        if self._state == FINISHED:
-            return self._exception
-        return super().exception(timeout)

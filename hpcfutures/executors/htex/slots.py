@@ -1,0 +1,432 @@
+"""Slots: what a worker pool has, what a task needs, and where a task fits, as pure code.
+
+A pool advertises its :class:`PoolShape` when it registers: the CPUs it may use (its
+affinity set, or an override), the memory it may hand out, its accelerators by name and
+its host.  A task declares :class:`~hpcfutures.Resources`; :class:`Need` is the part of it
+that one pool accounts (cores, memory, GPUs).  Three parties use this module:
+
+- the driver, to refuse at submit a task that no pool the executor can ever have could run
+  (:func:`shortfall`, :func:`unsatisfiable`);
+- the interchange, which keeps a :class:`Ledger` per pool and sends a task only where it
+  fits now, in priority order, letting smaller tasks pass a blocked one a bounded number of
+  times before the pools it could use are held for it (:func:`place`);
+- the pool, whose :class:`Allocator` picks concrete CPU ids and GPU names for a task and
+  takes them back when the task ends, fails or loses its worker; the worker pins the task
+  to them (:func:`pinning_environment`, :func:`pinned`).
+
+Nothing here touches a socket or a process, so it is tested alone.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Hashable, TypeVar
+
+from ..._validate import check_count
+from ...errors import ConfigurationError
+
+K = TypeVar("K", bound=Hashable)
+
+#: How many lower-priority tasks may be placed ahead of a task that does not fit, before
+#: the pools that could hold it take nothing else until it does.
+MAX_PASSES = 100
+
+#: The environment variables that name a task's accelerators, one per vendor's runtime.
+GPU_VARIABLES = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "ZE_AFFINITY_MASK")
+
+
+def parse_cpu_list(text: str) -> tuple[int, ...]:
+    """Read a CPU list as Linux writes them (``"0-3,8,10-11"``) into sorted, distinct ids.
+
+    Raises:
+        ConfigurationError: the text is not such a list.
+    """
+    cpus: set[int] = set()
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        low, dash, high = part.partition("-")
+        try:
+            first = int(low)
+            last = int(high) if dash else first
+        except ValueError:
+            raise ConfigurationError(f"a CPU list must look like '0-3,8', got {text!r}") from None
+        if first < 0 or last < first:
+            raise ConfigurationError(f"a CPU list must look like '0-3,8', got {text!r}")
+        cpus.update(range(first, last + 1))
+    if not cpus:
+        raise ConfigurationError(f"a CPU list must name at least one CPU, got {text!r}")
+    return tuple(sorted(cpus))
+
+
+def accelerator_names(accelerators: int | Sequence[str]) -> tuple[str, ...]:
+    """Accelerator names from a count (``n`` means ``"0"`` .. ``"n-1"``) or a list of names.
+
+    Raises:
+        ConfigurationError: a negative count, or names that are empty, repeated or not text.
+    """
+    if isinstance(accelerators, int) and not isinstance(accelerators, bool):
+        check_count("available_accelerators", accelerators, 0)
+        return tuple(str(i) for i in range(accelerators))
+    if isinstance(accelerators, str) or not isinstance(accelerators, Sequence):
+        raise ConfigurationError(
+            f"available_accelerators must be a count or a list of device names, got {accelerators!r}"
+        )
+    names = tuple(accelerators)
+    if not all(isinstance(n, str) and n and "," not in n for n in names) or len(set(names)) != len(names):
+        raise ConfigurationError(
+            "available_accelerators must be distinct non-empty device names without commas, "
+            f"got {accelerators!r}"
+        )
+    return names
+
+
+@dataclass(frozen=True)
+class PoolShape:
+    """What one pool may hand out to its tasks.
+
+    ``memory_gb`` None means memory is not accounted: tasks that ask for memory do not fit.
+    ``tasks_per_gpu`` lets several tasks share one accelerator (as with CUDA MPS).
+    """
+
+    cpus: tuple[int, ...]
+    memory_gb: float | None = None
+    gpus: tuple[str, ...] = ()
+    tasks_per_gpu: int = 1
+    host: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.cpus or len(set(self.cpus)) != len(self.cpus):
+            raise ConfigurationError(f"a pool needs distinct CPU ids, got {self.cpus!r}")
+        check_count("tasks_per_gpu", self.tasks_per_gpu, 1)
+
+    @property
+    def cores(self) -> int:
+        return len(self.cpus)
+
+    def describe(self) -> str:
+        """The shape in words, for messages: ``"4 cores, 15.5 GB, GPUs 0, 1"``."""
+        parts = [f"{self.cores} core{'s' if self.cores != 1 else ''}"]
+        parts.append("memory not accounted" if self.memory_gb is None else f"{self.memory_gb:g} GB")
+        if self.gpus:
+            shared = f" ({self.tasks_per_gpu} tasks each)" if self.tasks_per_gpu > 1 else ""
+            parts.append(f"GPUs {', '.join(self.gpus)}{shared}")
+        else:
+            parts.append("no GPUs")
+        return ", ".join(parts)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "cpus": list(self.cpus),
+            "memory_gb": self.memory_gb,
+            "gpus": list(self.gpus),
+            "tasks_per_gpu": self.tasks_per_gpu,
+            "host": self.host,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> PoolShape:
+        """Read a shape a pool sent; raise ValueError for anything malformed."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a pool shape that is a JSON {type(data).__name__}, not an object")
+        cpus, memory, gpus = data.get("cpus"), data.get("memory_gb"), data.get("gpus")
+        per_gpu, host = data.get("tasks_per_gpu"), data.get("host")
+        if not (isinstance(cpus, list) and 0 < len(cpus) <= 1 << 16 and all(_is_count(c) for c in cpus)):
+            raise ValueError("a pool shape whose cpus are not a list of CPU ids")
+        if memory is not None and not (
+            isinstance(memory, (int, float)) and not isinstance(memory, bool) and math.isfinite(memory) and memory > 0
+        ):
+            raise ValueError("a pool shape whose memory_gb is not a positive number")
+        if not (isinstance(gpus, list) and len(gpus) <= 1 << 12 and all(isinstance(g, str) and g for g in gpus)):
+            raise ValueError("a pool shape whose gpus are not a list of names")
+        if not isinstance(per_gpu, int) or not _is_count(per_gpu) or per_gpu < 1 or not isinstance(host, str):
+            raise ValueError("a pool shape with a bad tasks_per_gpu or host")
+        try:
+            return cls(tuple(cpus), None if memory is None else float(memory), tuple(gpus), per_gpu, host)
+        except ConfigurationError as exc:
+            raise ValueError(str(exc)) from None
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 31
+
+
+def detect_shape(
+    *,
+    cpus: Sequence[int] | str | None = None,
+    memory_gb: float | None = None,
+    accelerators: int | Sequence[str] = (),
+    tasks_per_gpu: int = 1,
+    host: str = "",
+    environ: Mapping[str, str] | None = None,
+) -> PoolShape:
+    """The shape of a pool on this machine.
+
+    CPUs: ``cpus`` (ids, or a list such as ``"0-3"``), else ``HPCFUTURES_POOL_CPUS`` from
+    the environment, else this process's affinity set.  Memory: ``memory_gb``, else 90% of the
+    memory available now.  Accelerators: as given (a count or names).
+    """
+    env = os.environ if environ is None else environ
+    if cpus is None:
+        override = env.get("HPCFUTURES_POOL_CPUS")
+        chosen = parse_cpu_list(override) if override else tuple(sorted(os.sched_getaffinity(0)))
+    elif isinstance(cpus, str):
+        chosen = parse_cpu_list(cpus)
+    else:
+        chosen = tuple(sorted(set(cpus)))
+    if memory_gb is None:
+        import psutil
+
+        memory_gb = round(psutil.virtual_memory().available * 0.9 / 2**30, 3)
+    return PoolShape(chosen, memory_gb, accelerator_names(accelerators), tasks_per_gpu, host)
+
+
+@dataclass(frozen=True)
+class Need:
+    """What a task takes from one pool while it runs."""
+
+    cores: int = 1
+    memory_gb: float = 0.0
+    gpus: int = 0
+
+    @classmethod
+    def of(cls, resources: Any) -> Need:
+        """The need of a :class:`~hpcfutures.Resources` (per node, for a multi-node task)."""
+        return cls(resources.cores, resources.memory_gb or 0.0, resources.gpus)
+
+    @property
+    def plain(self) -> bool:
+        """One core, no memory or GPU accounting: the default, which needs no placing."""
+        return self.cores == 1 and not self.memory_gb and not self.gpus
+
+
+def shortfall(need: Need, shape: PoolShape) -> str | None:
+    """Why a task with ``need`` can never run in a pool of ``shape``, or None if it can."""
+    if need.cores > shape.cores:
+        return f"cores={need.cores}"
+    if need.memory_gb and (shape.memory_gb is None or need.memory_gb > shape.memory_gb):
+        return f"memory_gb={need.memory_gb:g}"
+    if need.gpus > len(shape.gpus):
+        return f"gpus={need.gpus}"
+    return None
+
+
+def unsatisfiable(need: Need, shapes: Sequence[PoolShape]) -> str | None:
+    """A message if no pool of ``shapes`` can ever run a task with ``need``, else None.
+
+    It names the field that does not fit the largest shape, and that shape.
+    """
+    if not shapes or any(shortfall(need, shape) is None for shape in shapes):
+        return None
+    largest = max(shapes, key=lambda s: (s.cores, len(s.gpus), s.memory_gb or 0.0))
+    field_ = shortfall(need, largest)  # not None: no shape fits
+    return (
+        f"Resources({field_}) can never run: the largest worker pool this executor has or can "
+        f"have offers {largest.describe()}"
+    )
+
+
+def choose_gpus(shape: PoolShape, load: Mapping[str, int], count: int) -> tuple[str, ...] | None:
+    """``count`` distinct accelerators with room, the least loaded first; None if too few.
+
+    The interchange chooses (its :class:`Ledger` calls this) and the pool obeys, so that
+    both keep the same load per device even when several tasks share one.
+    """
+    if not count:
+        return ()
+    open_ = [name for name in shape.gpus if load[name] < shape.tasks_per_gpu]
+    if len(open_) < count:
+        return None
+    open_.sort(key=lambda name: load[name])  # stable: declaration order among equals
+    return tuple(open_[:count])
+
+
+@dataclass
+class Ledger:
+    """The interchange's account of one pool: what its placed tasks hold, and what is free."""
+
+    shape: PoolShape
+    held: dict[int, tuple[Need, tuple[str, ...]]] = field(default_factory=dict)
+    free_cores: int = 0
+    free_memory_gb: float = 0.0
+    gpu_load: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.free_cores = self.shape.cores
+        self.free_memory_gb = self.shape.memory_gb or 0.0
+        self.gpu_load = {name: 0 for name in self.shape.gpus}
+
+    def fits(self, need: Need) -> bool:
+        """Whether a task with ``need`` fits in what is free now."""
+        return (
+            need.cores <= self.free_cores
+            and (not need.memory_gb or (self.shape.memory_gb is not None and need.memory_gb <= self.free_memory_gb + 1e-9))
+            and choose_gpus(self.shape, self.gpu_load, need.gpus) is not None
+        )
+
+    def could_ever_fit(self, need: Need) -> bool:
+        return shortfall(need, self.shape) is None
+
+    def reserve(self, task_id: int, need: Need) -> tuple[str, ...]:
+        """Account ``need`` (which must fit) to the task; return the accelerators chosen."""
+        gpus = choose_gpus(self.shape, self.gpu_load, need.gpus)
+        if gpus is None or need.cores > self.free_cores:
+            raise ValueError(f"task {task_id} does not fit: {need}")
+        self.held[task_id] = (need, gpus)
+        self.free_cores -= need.cores
+        self.free_memory_gb -= need.memory_gb
+        for name in gpus:
+            self.gpu_load[name] += 1
+        return gpus
+
+    def release(self, task_id: int) -> bool:
+        """Give back what task ``task_id`` held; return whether it held anything here."""
+        entry = self.held.pop(task_id, None)
+        if entry is None:
+            return False
+        need, gpus = entry
+        self.free_cores += need.cores
+        self.free_memory_gb += need.memory_gb
+        for name in gpus:
+            self.gpu_load[name] -= 1
+        return True
+
+
+def place(
+    waiting: Sequence[tuple[int, Need]],
+    ledgers: Mapping[K, Ledger],
+    passes: dict[int, int],
+    max_passes: int = MAX_PASSES,
+) -> tuple[list[tuple[int, K]], set[K]]:
+    """Place waiting tasks, taken in priority order, where each fits now.
+
+    Returns the placements ``(task id, pool key)`` (already reserved in the ledgers) and the
+    pools *held*: a task that fits nowhere now may be passed by ``max_passes`` later tasks
+    (counted in ``passes``, which the caller keeps between calls); after that, every pool
+    that could ever hold it takes nothing else until it fits, so small tasks cannot starve
+    a large one for ever.  Among pools where a task fits, the one left with the fewest free
+    cores wins, so that large holes stay open for large tasks.
+    """
+    placed: list[tuple[int, K]] = []
+    held: set[K] = set()
+    blocked: list[int] = []
+    for task_id, need in waiting:
+        best: K | None = None
+        best_free = 0
+        for key, ledger in ledgers.items():
+            if key in held or not ledger.fits(need):
+                continue
+            if best is None or ledger.free_cores < best_free:
+                best, best_free = key, ledger.free_cores
+        if best is not None:
+            ledgers[best].reserve(task_id, need)
+            placed.append((task_id, best))
+            passes.pop(task_id, None)
+            for earlier in blocked:
+                passes[earlier] = passes.get(earlier, 0) + 1
+            continue
+        blocked.append(task_id)
+        if passes.get(task_id, 0) >= max_passes:
+            held.update(key for key, ledger in ledgers.items() if ledger.could_ever_fit(need))
+    return placed, held
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """The concrete CPUs and accelerators a pool gave one task."""
+
+    cpus: tuple[int, ...]
+    gpus: tuple[str, ...] = ()
+    memory_gb: float = 0.0
+
+
+class Allocator:
+    """A pool's free CPUs, memory and accelerator slots; owned by the pool's one thread."""
+
+    def __init__(self, shape: PoolShape):
+        self.shape = shape
+        self.free_cpus: list[int] = sorted(shape.cpus)
+        self.free_memory_gb = shape.memory_gb or 0.0
+        self.gpu_load: dict[str, int] = {name: 0 for name in shape.gpus}
+
+    def take(self, need: Need, gpus: Sequence[str] = ()) -> Allocation | None:
+        """Take what ``need`` asks for, on the accelerators ``gpus`` the interchange chose,
+        or None (taking nothing) if it does not fit now.
+
+        CPUs come as one run of consecutive ids when there is one, so that a task's threads
+        share caches.
+        """
+        if need.cores > len(self.free_cpus) or len(gpus) != need.gpus or len(set(gpus)) != len(gpus):
+            return None
+        if any(self.gpu_load.get(name, self.shape.tasks_per_gpu) >= self.shape.tasks_per_gpu for name in gpus):
+            return None
+        if need.memory_gb and (self.shape.memory_gb is None or need.memory_gb > self.free_memory_gb + 1e-9):
+            return None
+        cpus = _consecutive(self.free_cpus, need.cores) or tuple(self.free_cpus[: need.cores])
+        gpus = tuple(gpus)
+        taken = set(cpus)
+        self.free_cpus = [c for c in self.free_cpus if c not in taken]
+        self.free_memory_gb -= need.memory_gb
+        for name in gpus:
+            self.gpu_load[name] += 1
+        return Allocation(cpus, gpus, need.memory_gb)
+
+    def give_back(self, allocation: Allocation) -> None:
+        """Return what a task held (it ended, failed, or its worker died)."""
+        self.free_cpus = sorted(set(self.free_cpus).union(allocation.cpus))
+        self.free_memory_gb += allocation.memory_gb
+        for name in allocation.gpus:
+            self.gpu_load[name] -= 1
+
+
+def _consecutive(free: list[int], count: int) -> tuple[int, ...] | None:
+    """The first run of ``count`` consecutive ids in sorted ``free``, if there is one."""
+    run: list[int] = []
+    for cpu in free:
+        run = run + [cpu] if run and cpu == run[-1] + 1 else [cpu]
+        if len(run) == count:
+            return tuple(run)
+    return None
+
+
+def pinning_environment(allocation: Allocation) -> dict[str, str]:
+    """The environment a task runs with: its thread count, its accelerators, what it got."""
+    cpus = ",".join(map(str, allocation.cpus))
+    gpus = ",".join(allocation.gpus)
+    env = {
+        "OMP_NUM_THREADS": str(len(allocation.cpus)),
+        "HPCFUTURES_CORES": str(len(allocation.cpus)),
+        "HPCFUTURES_CPUS": cpus,
+        "HPCFUTURES_GPUS": gpus,
+    }
+    if allocation.gpus:
+        for name in GPU_VARIABLES:
+            env[name] = gpus
+        env["ZE_ENABLE_PCI_ID_DEVICE_ORDER"] = "1"
+    return env
+
+
+@contextmanager
+def pinned(allocation: Allocation) -> Iterator[None]:
+    """Run the body on the allocation's CPUs with its environment; restore both afterwards."""
+    before_cpus = os.sched_getaffinity(0)
+    env = pinning_environment(allocation)
+    names = set(env) | set(GPU_VARIABLES) | {"ZE_ENABLE_PCI_ID_DEVICE_ORDER"}
+    before_env = {name: os.environ.get(name) for name in names}
+    os.sched_setaffinity(0, allocation.cpus)
+    for name in names:
+        os.environ.pop(name, None)
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before_cpus)
+        for name, value in before_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

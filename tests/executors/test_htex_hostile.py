@@ -22,6 +22,7 @@ import zmq
 from hpcfutures import HighThroughputExecutor, __version__
 from hpcfutures.executors.htex import protocol as P
 from hpcfutures.executors.htex.pipes import encode
+from hpcfutures.executors.htex.slots import PoolShape
 from hpcfutures.executors.htex.stream import SCHEME
 from hpcfutures.testing import Gate, faults
 
@@ -58,6 +59,13 @@ def test_a_valid_registration_parses_into_typed_fields():
     )
     assert reg.block == "3"
     assert isinstance(reg.block_end_in, float)
+
+
+def test_a_pools_shape_travels_in_its_registration():
+    shape = PoolShape((0, 1), 3.5, ("fake0",), 2, "here")
+    reg = P.parse_registration(json.dumps(info(shape=shape.to_json())).encode())
+    assert reg.shape == shape
+    assert P.parse_registration(json.dumps(info()).encode()).shape is None
 
 
 def test_what_the_pool_manager_sends_parses():
@@ -109,6 +117,11 @@ def test_a_registration_that_is_no_json_object_is_refused(data):
         {"block_end_in": float("inf")},
         {"block_end_in": float("nan")},
         {"block_end_in": 10**400},
+        {"shape": "4 cores"},
+        {"shape": {"cpus": [], "memory_gb": None, "gpus": [], "tasks_per_gpu": 1, "host": "h"}},
+        {"shape": {"cpus": [0, 0], "memory_gb": None, "gpus": [], "tasks_per_gpu": 1, "host": "h"}},
+        {"shape": {"cpus": [0], "memory_gb": -1, "gpus": [], "tasks_per_gpu": 1, "host": "h"}},
+        {"shape": {"cpus": [0], "memory_gb": None, "gpus": [7], "tasks_per_gpu": 1, "host": "h"}},
     ],
     ids=repr,
 )

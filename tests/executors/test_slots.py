@@ -24,8 +24,10 @@ from hpcfutures.executors.htex.slots import (
     parse_cpu_list,
     pinning_environment,
     place,
+    plan_workers,
     shortfall,
     unsatisfiable,
+    worker_environment,
 )
 
 
@@ -234,3 +236,48 @@ def test_pinned_sets_and_restores_affinity_and_environment():
     before, inside, after = json.loads(out.stdout)
     assert inside == [[last], "1", "fake1", str(last)]
     assert after == [before, None, "outer"]
+
+
+# -- a pool's workers, planned from the executor's defaults --------------------------------------
+
+
+def test_workers_are_counted_as_parsl_counts_them():
+    eight = PoolShape(tuple(range(8)), 32.0, (), 1, "n")
+    assert len(plan_workers(eight)) == 8
+    assert len(plan_workers(eight, max_workers=3)) == 3
+    assert len(plan_workers(eight, cores_per_worker=2)) == 4
+    assert len(plan_workers(eight, cores_per_worker=0.5)) == 16
+    assert len(plan_workers(eight, mem_per_worker=10)) == 3
+    gpus = PoolShape(tuple(range(8)), 32.0, ("fake0", "fake1"), 1, "n")
+    plans = plan_workers(gpus)
+    assert [p.gpus for p in plans] == [("fake0",), ("fake1",)] and all(not p.cpus for p in plans)
+
+
+def test_affinity_modes_pin_workers_to_disjoint_cpus():
+    six = PoolShape((0, 1, 2, 3, 4, 5), 8.0, (), 1, "n")
+    assert [p.cpus for p in plan_workers(six, max_workers=3, cpu_affinity="block")] == [(0, 1), (2, 3), (4, 5)]
+    assert [p.cpus for p in plan_workers(six, max_workers=3, cpu_affinity="block-reverse")] == [(4, 5), (2, 3), (0, 1)]
+    assert [p.cpus for p in plan_workers(six, max_workers=2, cpu_affinity="alternating")] == [(0, 2, 4), (1, 3, 5)]
+    assert [p.cpus for p in plan_workers(six, max_workers=2)] == [(), ()]
+
+
+def test_a_plan_that_cannot_be_honoured_is_refused_naming_the_setting():
+    two = PoolShape((0, 1), 4.0, (), 1, "n")
+    with pytest.raises(ConfigurationError, match="cpu_affinity='block' cannot pin 4 workers to 2 CPUs"):
+        plan_workers(two, max_workers=4, cpu_affinity="block")
+    with pytest.raises(ConfigurationError, match="cores_per_worker=3 is more than the pool's 2 CPUs"):
+        plan_workers(two, cores_per_worker=3)
+    with pytest.raises(ConfigurationError, match="mem_per_worker=8 GB is more than the pool's 4 GB"):
+        plan_workers(two, mem_per_worker=8)
+    with pytest.raises(ConfigurationError, match="cpu_affinity must be one of"):
+        plan_workers(two, cpu_affinity="diagonal")
+    assert len(plan_workers(two, max_workers=4)) == 4, "unpinned workers may outnumber the CPUs"
+    assert len(plan_workers(two, max_workers=4, cores_per_worker=1)) == 2, "unless cores_per_worker caps them"
+
+
+def test_a_workers_environment_names_only_what_it_was_given():
+    assert worker_environment(Allocation(())) == {}
+    gpu_only = worker_environment(Allocation((), ("fake1",)))
+    assert gpu_only["CUDA_VISIBLE_DEVICES"] == "fake1" and "OMP_NUM_THREADS" not in gpu_only
+    pinned_env = worker_environment(Allocation((0, 1)))
+    assert pinned_env["OMP_NUM_THREADS"] == "2" and pinned_env["HPCFUTURES_CPUS"] == "0,1"

@@ -148,3 +148,11 @@ class PoolArgs(_ComponentArgs):
     shm_dir: str = field(
         default="", metadata=_help("the driver's shared-memory directory, when the pool is on the driver's node")
     )
+    cpus: str = field(
+        default="", metadata=_help("the CPUs the pool may use, e.g. 0-3,8 (default: HPCFUTURES_POOL_CPUS, else its affinity set)")
+    )
+    memory_gb: float = field(default=0.0, metadata=_help("the memory it may hand out (0: 90%% of what is available)"))
+    accelerators: tuple[str, ...] = field(default=(), metadata=_help("an accelerator's name (repeat for each)"))
+    cores_per_worker: float = field(default=0.0, metadata=_help("cores each worker takes (0: not set)"))
+    mem_per_worker: float = field(default=0.0, metadata=_help("GB each worker takes (0: not set)"))
+    cpu_affinity: str = field(default="none", metadata=_help("none, block, alternating or block-reverse"))

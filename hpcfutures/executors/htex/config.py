@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
-from ..._validate import check_count, check_seconds
+from ..._validate import check_count, check_number, check_seconds
 from ...errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -46,6 +46,10 @@ class HtexConfig:
     max_idletime: float = 120.0
     block_poll_period: float = 1.0
     at_exit: AtExit = "wait"
+    cores_per_worker: float | None = None
+    mem_per_worker: float | None = None
+    available_accelerators: int | Sequence[str] = ()
+    cpu_affinity: str = "none"
     #: The addresses pools may try, in order (``address`` as a tuple).
     address_candidates: tuple[str, ...] = field(init=False)
     #: What the interchange binds: the one address, or every interface ("*") for several.
@@ -94,11 +98,31 @@ class HtexConfig:
                 f"heartbeat_threshold ({self.heartbeat_threshold:g}) must exceed heartbeat_period "
                 f"({self.heartbeat_period:g})"
             )
+        self._check_worker_shape(normalise)
         max_blocks = self.provider.max_blocks
         if max_blocks < 1:
             raise ConfigurationError(
                 f"the provider's max_blocks is {max_blocks}: no block could ever run a task; "
                 "give it max_blocks >= 1"
+            )
+
+    def _check_worker_shape(self, normalise: Callable[[str, Any], None]) -> None:
+        from .slots import AFFINITY_MODES, accelerator_names
+
+        if self.cores_per_worker is not None:
+            normalise("cores_per_worker", float(check_number("cores_per_worker", self.cores_per_worker, finite=True)))
+        if self.mem_per_worker is not None:
+            normalise("mem_per_worker", float(check_number("mem_per_worker", self.mem_per_worker, finite=True, unit="GB")))
+        normalise("available_accelerators", accelerator_names(self.available_accelerators))
+        if self.cpu_affinity not in AFFINITY_MODES:
+            raise ConfigurationError(
+                f"cpu_affinity must be one of {', '.join(repr(m) for m in AFFINITY_MODES)}, got {self.cpu_affinity!r}"
+            )
+        cores = self.provider.cores_per_node
+        if self.cores_per_worker is not None and cores and self.cores_per_worker > cores:
+            raise ConfigurationError(
+                f"cores_per_worker={self.cores_per_worker:g} is more than the provider's "
+                f"cores_per_node={cores}: no worker could start"
             )
 
     def _candidates(self) -> tuple[str, ...]:

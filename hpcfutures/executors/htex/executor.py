@@ -105,6 +105,15 @@ class HighThroughputExecutor(Executor):
         at_exit: what the end of the program does to unfinished tasks: ``"wait"`` runs them
             to the end first, as the stdlib's executors do; ``"terminate"`` kills them, as
             :meth:`terminate` does.
+        cores_per_worker, mem_per_worker: cores and GB each worker takes: a pool runs no
+            more workers than its cores (its memory) divided by them.  Without them and with
+            ``max_workers``, a pool runs ``max_workers`` workers however many cores it has.
+        available_accelerators: a count or the names of each node's accelerators; a pool
+            runs at most one worker per accelerator, and each worker sees only its own
+            (``CUDA_VISIBLE_DEVICES``, ``ROCR_VISIBLE_DEVICES``, ``ZE_AFFINITY_MASK``).
+        cpu_affinity: ``"none"`` (default), or pin each worker for its life to a block of
+            CPUs (``"block"``, ``"block-reverse"``) or to every n-th CPU (``"alternating"``);
+            pinned workers get ``OMP_NUM_THREADS`` set to their CPU count.
     """
 
     #: ``submit`` only serializes the call and queues it for the I/O thread (see
@@ -130,6 +139,10 @@ class HighThroughputExecutor(Executor):
         max_idletime: float = 120.0,
         block_poll_period: float = 1.0,
         at_exit: AtExit = "wait",
+        cores_per_worker: float | None = None,
+        mem_per_worker: float | None = None,
+        available_accelerators: int | Sequence[str] = (),
+        cpu_affinity: str = "none",
     ):
         config = HtexConfig(
             max_workers=max_workers,
@@ -148,6 +161,10 @@ class HighThroughputExecutor(Executor):
             max_idletime=max_idletime,
             block_poll_period=block_poll_period,
             at_exit=at_exit,
+            cores_per_worker=cores_per_worker,
+            mem_per_worker=mem_per_worker,
+            available_accelerators=available_accelerators,
+            cpu_affinity=cpu_affinity,
         )
         #: The settings, as checked; the attributes below are their working copies.
         self.config = config

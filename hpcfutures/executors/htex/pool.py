@@ -40,7 +40,7 @@ from collections import deque
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from ...errors import TaskTimeoutError, WorkerLostError
+from ...errors import ConfigurationError, TaskTimeoutError, WorkerLostError
 from ...exits import describe_exit, exit_signal
 from ...serialize import dumps
 from . import protocol as P
@@ -50,6 +50,7 @@ from .components import PoolArgs, setup_logging
 from .dealing import pool_credit, worker_depth
 from .pipes import Receiver, Sender, pipe_pair, watch_room
 from .relay import start_relay
+from .slots import detect_shape, plan_workers, worker_environment
 from .stream import SCHEME, StreamConnection
 from .worker import worker_main
 
@@ -105,7 +106,21 @@ class PoolManager:
 
     def __init__(self, args: PoolArgs):
         self.args = args
-        self.workers_wanted = args.max_workers or len(os.sched_getaffinity(0))
+        self.shape = detect_shape(
+            cpus=args.cpus or None,
+            memory_gb=args.memory_gb or None,
+            accelerators=args.accelerators,
+            host=socket.gethostname(),
+        )
+        # What each worker holds for its life (CPUs it is pinned to, its accelerator), by rank.
+        self.plans = plan_workers(
+            self.shape,
+            max_workers=args.max_workers or None,
+            cores_per_worker=args.cores_per_worker or None,
+            mem_per_worker=args.mem_per_worker or None,
+            cpu_affinity=args.cpu_affinity,
+        )
+        self.workers_wanted = len(self.plans)
         self.pool_id = args.pool_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.workers: dict[int, _Worker] = {}  # by rank
         self.by_sentinel: dict[int, _Worker] = {}
@@ -141,7 +156,8 @@ class PoolManager:
     # -- workers ---------------------------------------------------------------------------
 
     def start_worker(self, rank: int) -> None:
-        env = dict(self.env_base, HPCFUTURES_WORKER_RANK=str(rank))
+        plan = self.plans[rank]
+        env = dict(self.env_base, HPCFUTURES_WORKER_RANK=str(rank), **worker_environment(plan))
         task_read, task_write = pipe_pair()
         result_read, result_write = pipe_pair()
         board = WorkerBoard()
@@ -164,6 +180,7 @@ class PoolManager:
                 env,
                 os.getpid(),
                 self.args.shm_dir,
+                plan.cpus,
             ),
             name=f"hpcfutures-worker-{rank}",
             daemon=True,
@@ -538,6 +555,7 @@ class PoolManager:
             pool_id=self.pool_id,
             block_id=self.args.block_id,
             workers=self.workers_wanted,
+            shape=self.shape.to_json(),
             host=socket.gethostname(),
             pid=os.getpid(),
             block_end_in=block_end_in(),
@@ -728,7 +746,11 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    manager = PoolManager(args)
+    try:
+        manager = PoolManager(args)
+    except ConfigurationError as exc:  # settings this node cannot honour: say why, for the driver
+        print(f"hpcfutures pool: {exc}", file=sys.stderr)
+        return 2
     try:
         return manager.run()
     finally:

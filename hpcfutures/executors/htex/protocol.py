@@ -37,6 +37,7 @@ from typing import Any, Mapping, Sequence
 import zmq
 
 from ... import __version__
+from .slots import PoolShape
 
 PROTOCOL_VERSION = 3  # 2: the token in a REGISTER frame of its own; 3: pools report which tasks began
 
@@ -197,6 +198,8 @@ class Registration:
     protocol: int
     python: str
     hpcfutures: str
+    #: What the pool may hand out (:class:`~.slots.PoolShape`), if it said.
+    shape: PoolShape | None = None
 
     @property
     def block(self) -> str:
@@ -285,6 +288,12 @@ def parse_registration(data: Any) -> Registration:
         block_end_in = float(raw) if isinstance(raw, float) or abs(raw) < 1 << 53 else math.inf
         if not math.isfinite(block_end_in):
             raise RegistrationError(f"a registration whose block_end_in is {_shown(raw)}")
+    shape = None
+    if info.get("shape") is not None:
+        try:
+            shape = PoolShape.from_json(info["shape"])
+        except ValueError as exc:
+            raise RegistrationError(f"a registration whose shape is malformed: {exc}") from None
     workers = _field(info, "workers", (int,))
     pid = _field(info, "pid", (int,))
     if not (0 < workers < 1 << 31 and 0 <= pid < 1 << 31):
@@ -299,4 +308,5 @@ def parse_registration(data: Any) -> Registration:
         protocol=info["protocol"],
         python=info["python"],
         hpcfutures=info["hpcfutures"],
+        shape=shape,
     )

@@ -430,3 +430,87 @@ def pinned(allocation: Allocation) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+#: How workers' CPUs are chosen when ``cpu_affinity`` pins them (Parsl's names).
+AFFINITY_MODES = ("none", "block", "alternating", "block-reverse")
+
+
+def plan_workers(
+    shape: PoolShape,
+    *,
+    max_workers: int | None = None,
+    cores_per_worker: float | None = None,
+    mem_per_worker: float | None = None,
+    cpu_affinity: str = "none",
+) -> list[Allocation]:
+    """What each worker of a pool of ``shape`` holds for its whole life, by rank.
+
+    As Parsl counts them, a pool runs the fewest of: ``max_workers``; its cores divided by
+    ``cores_per_worker``; its memory divided by ``mem_per_worker``; its accelerators (one
+    each).  Without ``max_workers`` it runs one worker per core per ``cores_per_worker``
+    (default 1); with it and no ``cores_per_worker``, that many workers even if they
+    outnumber the cores (tasks that wait on I/O), as long as they are not pinned.  A worker's allocation names its accelerator and, unless ``cpu_affinity`` is
+    ``"none"``, the CPUs it is pinned to: a contiguous block each (``"block"``, or from the
+    last CPU down for ``"block-reverse"``), or every n-th CPU (``"alternating"``).  An
+    unpinned worker's allocation has no CPUs.
+
+    Raises:
+        ConfigurationError: the settings leave no worker, or ask to pin more workers than
+            there are CPUs; the message names the setting.
+    """
+    if cpu_affinity not in AFFINITY_MODES:
+        raise ConfigurationError(f"cpu_affinity must be one of {', '.join(AFFINITY_MODES)}, got {cpu_affinity!r}")
+    limits: dict[str, int] = {}
+    if max_workers:
+        limits["max_workers"] = max_workers
+    if cores_per_worker is not None or not max_workers:
+        limits["the CPUs"] = int(shape.cores / (cores_per_worker or 1.0) + 1e-9)
+    if mem_per_worker:
+        if shape.memory_gb is None:
+            raise ConfigurationError("mem_per_worker needs the pool's memory, which is not known")
+        limits["mem_per_worker"] = int(shape.memory_gb / mem_per_worker + 1e-9)
+    if shape.gpus:
+        limits["available_accelerators"] = len(shape.gpus)
+    count = min(limits.values())
+    if count < 1:
+        cause = min(limits, key=lambda name: limits[name])
+        if cause == "the CPUs":
+            what = f"cores_per_worker={cores_per_worker or 1.0:g} is more than the pool's {shape.cores} CPUs"
+        elif cause == "mem_per_worker":
+            what = f"mem_per_worker={mem_per_worker:g} GB is more than the pool's {shape.memory_gb:g} GB"
+        else:
+            what = f"{cause} leaves no worker"
+        raise ConfigurationError(f"this pool can run no worker: {what} ({shape.describe()})")
+    if cpu_affinity != "none" and count > shape.cores:
+        raise ConfigurationError(
+            f"cpu_affinity={cpu_affinity!r} cannot pin {count} workers to {shape.cores} CPUs; "
+            "lower max_workers or use cpu_affinity='none'"
+        )
+    per = shape.cores // count
+    cpus = list(shape.cpus)
+    plans = []
+    for rank in range(count):
+        if cpu_affinity == "block":
+            mine = tuple(cpus[rank * per : (rank + 1) * per])
+        elif cpu_affinity == "block-reverse":
+            end = len(cpus) - rank * per
+            mine = tuple(cpus[end - per : end])
+        elif cpu_affinity == "alternating":
+            mine = tuple(cpus[rank::count][:per])
+        else:
+            mine = ()
+        gpu = (shape.gpus[rank],) if shape.gpus else ()
+        plans.append(Allocation(mine, gpu, mem_per_worker or 0.0))
+    return plans
+
+
+def worker_environment(allocation: Allocation) -> dict[str, str]:
+    """The environment a worker with a lifelong ``allocation`` starts with (empty if none)."""
+    if not allocation.cpus and not allocation.gpus:
+        return {}
+    env = pinning_environment(allocation)
+    if not allocation.cpus:  # not pinned: say nothing about CPUs
+        for name in ("OMP_NUM_THREADS", "HPCFUTURES_CORES", "HPCFUTURES_CPUS"):
+            del env[name]
+    return env

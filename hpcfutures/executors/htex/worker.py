@@ -114,9 +114,15 @@ def worker_main(
     env: dict[str, str],
     parent_pid: int,
     shm_dir: str = "",
+    cpus: tuple[int, ...] = (),
 ) -> None:
-    """Serve tasks from the pool manager over the given pipes until told to stop; never returns."""
+    """Serve tasks from the pool manager over the given pipes until told to stop; never returns.
+
+    ``cpus``, if any, are the CPUs this worker is pinned to for its life (``cpu_affinity``).
+    """
     os.setpgid(0, 0)  # one process group per worker, so a walltime kill takes its children too
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     _die_with_parent(parent_pid)
     for fd in close_fds:  # the manager's ends, and other workers' pipes: ours alone keep them open
         try:

@@ -33,6 +33,15 @@ class UnsupportedOptionError(ConfigurationError):
     """A backend was asked for a per-task setting (resource, walltime, …) it cannot honour."""
 
 
+class ResourceUnsatisfiableError(UnsupportedOptionError):
+    """A task asks for more cores, memory or accelerators than any worker pool has or can have.
+
+    Raised when the view is made if the provider's node shape says so, or set on the task's
+    future once pools have registered and none could ever run it.  The message names the
+    field and the largest shape available.
+    """
+
+
 class ExecutorError(HpcFuturesError):
     """The executor's machinery, not the task, failed."""
 

@@ -92,9 +92,9 @@ def test_priority_orders_the_queue():
 
 
 def test_options_reject_what_htex_cannot_honour(htex):
-    with pytest.raises(UnsupportedOptionError, match="cores=4"):
-        htex.options(resources=Resources(cores=4))
-    with pytest.raises(UnsupportedOptionError, match="gpus=1"):
+    with pytest.raises(UnsupportedOptionError, match="num_nodes=2"):  # cores=4 is taken since issue 13
+        htex.options(resources=Resources(num_nodes=2))
+    with pytest.raises(UnsupportedOptionError, match="gpus=1"):  # no accelerators named
         htex.options(resources=Resources(gpus=1))
     with pytest.raises(ConfigurationError, match="walltime"):
         htex.options(walltime=-1)

@@ -113,6 +113,10 @@ class InterchangeArgs(_ComponentArgs):
     heartbeat_period: float = 1.0
     heartbeat_threshold: float = 10.0
     lost_task_retries: int = 2
+    unsatisfiable_after: float = field(
+        default=60.0,
+        metadata=_help("seconds a task with resources no registered pool could ever run waits before it fails"),
+    )
     log_file: str = field(default="", metadata=_help("where to log; nowhere if empty"))
     cleanup: tuple[str, ...] = field(
         default=(), metadata=_help("a directory of the driver's to remove if the driver dies")

@@ -50,6 +50,7 @@ class HtexConfig:
     mem_per_worker: float | None = None
     available_accelerators: int | Sequence[str] = ()
     cpu_affinity: str = "none"
+    unsatisfiable_after: float = 60.0
     #: The addresses pools may try, in order (``address`` as a tuple).
     address_candidates: tuple[str, ...] = field(init=False)
     #: What the interchange binds: the one address, or every interface ("*") for several.
@@ -86,7 +87,14 @@ class HtexConfig:
             raise ConfigurationError(f"initargs must be a tuple, got {type(self.initargs).__name__}")
         check_count("prefetch", self.prefetch, 0)
         check_count("lost_task_retries", self.lost_task_retries, 0)
-        for name in ("heartbeat_period", "heartbeat_threshold", "start_timeout", "max_idletime", "block_poll_period"):
+        for name in (
+            "heartbeat_period",
+            "heartbeat_threshold",
+            "start_timeout",
+            "max_idletime",
+            "block_poll_period",
+            "unsatisfiable_after",
+        ):
             normalise(name, float(check_seconds(name, getattr(self, name))))
         if self.at_exit not in ("wait", "terminate"):
             raise ConfigurationError(

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, T
 from ..._validate import check_count
 from ...errors import (
     PoolStartError,
+    ResourceUnsatisfiableError,
+    UnsupportedOptionError,
     VersionMismatchError,
 )
 from ...providers.base import JobStatus
@@ -41,6 +43,7 @@ from .config import AtExit, HtexConfig
 from .lifecycle import Lifecycle, Phase
 from .link import DriverLink, HtexFuture, unlink_spilled
 from .runspace import RunSpace, open_run_space
+from .slots import Need
 
 if TYPE_CHECKING:
     from ...providers.base import ExecutionProvider
@@ -48,6 +51,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: The wire fields (cores, memory in MB, accelerators) of a task with the default resources.
+_PLAIN = Need().wire()
 
 
 _live_executors: weakref.WeakSet[HighThroughputExecutor] = weakref.WeakSet()
@@ -114,6 +120,11 @@ class HighThroughputExecutor(Executor):
         cpu_affinity: ``"none"`` (default), or pin each worker for its life to a block of
             CPUs (``"block"``, ``"block-reverse"``) or to every n-th CPU (``"alternating"``);
             pinned workers get ``OMP_NUM_THREADS`` set to their CPU count.
+        unsatisfiable_after: seconds a task whose ``Resources`` no registered pool could
+            ever offer waits (for pools of another shape) before it fails with
+            :class:`~hpcfutures.ResourceUnsatisfiableError`.  What the settings already rule
+            out (``cores_per_node``, ``mem_per_node``, ``available_accelerators``) fails when
+            the ``options()`` view is made.
     """
 
     #: ``submit`` only serializes the call and queues it for the I/O thread (see
@@ -143,6 +154,7 @@ class HighThroughputExecutor(Executor):
         mem_per_worker: float | None = None,
         available_accelerators: int | Sequence[str] = (),
         cpu_affinity: str = "none",
+        unsatisfiable_after: float = 60.0,
     ):
         config = HtexConfig(
             max_workers=max_workers,
@@ -165,6 +177,7 @@ class HighThroughputExecutor(Executor):
             mem_per_worker=mem_per_worker,
             available_accelerators=available_accelerators,
             cpu_affinity=cpu_affinity,
+            unsatisfiable_after=unsatisfiable_after,
         )
         #: The settings, as checked; the attributes below are their working copies.
         self.config = config
@@ -225,7 +238,15 @@ class HighThroughputExecutor(Executor):
 
         ``walltime`` (seconds) is enforced by the pool: the task's worker is killed and the
         future fails with :class:`~hpcfutures.TaskTimeoutError`.  ``priority`` orders the
-        queue (higher first).  Resources other than the default (one core) are rejected.
+        queue (higher first).  ``resources`` (cores, memory_gb, gpus on one node) are held
+        for the task while it runs: it goes only to a pool where they are free, runs pinned
+        to its cores and accelerators, and gives them back when it ends, fails or loses its
+        worker (see docs/resources.md).
+
+        Raises:
+            ResourceUnsatisfiableError: the settings rule the resources out (the provider's
+                ``cores_per_node`` or ``mem_per_node``, ``available_accelerators``).
+            UnsupportedOptionError: more than one node or rank.
         """
         return ExecutorView(self, DEFAULT_OPTIONS.merged(resources, walltime, priority))
 
@@ -349,13 +370,17 @@ class HighThroughputExecutor(Executor):
 
     def check_options(self, options: TaskOptions) -> None:
         """Raise for a setting this executor cannot honour (the :class:`OptionsBackend` contract)."""
-        reject_unsupported(
-            "HighThroughputExecutor",
-            options,
-            walltime=True,
-            priority=True,
-            hint="Size tasks to one worker, or use an executor that places multi-core tasks.",
-        )
+        reject_unsupported("HighThroughputExecutor", options, resources=True, walltime=True, priority=True)
+        resources = options.resources
+        if resources.num_nodes != 1 or resources.ranks_per_node != 1:
+            raise UnsupportedOptionError(
+                f"HighThroughputExecutor runs a task on one node with one process: "
+                f"Resources(num_nodes={resources.num_nodes}, ranks_per_node={resources.ranks_per_node}) "
+                "needs an executor that starts MPI jobs"
+            )
+        why = self._never_fits(resources)
+        if why is not None:
+            raise ResourceUnsatisfiableError(why)
         block_walltime = self.provider.walltime_seconds
         if options.walltime and block_walltime and options.walltime > block_walltime:
             raise ValueError(
@@ -363,6 +388,32 @@ class HighThroughputExecutor(Executor):
                 f"({block_walltime} s), so no block could finish the task; lower the task's walltime "
                 "or raise the provider's"
             )
+
+    def _never_fits(self, resources: Resources) -> str | None:
+        """Why no pool this executor can have could run a task with ``resources``, or None.
+
+        Only what the settings fix is checked here: the provider's ``cores_per_node`` and
+        ``mem_per_node``, and ``available_accelerators``.  What they leave open is known once
+        pools register; the interchange then fails a task no registered pool could ever run
+        after ``unsatisfiable_after`` seconds.
+        """
+        cores = self.provider.cores_per_node
+        memory = getattr(self.provider, "mem_per_node", None)
+        accelerators = tuple(self.config.available_accelerators)  # type: ignore[arg-type]  # names, once checked
+        if cores and resources.cores > cores:
+            return f"Resources(cores={resources.cores}) can never run: the provider's nodes have cores_per_node={cores}"
+        if memory and resources.memory_gb and resources.memory_gb > memory:
+            return (
+                f"Resources(memory_gb={resources.memory_gb:g}) can never run: the provider's nodes "
+                f"have mem_per_node={memory:g}"
+            )
+        if resources.gpus > len(accelerators):
+            have = f"names {len(accelerators)} ({', '.join(accelerators)})" if accelerators else "is empty"
+            return (
+                f"Resources(gpus={resources.gpus}) can never run: this executor's available_accelerators "
+                f"{have}; list each node's accelerators there"
+            )
+        return None
 
     def submit_with_options(
         self, options: TaskOptions, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -377,7 +428,9 @@ class HighThroughputExecutor(Executor):
         assert self._space is not None and self._link is not None  # started above
         frames = dumps_call(fn, args, kwargs, self._space.spill, spilled)
         walltime = options.walltime or 0.0
-        future = self._link.enqueue(options.priority, walltime, frames)
+        resources = options.resources
+        need = _PLAIN if resources is DEFAULT_OPTIONS.resources else Need.of(resources).wire()
+        future = self._link.enqueue(options.priority, walltime, frames, need)
         if spilled:
             future.spilled = spilled
             future.add_done_callback(unlink_spilled)  # for paths that end it outside the I/O thread

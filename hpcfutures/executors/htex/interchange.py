@@ -48,13 +48,14 @@ from typing import Any
 
 import zmq
 
-from ...errors import PoolLostError
+from ...errors import PoolLostError, ResourceUnsatisfiableError
 from ...serialize import dumps
 from . import protocol as P
 from . import security
 from .components import InterchangeArgs, setup_logging
 from .dealing import deal
 from .pipes import Receiver, Sender, watch_room
+from .slots import Ledger, Need, gpu_mask, place, unsatisfiable
 from .stream import StreamConnection, StreamListener
 
 logger = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ MAX_IGNORED = 4096
 class _Pool:
     __slots__ = (
         "sock", "identity", "key", "reg", "credit", "sent", "outstanding", "last_heard",
-        "idle_since", "draining", "end", "closing",
+        "idle_since", "draining", "end", "closing", "ledger", "plain_out",
     )  # fmt: skip
 
     def __init__(self, sock: Any, identity: bytes, reg: P.Registration, credit: int, now: float):
@@ -87,6 +88,9 @@ class _Pool:
         self.credit = credit
         self.sent = 0
         self.outstanding: dict[int, tuple[int, P.Item]] = {}  # task id -> (sequence number, task)
+        # What its tasks with resources hold, and how many default tasks it holds.
+        self.ledger = Ledger(reg.shape) if reg.shape is not None else None
+        self.plain_out = 0
         self.last_heard = now
         self.idle_since: float | None = now  # None while it holds tasks
         self.draining = False  # its block is being scaled in: no new tasks
@@ -191,6 +195,10 @@ class Interchange:
         self.pool_socks = (self.tcp_pools,)
         self.monitors = [s.get_monitor_socket(zmq.EVENT_DISCONNECTED) for s in self.pool_socks]
         self.queue: list[tuple[int, int, P.Item]] = []  # (-priority, sequence number, task)
+        # Tasks with resources, placed by slots.place instead of dealt by credit.
+        self.resourced: list[tuple[int, int, P.Item]] = []
+        self.passes: dict[int, int] = {}  # times a task with resources was passed
+        self.unplaceable_since: dict[int, float] = {}  # tasks no registered pool could ever run
         self.seq = 0
         self.pools: dict[tuple[int, bytes], _Pool] = {}
         # (socket, identity, registration, credit) of pools that came before the CONFIG
@@ -217,9 +225,14 @@ class Interchange:
         if kind == P.TASKS:
             seq = self.seq
             queue = self.queue
+            resourced = self.resourced
             for item in P.split(P.TASK_META, msg[1].tobytes(), msg[2], msg[3:]):
                 seq += 1
-                heapq.heappush(queue, (-item[0][1], seq, item))
+                fields = item[0]
+                if fields[P.T_CORES] != 1 or fields[P.T_MEMORY_MB] or fields[P.T_GPUS]:
+                    heapq.heappush(resourced, (-fields[1], seq, item))
+                else:
+                    heapq.heappush(queue, (-fields[1], seq, item))
             self.seq = seq
         elif kind == P.CANCEL:
             self.cancel(msg[1].tobytes(), set(P.unpack_ids(msg[2].tobytes())))
@@ -246,7 +259,10 @@ class Interchange:
         Tasks queued here are dropped at once; the pools holding the others are asked, and
         the driver is answered when the last of them has (or was lost).
         """
-        dropped = P.take_queued(self.queue, ids)
+        dropped = P.take_queued(self.queue, ids) + P.take_queued(self.resourced, ids)
+        for task_id in dropped:
+            self.passes.pop(task_id, None)
+            self.unplaceable_since.pop(task_id, None)
         asked: set[tuple[int, bytes]] = set()
         for pool in list(self.pools.values()):
             if ids is None:
@@ -370,7 +386,9 @@ class Interchange:
             self.started.extend(started)
             outstanding = pool.outstanding
             for task_id in ids:
-                outstanding.pop(task_id, None)
+                if outstanding.pop(task_id, None) is not None:
+                    if pool.ledger is None or not pool.ledger.release(task_id):
+                        pool.plain_out -= 1
             if not outstanding:
                 pool.idle_since = now
             self.to_driver_meta.append(meta)
@@ -565,7 +583,7 @@ class Interchange:
         # A block that reached its end took its tasks with it: not the tasks' fault.
         charge = 0 if pool.closing is not None and time.monotonic() >= pool.closing else 1
         for task_id, (seq, (fields, main, oob)) in pool.outstanding.items():
-            lost = fields[3] + charge
+            lost = fields[P.T_LOST] + charge
             if lost > limit:
                 error = PoolLostError(
                     f"task {task_id}: the worker pool running it was lost ({why}) {lost} time(s); "
@@ -578,8 +596,9 @@ class Interchange:
                 self.to_driver_mains.append(out[0])
                 self.to_driver_extra.extend(out[1:])
             else:
-                fields = (fields[0], fields[1], fields[2], lost, fields[4], fields[5])
-                heapq.heappush(self.queue, (-fields[1], seq, (fields, main, oob)))
+                plain = pool.ledger is None or task_id not in pool.ledger.held
+                fields = (*fields[: P.T_LOST], lost, *fields[P.T_LOST + 1 :])
+                heapq.heappush(self.queue if plain else self.resourced, (-fields[1], seq, (fields, main, oob)))
         pool.outstanding.clear()
         for request, (asked, _cancelled) in list(self.cancels.items()):
             if pool.key in asked:
@@ -589,28 +608,113 @@ class Interchange:
             self.event(event="pool_lost", pool=pool.reg.pool_id, block=pool.reg.block_id, reason=why)
 
     def dispatch(self) -> None:
-        """Hand queued tasks to pools with credit, spreading a burst evenly across them."""
+        """Place tasks with resources where they fit now, then hand queued default tasks to
+        pools with credit, spreading a burst evenly across them."""
+        now = time.monotonic()
+        held: set[tuple[int, bytes]] = set()
+        if self.resourced:
+            held = self.place_resourced(now)
         if not self.queue:
             return
-        now = time.monotonic()
         ready = [
-            p for p in self.pools.values() if p.credit > p.sent and not p.draining and (p.closing is None or now < p.closing)
+            p
+            for p in self.pools.values()
+            if p.credit > p.sent and not p.draining and (p.closing is None or now < p.closing) and p.key not in held
         ]
         if not ready:
             return
         dealt = deal(self.queue, [p.credit - p.sent for p in ready], [p.end for p in ready], now)
+        any_dealt = False
         for pool, entries in zip(ready, dealt):
             if not entries:
                 continue
+            any_dealt = True
             outstanding = pool.outstanding
             for _p, seq, item in entries:
                 outstanding[item[0][0]] = (seq, item)
             pool.sent += len(entries)
+            pool.plain_out += len(entries)
             pool.idle_since = None
             for start in range(0, len(entries), BATCH_LIMIT):
                 items = [entry[2] for entry in entries[start : start + BATCH_LIMIT]]
                 if not self.send_pool(pool, P.join(P.TASKS, P.TASK_META, items)):
                     break  # lost: pool_lost requeued what it held
+        if any_dealt:  # default tasks passed the tasks with resources that wait
+            for _p, _seq, item in self.resourced:
+                self.passes[item[0][0]] = self.passes.get(item[0][0], 0) + 1
+
+    def place_resourced(self, now: float) -> set[tuple[int, bytes]]:
+        """Send each task with resources, in priority order, to a pool where it fits now.
+
+        Returns the pools held for a task that was passed too often (see :func:`place`).  A
+        task that no registered pool could ever run fails once it has waited
+        ``unsatisfiable_after`` seconds with pools registered.
+        """
+        pools = {
+            p.key: p
+            for p in self.pools.values()
+            if p.ledger is not None and not p.draining and (p.closing is None or now < p.closing)
+        }
+        ledgers = {}
+        for key, pool in pools.items():
+            assert pool.ledger is not None
+            pool.ledger.plain = min(pool.plain_out, pool.reg.workers)
+            ledgers[key] = pool.ledger
+        entries = sorted(self.resourced)
+        needs = [(entry[2][0][0], Need.from_wire(*entry[2][0][P.T_CORES : P.T_GPUS + 1])) for entry in entries]
+        placed, held = place(needs, ledgers, self.passes)
+        if placed:
+            where = dict(placed)
+            kept: list[tuple[int, int, P.Item]] = []
+            for entry in entries:
+                task_id = entry[2][0][0]
+                if task_id not in where:
+                    kept.append(entry)
+                    continue
+                pool = pools[where[task_id]]
+                assert pool.ledger is not None
+                fields, main, oob = entry[2]
+                mask = gpu_mask(pool.ledger.shape, pool.ledger.held[task_id][1])
+                item = ((*fields[: P.T_GPU_MASK], mask, *fields[P.T_GPU_MASK + 1 :]), main, oob)
+                pool.outstanding[task_id] = (entry[1], item)
+                pool.sent += 1
+                pool.idle_since = None
+                self.unplaceable_since.pop(task_id, None)
+                self.send_pool(pool, P.join(P.TASKS, P.TASK_META, [item]))
+            heapq.heapify(kept)
+            self.resourced = kept
+        self.fail_unsatisfiable(now, [n for n in needs if n[0] not in dict(placed)])
+        return held
+
+    def fail_unsatisfiable(self, now: float, waiting: list[tuple[int, Need]]) -> None:
+        """Fail the waiting tasks that no registered pool could ever run, after a while."""
+        shapes = [p.ledger.shape for p in self.pools.values() if p.ledger is not None]
+        if not shapes:
+            return
+        doomed: dict[int, str] = {}
+        for task_id, need in waiting:
+            why = unsatisfiable(need, shapes)
+            if why is None:
+                self.unplaceable_since.pop(task_id, None)
+                continue
+            since = self.unplaceable_since.setdefault(task_id, now)
+            if now - since >= self.args.unsatisfiable_after:
+                doomed[task_id] = why
+        if not doomed:
+            return
+        self.resourced = [e for e in self.resourced if e[2][0][0] not in doomed]
+        heapq.heapify(self.resourced)
+        for task_id, why in doomed.items():
+            self.unplaceable_since.pop(task_id, None)
+            self.passes.pop(task_id, None)
+            error = ResourceUnsatisfiableError(
+                f"task {task_id}: {why}; no pool that registered in "
+                f"{self.args.unsatisfiable_after:g} s could run it"
+            )
+            out = dumps((error, ""))
+            self.to_driver_meta.append(P.RESULT_META.pack(task_id, P.FAILED, 0.0, len(out[0]), len(out) - 1))
+            self.to_driver_mains.append(out[0])
+            self.to_driver_extra.extend(out[1:])
 
     def idle_blocks(self, now: float) -> dict[str, float]:
         """Seconds each block's pools have all been idle (0 for a block with a busy pool)."""

@@ -153,7 +153,9 @@ class DriverLink:
 
     # -- for the executor's threads ---------------------------------------------------------------
 
-    def enqueue(self, priority: int, walltime: float, frames: list[Any]) -> HtexFuture:
+    def enqueue(
+        self, priority: int, walltime: float, frames: list[Any], resources: tuple[int, int, int] = (1, 0, 0)
+    ) -> HtexFuture:
         """Queue a serialized call for the I/O thread and return its future.
 
         Raises:
@@ -165,7 +167,11 @@ class DriverLink:
             future = HtexFuture(self, task_id)
             self.pending[task_id] = future
             self.outbox.append(
-                (P.TASK_META.pack(task_id, priority, walltime, 0, len(frames[0]), len(frames) - 1), frames[0], frames[1:])
+                (
+                    P.TASK_META.pack(task_id, priority, walltime, 0, *resources, 0, len(frames[0]), len(frames) - 1),
+                    frames[0],
+                    frames[1:],
+                )
             )
             if not self.wake_pending:
                 self.wake_pending = True

@@ -50,7 +50,7 @@ from .components import PoolArgs, setup_logging
 from .dealing import pool_credit, worker_depth
 from .pipes import Receiver, Sender, pipe_pair, watch_room
 from .relay import start_relay
-from .slots import detect_shape, plan_workers, worker_environment
+from .slots import Allocation, Allocator, Need, detect_shape, gpus_in_mask, plan_workers, worker_environment
 from .stream import SCHEME, StreamConnection
 from .worker import worker_main
 
@@ -80,7 +80,7 @@ def block_end_in() -> float | None:
 class _Worker:
     __slots__ = (
         "rank", "process", "sender", "receiver", "board", "outstanding", "sent", "reported", "head_seen",
-        "cancelled", "ready", "deadline", "walltime",
+        "cancelled", "ready", "deadline", "walltime", "allocation",
     )  # fmt: skip
 
     def __init__(self, rank: int, process: Any, sender: Sender, receiver: Receiver, board: WorkerBoard):
@@ -98,6 +98,7 @@ class _Worker:
         self.cancelled: set[int] = set()  # ids of tasks cancelled on the board, not yet skipped
         self.ready = False
         self.deadline: float | None = None  # set while it runs a task with a walltime
+        self.allocation: Allocation | None = None  # set while it runs a task with resources
         self.walltime = 0.0
 
 
@@ -121,6 +122,12 @@ class PoolManager:
             cpu_affinity=args.cpu_affinity,
         )
         self.workers_wanted = len(self.plans)
+        # The CPUs, memory and accelerators tasks with resources hold (the interchange sends
+        # such a task only when it fits; this checks again and picks the CPU ids).
+        self.allocator = Allocator(self.shape)
+        self.held_cores = 0  # cores those tasks hold now
+        # Default tasks may keep this many workers busy besides them.
+        self.capacity = max(self.shape.cores, self.workers_wanted)
         self.pool_id = args.pool_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.workers: dict[int, _Worker] = {}  # by rank
         self.by_sentinel: dict[int, _Worker] = {}
@@ -284,9 +291,11 @@ class PoolManager:
         cancelled on its board are dropped (the driver was told they were cancelled).
         """
         claimed = worker.board.claimed_before_death()
+        if worker.allocation is not None:
+            self.release(worker)
         while worker.outstanding:
             (fields, main, oob), seq, ordinal = worker.outstanding.popleft()
-            task_id, priority, walltime, lost, size, count = fields
+            task_id, priority, lost = fields[P.T_ID], fields[P.T_PRIORITY], fields[P.T_LOST]
             if task_id in worker.cancelled:
                 continue
             if ordinal < claimed:
@@ -300,8 +309,16 @@ class PoolManager:
                     self.add_failure(task_id, error)
                     continue
             heapq.heappush(
-                self.queue, (-priority, seq, ((task_id, priority, walltime, lost, size, count), main, oob))
+                self.queue, (-priority, seq, ((*fields[: P.T_LOST], lost, *fields[P.T_LOST + 1 :]), main, oob))
             )
+
+    def release(self, worker: _Worker) -> None:
+        """Give back what the task with resources on ``worker`` held (it ended, or the worker died)."""
+        allocation = worker.allocation
+        assert allocation is not None
+        worker.allocation = None
+        self.allocator.give_back(allocation)
+        self.held_cores -= len(allocation.cpus)
 
     def add_failure(self, task_id: int, error: BaseException) -> None:
         frames = dumps((error, ""))
@@ -445,6 +462,8 @@ class PoolManager:
                 total += elapsed
                 n += 1
             worker.deadline = None
+            if worker.allocation is not None and not outstanding:
+                self.release(worker)
             if n:
                 average = total / n
                 self.runtime_ewma = average if not self.runtime_ewma else 0.7 * self.runtime_ewma + 0.3 * average
@@ -525,13 +544,20 @@ class PoolManager:
         while room > 0 and queue:
             entry = queue[0]
             item = entry[2]
-            walltime = item[0][2]
-            if walltime > 0:  # a walltime task goes alone to an idle worker
+            fields = item[0]
+            walltime = fields[P.T_WALLTIME]
+            resourced = fields[P.T_CORES] != 1 or fields[P.T_MEMORY_MB] or fields[P.T_GPUS]
+            if walltime > 0 or resourced:  # it goes alone to an idle worker
                 if worker.outstanding or items:
                     break
-                worker.deadline = now + walltime
-                worker.walltime = walltime
+                if resourced and not self.allocate(worker, fields):
+                    break  # it waits at the head until what it needs is free
+                if walltime > 0:
+                    worker.deadline = now + walltime
+                    worker.walltime = walltime
                 room = 0
+            elif self.held_cores and not worker.outstanding and not self.plain_room():
+                break  # the cores left are held by tasks with resources
             else:
                 room -= 1
             heapq.heappop(queue)
@@ -542,6 +568,30 @@ class PoolManager:
             self.send_to_worker(worker, P.join(P.TASKS, P.TASK_META, items))
             self.started_soon()
         return len(items)
+
+    def allocate(self, worker: _Worker, fields: tuple[Any, ...]) -> bool:
+        """Give the idle ``worker`` what a task with resources needs, and tell it; or False.
+
+        The task's cores must be free of both other such tasks and workers busy with
+        default tasks.
+        """
+        need = Need.from_wire(fields[P.T_CORES], fields[P.T_MEMORY_MB], fields[P.T_GPUS])
+        busy = sum(1 for w in self.workers.values() if w.outstanding and w.allocation is None)
+        if need.cores > self.capacity - self.held_cores - busy:
+            return False
+        allocation = self.allocator.take(need, gpus_in_mask(self.shape, fields[P.T_GPU_MASK]))
+        if allocation is None:
+            return False
+        worker.allocation = allocation
+        self.held_cores += len(allocation.cpus)
+        pin = {"cpus": list(allocation.cpus), "gpus": list(allocation.gpus), "memory_gb": allocation.memory_gb}
+        self.send_to_worker(worker, [P.PIN, json.dumps(pin).encode()])
+        return True
+
+    def plain_room(self) -> bool:
+        """Whether another worker may start default tasks beside those with resources."""
+        busy = sum(1 for w in self.workers.values() if w.outstanding and w.allocation is None)
+        return busy + self.held_cores < self.capacity
 
     # -- main loop -----------------------------------------------------------------------
 

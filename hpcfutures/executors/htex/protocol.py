@@ -39,7 +39,8 @@ import zmq
 from ... import __version__
 from .slots import PoolShape
 
-PROTOCOL_VERSION = 3  # 2: the token in a REGISTER frame of its own; 3: pools report which tasks began
+PROTOCOL_VERSION = 4  # 2: the token in a REGISTER frame of its own; 3: pools report which tasks began;
+# 4: tasks carry their resources, registrations the pool's shape
 
 #: The largest message a registered pool may send (header included); a larger one drops the
 #: pool.  Between the driver and local pools, buffers of 256 KiB and more travel through
@@ -71,6 +72,7 @@ INIT_FAILED = b"F"
 READY = b"w"
 DRAIN = b"d"  # driver -> interchange: stop giving this block tasks, then stop its pools
 STARTED = b"s"  # interchange -> driver: workers began these tasks; they can no longer be cancelled
+PIN = b"p"  # pool -> worker: run the next task on these CPUs and accelerators (JSON)
 
 # Result statuses.
 OK = 0  # payload: the return value
@@ -79,8 +81,12 @@ FAILED = 2  # payload: (exception, "") raised by the machinery: worker lost, wal
 CANCELLED = 3  # no payload: the task was cancelled before it started
 
 #: task id, priority, walltime in seconds (0 for none), times its worker or pool was lost,
-#: length of its main pickle, number of its out-of-band frames.
-TASK_META = struct.Struct("<QidBIH")
+#: its resources (cores, memory in MB, accelerators, and the mask of the pool's accelerators
+#: the interchange chose for it: bit i is the pool's i-th), length of its main pickle, number
+#: of its out-of-band frames.
+TASK_META = struct.Struct("<QidBHIHQIH")
+#: Where the fields of TASK_META are.
+T_ID, T_PRIORITY, T_WALLTIME, T_LOST, T_CORES, T_MEMORY_MB, T_GPUS, T_GPU_MASK = range(8)
 #: task id, status, seconds the function ran, length of the main pickle, out-of-band frames.
 RESULT_META = struct.Struct("<QBdIH")
 #: cumulative count of tasks a pool is willing to have received.

@@ -116,6 +116,7 @@ def open_run_space(config: HtexConfig, local_pools: bool, rollback: contextlib.E
         heartbeat_period=config.heartbeat_period,
         heartbeat_threshold=config.heartbeat_threshold,
         lost_task_retries=config.lost_task_retries,
+        unsatisfiable_after=config.unsatisfiable_after,
         log_file="" if temporary else str(directory / "interchange.log"),
         cleanup=tuple(str(d) for d in cleanup if d is not None),
     )

@@ -203,6 +203,27 @@ class Need:
         """One core, no memory or GPU accounting: the default, which needs no placing."""
         return self.cores == 1 and not self.memory_gb and not self.gpus
 
+    def wire(self) -> tuple[int, int, int]:
+        """The need as a task's wire fields: cores, memory in whole MB (rounded up), GPUs."""
+        return self.cores, math.ceil(self.memory_gb * 1024 - 1e-9), self.gpus
+
+    @classmethod
+    def from_wire(cls, cores: int, memory_mb: int, gpus: int) -> Need:
+        return cls(cores, memory_mb / 1024, gpus)
+
+
+def gpu_mask(shape: PoolShape, names: Sequence[str]) -> int:
+    """The accelerators ``names`` of a pool of ``shape`` as a bit mask (bit i: its i-th)."""
+    mask = 0
+    for name in names:
+        mask |= 1 << shape.gpus.index(name)
+    return mask
+
+
+def gpus_in_mask(shape: PoolShape, mask: int) -> tuple[str, ...]:
+    """The accelerators a mask made by :func:`gpu_mask` names."""
+    return tuple(name for i, name in enumerate(shape.gpus) if mask >> i & 1)
+
 
 def shortfall(need: Need, shape: PoolShape) -> str | None:
     """Why a task with ``need`` can never run in a pool of ``shape``, or None if it can."""
@@ -254,6 +275,8 @@ class Ledger:
     free_cores: int = 0
     free_memory_gb: float = 0.0
     gpu_load: dict[str, int] = field(default_factory=dict)
+    #: Cores that default tasks (not accounted here) may be using now: set before placing.
+    plain: int = 0
 
     def __post_init__(self) -> None:
         self.free_cores = self.shape.cores
@@ -263,7 +286,7 @@ class Ledger:
     def fits(self, need: Need) -> bool:
         """Whether a task with ``need`` fits in what is free now."""
         return (
-            need.cores <= self.free_cores
+            need.cores <= self.free_cores - self.plain
             and (not need.memory_gb or (self.shape.memory_gb is not None and need.memory_gb <= self.free_memory_gb + 1e-9))
             and choose_gpus(self.shape, self.gpu_load, need.gpus) is not None
         )

@@ -12,6 +12,7 @@ no delay while a stream of short tasks costs few messages.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import select
 import signal
@@ -32,6 +33,7 @@ from ...serialize import (
 from . import protocol as P
 from .board import JOURNAL_RESULTS, WorkerBoard
 from .pipes import Receiver, Sender
+from .slots import Allocation, pinned
 
 #: Results wait at most this long for company before they are sent.
 RESULT_FLUSH_SECONDS = 0.002
@@ -154,6 +156,7 @@ def _serve(link: _Link, board: WorkerBoard, spill: SharedSpill | None) -> None:
     unsent = 0  # results in the board's journal
     first_unsent = 0.0
     pack = P.RESULT_META.pack
+    pin: Allocation | None = None  # what the next task runs on, if it has resources
 
     def send_journal() -> None:
         metas, pickles = board.journaled()
@@ -172,6 +175,9 @@ def _serve(link: _Link, board: WorkerBoard, spill: SharedSpill | None) -> None:
             kind = msg[0].tobytes()
             if kind == P.TASKS:
                 queue.extend(P.split(P.TASK_META, msg[1].tobytes(), msg[2], msg[3:]))
+            elif kind == P.PIN:  # the next task (sent alone) has resources of its own
+                info = json.loads(msg[1].tobytes())
+                pin = Allocation(tuple(info["cpus"]), tuple(info["gpus"]), info["memory_gb"])
             elif kind == P.SHUTDOWN:
                 return
             continue
@@ -189,9 +195,14 @@ def _serve(link: _Link, board: WorkerBoard, spill: SharedSpill | None) -> None:
                 status, out, elapsed = P.ERROR, dumps_exception(error), 0.0
             else:
                 del main, oob
-                status, out, elapsed = _run_one(fn, args, kwargs, spill)
+                if pin is None:
+                    status, out, elapsed = _run_one(fn, args, kwargs, spill)
+                else:
+                    with pinned(pin):
+                        status, out, elapsed = _run_one(fn, args, kwargs, spill)
                 del fn, args, kwargs
             meta = pack(fields[0], status, elapsed, len(out[0]), len(out) - 1)
+        pin = None  # it was for this task alone (run or cancelled)
         if len(out) == 1 and board.journal(meta, out[0]):
             if not unsent:
                 first_unsent = time.monotonic()

@@ -1,0 +1,148 @@
+"""Per-task resources on HighThroughputExecutor (issue 13): cores, memory and accelerators
+accounted by the interchange and the pool, tasks pinned in the worker, impossible requests
+refused or failed, never left waiting.
+
+This machine has no GPU: accelerators are named devices ("fake0"); pinning one means
+setting the variables the GPU runtimes read.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import pytest
+
+from hpcfutures import (
+    HighThroughputExecutor,
+    Resources,
+    ResourceUnsatisfiableError,
+    UnsupportedOptionError,
+    WorkerLostError,
+)
+from hpcfutures.providers import LocalProvider
+
+TIMEOUT = 60
+CPUS = sorted(os.sched_getaffinity(0))
+needs_two_cpus = pytest.mark.skipif(len(CPUS) < 2, reason="needs two CPUs for a two-core task")
+
+
+def window(hold: float = 0.0) -> dict[str, Any]:
+    """Hold for ``hold`` seconds; say when, where and with what the task ran."""
+    start = time.monotonic()
+    time.sleep(hold)
+    return {
+        "start": start,
+        "end": time.monotonic(),
+        "cpus": tuple(sorted(os.sched_getaffinity(0))),
+        "omp": os.environ.get("OMP_NUM_THREADS"),
+        "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "rocr": os.environ.get("ROCR_VISIBLE_DEVICES"),
+        "cores": os.environ.get("HPCFUTURES_CORES"),
+        "pid": os.getpid(),
+    }
+
+
+def overlaps(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return a["start"] < b["end"] and b["start"] < a["end"]
+
+
+@needs_two_cpus
+def test_a_two_core_task_is_pinned_and_runs_with_no_default_task_beside_it():
+    with HighThroughputExecutor(max_workers=len(CPUS)) as ex:
+        ex.submit(window).result(TIMEOUT)  # the pool is up
+        before = [ex.submit(window, 0.05) for _ in range(6)]
+        big = ex.options(resources=Resources(cores=len(CPUS))).submit(window, 0.4)
+        after = [ex.submit(window, 0.05) for _ in range(6)]
+        got = big.result(TIMEOUT)
+        plain = [f.result(TIMEOUT) for f in before + after]
+    assert got["cpus"] == tuple(CPUS) and got["omp"] == got["cores"] == str(len(CPUS))
+    assert not [p for p in plain if overlaps(p, got)], "a default task ran while every core was held"
+    assert all(p["omp"] is None for p in plain), "default tasks are not pinned"
+
+
+def test_accelerators_are_given_to_one_task_at_a_time():
+    with HighThroughputExecutor(max_workers=4, available_accelerators=["fake0", "fake1"]) as ex:
+        gpu = ex.options(resources=Resources(gpus=1))
+        runs = [f.result(TIMEOUT) for f in [gpu.submit(window, 0.1) for _ in range(6)]]
+        both = ex.options(resources=Resources(gpus=2)).submit(window).result(TIMEOUT)
+    assert {r["gpus"] for r in runs} <= {"fake0", "fake1"} and all(r["rocr"] == r["gpus"] for r in runs)
+    for i, a in enumerate(runs):
+        for b in runs[i + 1 :]:
+            assert not (a["gpus"] == b["gpus"] and overlaps(a, b)), f"two tasks held {a['gpus']} at once"
+    assert sorted(both["gpus"].split(",")) == ["fake0", "fake1"]
+
+
+def test_a_task_without_accelerators_sees_none_even_on_a_worker_that_has_one():
+    with HighThroughputExecutor(available_accelerators=["fake0"]) as ex:
+        assert ex.submit(window).result(TIMEOUT)["gpus"] == "fake0"  # the worker's own
+        two = ex.options(resources=Resources(cores=1, memory_gb=0.01)).submit(window).result(TIMEOUT)
+    assert two["gpus"] is None
+
+
+def test_what_the_settings_rule_out_is_refused_when_the_view_is_made():
+    provider = LocalProvider()
+    provider.cores_per_node = 2
+    ex = HighThroughputExecutor(provider=provider, available_accelerators=["fake0"])
+    with pytest.raises(ResourceUnsatisfiableError, match=r"cores=3\) can never run: .*cores_per_node=2"):
+        ex.options(resources=Resources(cores=3))
+    with pytest.raises(ResourceUnsatisfiableError, match=r"gpus=2\) can never run: .*names 1 \(fake0\)"):
+        ex.options(resources=Resources(gpus=2))
+    with pytest.raises(ResourceUnsatisfiableError, match="available_accelerators is empty"):
+        HighThroughputExecutor().options(resources=Resources(gpus=1))
+    with pytest.raises(UnsupportedOptionError, match="one node with one process"):
+        ex.options(resources=Resources(num_nodes=2))
+    ex.shutdown()
+
+
+def test_a_task_no_registered_pool_can_run_fails_within_the_bound():
+    with HighThroughputExecutor(max_workers=1, unsatisfiable_after=1.0) as ex:
+        ex.submit(window).result(TIMEOUT)
+        doomed = ex.options(resources=Resources(cores=len(CPUS) + 1)).submit(window)
+        fine = ex.submit(window)
+        error = doomed.exception(TIMEOUT)
+        assert fine.result(TIMEOUT)["omp"] is None
+    assert isinstance(error, ResourceUnsatisfiableError)
+    assert f"cores={len(CPUS) + 1}" in str(error) and f"{len(CPUS)} core" in str(error)
+
+
+def kill_own_worker() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@needs_two_cpus
+def test_a_worker_dying_under_a_task_gives_its_cores_back():
+    with HighThroughputExecutor(max_workers=len(CPUS), lost_task_retries=0) as ex:
+        whole = ex.options(resources=Resources(cores=len(CPUS)))
+        with pytest.raises(WorkerLostError):
+            whole.submit(kill_own_worker).result(TIMEOUT)
+        assert whole.submit(window).result(TIMEOUT)["cpus"] == tuple(CPUS)
+        assert ex.submit(window).result(TIMEOUT)["omp"] is None
+
+
+@needs_two_cpus
+def test_a_large_task_is_not_starved_by_a_stream_of_small_ones():
+    with HighThroughputExecutor(max_workers=len(CPUS)) as ex:
+        ex.submit(window).result(TIMEOUT)
+        first = [ex.submit(window, 0.01) for _ in range(50)]
+        big = ex.options(resources=Resources(cores=len(CPUS))).submit(window)
+        later: list[Any] = []
+        while not big.done() and len(later) < 5000:  # keep small tasks coming while it waits
+            later.extend(ex.submit(window, 0.001) for _ in range(20))
+            time.sleep(0.01)
+        assert big.result(TIMEOUT)["cpus"] == tuple(CPUS)
+        for f in first + later:
+            f.result(TIMEOUT)
+    assert len(later) < 5000, "the two-core task waited for the whole stream"
+
+
+def test_a_queued_task_with_resources_can_be_cancelled():
+    with HighThroughputExecutor(max_workers=1) as ex:
+        ex.submit(window).result(TIMEOUT)
+        blocker = ex.submit(window, 1.0)
+        queued = ex.options(resources=Resources(cores=1, memory_gb=0.01)).submit(window)
+        assert queued.cancel()
+        assert blocker.result(TIMEOUT)["omp"] is None
+        assert queued.cancelled()

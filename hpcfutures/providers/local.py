@@ -124,6 +124,7 @@ class LocalProvider(ExecutionProvider):
         cancel_grace: float = 2.0,
         label: str = "local",
         launcher: Launcher | None = None,
+        nodes_per_block: int = 1,
     ) -> None:
         """Create a provider; nothing starts until :meth:`submit`.
 
@@ -136,6 +137,10 @@ class LocalProvider(ExecutionProvider):
             label: a short name for logs.
             launcher: wraps the pool command; :class:`~hpcfutures.launchers.SimpleLauncher`
                 by default.
+            nodes_per_block: the nodes a block spans, for a script that already holds an
+                allocation of several nodes ("headless" mode): with a launcher that starts
+                one copy per node, such as ``SrunLauncher()`` inside ``salloc -N 4`` or an
+                ``sbatch`` job, each block runs one pool on every node.
 
         Raises:
             ConfigurationError: a parameter has a value that cannot work.
@@ -146,7 +151,7 @@ class LocalProvider(ExecutionProvider):
             min_blocks=min_blocks,
             max_blocks=max_blocks,
             parallelism=parallelism,
-            nodes_per_block=1,
+            nodes_per_block=nodes_per_block,
             worker_init=worker_init,
             launcher=launcher,
         )

@@ -16,9 +16,11 @@ of a test carries a name of its own and is cancelled when the test ends.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -296,3 +298,37 @@ def test_srun_launcher_starts_one_pool_per_node(multi: MultiNode, tmp_path: Path
         time.sleep(0.2)
     assert status.state is JobState.COMPLETED, status
     assert markers(out) == [("n1", PAYLOAD), ("n2", PAYLOAD)]  # one copy on each node, quoting intact
+
+
+HEADLESS_DRIVER = """
+import json, os, sys
+from hpcfutures import HighThroughputExecutor
+from hpcfutures.launchers import SrunLauncher
+from hpcfutures.providers import LocalProvider
+
+def node(_):
+    return os.environ.get("SLURMD_NODENAME"), os.environ.get("HPCFUTURES_POOL_ID")
+
+provider = LocalProvider(nodes_per_block=2, launcher=SrunLauncher())
+with HighThroughputExecutor(max_workers=1, provider=provider) as ex:
+    seen = set()
+    for _ in range(200):
+        seen.update(ex.map(node, range(10), timeout=60))
+        if len({name for name, _pool in seen}) == 2:
+            break
+print(json.dumps(sorted(seen)))
+"""
+
+
+def test_headless_htex_runs_a_pool_on_every_node_of_its_allocation(multi: MultiNode, tmp_path: Path) -> None:
+    """NERSC's "headless" mode: a script inside a two-node job runs HighThroughputExecutor
+    with LocalProvider(nodes_per_block=2, launcher=SrunLauncher()): one pool per node."""
+    driver = tmp_path / "driver.py"
+    driver.write_text(HEADLESS_DRIVER)
+    output = tmp_path / "out.txt"
+    job = multi.sbatch(output, f"cd {tmp_path} && {sys.executable} {driver}", "--nodes=2")
+    finished = multi.finished(job)[job]
+    assert finished.state == "COMPLETED", f"{finished}: {output.read_text() if output.exists() else ''}"
+    seen = json.loads(output.read_text().splitlines()[-1])
+    assert sorted(name for name, _pool in seen) == ["n1", "n2"], seen
+    assert len({pool for _name, pool in seen}) == 2, "one pool on each node"

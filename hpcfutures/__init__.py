@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "ThreadExecutor": "hpcfutures.executors.threads",
     "HighThroughputExecutor": "hpcfutures.executors.htex.executor",
+    "MPIExecutor": "hpcfutures.executors.mpi",
     "Resources": "hpcfutures.resources",
     "TaskOptions": "hpcfutures.resources",
     "ExecutorView": "hpcfutures.resources",
@@ -106,6 +107,7 @@ if TYPE_CHECKING:
         WorkflowStoppedError,
     )
     from .executors.htex.executor import HighThroughputExecutor
+    from .executors.mpi import MPIExecutor
     from .executors.threads import ThreadExecutor
     from .resources import ExecutorView, Resources, TaskOptions
 

@@ -24,7 +24,9 @@ class Resources:
     """What one task needs: cores, memory, GPUs, nodes and MPI ranks.
 
     Tasks *declare* needs with this type; a backend that cannot honour a field rejects it
-    when the options view is made, naming the field.
+    when the options view is made, naming the field.  ``num_ranks``, if given, must equal
+    ``num_nodes * ranks_per_node``; given alone (with ``num_nodes``), it sets
+    ``ranks_per_node`` to ``num_ranks / num_nodes``, which must be whole.
     """
 
     cores: int = 1
@@ -32,6 +34,7 @@ class Resources:
     gpus: int = 0
     num_nodes: int = 1
     ranks_per_node: int = 1
+    num_ranks: int | None = None
 
     def __post_init__(self) -> None:
         check_count("Resources.cores", self.cores, 1)
@@ -39,6 +42,22 @@ class Resources:
         check_count("Resources.num_nodes", self.num_nodes, 1)
         check_count("Resources.ranks_per_node", self.ranks_per_node, 1)
         check_number("Resources.memory_gb", self.memory_gb, finite=True, unit="GiB", optional=True)
+        ranks = check_count("Resources.num_ranks", self.num_ranks, 1, optional=True)
+        if ranks is None:
+            object.__setattr__(self, "num_ranks", self.num_nodes * self.ranks_per_node)
+        elif self.ranks_per_node == 1 and ranks != self.num_nodes:
+            if ranks % self.num_nodes:
+                raise ConfigurationError(
+                    f"Resources(num_ranks={ranks}, num_nodes={self.num_nodes}): the ranks must split "
+                    "evenly over the nodes; give ranks_per_node, or a num_ranks that num_nodes divides"
+                )
+            object.__setattr__(self, "ranks_per_node", ranks // self.num_nodes)
+        elif ranks != self.num_nodes * self.ranks_per_node:
+            raise ConfigurationError(
+                f"Resources(num_ranks={ranks}, num_nodes={self.num_nodes}, ranks_per_node="
+                f"{self.ranks_per_node}): num_ranks must be num_nodes * ranks_per_node "
+                f"({self.num_nodes * self.ranks_per_node})"
+            )
 
     def non_default_fields(self) -> dict[str, Any]:
         """Return the fields whose value differs from the default, by name."""
@@ -46,7 +65,7 @@ class Resources:
         return {
             f.name: getattr(self, f.name)
             for f in fields(self)
-            if getattr(self, f.name) != getattr(defaults, f.name)
+            if getattr(self, f.name) != getattr(defaults, f.name) and f.name != "num_ranks"
         }
 
 

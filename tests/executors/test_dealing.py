@@ -11,7 +11,7 @@ def _queue(*walltimes: float, priorities: tuple[int, ...] = ()) -> list:
     queue: list = []
     for seq, walltime in enumerate(walltimes):
         priority = priorities[seq] if priorities else 0
-        fields = (seq, priority, walltime, 0, 1, 0, 0, 0, 0, 0)  # as TASK_META lays them out
+        fields = (seq, priority, walltime, 0, 1, 0, 0, 0, 1, 0, 0, 0)  # as TASK_META lays them out
         heapq.heappush(queue, (-priority, seq, (fields, b"", [])))
     return queue
 

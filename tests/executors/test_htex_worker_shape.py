@@ -8,6 +8,7 @@ pinning deals with (it sets the variables the GPU runtimes read).
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import pytest
@@ -33,12 +34,11 @@ def probe(_: Any = None) -> tuple[str | None, tuple[int, ...], str | None, str |
 def seen_by_workers(ex: HighThroughputExecutor, workers: int) -> dict[str, tuple[Any, ...]]:
     """Run probes until every one of ``workers`` workers has answered; what each saw, by rank."""
     seen: dict[str, tuple[Any, ...]] = {}
-    for _ in range(200):
+    deadline = time.monotonic() + TIMEOUT  # a worker may become ready seconds after another
+    while len(seen) < workers and time.monotonic() < deadline:
         for rank, *rest in ex.map(probe, range(4 * workers), timeout=TIMEOUT):
             assert rank is not None
             seen[rank] = tuple(rest)
-        if len(seen) == workers:
-            break
     return seen
 
 

@@ -301,7 +301,7 @@ def test_srun_launcher_starts_one_pool_per_node(multi: MultiNode, tmp_path: Path
 
 
 HEADLESS_DRIVER = """
-import json, os, sys
+import json, os, sys, time
 from hpcfutures import HighThroughputExecutor
 from hpcfutures.launchers import SrunLauncher
 from hpcfutures.providers import LocalProvider
@@ -312,10 +312,9 @@ def node(_):
 provider = LocalProvider(nodes_per_block=2, launcher=SrunLauncher())
 with HighThroughputExecutor(max_workers=1, provider=provider) as ex:
     seen = set()
-    for _ in range(200):
+    deadline = time.monotonic() + 60  # the second node's pool may register seconds later
+    while len({name for name, _pool in seen}) < 2 and time.monotonic() < deadline:
         seen.update(ex.map(node, range(10), timeout=60))
-        if len({name for name, _pool in seen}) == 2:
-            break
 print(json.dumps(sorted(seen)))
 """
 
@@ -332,3 +331,43 @@ def test_headless_htex_runs_a_pool_on_every_node_of_its_allocation(multi: MultiN
     seen = json.loads(output.read_text().splitlines()[-1])
     assert sorted(name for name, _pool in seen) == ["n1", "n2"], seen
     assert len({pool for _name, pool in seen}) == 2, "one pool on each node"
+
+
+MPI_DRIVER = """
+import json, os, shlex, subprocess, time
+from hpcfutures import MPIExecutor, Resources
+from hpcfutures.providers import LocalProvider
+
+def nodes_of_ranks(hold=0.0):
+    start = time.monotonic()
+    argv = shlex.split(os.environ["HPCFUTURES_MPI_PREFIX"]) + ["printenv", "SLURMD_NODENAME"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    time.sleep(hold)
+    return {"nodes": sorted(out.stdout.split()), "rc": out.returncode, "err": out.stderr[-500:],
+            "start": start, "end": time.monotonic()}
+
+with MPIExecutor(provider=LocalProvider(nodes_per_block=2), mpi_launcher="srun") as ex:
+    both = ex.options(resources=Resources(num_nodes=2)).submit(nodes_of_ranks).result(120)
+    one = ex.options(resources=Resources(num_nodes=1))
+    pair = [f.result(120) for f in [one.submit(nodes_of_ranks, 1.0) for _ in range(2)]]
+print(json.dumps({"both": both, "pair": pair}))
+"""
+
+
+def test_mpi_executor_gives_concurrent_tasks_disjoint_nodes_of_a_real_allocation(
+    multi: MultiNode, tmp_path: Path
+) -> None:
+    """MPIExecutor in a two-node job: the lead pool reads SLURM_JOB_NODELIST, a two-node task's
+    srun prefix reaches both slurmds, and two one-node tasks at once get different nodes."""
+    driver = tmp_path / "mpi_driver.py"
+    driver.write_text(MPI_DRIVER)
+    output = tmp_path / "out.txt"
+    job = multi.sbatch(output, f"cd {tmp_path} && {sys.executable} {driver}", "--nodes=2")
+    finished = multi.finished(job)[job]
+    assert finished.state == "COMPLETED", f"{finished}: {output.read_text() if output.exists() else ''}"
+    result = json.loads(output.read_text().splitlines()[-1])
+    assert result["both"]["rc"] == 0 and result["both"]["nodes"] == ["n1", "n2"], result["both"]
+    first, second = result["pair"]
+    assert first["rc"] == second["rc"] == 0, result["pair"]
+    assert first["start"] < second["end"] and second["start"] < first["end"], "the two tasks did not overlap"
+    assert sorted(first["nodes"] + second["nodes"]) == ["n1", "n2"], "concurrent tasks shared a node"

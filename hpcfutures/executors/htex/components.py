@@ -160,3 +160,8 @@ class PoolArgs(_ComponentArgs):
     cores_per_worker: float = field(default=0.0, metadata=_help("cores each worker takes (0: not set)"))
     mem_per_worker: float = field(default=0.0, metadata=_help("GB each worker takes (0: not set)"))
     cpu_affinity: str = field(default="none", metadata=_help("none, block, alternating or block-reverse"))
+    mpi_flavour: str = field(
+        default="", metadata=_help("the MPI launcher of the block (mpich, openmpi, srun, ...): a lead pool")
+    )
+    mpi_oversubscribe: int = field(default=0, metadata=_help("1: let Open MPI place more ranks than cores"))
+    mpi_executable: str = field(default="", metadata=_help("the launcher program, if not the flavour's usual name"))

@@ -51,6 +51,10 @@ class HtexConfig:
     available_accelerators: int | Sequence[str] = ()
     cpu_affinity: str = "none"
     unsatisfiable_after: float = 60.0
+    #: Set by MPIExecutor: its blocks' MPI launcher ("auto": the lead pool asks mpiexec).
+    mpi_flavour: str = ""
+    mpi_oversubscribe: bool = False
+    mpi_executable: str = ""
     #: The addresses pools may try, in order (``address`` as a tuple).
     address_candidates: tuple[str, ...] = field(init=False)
     #: What the interchange binds: the one address, or every interface ("*") for several.

@@ -389,6 +389,13 @@ class HighThroughputExecutor(Executor):
                 "or raise the provider's"
             )
 
+    #: Whether a task with the default Resources() is a default task here (not for MPIExecutor).
+    _plain_default = True
+
+    def _need(self, resources: Resources) -> tuple[int, ...]:
+        """A task's resources as its wire fields."""
+        return Need.of(resources).wire()
+
     def _never_fits(self, resources: Resources) -> str | None:
         """Why no pool this executor can have could run a task with ``resources``, or None.
 
@@ -429,7 +436,7 @@ class HighThroughputExecutor(Executor):
         frames = dumps_call(fn, args, kwargs, self._space.spill, spilled)
         walltime = options.walltime or 0.0
         resources = options.resources
-        need = _PLAIN if resources is DEFAULT_OPTIONS.resources else Need.of(resources).wire()
+        need = _PLAIN if resources is DEFAULT_OPTIONS.resources and self._plain_default else self._need(resources)
         future = self._link.enqueue(options.priority, walltime, frames, need)
         if spilled:
             future.spilled = spilled

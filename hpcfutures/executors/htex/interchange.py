@@ -229,7 +229,7 @@ class Interchange:
             for item in P.split(P.TASK_META, msg[1].tobytes(), msg[2], msg[3:]):
                 seq += 1
                 fields = item[0]
-                if fields[P.T_CORES] != 1 or fields[P.T_MEMORY_MB] or fields[P.T_GPUS]:
+                if fields[P.T_CORES] != 1 or fields[P.T_MEMORY_MB] or fields[P.T_GPUS] or fields[P.T_NODES]:
                     heapq.heappush(resourced, (-fields[1], seq, item))
                 else:
                     heapq.heappush(queue, (-fields[1], seq, item))
@@ -661,7 +661,7 @@ class Interchange:
             pool.ledger.plain = min(pool.plain_out, pool.reg.workers)
             ledgers[key] = pool.ledger
         entries = sorted(self.resourced)
-        needs = [(entry[2][0][0], Need.from_wire(*entry[2][0][P.T_CORES : P.T_GPUS + 1])) for entry in entries]
+        needs = [(entry[2][0][0], Need.from_wire(*entry[2][0][P.T_CORES : P.T_RANKS + 1])) for entry in entries]
         placed, held = place(needs, ledgers, self.passes)
         if placed:
             where = dict(placed)

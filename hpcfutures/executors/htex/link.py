@@ -154,7 +154,7 @@ class DriverLink:
     # -- for the executor's threads ---------------------------------------------------------------
 
     def enqueue(
-        self, priority: int, walltime: float, frames: list[Any], resources: tuple[int, int, int] = (1, 0, 0)
+        self, priority: int, walltime: float, frames: list[Any], resources: tuple[int, ...] = (1, 0, 0, 0, 1)
     ) -> HtexFuture:
         """Queue a serialized call for the I/O thread and return its future.
 

@@ -42,6 +42,8 @@ from typing import Any
 
 from ...errors import ConfigurationError, TaskTimeoutError, WorkerLostError
 from ...exits import describe_exit, exit_signal
+from ...launchers.mpi_prefix import MPISpec, detect_flavour, mpi_environment, mpi_prefix
+from ...launchers.nodes import block_nodes
 from ...serialize import dumps
 from . import protocol as P
 from . import security
@@ -113,6 +115,13 @@ class PoolManager:
             accelerators=args.accelerators,
             host=socket.gethostname(),
         )
+        if args.mpi_flavour:  # the lead pool of an MPI block: it hands out the block's nodes
+            nodes = tuple(block_nodes())
+            if args.mpi_flavour == "auto":
+                args = self.args = dataclasses.replace(args, mpi_flavour=detect_flavour(args.mpi_executable or "mpiexec"))
+            # An unknown flavour fails here, not per task.
+            mpi_prefix(args.mpi_flavour, MPISpec(nodes[:1], 1), executable=args.mpi_executable or None)
+            self.shape = dataclasses.replace(self.shape, nodes=nodes)
         # What each worker holds for its life (CPUs it is pinned to, its accelerator), by rank.
         self.plans = plan_workers(
             self.shape,
@@ -546,7 +555,7 @@ class PoolManager:
             item = entry[2]
             fields = item[0]
             walltime = fields[P.T_WALLTIME]
-            resourced = fields[P.T_CORES] != 1 or fields[P.T_MEMORY_MB] or fields[P.T_GPUS]
+            resourced = fields[P.T_CORES] != 1 or fields[P.T_MEMORY_MB] or fields[P.T_GPUS] or fields[P.T_NODES]
             if walltime > 0 or resourced:  # it goes alone to an idle worker
                 if worker.outstanding or items:
                     break
@@ -575,7 +584,7 @@ class PoolManager:
         The task's cores must be free of both other such tasks and workers busy with
         default tasks.
         """
-        need = Need.from_wire(fields[P.T_CORES], fields[P.T_MEMORY_MB], fields[P.T_GPUS])
+        need = Need.from_wire(*fields[P.T_CORES : P.T_RANKS + 1])
         busy = sum(1 for w in self.workers.values() if w.outstanding and w.allocation is None)
         if need.cores > self.capacity - self.held_cores - busy:
             return False
@@ -584,7 +593,15 @@ class PoolManager:
             return False
         worker.allocation = allocation
         self.held_cores += len(allocation.cpus)
-        pin = {"cpus": list(allocation.cpus), "gpus": list(allocation.gpus), "memory_gb": allocation.memory_gb}
+        pin: dict[str, Any] = {"cpus": list(allocation.cpus), "gpus": list(allocation.gpus), "memory_gb": allocation.memory_gb}
+        if allocation.nodes:  # an MPI task: its launch prefix and counts, for its nodes
+            spec = MPISpec(allocation.nodes, need.ranks_per_node)
+            pin["env"] = mpi_environment(
+                self.args.mpi_flavour,
+                spec,
+                executable=self.args.mpi_executable or None,
+                oversubscribe=bool(self.args.mpi_oversubscribe),
+            )
         self.send_to_worker(worker, [P.PIN, json.dumps(pin).encode()])
         return True
 

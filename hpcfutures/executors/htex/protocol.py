@@ -81,12 +81,12 @@ FAILED = 2  # payload: (exception, "") raised by the machinery: worker lost, wal
 CANCELLED = 3  # no payload: the task was cancelled before it started
 
 #: task id, priority, walltime in seconds (0 for none), times its worker or pool was lost,
-#: its resources (cores, memory in MB, accelerators, and the mask of the pool's accelerators
-#: the interchange chose for it: bit i is the pool's i-th), length of its main pickle, number
-#: of its out-of-band frames.
-TASK_META = struct.Struct("<QidBHIHQIH")
+#: its resources (cores, memory in MB, accelerators, nodes and MPI ranks per node for an
+#: MPI task, and the mask of the pool's accelerators the interchange chose for it: bit i is
+#: the pool's i-th), length of its main pickle, number of its out-of-band frames.
+TASK_META = struct.Struct("<QidBHIHHHQIH")
 #: Where the fields of TASK_META are.
-T_ID, T_PRIORITY, T_WALLTIME, T_LOST, T_CORES, T_MEMORY_MB, T_GPUS, T_GPU_MASK = range(8)
+T_ID, T_PRIORITY, T_WALLTIME, T_LOST, T_CORES, T_MEMORY_MB, T_GPUS, T_NODES, T_RANKS, T_GPU_MASK = range(10)
 #: task id, status, seconds the function ran, length of the main pickle, out-of-band frames.
 RESULT_META = struct.Struct("<QBdIH")
 #: cumulative count of tasks a pool is willing to have received.

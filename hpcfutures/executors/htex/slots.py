@@ -98,6 +98,8 @@ class PoolShape:
     gpus: tuple[str, ...] = ()
     tasks_per_gpu: int = 1
     host: str = ""
+    #: The nodes of the block, for a lead pool that hands them out to MPI tasks.
+    nodes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.cpus or len(set(self.cpus)) != len(self.cpus):
@@ -117,6 +119,8 @@ class PoolShape:
             parts.append(f"GPUs {', '.join(self.gpus)}{shared}")
         else:
             parts.append("no GPUs")
+        if self.nodes:
+            parts.append(f"{len(self.nodes)} node{'s' if len(self.nodes) != 1 else ''} for MPI tasks")
         return ", ".join(parts)
 
     def to_json(self) -> dict[str, Any]:
@@ -126,6 +130,7 @@ class PoolShape:
             "gpus": list(self.gpus),
             "tasks_per_gpu": self.tasks_per_gpu,
             "host": self.host,
+            "nodes": list(self.nodes),
         }
 
     @classmethod
@@ -134,7 +139,9 @@ class PoolShape:
         if not isinstance(data, dict):
             raise ValueError(f"a pool shape that is a JSON {type(data).__name__}, not an object")
         cpus, memory, gpus = data.get("cpus"), data.get("memory_gb"), data.get("gpus")
-        per_gpu, host = data.get("tasks_per_gpu"), data.get("host")
+        per_gpu, host, nodes = data.get("tasks_per_gpu"), data.get("host"), data.get("nodes", [])
+        if not (isinstance(nodes, list) and len(nodes) <= 1 << 16 and all(isinstance(n, str) and n for n in nodes)):
+            raise ValueError("a pool shape whose nodes are not a list of names")
         if not (isinstance(cpus, list) and 0 < len(cpus) <= 1 << 16 and all(_is_count(c) for c in cpus)):
             raise ValueError("a pool shape whose cpus are not a list of CPU ids")
         if memory is not None and not (
@@ -146,7 +153,7 @@ class PoolShape:
         if not isinstance(per_gpu, int) or not _is_count(per_gpu) or per_gpu < 1 or not isinstance(host, str):
             raise ValueError("a pool shape with a bad tasks_per_gpu or host")
         try:
-            return cls(tuple(cpus), None if memory is None else float(memory), tuple(gpus), per_gpu, host)
+            return cls(tuple(cpus), None if memory is None else float(memory), tuple(gpus), per_gpu, host, tuple(nodes))
         except ConfigurationError as exc:
             raise ValueError(str(exc)) from None
 
@@ -192,24 +199,33 @@ class Need:
     cores: int = 1
     memory_gb: float = 0.0
     gpus: int = 0
+    #: Whole nodes for an MPI task (0: not one), and its ranks on each.
+    nodes: int = 0
+    ranks_per_node: int = 1
 
     @classmethod
     def of(cls, resources: Any) -> Need:
-        """The need of a :class:`~hpcfutures.Resources` (per node, for a multi-node task)."""
+        """The need of a :class:`~hpcfutures.Resources` on one pool (not an MPI task)."""
         return cls(resources.cores, resources.memory_gb or 0.0, resources.gpus)
+
+    @classmethod
+    def mpi(cls, resources: Any) -> Need:
+        """The need of an MPI task: whole nodes of a lead pool's block, no core of its own."""
+        return cls(0, 0.0, 0, resources.num_nodes, resources.ranks_per_node)
 
     @property
     def plain(self) -> bool:
-        """One core, no memory or GPU accounting: the default, which needs no placing."""
-        return self.cores == 1 and not self.memory_gb and not self.gpus
+        """One core, nothing else accounted: the default, which needs no placing."""
+        return self.cores == 1 and not self.memory_gb and not self.gpus and not self.nodes
 
-    def wire(self) -> tuple[int, int, int]:
-        """The need as a task's wire fields: cores, memory in whole MB (rounded up), GPUs."""
-        return self.cores, math.ceil(self.memory_gb * 1024 - 1e-9), self.gpus
+    def wire(self) -> tuple[int, int, int, int, int]:
+        """The need as a task's wire fields: cores, memory in whole MB (rounded up), GPUs,
+        nodes, ranks per node."""
+        return self.cores, math.ceil(self.memory_gb * 1024 - 1e-9), self.gpus, self.nodes, self.ranks_per_node
 
     @classmethod
-    def from_wire(cls, cores: int, memory_mb: int, gpus: int) -> Need:
-        return cls(cores, memory_mb / 1024, gpus)
+    def from_wire(cls, cores: int, memory_mb: int, gpus: int, nodes: int = 0, ranks_per_node: int = 1) -> Need:
+        return cls(cores, memory_mb / 1024, gpus, nodes, ranks_per_node)
 
 
 def gpu_mask(shape: PoolShape, names: Sequence[str]) -> int:
@@ -233,6 +249,8 @@ def shortfall(need: Need, shape: PoolShape) -> str | None:
         return f"memory_gb={need.memory_gb:g}"
     if need.gpus > len(shape.gpus):
         return f"gpus={need.gpus}"
+    if need.nodes > len(shape.nodes):
+        return f"num_nodes={need.nodes}"
     return None
 
 
@@ -277,16 +295,19 @@ class Ledger:
     gpu_load: dict[str, int] = field(default_factory=dict)
     #: Cores that default tasks (not accounted here) may be using now: set before placing.
     plain: int = 0
+    free_nodes: int = 0
 
     def __post_init__(self) -> None:
         self.free_cores = self.shape.cores
         self.free_memory_gb = self.shape.memory_gb or 0.0
         self.gpu_load = {name: 0 for name in self.shape.gpus}
+        self.free_nodes = len(self.shape.nodes)
 
     def fits(self, need: Need) -> bool:
         """Whether a task with ``need`` fits in what is free now."""
         return (
-            need.cores <= self.free_cores - self.plain
+            need.nodes <= self.free_nodes
+            and need.cores <= self.free_cores - self.plain
             and (not need.memory_gb or (self.shape.memory_gb is not None and need.memory_gb <= self.free_memory_gb + 1e-9))
             and choose_gpus(self.shape, self.gpu_load, need.gpus) is not None
         )
@@ -300,6 +321,7 @@ class Ledger:
         if gpus is None or need.cores > self.free_cores:
             raise ValueError(f"task {task_id} does not fit: {need}")
         self.held[task_id] = (need, gpus)
+        self.free_nodes -= need.nodes
         self.free_cores -= need.cores
         self.free_memory_gb -= need.memory_gb
         for name in gpus:
@@ -312,6 +334,7 @@ class Ledger:
         if entry is None:
             return False
         need, gpus = entry
+        self.free_nodes += need.nodes
         self.free_cores += need.cores
         self.free_memory_gb += need.memory_gb
         for name in gpus:
@@ -365,6 +388,7 @@ class Allocation:
     cpus: tuple[int, ...]
     gpus: tuple[str, ...] = ()
     memory_gb: float = 0.0
+    nodes: tuple[str, ...] = ()
 
 
 class Allocator:
@@ -375,6 +399,7 @@ class Allocator:
         self.free_cpus: list[int] = sorted(shape.cpus)
         self.free_memory_gb = shape.memory_gb or 0.0
         self.gpu_load: dict[str, int] = {name: 0 for name in shape.gpus}
+        self.free_nodes: list[str] = list(shape.nodes)
 
     def take(self, need: Need, gpus: Sequence[str] = ()) -> Allocation | None:
         """Take what ``need`` asks for, on the accelerators ``gpus`` the interchange chose,
@@ -384,6 +409,8 @@ class Allocator:
         share caches.
         """
         if need.cores > len(self.free_cpus) or len(gpus) != need.gpus or len(set(gpus)) != len(gpus):
+            return None
+        if need.nodes > len(self.free_nodes):
             return None
         if any(self.gpu_load.get(name, self.shape.tasks_per_gpu) >= self.shape.tasks_per_gpu for name in gpus):
             return None
@@ -396,7 +423,9 @@ class Allocator:
         self.free_memory_gb -= need.memory_gb
         for name in gpus:
             self.gpu_load[name] += 1
-        return Allocation(cpus, gpus, need.memory_gb)
+        nodes = tuple(self.free_nodes[: need.nodes])
+        del self.free_nodes[: need.nodes]
+        return Allocation(cpus if need.cores else (), gpus, need.memory_gb, nodes)
 
     def give_back(self, allocation: Allocation) -> None:
         """Return what a task held (it ended, failed, or its worker died)."""
@@ -404,6 +433,8 @@ class Allocator:
         self.free_memory_gb += allocation.memory_gb
         for name in allocation.gpus:
             self.gpu_load[name] -= 1
+        order = {name: i for i, name in enumerate(self.shape.nodes)}
+        self.free_nodes = sorted([*self.free_nodes, *allocation.nodes], key=order.__getitem__)
 
 
 def _consecutive(free: list[int], count: int) -> tuple[int, ...] | None:
@@ -434,13 +465,16 @@ def pinning_environment(allocation: Allocation) -> dict[str, str]:
 
 
 @contextmanager
-def pinned(allocation: Allocation) -> Iterator[None]:
-    """Run the body on the allocation's CPUs with its environment; restore both afterwards."""
+def pinned(allocation: Allocation, extra_env: Mapping[str, str] = {}) -> Iterator[None]:  # noqa: B006 - read only
+    """Run the body on the allocation's CPUs with its environment (and ``extra_env``, such as
+    an MPI task's launch variables); restore both afterwards."""
     before_cpus = os.sched_getaffinity(0)
-    env = pinning_environment(allocation)
+    env = pinning_environment(allocation) if allocation.cpus else worker_environment(allocation)
+    env.update(extra_env)
     names = set(env) | set(GPU_VARIABLES) | {"ZE_ENABLE_PCI_ID_DEVICE_ORDER"}
     before_env = {name: os.environ.get(name) for name in names}
-    os.sched_setaffinity(0, allocation.cpus)
+    if allocation.cpus:
+        os.sched_setaffinity(0, allocation.cpus)
     for name in names:
         os.environ.pop(name, None)
     os.environ.update(env)

@@ -157,6 +157,7 @@ def _serve(link: _Link, board: WorkerBoard, spill: SharedSpill | None) -> None:
     first_unsent = 0.0
     pack = P.RESULT_META.pack
     pin: Allocation | None = None  # what the next task runs on, if it has resources
+    pin_env: dict[str, str] = {}  # and its MPI launch variables, if it is an MPI task
 
     def send_journal() -> None:
         metas, pickles = board.journaled()
@@ -178,6 +179,7 @@ def _serve(link: _Link, board: WorkerBoard, spill: SharedSpill | None) -> None:
             elif kind == P.PIN:  # the next task (sent alone) has resources of its own
                 info = json.loads(msg[1].tobytes())
                 pin = Allocation(tuple(info["cpus"]), tuple(info["gpus"]), info["memory_gb"])
+                pin_env = info.get("env", {})
             elif kind == P.SHUTDOWN:
                 return
             continue
@@ -198,7 +200,7 @@ def _serve(link: _Link, board: WorkerBoard, spill: SharedSpill | None) -> None:
                 if pin is None:
                     status, out, elapsed = _run_one(fn, args, kwargs, spill)
                 else:
-                    with pinned(pin):
+                    with pinned(pin, pin_env):
                         status, out, elapsed = _run_one(fn, args, kwargs, spill)
                 del fn, args, kwargs
             meta = pack(fields[0], status, elapsed, len(out[0]), len(out) - 1)

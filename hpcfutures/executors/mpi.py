@@ -1,0 +1,132 @@
+"""MPIExecutor: a HighThroughputExecutor whose tasks are MPI jobs on whole nodes of a block.
+
+Each block runs one *lead* pool (the provider's launcher must start the pool once, as
+``SimpleLauncher`` does), which learns the block's nodes from the batch system
+(:func:`hpcfutures.launchers.nodes.block_nodes`) and advertises them when it registers.
+A task declares ``Resources(num_nodes=, ranks_per_node=)`` (or ``num_ranks``); the default,
+``Resources()``, is one node and one rank, so an empty request cannot wait for ever.  The
+interchange sends a task only to a lead pool with that many nodes free, and the pool gives
+it nodes no other running task holds.  The task runs in a worker on the lead node with its
+launch prefix and counts in its environment (:func:`~hpcfutures.launchers.mpi_prefix.mpi_environment`):
+a command task starts its program as ``$HPCFUTURES_MPI_PREFIX ./app``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from ..errors import ConfigurationError, ResourceUnsatisfiableError, UnsupportedOptionError
+from ..launchers.base import SimpleLauncher
+from ..launchers.mpi_prefix import FLAVOURS
+from ..providers.base import ExecutionProvider
+from ..resources import Resources, TaskOptions, reject_unsupported
+from .htex.executor import HighThroughputExecutor
+from .htex.slots import Need
+
+__all__ = ["MPIExecutor"]
+
+
+class MPIExecutor(HighThroughputExecutor):
+    """Run MPI tasks on whole nodes of pilot blocks; see the module docstring.
+
+    Args:
+        max_workers_per_block: MPI tasks a block runs at once (default: its nodes, since
+            every task takes at least one).
+        provider: where blocks run; its ``nodes_per_block`` is how many nodes a task may
+            take at most.  Its launcher must start one pool per block (``SimpleLauncher``,
+            the default).
+        mpi_launcher: how tasks start their ranks: ``"mpich"`` / ``"hydra"`` (``mpiexec``),
+            ``"pals"``, ``"openmpi"`` (``mpirun``), ``"srun"``, ``"aprun"``, ``"jsrun"``, or
+            ``"auto"`` (default): the lead pool asks ``mpiexec --version``.
+        mpi_executable: the launcher program when it is not the flavour's usual name (for
+            example ``"mpiexec.mpich"`` where ``mpiexec`` is Open MPI's).
+        oversubscribe: let Open MPI place more ranks on a node than it has cores.
+        **kwargs: the other :class:`HighThroughputExecutor` settings (``label``, ``address``,
+            ``run_dir``, ``heartbeat_period``, ``unsatisfiable_after``, ...).
+    """
+
+    _plain_default = False
+
+    def __init__(
+        self,
+        max_workers_per_block: int | None = None,
+        provider: ExecutionProvider | None = None,
+        *,
+        mpi_launcher: str = "auto",
+        mpi_executable: str = "",
+        oversubscribe: bool = False,
+        **kwargs: Any,
+    ):
+        if mpi_launcher != "auto" and mpi_launcher not in FLAVOURS:
+            raise ConfigurationError(
+                f"mpi_launcher must be 'auto' or one of {', '.join(FLAVOURS)}, got {mpi_launcher!r}"
+            )
+        if not isinstance(mpi_executable, str):
+            raise ConfigurationError(f"mpi_executable must be a program name or path, got {mpi_executable!r}")
+        if not isinstance(oversubscribe, bool):
+            raise ConfigurationError(f"oversubscribe must be True or False, got {oversubscribe!r}")
+        for name in ("cores_per_worker", "mem_per_worker", "available_accelerators", "cpu_affinity"):
+            if name in kwargs:
+                raise ConfigurationError(
+                    f"MPIExecutor hands out whole nodes, so {name} does not apply; use HighThroughputExecutor for it"
+                )
+        super().__init__(max_workers_per_block, provider, **kwargs)
+        if not isinstance(self.provider.launcher, SimpleLauncher):
+            raise ConfigurationError(
+                "MPIExecutor needs one lead pool per block: give the provider launcher=SimpleLauncher() "
+                f"(it has {type(self.provider.launcher).__name__})"
+            )
+        if self.config.max_workers is None:
+            workers = self.provider.nodes_per_block
+            self.config = dataclasses.replace(self.config, max_workers=workers)
+            self.max_workers = workers
+        self.config = dataclasses.replace(
+            self.config, mpi_flavour=mpi_launcher, mpi_oversubscribe=oversubscribe, mpi_executable=mpi_executable
+        )
+        self.mpi_launcher = mpi_launcher
+
+    def check_options(self, options: TaskOptions) -> None:
+        """Refuse what an MPI task cannot have, and what no block could ever give it."""
+        reject_unsupported("MPIExecutor", options, resources=True, walltime=True, priority=True)
+        resources = options.resources
+        extra = {k: v for k, v in resources.non_default_fields().items() if k in ("cores", "memory_gb", "gpus")}
+        if extra:
+            shown = ", ".join(f"{k}={v!r}" for k, v in extra.items())
+            raise UnsupportedOptionError(
+                f"MPIExecutor gives tasks whole nodes: Resources({shown}) is not taken; ask for "
+                "num_nodes and ranks_per_node (or num_ranks)"
+            )
+        nodes = self.provider.nodes_per_block
+        if resources.num_nodes > nodes:
+            raise ResourceUnsatisfiableError(
+                f"Resources(num_nodes={resources.num_nodes}) can never run: this executor's blocks "
+                f"have nodes_per_block={nodes}"
+            )
+        cores = self.provider.cores_per_node
+        if cores and resources.ranks_per_node > cores and not self.config.mpi_oversubscribe:
+            raise ResourceUnsatisfiableError(
+                f"Resources(ranks_per_node={resources.ranks_per_node}) is more than the provider's "
+                f"cores_per_node={cores}; lower it, or pass oversubscribe=True"
+            )
+        super().check_options(dataclasses.replace(options, resources=Resources()))  # the walltime checks
+
+    def _need(self, resources: Resources) -> tuple[int, ...]:
+        return Need.mpi(resources).wire()
+
+    def options(
+        self,
+        *,
+        resources: Resources | None = None,
+        walltime: float | None = None,
+        priority: int | None = None,
+    ) -> Any:
+        """A view whose tasks get ``resources.num_nodes`` whole nodes and that many ranks per node.
+
+        Raises:
+            ResourceUnsatisfiableError: more nodes than a block has, or more ranks per node
+                than its cores without ``oversubscribe``.
+            UnsupportedOptionError: cores, memory or GPUs per task.
+        """
+        return super().options(resources=resources, walltime=walltime, priority=priority)
+

@@ -19,7 +19,7 @@ def read_version() -> str:
 # pytest 9.2 stops pytest-xdist's --dist loadgroup from grouping tests (pytest-xdist issue
 # #1386: xdist marks a group by editing node ids, which 9.2 no longer honours); the tests that
 # share one Slurm or Grid Engine cluster rely on that grouping.
-TEST_REQUIRES = ["pytest<9.2", "pytest-xdist", "loky", "numpy", "pyftpdlib"]
+TEST_REQUIRES = ["pytest<9.2", "pytest-xdist", "loky", "numpy", "pyftpdlib", "mpi4py"]
 
 setup(
     name="hpcfutures",
@@ -33,6 +33,7 @@ setup(
     install_requires=["cloudpickle", "pyzmq", "psutil", "paramiko", "typing-extensions"],
     extras_require={
         "test": TEST_REQUIRES,
+        "mpi": ["mpi4py"],  # MPIExecutor(function_ranks="all"): functions on every rank
         "dev": TEST_REQUIRES + ["mypy", "ruff"],
     },
     entry_points={"console_scripts": ["hpcfutures=hpcfutures.cli:main"]},

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -131,3 +132,64 @@ def test_a_lead_pool_that_finds_no_node_list_refuses_with_the_reason(monkeypatch
     with MPIExecutor(mpi_launcher="mpich", start_timeout=20) as ex:
         with pytest.raises(PoolStartError, match="HPCFUTURES_NODELIST"):
             ex.submit(placement).result(TIMEOUT)
+
+
+# -- functions on every rank (mpi4py) --------------------------------------------------------------
+
+
+def rank_and_size(offset: int = 0) -> tuple[int, int]:
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    total = comm.allreduce(comm.Get_rank() + offset)  # a collective: every rank takes part
+    return comm.Get_rank(), total
+
+
+def fails_on_rank_one() -> int:
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    if comm.Get_rank() == 1:
+        raise ValueError("rank one cannot")
+    comm.Barrier()  # the others wait here: only the abort frees them
+    return comm.Get_rank()
+
+
+def mpich_abi(tmp_path: Path) -> dict[str, str]:
+    """Make mpi4py's wheel load MPICH (Debian names MPICH's library libmpich.so.12)."""
+    library = Path("/usr/lib/x86_64-linux-gnu/libmpich.so.12")
+    if not library.exists():
+        pytest.skip("MPICH's libmpich.so.12 is not installed (.ci/setup-launchers.sh installs it)")
+    (tmp_path / "libmpi.so.12").symlink_to(library)
+    return {"MPI4PY_MPIABI": "mpich", "LD_LIBRARY_PATH": str(tmp_path)}
+
+
+@pytest.mark.parametrize("flavour", ["openmpi", "mpich"])
+def test_a_function_runs_on_every_rank_and_the_future_gets_rank_0s_value(monkeypatch, tmp_path, flavour):
+    pytest.importorskip("mpi4py", reason="mpi4py is a test dependency: pip install -e '.[test]'")
+    env = ROOT_OMPI if flavour == "openmpi" else mpich_abi(tmp_path)
+    executable = "mpirun.openmpi" if flavour == "openmpi" else "mpiexec.mpich"
+    monkeypatch.setenv("HPCFUTURES_NODELIST", "localhost")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    common = {"mpi_launcher": flavour, "mpi_executable": executable, "oversubscribe": flavour == "openmpi"}
+    spec = Resources(ranks_per_node=3)
+    with MPIExecutor(provider=LocalProvider(), function_ranks="all", **common) as ex:
+        assert ex.options(resources=spec).submit(rank_and_size, 10).result(TIMEOUT) == (0, 33)
+        failing = ex.options(resources=spec).submit(fails_on_rank_one)
+        error = failing.exception(TIMEOUT)
+    assert isinstance(error, ValueError) and "rank one cannot" in str(error)
+    assert any("raised on MPI rank 1 of 3; the job was aborted" in note for note in getattr(error, "__notes__", []))
+    with MPIExecutor(provider=LocalProvider(), function_ranks="gather", **common) as ex:
+        assert ex.options(resources=spec).submit(rank_and_size).result(TIMEOUT) == [(0, 3), (1, 3), (2, 3)]
+
+
+def test_without_mpi4py_the_task_fails_saying_how_to_install_it(monkeypatch, tmp_path):
+    fake = tmp_path / "mpi4py"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('no MPI here')\n")
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    monkeypatch.setenv("HPCFUTURES_NODELIST", "localhost")
+    with MPIExecutor(provider=LocalProvider(), mpi_launcher="mpich", function_ranks="all") as ex:
+        error = ex.submit(rank_and_size).exception(TIMEOUT)
+    assert isinstance(error, ImportError) and "pip install 'hpcfutures[mpi]'" in str(error)

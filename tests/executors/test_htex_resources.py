@@ -146,3 +146,13 @@ def test_a_queued_task_with_resources_can_be_cancelled():
         assert queued.cancel()
         assert blocker.result(TIMEOUT)["omp"] is None
         assert queued.cancelled()
+
+
+def test_a_shared_accelerator_takes_as_many_tasks_as_allowed_and_no_more():
+    with HighThroughputExecutor(max_workers=3, available_accelerators=["fake0"], tasks_per_accelerator=2) as ex:
+        gpu = ex.options(resources=Resources(gpus=1))
+        runs = [f.result(TIMEOUT) for f in [gpu.submit(window, 0.3) for _ in range(6)]]
+    assert {r["gpus"] for r in runs} == {"fake0"}
+    most = max(sum(1 for b in runs if b["start"] <= a["start"] < b["end"]) for a in runs)
+    assert most <= 2, "more tasks shared the accelerator than tasks_per_accelerator allows"
+    assert most == 2, "two tasks never shared the accelerator"

@@ -281,3 +281,8 @@ def test_a_workers_environment_names_only_what_it_was_given():
     assert gpu_only["CUDA_VISIBLE_DEVICES"] == "fake1" and "OMP_NUM_THREADS" not in gpu_only
     pinned_env = worker_environment(Allocation((0, 1)))
     assert pinned_env["OMP_NUM_THREADS"] == "2" and pinned_env["HPCFUTURES_CPUS"] == "0,1"
+
+
+def test_shared_accelerators_give_each_device_several_workers_in_turn():
+    gpus = PoolShape(tuple(range(8)), 32.0, ("fake0", "fake1"), 2, "n")
+    assert [p.gpus for p in plan_workers(gpus)] == [("fake0",), ("fake1",), ("fake0",), ("fake1",)]

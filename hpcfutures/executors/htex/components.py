@@ -157,6 +157,7 @@ class PoolArgs(_ComponentArgs):
     )
     memory_gb: float = field(default=0.0, metadata=_help("the memory it may hand out (0: 90%% of what is available)"))
     accelerators: tuple[str, ...] = field(default=(), metadata=_help("an accelerator's name (repeat for each)"))
+    tasks_per_accelerator: int = field(default=1, metadata=_help("tasks that may share one accelerator"))
     cores_per_worker: float = field(default=0.0, metadata=_help("cores each worker takes (0: not set)"))
     mem_per_worker: float = field(default=0.0, metadata=_help("GB each worker takes (0: not set)"))
     cpu_affinity: str = field(default="none", metadata=_help("none, block, alternating or block-reverse"))

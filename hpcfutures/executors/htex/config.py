@@ -49,6 +49,7 @@ class HtexConfig:
     cores_per_worker: float | None = None
     mem_per_worker: float | None = None
     available_accelerators: int | Sequence[str] = ()
+    tasks_per_accelerator: int = 1
     cpu_affinity: str = "none"
     unsatisfiable_after: float = 60.0
     #: Set by MPIExecutor: its blocks' MPI launcher ("auto": the lead pool asks mpiexec).
@@ -126,6 +127,7 @@ class HtexConfig:
         if self.mem_per_worker is not None:
             normalise("mem_per_worker", float(check_number("mem_per_worker", self.mem_per_worker, finite=True, unit="GB")))
         normalise("available_accelerators", accelerator_names(self.available_accelerators))
+        check_count("tasks_per_accelerator", self.tasks_per_accelerator, 1)
         if self.cpu_affinity not in AFFINITY_MODES:
             raise ConfigurationError(
                 f"cpu_affinity must be one of {', '.join(repr(m) for m in AFFINITY_MODES)}, got {self.cpu_affinity!r}"

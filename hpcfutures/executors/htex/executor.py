@@ -117,6 +117,9 @@ class HighThroughputExecutor(Executor):
         available_accelerators: a count or the names of each node's accelerators; a pool
             runs at most one worker per accelerator, and each worker sees only its own
             (``CUDA_VISIBLE_DEVICES``, ``ROCR_VISIBLE_DEVICES``, ``ZE_AFFINITY_MASK``).
+        tasks_per_accelerator: how many tasks may share one accelerator (as with CUDA MPS):
+            a pool then runs up to that many workers per accelerator, and that many tasks
+            with ``Resources(gpus=1)`` may hold the same device at once.
         cpu_affinity: ``"none"`` (default), or pin each worker for its life to a block of
             CPUs (``"block"``, ``"block-reverse"``) or to every n-th CPU (``"alternating"``);
             pinned workers get ``OMP_NUM_THREADS`` set to their CPU count.
@@ -153,6 +156,7 @@ class HighThroughputExecutor(Executor):
         cores_per_worker: float | None = None,
         mem_per_worker: float | None = None,
         available_accelerators: int | Sequence[str] = (),
+        tasks_per_accelerator: int = 1,
         cpu_affinity: str = "none",
         unsatisfiable_after: float = 60.0,
     ):
@@ -176,6 +180,7 @@ class HighThroughputExecutor(Executor):
             cores_per_worker=cores_per_worker,
             mem_per_worker=mem_per_worker,
             available_accelerators=available_accelerators,
+            tasks_per_accelerator=tasks_per_accelerator,
             cpu_affinity=cpu_affinity,
             unsatisfiable_after=unsatisfiable_after,
         )

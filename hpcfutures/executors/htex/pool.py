@@ -113,6 +113,7 @@ class PoolManager:
             cpus=args.cpus or None,
             memory_gb=args.memory_gb or None,
             accelerators=args.accelerators,
+            tasks_per_gpu=args.tasks_per_accelerator,
             host=socket.gethostname(),
         )
         if args.mpi_flavour:  # the lead pool of an MPI block: it hands out the block's nodes

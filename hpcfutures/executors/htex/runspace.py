@@ -68,6 +68,7 @@ class RunSpace:
             log_file=self.log_file(f"pool-{block_id}.log"),
             shm_dir=self.spill.directory if self.spill is not None else "",
             accelerators=tuple(config.available_accelerators),  # type: ignore[arg-type]  # names, once checked
+            tasks_per_accelerator=config.tasks_per_accelerator,
             cores_per_worker=config.cores_per_worker or 0.0,
             mem_per_worker=config.mem_per_worker or 0.0,
             cpu_affinity=config.cpu_affinity,

@@ -505,7 +505,7 @@ def plan_workers(
 
     As Parsl counts them, a pool runs the fewest of: ``max_workers``; its cores divided by
     ``cores_per_worker``; its memory divided by ``mem_per_worker``; its accelerators (one
-    each).  Without ``max_workers`` it runs one worker per core per ``cores_per_worker``
+    each, or ``tasks_per_gpu`` each when they are shared, dealt round the devices).  Without ``max_workers`` it runs one worker per core per ``cores_per_worker``
     (default 1); with it and no ``cores_per_worker``, that many workers even if they
     outnumber the cores (tasks that wait on I/O), as long as they are not pinned.  A worker's allocation names its accelerator and, unless ``cpu_affinity`` is
     ``"none"``, the CPUs it is pinned to: a contiguous block each (``"block"``, or from the
@@ -528,7 +528,7 @@ def plan_workers(
             raise ConfigurationError("mem_per_worker needs the pool's memory, which is not known")
         limits["mem_per_worker"] = int(shape.memory_gb / mem_per_worker + 1e-9)
     if shape.gpus:
-        limits["available_accelerators"] = len(shape.gpus)
+        limits["available_accelerators"] = len(shape.gpus) * shape.tasks_per_gpu
     count = min(limits.values())
     if count < 1:
         cause = min(limits, key=lambda name: limits[name])
@@ -557,7 +557,7 @@ def plan_workers(
             mine = tuple(cpus[rank::count][:per])
         else:
             mine = ()
-        gpu = (shape.gpus[rank],) if shape.gpus else ()
+        gpu = (shape.gpus[rank % len(shape.gpus)],) if shape.gpus else ()
         plans.append(Allocation(mine, gpu, mem_per_worker or 0.0))
     return plans
 

@@ -136,7 +136,8 @@ class MPIExecutor(HighThroughputExecutor):
             raise ConfigurationError(f"mpi_executable must be a program name or path, got {mpi_executable!r}")
         if not isinstance(oversubscribe, bool):
             raise ConfigurationError(f"oversubscribe must be True or False, got {oversubscribe!r}")
-        for name in ("cores_per_worker", "mem_per_worker", "available_accelerators", "tasks_per_accelerator", "cpu_affinity"):
+        for name in ("cores_per_worker", "mem_per_worker", "available_accelerators", "tasks_per_accelerator",
+                     "cpu_affinity", "enforce_memory"):  # fmt: skip
             if name in kwargs:
                 raise ConfigurationError(
                     f"MPIExecutor hands out whole nodes, so {name} does not apply; use HighThroughputExecutor for it"

@@ -156,3 +156,30 @@ def test_a_shared_accelerator_takes_as_many_tasks_as_allowed_and_no_more():
     most = max(sum(1 for b in runs if b["start"] <= a["start"] < b["end"]) for a in runs)
     assert most <= 2, "more tasks shared the accelerator than tasks_per_accelerator allows"
     assert most == 2, "two tasks never shared the accelerator"
+
+
+def hog(megabytes: int) -> int:
+    """Allocate and touch ``megabytes`` of memory."""
+    data = bytearray(megabytes << 20)
+    for i in range(0, len(data), 4096):
+        data[i] = 1
+    return len(data) >> 20
+
+
+def test_enforce_memory_ends_a_task_that_uses_more_than_it_asked_for():
+    from hpcfutures.executors.htex import memlimit
+
+    why = memlimit.unavailable()
+    if why is not None:
+        pytest.skip(why)
+    with HighThroughputExecutor(max_workers=2, enforce_memory=True) as ex:
+        small = ex.options(resources=Resources(memory_gb=0.25))
+        assert small.submit(hog, 64).result(TIMEOUT) == 64
+        error = small.submit(hog, 512).exception(TIMEOUT)
+        assert small.submit(hog, 64).result(TIMEOUT) == 64, "the pool goes on with a new worker"
+        assert ex.submit(hog, 400).result(TIMEOUT) == 400, "a task without memory_gb is not limited"
+    assert isinstance(error, WorkerLostError)
+    assert "out-of-memory killer" in str(error) and "memory_gb=0.25" in str(error)
+    assert error.signal_name == "SIGKILL"
+    leftovers = [p.name for p in memlimit._own_cgroup().iterdir() if p.name.startswith("hpcfutures-")]  # type: ignore[union-attr]
+    assert not leftovers, f"memory cgroups left behind: {leftovers}"

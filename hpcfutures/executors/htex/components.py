@@ -161,6 +161,7 @@ class PoolArgs(_ComponentArgs):
     cores_per_worker: float = field(default=0.0, metadata=_help("cores each worker takes (0: not set)"))
     mem_per_worker: float = field(default=0.0, metadata=_help("GB each worker takes (0: not set)"))
     cpu_affinity: str = field(default="none", metadata=_help("none, block, alternating or block-reverse"))
+    enforce_memory: int = field(default=0, metadata=_help("1: hold each task to its memory_gb with a memory cgroup"))
     mpi_flavour: str = field(
         default="", metadata=_help("the MPI launcher of the block (mpich, openmpi, srun, ...): a lead pool")
     )

@@ -51,6 +51,7 @@ class HtexConfig:
     available_accelerators: int | Sequence[str] = ()
     tasks_per_accelerator: int = 1
     cpu_affinity: str = "none"
+    enforce_memory: bool = False
     unsatisfiable_after: float = 60.0
     #: Set by MPIExecutor: its blocks' MPI launcher ("auto": the lead pool asks mpiexec).
     mpi_flavour: str = ""
@@ -128,6 +129,8 @@ class HtexConfig:
             normalise("mem_per_worker", float(check_number("mem_per_worker", self.mem_per_worker, finite=True, unit="GB")))
         normalise("available_accelerators", accelerator_names(self.available_accelerators))
         check_count("tasks_per_accelerator", self.tasks_per_accelerator, 1)
+        if not isinstance(self.enforce_memory, bool):
+            raise ConfigurationError(f"enforce_memory must be True or False, got {self.enforce_memory!r}")
         if self.cpu_affinity not in AFFINITY_MODES:
             raise ConfigurationError(
                 f"cpu_affinity must be one of {', '.join(repr(m) for m in AFFINITY_MODES)}, got {self.cpu_affinity!r}"

@@ -123,6 +123,10 @@ class HighThroughputExecutor(Executor):
         cpu_affinity: ``"none"`` (default), or pin each worker for its life to a block of
             CPUs (``"block"``, ``"block-reverse"``) or to every n-th CPU (``"alternating"``);
             pinned workers get ``OMP_NUM_THREADS`` set to their CPU count.
+        enforce_memory: hold each task with ``Resources(memory_gb=...)`` to that much with a
+            memory cgroup per worker (Linux cgroup v1, writable; a pool that cannot refuses to
+            start): a task that uses more is ended by the out-of-memory killer and fails with
+            :class:`~hpcfutures.WorkerLostError`, without a retry.
         unsatisfiable_after: seconds a task whose ``Resources`` no registered pool could
             ever offer waits (for pools of another shape) before it fails with
             :class:`~hpcfutures.ResourceUnsatisfiableError`.  What the settings already rule
@@ -158,6 +162,7 @@ class HighThroughputExecutor(Executor):
         available_accelerators: int | Sequence[str] = (),
         tasks_per_accelerator: int = 1,
         cpu_affinity: str = "none",
+        enforce_memory: bool = False,
         unsatisfiable_after: float = 60.0,
     ):
         config = HtexConfig(
@@ -182,6 +187,7 @@ class HighThroughputExecutor(Executor):
             available_accelerators=available_accelerators,
             tasks_per_accelerator=tasks_per_accelerator,
             cpu_affinity=cpu_affinity,
+            enforce_memory=enforce_memory,
             unsatisfiable_after=unsatisfiable_after,
         )
         #: The settings, as checked; the attributes below are their working copies.

@@ -45,11 +45,12 @@ from ...exits import describe_exit, exit_signal
 from ...launchers.mpi_prefix import MPISpec, detect_flavour, mpi_environment, mpi_prefix
 from ...launchers.nodes import block_nodes
 from ...serialize import dumps
+from . import memlimit, security
 from . import protocol as P
-from . import security
 from .board import WorkerBoard
 from .components import PoolArgs, setup_logging
 from .dealing import pool_credit, worker_depth
+from .memlimit import MemoryCage
 from .pipes import Receiver, Sender, pipe_pair, watch_room
 from .relay import start_relay
 from .slots import Allocation, Allocator, Need, detect_shape, gpus_in_mask, plan_workers, worker_environment
@@ -82,7 +83,7 @@ def block_end_in() -> float | None:
 class _Worker:
     __slots__ = (
         "rank", "process", "sender", "receiver", "board", "outstanding", "sent", "reported", "head_seen",
-        "cancelled", "ready", "deadline", "walltime", "allocation",
+        "cancelled", "ready", "deadline", "walltime", "allocation", "cage",
     )  # fmt: skip
 
     def __init__(self, rank: int, process: Any, sender: Sender, receiver: Receiver, board: WorkerBoard):
@@ -101,6 +102,7 @@ class _Worker:
         self.ready = False
         self.deadline: float | None = None  # set while it runs a task with a walltime
         self.allocation: Allocation | None = None  # set while it runs a task with resources
+        self.cage: MemoryCage | None = None  # its memory cgroup, with enforce_memory
         self.walltime = 0.0
 
 
@@ -138,6 +140,9 @@ class PoolManager:
         self.held_cores = 0  # cores those tasks hold now
         # Default tasks may keep this many workers busy besides them.
         self.capacity = max(self.shape.cores, self.workers_wanted)
+        if args.enforce_memory and (why := memlimit.unavailable()) is not None:
+            raise ConfigurationError(why)
+        self.cages_made = 0
         self.pool_id = args.pool_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.workers: dict[int, _Worker] = {}  # by rank
         self.by_sentinel: dict[int, _Worker] = {}
@@ -208,6 +213,11 @@ class PoolManager:
             os.close(task_read)
             os.close(result_write)
         worker = _Worker(rank, process, Sender(task_write), Receiver(result_read), board)
+        if self.args.enforce_memory:
+            self.cages_made += 1
+            worker.cage = MemoryCage(f"hpcfutures-{os.getpid()}-w{rank}-{self.cages_made}")
+            assert process.pid is not None  # started
+            worker.cage.add(process.pid)
         self.workers[rank] = worker
         self.by_sentinel[process.sentinel] = worker
         self.by_result_fd[result_read] = worker
@@ -301,12 +311,29 @@ class PoolManager:
         cancelled on its board are dropped (the driver was told they were cancelled).
         """
         claimed = worker.board.claimed_before_death()
+        out_of_memory = (
+            worker.cage is not None and worker.allocation is not None and worker.cage.killed_since_limit()
+        )
+        memory = worker.allocation.memory_gb if worker.allocation is not None else 0.0
         if worker.allocation is not None:
             self.release(worker)
+        if worker.cage is not None:
+            worker.cage.remove()
         while worker.outstanding:
             (fields, main, oob), seq, ordinal = worker.outstanding.popleft()
             task_id, priority, lost = fields[P.T_ID], fields[P.T_PRIORITY], fields[P.T_LOST]
             if task_id in worker.cancelled:
+                continue
+            if ordinal < claimed and out_of_memory:  # its own doing: running it again would fail again
+                self.add_failure(
+                    task_id,
+                    WorkerLostError(
+                        f"task {task_id}: its worker was killed by the out-of-memory killer: the task "
+                        f"used more than its Resources(memory_gb={memory:g}); it is not retried",
+                        exit_code=exitcode,
+                        signal_name=exit_signal(exitcode),
+                    ),
+                )
                 continue
             if ordinal < claimed:
                 lost += 1
@@ -329,6 +356,8 @@ class PoolManager:
         worker.allocation = None
         self.allocator.give_back(allocation)
         self.held_cores -= len(allocation.cpus)
+        if worker.cage is not None and allocation.memory_gb and worker.process.is_alive():
+            worker.cage.limit(None)
 
     def add_failure(self, task_id: int, error: BaseException) -> None:
         frames = dumps((error, ""))
@@ -594,6 +623,8 @@ class PoolManager:
             return False
         worker.allocation = allocation
         self.held_cores += len(allocation.cpus)
+        if worker.cage is not None and allocation.memory_gb:
+            worker.cage.limit(allocation.memory_gb)
         pin: dict[str, Any] = {"cpus": list(allocation.cpus), "gpus": list(allocation.gpus), "memory_gb": allocation.memory_gb}
         if allocation.nodes:  # an MPI task: its launch prefix and counts, for its nodes
             spec = MPISpec(allocation.nodes, need.ranks_per_node)
@@ -790,6 +821,8 @@ class PoolManager:
         """Kill the workers, hand the interchange what is still queued for it, stop the relay."""
         for worker in list(self.workers.values()):
             self.kill_worker(worker)
+            if worker.cage is not None:
+                worker.cage.remove()
         if hasattr(self, "ix"):
             try:
                 self.ix.flush()  # e.g. a last INIT_FAILED report

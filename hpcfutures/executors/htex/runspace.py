@@ -72,6 +72,7 @@ class RunSpace:
             cores_per_worker=config.cores_per_worker or 0.0,
             mem_per_worker=config.mem_per_worker or 0.0,
             cpu_affinity=config.cpu_affinity,
+            enforce_memory=int(config.enforce_memory),
             mpi_flavour=config.mpi_flavour,
             mpi_oversubscribe=int(config.mpi_oversubscribe),
             mpi_executable=config.mpi_executable,

@@ -183,3 +183,39 @@ def test_enforce_memory_ends_a_task_that_uses_more_than_it_asked_for():
     assert error.signal_name == "SIGKILL"
     leftovers = [p.name for p in memlimit._own_cgroup().iterdir() if p.name.startswith("hpcfutures-")]  # type: ignore[union-attr]
     assert not leftovers, f"memory cgroups left behind: {leftovers}"
+
+
+@pytest.mark.parametrize("round_", range(2))
+def test_thousands_of_mixed_tasks_with_cancels_all_end_and_give_everything_back(round_):
+    """Default, multi-core and accelerator tasks at scale, some cancelled while queued: every
+    future ends, no two tasks ever hold the same accelerator, and the pool is whole after."""
+    import random
+
+    rng = random.Random(round_)
+    cores = min(2, len(CPUS))
+    with HighThroughputExecutor(max_workers=cores, available_accelerators=["fake0", "fake1"]) as ex:
+        views = {
+            "one": ex,
+            "node": ex.options(resources=Resources(cores=cores)),
+            "gpu": ex.options(resources=Resources(gpus=1)),
+            "gpus": ex.options(resources=Resources(gpus=2)),
+        }
+        kinds = rng.choices(list(views), weights=[80, 8, 8, 4], k=1500)
+        futures = [(kind, views[kind].submit(window, 0.0005)) for kind in kinds]
+        cancelled = {i for i in range(0, len(futures), 7) if futures[i][1].cancel()}
+        runs = []
+        for i, (kind, fut) in enumerate(futures):
+            if i in cancelled:
+                assert fut.cancelled()
+                continue
+            runs.append((kind, fut.result(TIMEOUT)))
+        # Afterwards a task can still take every core and both accelerators.
+        whole = ex.options(resources=Resources(cores=cores, gpus=2)).submit(window).result(TIMEOUT)
+    assert whole["cpus"] == tuple(CPUS[:cores]) or len(whole["cpus"]) == cores
+    assert sorted(whole["gpus"].split(",")) == ["fake0", "fake1"]
+    held = [(r["gpus"].split(","), r) for kind, r in runs if kind in ("gpu", "gpus")]
+    for i, (names, a) in enumerate(held):
+        for other, b in held[i + 1 :]:
+            if set(names) & set(other):
+                assert not (a["start"] < b["end"] and b["start"] < a["end"]), "an accelerator was held twice"
+    assert all(r["cpus"] and len(r["cpus"]) == cores for kind, r in runs if kind == "node")

@@ -109,19 +109,7 @@ PartitionName=multi Nodes=n[1-${#NODES[@]}] Default=YES MaxTime=INFINITE Default
 EOF
 }
 
-stop_daemon() {  # stop_daemon NAME PIDFILE
-    local name=$1 pidfile=$2 pid _
-    running "$pidfile" || { rm -f "$pidfile"; return 0; }
-    pid="$(cat "$pidfile")"
-    kill -TERM "$pid"
-    for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$pid" 2>/dev/null; then
-        say "$name ($pid) ignored SIGTERM for 15 s: SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    rm -f "$pidfile"
-    say "stopped $name"
-}
+. tests/infra/daemon.sh  # stop_daemon (this script runs from the repository root)
 
 start_munge() {  # a munged of our own: it refuses to run as root, so it runs as munge
     install -d -o munge -g munge -m 0700 /etc/munge /var/lib/munge /var/log/munge

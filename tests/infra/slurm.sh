@@ -146,19 +146,7 @@ PartitionName=${PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE DefaultTime=01
 EOF
 }
 
-stop_daemon() {  # stop_daemon NAME PIDFILE
-    local name=$1 pidfile=$2 pid _
-    running "$pidfile" || { rm -f "$pidfile"; return 0; }
-    pid="$(cat "$pidfile")"
-    kill -TERM "$pid"
-    for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$pid" 2>/dev/null; then
-        say "$name ($pid) ignored SIGTERM for 15 s: SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    rm -f "$pidfile"
-    say "stopped $name"
-}
+. "$(dirname "${BASH_SOURCE[0]}")/daemon.sh"  # stop_daemon
 
 node_state() { sinfo --noheader --nodes="$NODE" --format=%t 2>/dev/null || true; }
 

@@ -16,6 +16,22 @@ from pathlib import Path
 
 import pytest
 
+#: A real MPI program: every rank must see the same world and take part in one reduction.
+MPI_SUM_PROGRAM = r"""
+#include <mpi.h>
+#include <stdio.h>
+int main(int argc, char **argv) {
+    int rank, size, sum = 0;
+    MPI_Init(&argc, &argv);
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    MPI_Allreduce(&rank, &sum, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+    printf("rank %d of %d sum %d\n", rank, size, sum);
+    MPI_Finalize();
+    return 0;
+}
+"""
+
 #: Written by every copy into its marker file: shell quotes, spaces, and characters that a
 #: lost level of quoting would expand or split on.
 PAYLOAD = "it's \"quoted\"  with  $HOME `id` ;&| and a \\ backslash"

@@ -32,7 +32,7 @@ from hpcfutures.launchers.nodes import expand_hostlist
 from tests.providers.slurm_cluster import SlurmCluster, slurm_cluster  # noqa: F401 - the fixture
 
 from ..services import need_commands
-from ._run import run_fragment
+from ._run import MPI_SUM_PROGRAM, run_fragment
 
 FAKE_BIN = Path(__file__).parent / "fake_bin"
 
@@ -43,22 +43,6 @@ _REPORT = (
     "line = 'rank %s node %s\\n' % (os.environ.get(sys.argv[1], 'none'), os.environ.get('HPCF_TEST_NODE', 'local'))\n"
     "os.write(1, line.encode())\n"
 )
-
-#: A real MPI program: every rank must see the same world and take part in one reduction.
-MPI_SUM = r"""
-#include <mpi.h>
-#include <stdio.h>
-int main(int argc, char **argv) {
-    int rank, size, sum = 0;
-    MPI_Init(&argc, &argv);
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &size);
-    MPI_Allreduce(&rank, &sum, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
-    printf("rank %d of %d sum %d\n", rank, size, sum);
-    MPI_Finalize();
-    return 0;
-}
-"""
 
 # Like _run.remote_shell, and also tells the command which host it was sent to.
 _NODE_SHELL = """#!/bin/bash
@@ -107,7 +91,7 @@ def run(argv: list[str], env: dict[str, str], timeout: float = 60.0) -> subproce
 def compile_mpi_sum(compiler: str, directory: Path) -> Path:
     program = directory / "mpi_sum"
     subprocess.run(
-        [compiler, "-o", str(program), "-x", "c", "-"], input=MPI_SUM, text=True, check=True, timeout=120
+        [compiler, "-o", str(program), "-x", "c", "-"], input=MPI_SUM_PROGRAM, text=True, check=True, timeout=120
     )
     return program
 

@@ -22,22 +22,7 @@ from hpcfutures.providers.slurm import SlurmProvider
 from tests.providers.slurm_cluster import SlurmCluster, slurm_cluster  # noqa: F401 - the fixture
 
 from ..services import need_commands
-from ._run import PAYLOAD, marker_command, markers
-
-MPI_HELLO = r"""
-#include <mpi.h>
-#include <stdio.h>
-int main(int argc, char **argv) {
-    int rank, size, sum = 0;
-    MPI_Init(&argc, &argv);
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &size);
-    MPI_Allreduce(&rank, &sum, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
-    printf("rank %d of %d sum %d\n", rank, size, sum);
-    MPI_Finalize();
-    return 0;
-}
-"""
+from ._run import MPI_SUM_PROGRAM, PAYLOAD, marker_command, markers
 
 
 def test_srun_fragment_starts_one_copy_per_node() -> None:
@@ -127,7 +112,7 @@ def test_srun_mpi_pool_runs_concurrent_mpi_steps(slurm_cluster: SlurmCluster, tm
         pytest.skip("needs a node with 2 CPUs for a 2-rank MPI run")
     subprocess.run(
         ["mpicc.mpich", "-o", str(tmp_path / "hello"), "-x", "c", "-"],
-        input=MPI_HELLO,
+        input=MPI_SUM_PROGRAM,
         text=True,
         check=True,
         timeout=120,

@@ -193,3 +193,25 @@ def test_without_mpi4py_the_task_fails_saying_how_to_install_it(monkeypatch, tmp
     with MPIExecutor(provider=LocalProvider(), mpi_launcher="mpich", function_ranks="all") as ex:
         error = ex.submit(rank_and_size).exception(TIMEOUT)
     assert isinstance(error, ImportError) and "pip install 'hpcfutures[mpi]'" in str(error)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="packing needs nodes of at least two cores")
+def test_small_tasks_pack_within_a_node_and_never_overfill_it(monkeypatch):
+    cores = len(os.sched_getaffinity(0))  # the lead pool takes its own node's cores for every node
+    monkeypatch.setenv("HPCFUTURES_NODELIST", "n1,n2")
+    with MPIExecutor(provider=LocalProvider(nodes_per_block=2), max_workers_per_block=6, mpi_launcher="mpich") as ex:
+        small = ex.options(resources=Resources(num_nodes=1, ranks_per_node=1))
+        whole = ex.options(resources=Resources(num_nodes=1, ranks_per_node=cores))
+        futures = [small.submit(placement, 0.3) for _ in range(4)] + [whole.submit(placement, 0.3)]
+        runs = [f.result(TIMEOUT) for f in futures]
+    small_runs, whole_run = runs[:4], runs[4]
+    for a in runs:
+        at_once = [b for b in runs if b["start"] <= a["start"] < b["end"] and b["nodes"] == a["nodes"]]
+        assert sum(b["ranks_per_node"] for b in at_once) <= cores, f"node {a['nodes']} overfilled"
+    assert any(
+        a is not b and a["nodes"] == b["nodes"] and a["start"] < b["end"] and b["start"] < a["end"]
+        for a in small_runs
+        for b in small_runs
+    ), "no two one-rank tasks shared a node"
+    for a in small_runs:
+        assert not (a["nodes"] == whole_run["nodes"] and a["start"] < whole_run["end"] and whole_run["start"] < a["end"])

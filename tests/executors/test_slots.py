@@ -286,3 +286,45 @@ def test_a_workers_environment_names_only_what_it_was_given():
 def test_shared_accelerators_give_each_device_several_workers_in_turn():
     gpus = PoolShape(tuple(range(8)), 32.0, ("fake0", "fake1"), 2, "n")
     assert [p.gpus for p in plan_workers(gpus)] == [("fake0",), ("fake1",), ("fake0",), ("fake1",)]
+
+
+# -- MPI tasks: whole nodes, or ranks packed within a node ---------------------------------------
+
+
+def test_small_mpi_tasks_share_a_node_and_whole_node_tasks_take_empty_ones():
+    block = PoolShape((0, 1, 2, 3), None, (), 1, "lead", ("n1", "n2", "n3"))
+    ledger = Ledger(block)
+    two_ranks = Need(0, 0.0, 0, 1, 2)
+    ledger.reserve(1, two_ranks)
+    ledger.reserve(2, two_ranks)
+    assert ledger.nodes_of(1) == ledger.nodes_of(2) == (0,), "packed onto the fullest node with room"
+    ledger.reserve(3, Need(0, 0.0, 0, 2, 4))
+    assert ledger.nodes_of(3) == (1, 2)
+    assert not ledger.fits(Need(0, 0.0, 0, 1, 1)), "n1 is full and n2, n3 are held whole"
+    ledger.release(1)
+    assert ledger.fits(Need(0, 0.0, 0, 1, 2)) and not ledger.fits(Need(0, 0.0, 0, 1, 3))
+    assert not ledger.fits(Need(0, 0.0, 0, 1, 4)), "four ranks take a whole node, and none is empty"
+
+
+def test_random_mpi_placements_keep_the_interchange_and_the_lead_pool_in_step():
+    from hpcfutures.executors.htex.slots import node_mask
+
+    rng = random.Random(11)
+    block = PoolShape((0, 1, 2, 3), None, (), 1, "lead", tuple(f"n{i}" for i in range(6)))
+    ledger, alloc = Ledger(block), Allocator(block)
+    running: dict[int, Allocation] = {}
+    for task_id in range(5000):
+        if running and rng.random() < 0.5:
+            done = rng.choice(list(running))
+            alloc.give_back(running.pop(done))
+            assert ledger.release(done)
+        need = Need(0, 0.0, 0, rng.choice([1, 1, 1, 2, 3]), rng.choice([1, 2, 3, 4]))
+        if not ledger.fits(need):
+            continue
+        ledger.reserve(task_id, need)
+        got = alloc.take(need, (), node_mask(ledger.nodes_of(task_id)))
+        assert got is not None, "the lead pool refused nodes the interchange chose"
+        running[task_id] = got
+        assert alloc.node_used == ledger.node_used and alloc.node_whole == ledger.node_whole
+        for i, used in enumerate(alloc.node_used):
+            assert 0 <= used <= 4 and not (used and alloc.node_whole[i])

@@ -348,7 +348,7 @@ def nodes_of_ranks(hold=0.0):
 
 with MPIExecutor(provider=LocalProvider(nodes_per_block=2), mpi_launcher="srun") as ex:
     both = ex.options(resources=Resources(num_nodes=2)).submit(nodes_of_ranks).result(120)
-    one = ex.options(resources=Resources(num_nodes=1))
+    one = ex.options(resources=Resources(num_nodes=1, ranks_per_node=2))  # a whole node (2 cores)
     pair = [f.result(120) for f in [one.submit(nodes_of_ranks, 1.0) for _ in range(2)]]
 print(json.dumps({"both": both, "pair": pair}))
 """
@@ -358,11 +358,12 @@ def test_mpi_executor_gives_concurrent_tasks_disjoint_nodes_of_a_real_allocation
     multi: MultiNode, tmp_path: Path
 ) -> None:
     """MPIExecutor in a two-node job: the lead pool reads SLURM_JOB_NODELIST, a two-node task's
-    srun prefix reaches both slurmds, and two one-node tasks at once get different nodes."""
+    srun prefix reaches both slurmds, and two whole-node tasks at once get different nodes."""
     driver = tmp_path / "mpi_driver.py"
     driver.write_text(MPI_DRIVER)
     output = tmp_path / "out.txt"
-    job = multi.sbatch(output, f"cd {tmp_path} && {sys.executable} {driver}", "--nodes=2")
+    # Two tasks per node, so that a whole-node task's two ranks fit the allocation.
+    job = multi.sbatch(output, f"cd {tmp_path} && {sys.executable} {driver}", "--nodes=2", "--ntasks-per-node=2")
     finished = multi.finished(job)[job]
     assert finished.state == "COMPLETED", f"{finished}: {output.read_text() if output.exists() else ''}"
     result = json.loads(output.read_text().splitlines()[-1])
@@ -370,4 +371,6 @@ def test_mpi_executor_gives_concurrent_tasks_disjoint_nodes_of_a_real_allocation
     first, second = result["pair"]
     assert first["rc"] == second["rc"] == 0, result["pair"]
     assert first["start"] < second["end"] and second["start"] < first["end"], "the two tasks did not overlap"
-    assert sorted(first["nodes"] + second["nodes"]) == ["n1", "n2"], "concurrent tasks shared a node"
+    assert first["nodes"] and second["nodes"], result["pair"]
+    assert {len(set(first["nodes"])), len(set(second["nodes"]))} == {1}, "a one-node task's ranks spread"
+    assert set(first["nodes"]) | set(second["nodes"]) == {"n1", "n2"}, "concurrent whole-node tasks shared a node"

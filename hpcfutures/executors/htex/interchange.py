@@ -55,7 +55,7 @@ from . import security
 from .components import InterchangeArgs, setup_logging
 from .dealing import deal
 from .pipes import Receiver, Sender, watch_room
-from .slots import Ledger, Need, gpu_mask, place, unsatisfiable
+from .slots import MAX_MASKED_NODES, Ledger, Need, gpu_mask, node_mask, place, unsatisfiable
 from .stream import StreamConnection, StreamListener
 
 logger = logging.getLogger(__name__)
@@ -674,7 +674,12 @@ class Interchange:
                 pool = pools[where[task_id]]
                 assert pool.ledger is not None
                 fields, main, oob = entry[2]
-                mask = gpu_mask(pool.ledger.shape, pool.ledger.held[task_id][1])
+                shape = pool.ledger.shape
+                if fields[P.T_NODES]:  # an MPI task: the mask names its nodes, when the block is small enough
+                    masked = len(shape.nodes) <= MAX_MASKED_NODES
+                    mask = node_mask(pool.ledger.nodes_of(task_id)) if masked else 0
+                else:
+                    mask = gpu_mask(shape, pool.ledger.held[task_id][1])
                 item = ((*fields[: P.T_GPU_MASK], mask, *fields[P.T_GPU_MASK + 1 :]), main, oob)
                 pool.outstanding[task_id] = (entry[1], item)
                 pool.sent += 1

@@ -618,7 +618,10 @@ class PoolManager:
         busy = sum(1 for w in self.workers.values() if w.outstanding and w.allocation is None)
         if need.cores > self.capacity - self.held_cores - busy:
             return False
-        allocation = self.allocator.take(need, gpus_in_mask(self.shape, fields[P.T_GPU_MASK]))
+        if need.nodes:  # an MPI task: the mask names its nodes (0: any free ones)
+            allocation = self.allocator.take(need, (), fields[P.T_GPU_MASK])
+        else:
+            allocation = self.allocator.take(need, gpus_in_mask(self.shape, fields[P.T_GPU_MASK]))
         if allocation is None:
             return False
         worker.allocation = allocation

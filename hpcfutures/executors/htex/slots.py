@@ -228,6 +228,40 @@ class Need:
         return cls(cores, memory_mb / 1024, gpus, nodes, ranks_per_node)
 
 
+#: Blocks of at most this many nodes have their MPI tasks' nodes chosen by the interchange
+#: (a bit mask in the task), which lets small tasks share a node; larger blocks give every
+#: task whole nodes that the lead pool picks.
+MAX_MASKED_NODES = 64
+
+
+def packs(need: Need, shape: PoolShape) -> bool:
+    """Whether an MPI task shares a node: one node, fewer ranks than the node has cores."""
+    return need.nodes == 1 and need.ranks_per_node < shape.cores and len(shape.nodes) <= MAX_MASKED_NODES
+
+
+def choose_nodes(shape: PoolShape, used: Sequence[int], whole: Sequence[bool], need: Need) -> tuple[int, ...] | None:
+    """The nodes (indices into ``shape.nodes``) an MPI task gets now, or None if none fit.
+
+    ``used[i]`` is how many of node i's cores (``shape.cores`` each) tasks sharing it hold;
+    ``whole[i]`` whether a task holds it whole.  A task that packs (:func:`packs`) goes to
+    the fullest node with room for its ranks, keeping empty nodes for whole-node tasks; any
+    other takes the first nodes nobody uses.
+    """
+    if packs(need, shape):
+        room = [i for i in range(len(used)) if not whole[i] and shape.cores - used[i] >= need.ranks_per_node]
+        return (max(room, key=lambda i: (used[i], -i)),) if room else None
+    free = [i for i in range(len(used)) if not whole[i] and not used[i]]
+    return tuple(free[: need.nodes]) if len(free) >= need.nodes else None
+
+
+def node_mask(indices: Sequence[int]) -> int:
+    """Node indices as the bit mask an MPI task carries (bit i: the block's i-th node)."""
+    mask = 0
+    for i in indices:
+        mask |= 1 << i
+    return mask
+
+
 def gpu_mask(shape: PoolShape, names: Sequence[str]) -> int:
     """The accelerators ``names`` of a pool of ``shape`` as a bit mask (bit i: its i-th)."""
     mask = 0
@@ -289,24 +323,26 @@ class Ledger:
     """The interchange's account of one pool: what its placed tasks hold, and what is free."""
 
     shape: PoolShape
-    held: dict[int, tuple[Need, tuple[str, ...]]] = field(default_factory=dict)
+    held: dict[int, tuple[Need, tuple[str, ...], tuple[int, ...]]] = field(default_factory=dict)
     free_cores: int = 0
     free_memory_gb: float = 0.0
     gpu_load: dict[str, int] = field(default_factory=dict)
     #: Cores that default tasks (not accounted here) may be using now: set before placing.
     plain: int = 0
-    free_nodes: int = 0
+    node_used: list[int] = field(default_factory=list)  # cores of each node that packed tasks hold
+    node_whole: list[bool] = field(default_factory=list)  # each node held whole by a task
 
     def __post_init__(self) -> None:
         self.free_cores = self.shape.cores
         self.free_memory_gb = self.shape.memory_gb or 0.0
         self.gpu_load = {name: 0 for name in self.shape.gpus}
-        self.free_nodes = len(self.shape.nodes)
+        self.node_used = [0] * len(self.shape.nodes)
+        self.node_whole = [False] * len(self.shape.nodes)
 
     def fits(self, need: Need) -> bool:
         """Whether a task with ``need`` fits in what is free now."""
         return (
-            need.nodes <= self.free_nodes
+            (not need.nodes or choose_nodes(self.shape, self.node_used, self.node_whole, need) is not None)
             and need.cores <= self.free_cores - self.plain
             and (not need.memory_gb or (self.shape.memory_gb is not None and need.memory_gb <= self.free_memory_gb + 1e-9))
             and choose_gpus(self.shape, self.gpu_load, need.gpus) is not None
@@ -318,23 +354,35 @@ class Ledger:
     def reserve(self, task_id: int, need: Need) -> tuple[str, ...]:
         """Account ``need`` (which must fit) to the task; return the accelerators chosen."""
         gpus = choose_gpus(self.shape, self.gpu_load, need.gpus)
-        if gpus is None or need.cores > self.free_cores:
+        nodes = choose_nodes(self.shape, self.node_used, self.node_whole, need) if need.nodes else ()
+        if gpus is None or nodes is None or need.cores > self.free_cores:
             raise ValueError(f"task {task_id} does not fit: {need}")
-        self.held[task_id] = (need, gpus)
-        self.free_nodes -= need.nodes
+        self.held[task_id] = (need, gpus, nodes)
+        self._mark(need, nodes, 1)
         self.free_cores -= need.cores
         self.free_memory_gb -= need.memory_gb
         for name in gpus:
             self.gpu_load[name] += 1
         return gpus
 
+    def _mark(self, need: Need, nodes: tuple[int, ...], sign: int) -> None:
+        for i in nodes:
+            if packs(need, self.shape):
+                self.node_used[i] += sign * need.ranks_per_node
+            else:
+                self.node_whole[i] = sign > 0
+
+    def nodes_of(self, task_id: int) -> tuple[int, ...]:
+        """The node indices task ``task_id`` holds here."""
+        return self.held[task_id][2]
+
     def release(self, task_id: int) -> bool:
         """Give back what task ``task_id`` held; return whether it held anything here."""
         entry = self.held.pop(task_id, None)
         if entry is None:
             return False
-        need, gpus = entry
-        self.free_nodes += need.nodes
+        need, gpus, nodes = entry
+        self._mark(need, nodes, -1)
         self.free_cores += need.cores
         self.free_memory_gb += need.memory_gb
         for name in gpus:
@@ -389,6 +437,7 @@ class Allocation:
     gpus: tuple[str, ...] = ()
     memory_gb: float = 0.0
     nodes: tuple[str, ...] = ()
+    node_ranks: int = 0  # ranks on a node it shares (0: its nodes are whole)
 
 
 class Allocator:
@@ -399,9 +448,10 @@ class Allocator:
         self.free_cpus: list[int] = sorted(shape.cpus)
         self.free_memory_gb = shape.memory_gb or 0.0
         self.gpu_load: dict[str, int] = {name: 0 for name in shape.gpus}
-        self.free_nodes: list[str] = list(shape.nodes)
+        self.node_used = [0] * len(shape.nodes)
+        self.node_whole = [False] * len(shape.nodes)
 
-    def take(self, need: Need, gpus: Sequence[str] = ()) -> Allocation | None:
+    def take(self, need: Need, gpus: Sequence[str] = (), nodes: int = 0) -> Allocation | None:
         """Take what ``need`` asks for, on the accelerators ``gpus`` the interchange chose,
         or None (taking nothing) if it does not fit now.
 
@@ -410,8 +460,13 @@ class Allocator:
         """
         if need.cores > len(self.free_cpus) or len(gpus) != need.gpus or len(set(gpus)) != len(gpus):
             return None
-        if need.nodes > len(self.free_nodes):
-            return None
+        chosen: tuple[int, ...] = ()
+        if need.nodes:
+            # The interchange's choice (a mask), or, for a block too large for one, any free nodes.
+            wanted = tuple(i for i in range(len(self.shape.nodes)) if nodes >> i & 1)
+            chosen = wanted if nodes else (choose_nodes(self.shape, self.node_used, self.node_whole, need) or ())
+            if len(chosen) != need.nodes or not self._nodes_free(need, chosen):
+                return None
         if any(self.gpu_load.get(name, self.shape.tasks_per_gpu) >= self.shape.tasks_per_gpu for name in gpus):
             return None
         if need.memory_gb and (self.shape.memory_gb is None or need.memory_gb > self.free_memory_gb + 1e-9):
@@ -423,9 +478,19 @@ class Allocator:
         self.free_memory_gb -= need.memory_gb
         for name in gpus:
             self.gpu_load[name] += 1
-        nodes = tuple(self.free_nodes[: need.nodes])
-        del self.free_nodes[: need.nodes]
-        return Allocation(cpus if need.cores else (), gpus, need.memory_gb, nodes)
+        packed = packs(need, self.shape)
+        for i in chosen:
+            if packed:
+                self.node_used[i] += need.ranks_per_node
+            else:
+                self.node_whole[i] = True
+        names = tuple(self.shape.nodes[i] for i in chosen)
+        return Allocation(cpus if need.cores else (), gpus, need.memory_gb, names, need.ranks_per_node if packed else 0)
+
+    def _nodes_free(self, need: Need, chosen: tuple[int, ...]) -> bool:
+        if packs(need, self.shape):
+            return all(not self.node_whole[i] and self.shape.cores - self.node_used[i] >= need.ranks_per_node for i in chosen)
+        return all(not self.node_whole[i] and not self.node_used[i] for i in chosen)
 
     def give_back(self, allocation: Allocation) -> None:
         """Return what a task held (it ended, failed, or its worker died)."""
@@ -433,8 +498,12 @@ class Allocator:
         self.free_memory_gb += allocation.memory_gb
         for name in allocation.gpus:
             self.gpu_load[name] -= 1
-        order = {name: i for i, name in enumerate(self.shape.nodes)}
-        self.free_nodes = sorted([*self.free_nodes, *allocation.nodes], key=order.__getitem__)
+        index = {name: i for i, name in enumerate(self.shape.nodes)}
+        for name in allocation.nodes:
+            if allocation.node_ranks:
+                self.node_used[index[name]] -= allocation.node_ranks
+            else:
+                self.node_whole[index[name]] = False
 
 
 def _consecutive(free: list[int], count: int) -> tuple[int, ...] | None:

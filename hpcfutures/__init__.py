@@ -17,6 +17,7 @@ _EXPORTS = {
     "ThreadExecutor": "hpcfutures.executors.threads",
     "HighThroughputExecutor": "hpcfutures.executors.htex.executor",
     "MPIExecutor": "hpcfutures.executors.mpi",
+    "progress": "hpcfutures.progressbar",
     "Resources": "hpcfutures.resources",
     "TaskOptions": "hpcfutures.resources",
     "ExecutorView": "hpcfutures.resources",
@@ -109,6 +110,7 @@ if TYPE_CHECKING:
     from .executors.htex.executor import HighThroughputExecutor
     from .executors.mpi import MPIExecutor
     from .executors.threads import ThreadExecutor
+    from .progressbar import progress
     from .resources import ExecutorView, Resources, TaskOptions
 
 

@@ -149,11 +149,13 @@ class MPIExecutor(HighThroughputExecutor):
                 f"(it has {type(self.provider.launcher).__name__})"
             )
         if self.config.max_workers is None:
-            workers = self.provider.nodes_per_block
-            self.config = dataclasses.replace(self.config, max_workers=workers)
-            self.max_workers = workers
+            self.max_workers = self.provider.nodes_per_block  # every task takes a node at least
         self.config = dataclasses.replace(
-            self.config, mpi_flavour=mpi_launcher, mpi_oversubscribe=oversubscribe, mpi_executable=mpi_executable
+            self.config,
+            max_workers=self.max_workers,
+            mpi_flavour=mpi_launcher,
+            mpi_oversubscribe=oversubscribe,
+            mpi_executable=mpi_executable,
         )
         self.mpi_launcher = mpi_launcher
         self.function_ranks = function_ranks

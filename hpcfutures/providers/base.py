@@ -108,6 +108,8 @@ class ExecutionProvider(abc.ABC):
         cores_per_node: the cores each node of a block has (or asks for); None (the
             default): unknown, left to the scheduler.  The executor sizes a block by it when
             neither ``max_workers`` nor a connected pool says how many workers a block runs.
+        mem_per_node: the memory in GB each node of a block has (or asks for); None (the
+            default): unknown.  The executor refuses a task asking for more.
 
     What the executor asks of every provider is declared here, with a default that suits a
     provider that lacks it: the settings above, :meth:`tunnel_channels` and one meaning of
@@ -169,6 +171,7 @@ class ExecutionProvider(abc.ABC):
         self.script_dir: str | None = None
         self.walltime_seconds: float | None = None
         self.cores_per_node: int | None = None
+        self.mem_per_node: float | None = None
 
     @abc.abstractmethod
     def submit(self, command: str, max_workers: int, job_name: str = "hpcfutures.block") -> str:

@@ -416,7 +416,7 @@ class HighThroughputExecutor(Executor):
         after ``unsatisfiable_after`` seconds.
         """
         cores = self.provider.cores_per_node
-        memory = getattr(self.provider, "mem_per_node", None)
+        memory = self.provider.mem_per_node
         accelerators = tuple(self.config.available_accelerators)  # type: ignore[arg-type]  # names, once checked
         if cores and resources.cores > cores:
             return f"Resources(cores={resources.cores}) can never run: the provider's nodes have cores_per_node={cores}"

@@ -229,7 +229,7 @@ class Interchange:
             for item in P.split(P.TASK_META, msg[1].tobytes(), msg[2], msg[3:]):
                 seq += 1
                 fields = item[0]
-                if fields[P.T_CORES] != 1 or fields[P.T_MEMORY_MB] or fields[P.T_GPUS] or fields[P.T_NODES]:
+                if P.has_resources(fields):
                     heapq.heappush(resourced, (-fields[1], seq, item))
                 else:
                     heapq.heappush(queue, (-fields[1], seq, item))
@@ -663,8 +663,8 @@ class Interchange:
         entries = sorted(self.resourced)
         needs = [(entry[2][0][0], Need.from_wire(*entry[2][0][P.T_CORES : P.T_RANKS + 1])) for entry in entries]
         placed, held = place(needs, ledgers, self.passes)
+        where = dict(placed)
         if placed:
-            where = dict(placed)
             kept: list[tuple[int, int, P.Item]] = []
             for entry in entries:
                 task_id = entry[2][0][0]
@@ -688,7 +688,7 @@ class Interchange:
                 self.send_pool(pool, P.join(P.TASKS, P.TASK_META, [item]))
             heapq.heapify(kept)
             self.resourced = kept
-        self.fail_unsatisfiable(now, [n for n in needs if n[0] not in dict(placed)])
+        self.fail_unsatisfiable(now, [n for n in needs if n[0] not in where])
         return held
 
     def fail_unsatisfiable(self, now: float, waiting: list[tuple[int, Need]]) -> None:

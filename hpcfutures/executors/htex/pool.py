@@ -585,7 +585,7 @@ class PoolManager:
             item = entry[2]
             fields = item[0]
             walltime = fields[P.T_WALLTIME]
-            resourced = fields[P.T_CORES] != 1 or fields[P.T_MEMORY_MB] or fields[P.T_GPUS] or fields[P.T_NODES]
+            resourced = P.has_resources(fields)
             if walltime > 0 or resourced:  # it goes alone to an idle worker
                 if worker.outstanding or items:
                     break
@@ -615,8 +615,7 @@ class PoolManager:
         default tasks.
         """
         need = Need.from_wire(*fields[P.T_CORES : P.T_RANKS + 1])
-        busy = sum(1 for w in self.workers.values() if w.outstanding and w.allocation is None)
-        if need.cores > self.capacity - self.held_cores - busy:
+        if need.cores > self.capacity - self.held_cores - self.busy_with_default_tasks():
             return False
         if need.nodes:  # an MPI task: the mask names its nodes (0: any free ones)
             allocation = self.allocator.take(need, (), fields[P.T_GPU_MASK])
@@ -642,8 +641,11 @@ class PoolManager:
 
     def plain_room(self) -> bool:
         """Whether another worker may start default tasks beside those with resources."""
-        busy = sum(1 for w in self.workers.values() if w.outstanding and w.allocation is None)
-        return busy + self.held_cores < self.capacity
+        return self.busy_with_default_tasks() + self.held_cores < self.capacity
+
+    def busy_with_default_tasks(self) -> int:
+        """How many workers hold default tasks (each uses a core, unpinned)."""
+        return sum(1 for w in self.workers.values() if w.outstanding and w.allocation is None)
 
     # -- main loop -----------------------------------------------------------------------
 

@@ -87,6 +87,11 @@ CANCELLED = 3  # no payload: the task was cancelled before it started
 TASK_META = struct.Struct("<QidBHIHHHQIH")
 #: Where the fields of TASK_META are.
 T_ID, T_PRIORITY, T_WALLTIME, T_LOST, T_CORES, T_MEMORY_MB, T_GPUS, T_NODES, T_RANKS, T_GPU_MASK = range(10)
+
+
+def has_resources(fields: Sequence[Any]) -> bool:
+    """Whether a task (its TASK_META fields) asks for more than one core: it is placed, not dealt."""
+    return bool(fields[T_CORES] != 1 or fields[T_MEMORY_MB] or fields[T_GPUS] or fields[T_NODES])
 #: task id, status, seconds the function ran, length of the main pickle, out-of-band frames.
 RESULT_META = struct.Struct("<QBdIH")
 #: cumulative count of tasks a pool is willing to have received.

@@ -534,12 +534,12 @@ def pinning_environment(allocation: Allocation) -> dict[str, str]:
 
 
 @contextmanager
-def pinned(allocation: Allocation, extra_env: Mapping[str, str] = {}) -> Iterator[None]:  # noqa: B006 - read only
+def pinned(allocation: Allocation, extra_env: Mapping[str, str] | None = None) -> Iterator[None]:
     """Run the body on the allocation's CPUs with its environment (and ``extra_env``, such as
     an MPI task's launch variables); restore both afterwards."""
     before_cpus = os.sched_getaffinity(0)
     env = pinning_environment(allocation) if allocation.cpus else worker_environment(allocation)
-    env.update(extra_env)
+    env.update(extra_env or {})
     names = set(env) | set(GPU_VARIABLES) | {"ZE_ENABLE_PCI_ID_DEVICE_ORDER"}
     before_env = {name: os.environ.get(name) for name in names}
     if allocation.cpus:

@@ -1,0 +1,371 @@
+"""The record writer: a child process that folds a run's events into its SQLite record.
+
+A :class:`~.recorder.Recorder` starts one writer per run (``python -m
+hpcfutures.monitor.writer FILE RUN_ID``) and sends it frames on its standard input: a 4-byte
+little-endian length, then a :mod:`marshal`-ed list of event tuples.  The writer runs at the
+lowest CPU priority, so that on a busy node it takes only time nobody else wants, and the
+executor's process spends nothing on SQLite: folding events into rows and writing them
+costs several microseconds a task, which would be most of a no-op task's cost.
+
+The writer folds the events of each task into one row (a task submitted and ended between
+two writes costs one ``task`` row and one ``try`` row), writes each batch in one
+transaction, and refreshes the run's counts and heartbeat.  A flush request is answered on
+standard output with one line, ``flushed SEQ``, once what came before it is committed.
+When its input ends it writes what is left and marks the run ended: with the status the
+recorder sent last, or ``interrupted`` if the executor's process went away without one.
+
+Raw events, ``(RAW, "module:function", payload)``, let an executor send its own compact
+form (for HTEX, the result metadata of a whole batch as bytes): the writer imports the
+function once and calls it with the payload for the events it stands for.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import marshal
+import os
+import select
+import sqlite3
+import sys
+import time
+from typing import Any, BinaryIO, Callable, Iterable
+
+from .events import (
+    BLOCK,
+    CACHE,
+    CLOSE,
+    EDGE,
+    END,
+    FLUSH,
+    FRAME,
+    POOL,
+    POOL_LOST,
+    RAW,
+    SAMPLE,
+    STATE,
+    SUBMIT,
+    TRY,
+)
+from .schema import FINAL_STATES, connect
+
+logger = logging.getLogger(__name__)
+
+#: Events folded into one transaction at most; more wait for the next.
+BATCH_EVENTS = 200_000
+
+# Indices into a task's folded row: the columns of TASK_COLUMNS.
+TASK_COLUMNS = (
+    "func, name, executor, state, submitted, started, ended, tries, exception, resources, "
+    "cache, cache_key, cache_reason"
+)
+_FUNC, _NAME, _EXECUTOR, _STATE, _SUBMITTED, _STARTED, _ENDED, _TRIES, _EXC, _RES, _CACHE, _KEY, _REASON = range(13)
+_FINAL_SQL = "('done','memo_done','failed','dep_fail','cancelled')"
+
+Decoder = Callable[[Any], Iterable[tuple[Any, ...]]]
+
+
+class Folder:
+    """Folds events into rows and writes them: the writer's state, one per run."""
+
+    def __init__(self, conn: sqlite3.Connection, run_id: int) -> None:
+        self.conn = conn
+        self.run_id = run_id
+        self.written: set[int] = set()  # tasks not yet final that have a row
+        self.state_of: dict[int, str] = {}  # tasks not yet final, and their state
+        self.counts = dict.fromkeys(("submitted", "running", "done", "failed", "cached", "cancelled"), 0)
+        self.dropped = 0
+        self.pool_tags: dict[int, tuple[str, str | None]] = {}
+        self.decoders: dict[str, Decoder] = {}
+        self.status: tuple[str, str | None] | None = None  # what CLOSE said
+
+    def decoder(self, name: str) -> Decoder:
+        found = self.decoders.get(name)
+        if found is None:
+            module, _, function = name.partition(":")
+            found = self.decoders[name] = getattr(importlib.import_module(module), function)
+        return found
+
+    def expand(self, events: Iterable[tuple[Any, ...]]) -> Iterable[tuple[Any, ...]]:
+        for event in events:
+            if event[0] == RAW:
+                yield from self.decoder(event[1])(event[2])
+            else:
+                yield event
+
+    def write(self, events: Iterable[tuple[Any, ...]]) -> list[int]:
+        """Fold ``events`` and write them in one transaction; return the flush requests met."""
+        run = self.run_id
+        written = self.written
+        state_of = self.state_of
+        counts = self.counts
+        tasks: dict[int, list[Any]] = {}
+        edges: list[tuple[int, int, int]] = []
+        tries: list[tuple[Any, ...]] = []
+        blocks: list[tuple[Any, ...]] = []
+        pools: list[tuple[Any, ...]] = []
+        lost: list[tuple[Any, ...]] = []
+        samples: list[tuple[Any, ...]] = []
+        flushes: list[int] = []
+        tags = self.pool_tags
+
+        def row_of(task_id: int) -> list[Any]:
+            row = tasks.get(task_id)
+            if row is None:
+                row = tasks[task_id] = [None] * 13
+                row[_TRIES] = 0
+            return row
+
+        def move(task_id: int, new: str) -> None:
+            if state_of.get(task_id) == "running":
+                counts["running"] -= 1
+            if new in FINAL_STATES:
+                state_of.pop(task_id, None)
+            else:
+                state_of[task_id] = new
+                if new == "running":
+                    counts["running"] += 1
+
+        for event in self.expand(events):
+            code = event[0]
+            if code == SUBMIT:
+                _, task_id, func, name, executor, state, at, parents, resources = event
+                row = row_of(task_id)
+                row[_FUNC], row[_NAME], row[_EXECUTOR], row[_SUBMITTED], row[_RES] = func, name, executor, at, resources
+                if row[_STATE] is None:
+                    row[_STATE] = state
+                    move(task_id, state)
+                counts["submitted"] += 1
+                for parent in parents:
+                    edges.append((run, task_id, parent))
+            elif code == STATE:
+                _, task_id, state, at = event
+                if task_id not in state_of:
+                    continue  # final already: news that came late
+                row = row_of(task_id)
+                row[_STATE] = state
+                if state == "running" and row[_STARTED] is None:
+                    row[_STARTED] = at
+                move(task_id, state)
+            elif code == TRY:
+                values = list(event[1:])
+                pool = values[10]
+                if isinstance(pool, int):
+                    values[10], host = tags.get(pool, (None, None))
+                    if values[11] is None:
+                        values[11] = host
+                tries.append((run, *values))
+                row = row_of(event[1])
+                row[_TRIES] = max(row[_TRIES] or 0, event[2])
+                started = event[5]
+                if started is not None and (row[_STARTED] is None or started < row[_STARTED]):
+                    row[_STARTED] = started
+            elif code == END:
+                _, task_id, state, at, n_tries, exception = event
+                row = row_of(task_id)
+                row[_STATE], row[_ENDED], row[_EXC] = state, at, exception
+                row[_TRIES] = max(row[_TRIES] or 0, n_tries)
+                move(task_id, state)
+                if state == "done":
+                    counts["done"] += 1
+                elif state == "memo_done":
+                    counts["cached"] += 1
+                elif state == "cancelled":
+                    counts["cancelled"] += 1
+                else:
+                    counts["failed"] += 1
+            elif code == CACHE:
+                _, task_id, decision, key, reason = event
+                row = row_of(task_id)
+                row[_CACHE], row[_KEY], row[_REASON] = decision, key, reason
+            elif code == EDGE:
+                edges.extend((run, event[1], parent) for parent in event[2])
+            elif code == BLOCK:
+                blocks.append(event[1:])
+            elif code == POOL:
+                tag = event[9]
+                if tag is not None:
+                    tags[tag] = (event[2], event[5])
+                pools.append(event[1:9])
+            elif code == POOL_LOST:
+                lost.append(event[1:])
+            elif code == SAMPLE:
+                samples.append((run, *event[1:]))
+            elif code == FLUSH:
+                flushes.append(event[1])
+            elif code == CLOSE:
+                self.status = (event[1], event[2])
+                self.dropped = max(self.dropped, event[3])
+
+        conn = self.conn
+        conn.execute("BEGIN")
+        try:
+            fresh = []
+            updates = []
+            for task_id, row in tasks.items():
+                final = row[_STATE] in FINAL_STATES
+                if task_id in written or row[_FUNC] is None:
+                    updates.append((*row, run, task_id))
+                    if final:
+                        written.discard(task_id)
+                else:
+                    fresh.append((run, task_id, *row))
+                    if not final:
+                        written.add(task_id)
+            if fresh:
+                conn.executemany(
+                    f"INSERT OR REPLACE INTO task (run_id, task_id, {TASK_COLUMNS}) "
+                    "VALUES (?, ?, ?, ?, ?, coalesce(?, 'pending'), ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    fresh,
+                )
+            if updates:
+                conn.executemany(
+                    "UPDATE task SET func = coalesce(?1, func), name = coalesce(?2, name), "
+                    "executor = coalesce(?3, executor), "
+                    f"state = CASE WHEN ?4 IS NULL OR (state IN {_FINAL_SQL} AND ?4 NOT IN {_FINAL_SQL}) "
+                    "THEN state ELSE ?4 END, "
+                    "submitted = coalesce(?5, submitted), started = coalesce(started, ?6), "
+                    "ended = coalesce(?7, ended), tries = max(tries, ?8), exception = coalesce(?9, exception), "
+                    "resources = coalesce(?10, resources), cache = coalesce(?11, cache), "
+                    "cache_key = coalesce(?12, cache_key), cache_reason = coalesce(?13, cache_reason) "
+                    "WHERE run_id = ?14 AND task_id = ?15",
+                    updates,
+                )
+            if edges:
+                conn.executemany("INSERT OR IGNORE INTO edge (run_id, child, parent) VALUES (?, ?, ?)", edges)
+            if tries:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO try (run_id, task_id, try_no, queued, dispatched, started, ended, "
+                    "outcome, charged, exception, traceback, pool, host, worker, pid, rss_kb, cpu, exit_code, "
+                    "stdout_tail, stderr_tail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    tries,
+                )
+            for executor, block_id, state, at, job_id, raw_state, reason in blocks:
+                conn.execute(
+                    "INSERT INTO block (run_id, executor, block_id, job_id, state, raw_state, reason, "
+                    "submitted, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (run_id, executor, block_id) DO UPDATE SET "
+                    "job_id = coalesce(excluded.job_id, job_id), state = excluded.state, "
+                    "raw_state = excluded.raw_state, reason = excluded.reason, updated = excluded.updated",
+                    (run, executor, block_id, job_id, state, raw_state, reason, at, at),
+                )
+                conn.execute(
+                    "INSERT INTO block_state (run_id, executor, block_id, at, state, raw_state, reason) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (run, executor, block_id, at, state, raw_state, reason),
+                )
+            for executor, pool_id, at, block_id, host, pid, workers, shape in pools:
+                conn.execute(
+                    "INSERT OR REPLACE INTO pool (run_id, executor, pool_id, block_id, host, pid, workers, "
+                    "shape, registered) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (run, executor, pool_id, block_id, host, pid, workers, shape, at),
+                )
+            for executor, pool_id, at, reason in lost:
+                conn.execute(
+                    "UPDATE pool SET lost = ?, reason = ? WHERE run_id = ? AND executor = ? AND pool_id = ?",
+                    (at, reason, run, executor, pool_id),
+                )
+            if samples:
+                conn.executemany("INSERT INTO sample VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", samples)
+            conn.execute(
+                "UPDATE run SET heartbeat = ?, submitted = ?, running = ?, done = ?, failed = ?, cached = ?, "
+                "cancelled = ?, dropped = ? WHERE run_id = ?",
+                (
+                    time.time(), counts["submitted"], counts["running"], counts["done"], counts["failed"],
+                    counts["cached"], counts["cancelled"], self.dropped, run,
+                ),
+            )  # fmt: skip
+            conn.execute("COMMIT")
+        except BaseException:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            raise
+        return flushes
+
+    def finish(self) -> None:
+        """Mark the run ended: with the status the recorder sent, else ``interrupted``."""
+        status, error = self.status or ("interrupted", "the executor's process ended without closing its record")
+        self.conn.execute(
+            "UPDATE run SET status = ?, ended = ?, error = coalesce(?, error), heartbeat = ? WHERE run_id = ?",
+            (status, time.time(), error, time.time(), self.run_id),
+        )
+
+
+def _read_exactly(stream: BinaryIO, size: int) -> bytes | None:
+    data = b""
+    while len(data) < size:
+        chunk = stream.read(size - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def read_frame(stream: BinaryIO) -> list[tuple[Any, ...]] | None:
+    """One frame's events, or None at the end of the input."""
+    head = _read_exactly(stream, FRAME.size)
+    if head is None:
+        return None
+    body = _read_exactly(stream, FRAME.unpack(head)[0])
+    if body is None:
+        return None
+    events: list[tuple[Any, ...]] = marshal.loads(body)
+    return events
+
+
+def serve(path: str, run_id: int, source: BinaryIO, answers: BinaryIO) -> None:
+    """Read frames from ``source`` until it ends, writing them to run ``run_id`` of ``path``."""
+    conn = connect(path)
+    folder = Folder(conn, run_id)
+    failed = False
+    try:
+        ended = False
+        while not ended:
+            frame = read_frame(source)
+            if frame is None:
+                break
+            events = frame
+            # take what else is waiting, so that a backlog is written in few transactions
+            while len(events) < BATCH_EVENTS and select.select([source], [], [], 0)[0]:
+                more = read_frame(source)
+                if more is None:
+                    ended = True
+                    break
+                events.extend(more)
+            try:
+                flushes = folder.write(events)
+            except Exception:  # noqa: BLE001 - log once, keep reading so the executor never blocks
+                if not failed:
+                    logger.exception("run record %s: cannot write run %d", path, run_id)
+                    failed = True
+                flushes = [event[1] for event in events if event[0] == FLUSH]
+            for seq in flushes:
+                answers.write(b"flushed %d\n" % seq)
+                answers.flush()
+    finally:
+        try:
+            folder.finish()
+        finally:
+            conn.close()
+
+
+def main(argv: list[str]) -> int:
+    """``python -m hpcfutures.monitor.writer FILE RUN_ID``: write a run's record from stdin."""
+    if len(argv) != 2:
+        print("usage: python -m hpcfutures.monitor.writer FILE RUN_ID (started by a Recorder)", file=sys.stderr)
+        return 2
+    try:
+        os.nice(19)
+    except OSError:
+        pass
+    logging.basicConfig(level=logging.WARNING, format="hpcfutures record writer: %(message)s")
+    # unbuffered, so that select() sees what is waiting
+    with open(sys.stdin.fileno(), "rb", buffering=0, closefd=False) as source:
+        serve(argv[0], int(argv[1]), source, sys.stdout.buffer)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

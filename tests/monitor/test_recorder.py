@@ -1,0 +1,236 @@
+"""The run record's writing side: Recorder -> writer process -> a real SQLite file."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from hpcfutures.monitor import Recorder, RecordError, connect_for_reading
+from hpcfutures.monitor import recorder as recorder_module
+from hpcfutures.monitor.location import record_dir, resolve_record
+from hpcfutures.monitor.schema import SCHEMA_VERSION, connect
+
+
+def rows(path: Path, sql: str, *params: object) -> list[tuple[object, ...]]:
+    conn = connect_for_reading(path)
+    try:
+        return [tuple(r) for r in conn.execute(sql, params)]
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def record(tmp_path: Path) -> Path:
+    return tmp_path / "runs" / "fam.db"
+
+
+def test_one_row_per_short_task_and_final_state_wins(record: Path) -> None:
+    rec = Recorder(record, family="fam", kind="test", config={"workers": 2, "fn": print})
+    t = time.time()
+    rec.pool_registered("htex", "pool-1", t, host="node7", tag=42, workers=2, block_id=0)
+    for i in range(1, 4):
+        rec.submitted(i, "step", t, parents=[i - 1] if i > 1 else [])
+    rec.state(1, "running", t + 1)
+    rec.attempt(1, 1, "ok", started=t + 1, ended=t + 2, pool=42, pid=99, rss_kb=1000, cpu=0.5)
+    rec.ended(1, "done", t + 2, tries=1)
+    rec.state(1, "running", t + 3)  # late news must not undo the final state
+    rec.attempt(2, 1, "lost", charged=False, exception="WorkerLostError: killed")
+    rec.attempt(2, 2, "error", exception="ValueError: bad", traceback="Traceback ...\nValueError: bad")
+    rec.ended(2, "failed", t + 4, tries=2, exception="ValueError: bad")
+    assert rec.flush()
+    tasks = rows(record, "SELECT task_id, func, state, tries, started FROM task ORDER BY task_id")
+    assert tasks == [(1, "step", "done", 1, t + 1), (2, "step", "failed", 2, None), (3, "step", "pending", 0, None)]
+    tries = rows(record, "SELECT task_id, try_no, outcome, charged, pool, host, pid FROM try ORDER BY 1, 2")
+    assert tries == [
+        (1, 1, "ok", 1, "pool-1", "node7", 99),
+        (2, 1, "lost", 0, None, None, None),
+        (2, 2, "error", 1, None, None, None),
+    ]
+    assert rows(record, "SELECT parent, child FROM edge ORDER BY child") == [(1, 2), (2, 3)]
+    # the run row's counts are refreshed at each write, so a live run's status is one row
+    assert rows(record, "SELECT status, submitted, done, failed, running FROM run") == [("running", 3, 1, 1, 0)]
+    rec.ended(3, "cancelled", t + 5)
+    rec.close()
+    run = rows(record, "SELECT status, ended IS NOT NULL, cancelled, config FROM run")[0]
+    assert run[:3] == ("done", 1, 1)
+    assert '"workers": 2' in str(run[3]) and "built-in function print" in str(run[3])
+
+
+def test_tasks_that_span_writes_are_updated_not_duplicated(record: Path) -> None:
+    rec = Recorder(record, family="fam", kind="test")
+    t = time.time()
+    rec.submitted(7, "slow", t, resources={"cores": 2})
+    rec.cache(7, "miss", "abc", "first run of this key")
+    assert rec.flush()
+    assert rows(record, "SELECT state, cache, resources FROM task") == [("pending", "miss", '{"cores": 2}')]
+    rec.state(7, "running", t + 1)
+    assert rec.flush()
+    assert rows(record, "SELECT state, started FROM task") == [("running", t + 1)]
+    assert rows(record, "SELECT running FROM run") == [(1,)]
+    rec.attempt(7, 1, "ok", started=t + 1, ended=t + 9)
+    rec.ended(7, "done", t + 9, tries=1)
+    rec.close()
+    assert rows(record, "SELECT state, started, ended, cache, cache_reason FROM task") == [
+        ("done", t + 1, t + 9, "miss", "first run of this key")
+    ]
+    assert rows(record, "SELECT running, done FROM run") == [(0, 1)]
+
+
+def test_blocks_keep_every_change_and_pools_their_loss(record: Path) -> None:
+    rec = Recorder(record, family="fam", kind="test")
+    t = time.time()
+    rec.block("htex", "0", "PENDING", t, job_id="1234", raw_state="PD", reason="Priority")
+    rec.block("htex", "0", "RUNNING", t + 5, raw_state="R")
+    rec.pool_registered("htex", "p0", t + 6, block_id="0", host="n1", pid=5, workers=4, shape={"cpus": [0, 1]})
+    rec.pool_lost("htex", "p0", t + 9, "its connection closed")
+    rec.sample(t + 7, executor="htex", host="n1", load1=1.5, busy=3, workers=4)
+    rec.close()
+    assert rows(record, "SELECT job_id, state, raw_state, submitted, updated FROM block") == [
+        ("1234", "RUNNING", "R", t, t + 5)
+    ]
+    assert rows(record, "SELECT state, reason FROM block_state ORDER BY at") == [("PENDING", "Priority"), ("RUNNING", None)]
+    assert rows(record, "SELECT block_id, workers, lost, reason, shape FROM pool") == [
+        ("0", 4, t + 9, "its connection closed", '{"cpus": [0, 1]}')
+    ]
+    assert rows(record, "SELECT host, load1, busy FROM sample") == [("n1", 1.5, 3)]
+
+
+def test_samples_are_dropped_and_counted_when_the_writer_is_behind(
+    record: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(recorder_module, "BACKLOG_LIMIT", 3)
+    rec = Recorder(record, family="fam", kind="test", flush_interval=3600)
+    t = time.time()
+    for i in range(3):
+        rec.submitted(i, "f", t)  # state changes are kept whatever the backlog
+    for _ in range(5):
+        rec.sample(t, host="h")
+    rec.submitted(3, "f", t)
+    rec.close()
+    assert rows(record, "SELECT count(*) FROM task") == [(4,)]
+    assert rows(record, "SELECT count(*) FROM sample") == [(0,)]
+    assert rows(record, "SELECT dropped FROM run") == [(5,)]
+
+
+def test_runs_of_a_family_share_one_file(record: Path) -> None:
+    first = Recorder(record, family="fam", kind="dataflow")
+    first.close("failed", "WorkflowStoppedError: boom")
+    second = Recorder(record, family="fam", kind="htex")
+    second.close()
+    assert (first.run_id, second.run_id) == (1, 2)
+    assert rows(record, "SELECT run_id, kind, status, error FROM run ORDER BY run_id") == [
+        (1, "dataflow", "failed", "WorkflowStoppedError: boom"),
+        (2, "htex", "done", None),
+    ]
+
+
+def test_a_killed_process_leaves_an_interrupted_run_and_no_writer(record: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import os, sys, time
+        from hpcfutures.monitor import Recorder
+        rec = Recorder({str(record)!r}, family="fam", kind="test")
+        rec.submitted(1, "f", time.time())
+        rec.flush()
+        print(os.getpid(), flush=True)
+        time.sleep(600)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        pid = int(proc.stdout.readline())
+        writers = psutil.Process(pid).children()
+        assert len(writers) == 1
+        os.kill(pid, signal.SIGKILL)
+        proc.wait(30)
+        psutil.wait_procs(writers, timeout=30)
+        assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in writers)
+    finally:
+        proc.kill()
+        proc.wait()
+    status, error = rows(record, "SELECT status, error FROM run")[0]
+    assert status == "interrupted" and "without closing" in str(error)
+    assert rows(record, "SELECT task_id, state FROM task") == [(1, "pending")]
+
+
+def test_a_dead_writer_does_not_stop_the_run(record: Path) -> None:
+    rec = Recorder(record, family="fam", kind="test", flush_interval=0.01)
+    rec._writer.kill()
+    rec._writer.wait()
+    deadline = time.monotonic() + 30
+    while rec.error is None and time.monotonic() < deadline:
+        rec.submitted(1, "f", time.time())
+        time.sleep(0.01)
+    assert isinstance(rec.error, OSError)
+    assert rec.flush() is False
+    rec.close()  # returns, does not raise
+
+
+def test_unmarshallable_events_fail_the_record_not_the_run(record: Path) -> None:
+    rec = Recorder(record, family="fam", kind="test")
+    rec.raw("x:y", object())
+    assert rec.flush(timeout=30) is False
+    assert isinstance(rec.error, ValueError)
+    rec.close()
+    status, error = rows(record, "SELECT status, error FROM run")[0]
+    assert status == "interrupted" and "recording stopped" in str(error)
+
+
+def test_the_file_is_checked_before_it_is_used(tmp_path: Path) -> None:
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.commit()
+    with pytest.raises(RecordError, match="not an hpcfutures run record"):
+        connect(other)
+    with pytest.raises(RecordError, match="not an hpcfutures run record"):
+        connect_for_reading(other)
+    with pytest.raises(RecordError, match="no such file"):
+        connect_for_reading(tmp_path / "missing.db")
+    newer = tmp_path / "newer.db"
+    connect(newer).close()
+    conn = sqlite3.connect(newer)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(RecordError, match="newer than this hpcfutures"):
+        connect(newer)
+    with pytest.raises(RecordError, match="upgrade hpcfutures"):
+        connect_for_reading(newer)
+
+
+def test_a_new_file_is_in_wal_mode_and_stamped(record: Path) -> None:
+    connect(record).close()
+    conn = sqlite3.connect(record)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    conn.close()
+
+
+def test_what_record_means(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HPCFUTURES_RECORD_DIR", str(tmp_path / "dir"))
+    monkeypatch.delenv("HPCFUTURES_RECORD", raising=False)
+    assert record_dir() == tmp_path / "dir"
+    assert resolve_record(None) is None
+    assert resolve_record(False) is None
+    assert resolve_record("sweep") == (tmp_path / "dir" / "sweep.db", "sweep")
+    assert resolve_record(tmp_path / "x.db") == (tmp_path / "x.db", "x")
+    assert resolve_record("runs/a.sqlite") == (Path("runs/a.sqlite"), "a")
+    path, family = resolve_record(True)  # type: ignore[misc]
+    assert path.parent == tmp_path / "dir" and path.name == f"{family}.db"
+    monkeypatch.setenv("HPCFUTURES_RECORD", "nightly")
+    assert resolve_record(None) == (tmp_path / "dir" / "nightly.db", "nightly")
+    assert resolve_record(False) is None
+    monkeypatch.setenv("HPCFUTURES_RECORD", "0")
+    assert resolve_record(None) is None
+    with pytest.raises(ValueError, match="record='bad name!'"):
+        resolve_record("bad name!")
+    with pytest.raises(TypeError, match="record must be"):
+        resolve_record(3)  # type: ignore[arg-type]

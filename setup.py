@@ -19,7 +19,7 @@ def read_version() -> str:
 # pytest 9.2 stops pytest-xdist's --dist loadgroup from grouping tests (pytest-xdist issue
 # #1386: xdist marks a group by editing node ids, which 9.2 no longer honours); the tests that
 # share one Slurm or Grid Engine cluster rely on that grouping.
-TEST_REQUIRES = ["pytest<9.2", "pytest-xdist", "loky", "numpy", "pyftpdlib", "mpi4py"]
+TEST_REQUIRES = ["pytest<9.2", "pytest-xdist", "loky", "numpy", "pyftpdlib", "mpi4py", "prometheus_client"]
 
 setup(
     name="hpcfutures",
@@ -29,7 +29,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["hpcfutures", "hpcfutures.*"]),
-    package_data={"hpcfutures": ["py.typed"]},
+    package_data={"hpcfutures": ["py.typed", "monitor/static/*"]},
     install_requires=["cloudpickle", "pyzmq", "psutil", "paramiko", "typing-extensions"],
     extras_require={
         "test": TEST_REQUIRES,

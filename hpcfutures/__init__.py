@@ -18,6 +18,7 @@ _EXPORTS = {
     "HighThroughputExecutor": "hpcfutures.executors.htex.executor",
     "MPIExecutor": "hpcfutures.executors.mpi",
     "progress": "hpcfutures.progressbar",
+    "as_completed": "hpcfutures.progressbar",
     "Resources": "hpcfutures.resources",
     "TaskOptions": "hpcfutures.resources",
     "ExecutorView": "hpcfutures.resources",
@@ -110,7 +111,7 @@ if TYPE_CHECKING:
     from .executors.htex.executor import HighThroughputExecutor
     from .executors.mpi import MPIExecutor
     from .executors.threads import ThreadExecutor
-    from .progressbar import progress
+    from .progressbar import as_completed, progress
     from .resources import ExecutorView, Resources, TaskOptions
 
 

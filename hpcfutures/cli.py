@@ -1,4 +1,4 @@
-"""The ``hpcfutures`` command: ``demo``, ``pool`` (the worker-pool entry point) and ``version``.
+"""The ``hpcfutures`` command: ``demo``, ``pool`` (the worker-pool entry point), ``monitor`` and ``version``.
 
 The library never prints; this module is where printing happens.
 """
@@ -68,6 +68,11 @@ def _parser() -> argparse.ArgumentParser:
         help="run a worker pool (started by an executor's provider, not by hand)",
         add_help=False,
     )
+    commands.add_parser(
+        "monitor",
+        help="read run records: ls, status, tasks, task, explain, blocks, failures, export, serve",
+        add_help=False,
+    )
     commands.add_parser("version", help="print the hpcfutures version")
     return parser
 
@@ -123,6 +128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The pool parses its own arguments: hand them over untouched, options and all.
     if args_list[:1] == ["pool"]:
         return _pool(args_list[1:])
+    if args_list[:1] == ["monitor"]:  # it, too, parses its own arguments
+        from .monitor.cli import main as monitor_main
+
+        return monitor_main(args_list[1:])
     try:
         args = _parser().parse_args(args_list)
     except SystemExit as exc:  # --help, or an argument error already reported

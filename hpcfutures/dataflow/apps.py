@@ -333,6 +333,10 @@ class _Call:
             future.stdout = self.stdout[0]
         if isinstance(self.stderr, tuple):
             future.stderr = self.stderr[0]
+        if self.runner is not None:
+            future._bash = future._outputs = True
+        elif future.stdout is not None or future.stderr is not None:
+            future._outputs = True
 
     def wrap(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]

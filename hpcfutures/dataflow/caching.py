@@ -84,10 +84,19 @@ class Memoizer:
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], ignore: tuple[str, ...]
     ) -> CacheKey:
         """Make the key of a call (raises CacheKeyError for an argument that cannot be keyed)."""
+        return self.key_after(fn, args, kwargs, ignore)[0]
+
+    def key_after(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], ignore: tuple[str, ...]
+    ) -> tuple[CacheKey, CacheKey | None]:
+        """Make the key of a call, as :meth:`key`; also return the key made before it for the
+        same function (None if there was none), which :func:`~.memo.explain` compares it with."""
         key = make_key(fn, args, kwargs, ignore=ignore, file_digest=self.file_digest)
+        identity = callable_identity(fn)
         with self._lock:
-            self._seen[callable_identity(fn)] = key
-        return key
+            previous = self._seen.get(identity)
+            self._seen[identity] = key
+        return key, previous
 
     def lookup(self, key: CacheKey) -> tuple[bool, Any]:
         """Return ``(True, result)`` for a stored result of this key, else ``(False, None)``.
@@ -96,17 +105,23 @@ class Memoizer:
         copy).  Raises :class:`~hpcfutures.dataflow.checkpoint.CheckpointError` when the
         checkpoint cannot be read.
         """
+        where, value = self.find(key)
+        return where is not None, value
+
+    def find(self, key: CacheKey) -> tuple[str | None, Any]:
+        """As :meth:`lookup`, saying where the result was found: ``("hit", result)`` from
+        memory, ``("checkpoint", result)`` from the checkpoint file, or ``(None, None)``."""
         with self._lock:
             if key.key in self._results:
                 self._results.move_to_end(key.key)
-                return True, self._results[key.key]
+                return "hit", self._results[key.key]
         if self.checkpoint is not None:
             found, value = self.checkpoint.get(key.key)
             if found:
                 with self._lock:
                     self._remember_locked(key.key, value)
-                return True, value
-        return False, None
+                return "checkpoint", value
+        return None, None
 
     def lead_or_follow(self, key: CacheKey, future: Future[Any]) -> Future[Any] | None:
         """Register ``future`` as the call in flight for ``key``; return the leader if there is one.

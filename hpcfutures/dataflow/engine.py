@@ -1,7 +1,7 @@
 """Engine: a DataflowExecutor's working state, and the host its tasks run against.
 
 The engine owns the live tasks, the dispatcher thread, the backends and their ``options()``
-views, the cache, the join pool and the workflow's stop; it implements
+views, the cache, the join pool, the workflow's stop and the run record; it implements
 :class:`~.task.TaskHost`.  :class:`~.executor.DataflowExecutor` is the public face that
 checks arguments and builds it.
 
@@ -32,8 +32,10 @@ from .join import run_join
 from .retry import RetryHandler
 from .settings import TaskSettings
 from .task import Task, Wrap
+from .tasklog import TaskLog
 
 if TYPE_CHECKING:
+    from ..monitor.recorder import Recorder
     from .caching import Memoizer
 
 logger = logging.getLogger(__name__)
@@ -55,6 +57,7 @@ class Engine:
         make_memo: Callable[[], Memoizer],
         staging: Mapping[str, Sequence[Any] | None],
         run_dir: Callable[[], Path],
+        recorder: Recorder | None = None,
     ):
         self.owner = owner  # the current executor inside join bodies
         self.executors = dict(executors)
@@ -83,6 +86,8 @@ class Engine:
         self._make_memo = make_memo
         self.memo: Memoizer | None = None
         self.staging_dirs = False  # whether any task was given a staging directory
+        self.recorder = recorder
+        self.task_log = TaskLog(recorder) if recorder is not None else None
 
     # -- submitting ----------------------------------------------------------------------------
 
@@ -274,6 +279,9 @@ class Engine:
         self.dispatcher.stop()
         if self.staging_dirs:
             shutil.rmtree(self.run_dir() / "staging", ignore_errors=True)
+        if self.recorder is not None:  # last: the backends' last events are in the run too
+            stopped = self.stopped
+            self.recorder.close("done" if stopped is None else "failed", None if stopped is None else str(stopped))
 
     def on_dispatcher(self) -> bool:
         return self.dispatcher.on_thread()

@@ -13,10 +13,12 @@ import tempfile
 import threading
 from concurrent.futures import Executor
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 from .._validate import check_bool, check_count
 from ..errors import ConfigurationError
+from ..executors.progress import ExecutorProgress, map_bar, ordered_map
+from ..progressbar import ProgressBar, ProgressSink
 from ..resources import ClosableView, Resources
 from .caching import DEFAULT_MEMO_SIZE, Memoizer
 from .context import current_executor
@@ -27,12 +29,19 @@ from .retry import RetryHandler
 from .settings import DEFAULT_SETTINGS, TaskSettings
 from .task import Wrap
 
+if TYPE_CHECKING:
+    from ..monitor.recorder import Recorder
+
 __all__ = ["DEFAULT_SETTINGS", "DataflowExecutor", "DataflowView", "TaskSettings", "current_executor"]
+
+#: The environment variable ``record=None`` follows (``hpcfutures.monitor.location.ENV_RECORD``,
+#: named here so that an executor that records nothing never imports the monitor).
+_ENV_RECORD = "HPCFUTURES_RECORD"
 
 T = TypeVar("T")
 
 
-class DataflowExecutor(Executor):
+class DataflowExecutor(ExecutorProgress, Executor):
     """Turns any ``concurrent.futures.Executor`` into a dataflow engine, and is one itself.
 
     Futures anywhere in a task's arguments (from this or any executor) are dependencies.
@@ -76,7 +85,19 @@ class DataflowExecutor(Executor):
             depend on it.  False: the first failure stops the workflow; every unfinished task
             and every later submit fails with :class:`~hpcfutures.WorkflowStoppedError`,
             whose cause is that failure (tasks already running in a backend finish first).
+        record: write this run to a run record, which ``hpcfutures monitor`` reads: True (in
+            the family named after the script), a family name (``"sweep"``), or a path to a
+            ``.db`` file; False: never.  None (the default) follows ``HPCFUTURES_RECORD``,
+            which takes the same words.  Every task, try and cache decision is recorded, and
+            the blocks and pools of backends that record them (see docs/monitoring.md).
+
+    Raises:
+        ConfigurationError: an argument is invalid; the message names it.
+        RecordError: the run record cannot be opened.
     """
+
+    # Plain submits, map, views and apps all go through one of these (see ExecutorProgress).
+    _progress_entries = ("submit", "_submit")
 
     def __init__(
         self,
@@ -95,7 +116,9 @@ class DataflowExecutor(Executor):
         cache_file_digest: str = "content",
         staging: Sequence[Any] | Mapping[str, Sequence[Any]] | None = None,
         lazy_errors: bool = True,
+        record: bool | str | os.PathLike[str] | None = None,
     ):
+        where = self._record_where(record)
         backends, owned = self._backends(executor, executors)
         check_count("retries", retries, 0)
         if retry_handler is not None and not callable(retry_handler):
@@ -121,6 +144,19 @@ class DataflowExecutor(Executor):
         self._tokens: list[Any] = []
         self._checkpoint = self._open_checkpoint(checkpoint, checkpoint_files)
         Memoizer(None, cache_file_digest, memo_size=memo_size)  # checks memo_size now
+        providers = self._staging_providers(staging)
+        recorder = None
+        if where is not None:
+            config = {
+                "executors": {label: type(ex).__name__ for label, ex in backends.items()},
+                "retries": retries,
+                "cache": self.cache,
+                "app_cache": self.app_cache,
+                "lazy_errors": self.lazy_errors,
+                "checkpoint": getattr(self._checkpoint, "path", None),
+                "memo_size": memo_size,
+            }
+            recorder = self._open_record(where, config, checkpoint)
         self._engine = Engine(
             self,
             backends,
@@ -130,11 +166,41 @@ class DataflowExecutor(Executor):
             app_cache=self.app_cache,
             lazy_errors=self.lazy_errors,
             make_memo=lambda: Memoizer(self._checkpoint, cache_file_digest, memo_size=memo_size),
-            staging=self._staging_providers(staging),
+            staging=providers,
             run_dir=lambda: self.run_dir,
+            recorder=recorder,
         )
         if self._checkpoint is not None:
             self._engine.memoizer()
+        if recorder is not None:
+            from ..monitor.execution import Recordable
+
+            for label, ex in backends.items():
+                if isinstance(ex, Recordable):
+                    ex.attach_recorder(recorder, label)
+
+    @staticmethod
+    def _record_where(record: Any) -> tuple[Path, str] | None:
+        """The run record's file and family that ``record=`` (or the environment) asks for, or None."""
+        if record is False or (record is None and not os.environ.get(_ENV_RECORD)):
+            return None
+        from ..monitor.location import resolve_record
+
+        try:
+            return resolve_record(record)
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(str(exc)) from None
+
+    def _open_record(self, where: tuple[Path, str], config: dict[str, Any], checkpoint: Any) -> Recorder:
+        """Open this run's record; close a checkpoint opened here if that fails."""
+        from ..monitor.recorder import Recorder
+
+        try:
+            return Recorder(where[0], family=where[1], kind="dataflow", config=config)
+        except BaseException:
+            if self._checkpoint is not None and self._checkpoint is not checkpoint:
+                self._checkpoint.close()
+            raise
 
     @staticmethod
     def _backends(
@@ -178,9 +244,21 @@ class DataflowExecutor(Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
+        progress: bool | str | ProgressSink | None = False,
     ) -> Iterator[T]:
-        """Like ``Executor.map``; items may be futures, which become dependencies."""
-        return super().map(fn, *iterables, timeout=timeout, chunksize=chunksize)
+        """Like ``Executor.map``; items may be futures, which become dependencies.
+
+        ``progress=True`` (or a backend name, or a ProgressSink) draws a bar that counts
+        the tasks as they finish, in any order, while the results keep map's order (see
+        :func:`hpcfutures.progress`).
+
+        Raises:
+            ConfigurationError: ``progress`` is none of True, False, a backend name or a ProgressSink.
+        """
+        bar = map_bar(progress, fn)
+        if bar is None:
+            return super().map(fn, *iterables, timeout=timeout, chunksize=chunksize)
+        return ordered_map(self.submit, fn, iterables, timeout, bar)
 
     def options(
         self,
@@ -316,6 +394,15 @@ class DataflowExecutor(Executor):
             return self._run_dir
 
     @property
+    def recorder(self) -> Recorder | None:
+        """The run record this executor writes (``record=``), or None when it records nothing.
+
+        ``recorder.path`` is its file and ``recorder.run_id`` this run's row;
+        ``recorder.flush()`` has what happened so far written, for reading it during the run.
+        """
+        return self._engine.recorder
+
+    @property
     def pending(self) -> int:
         """How many tasks have not finished yet."""
         return len(self._engine.live)
@@ -446,3 +533,4 @@ class DataflowView(ClosableView):
 
 
 ENGINE_CALLBACKS.add(ClosableView._forget)
+ENGINE_CALLBACKS.add(ProgressBar._finished)  # it only counts

@@ -37,6 +37,11 @@ class DataflowFuture(LeanFuture):
     stdout: str | None = None
     stderr: str | None = None
     _user_callbacks = False  # set once a callback not in ENGINE_CALLBACKS is added
+    _recorder: Any = None  # the Recorder of the run that records this task, if any
+    _bash = False  # a bash app's task: its tries keep the command's exit code
+    _outputs = False  # an app's task whose tries keep an exit code or output tails
+    #: True once the result came from the cache (a stored result, or an identical call's) without running.
+    cached = False
 
     def __init__(self, task_id: int, name: str):
         super().__init__()

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import contextvars
 import itertools
-from concurrent.futures import Executor, Future
+from concurrent.futures import CancelledError, Executor, Future
 from typing import Any
 
 from .context import current_executor
 from .failures import failures, join_error
+from .recording import parents_of
 from .task import Task
 
 
@@ -23,6 +24,9 @@ def run_join(task: Task, pool: Executor, current: Any) -> None:
     """Run ``task``'s join body in ``pool`` with ``current`` as the current executor."""
     context = contextvars.copy_context()
     context.run(current_executor.set, current)
+    recorder = task.host.recorder
+    if recorder is not None:
+        task.begin_try(recorder)
     body = pool.submit(context.run, task.fn, *task.args, **task.kwargs)
     with task.lock:
         task.inner = body
@@ -43,13 +47,18 @@ class _JoinBody:
 
     def body_done(self, body: Future[Any]) -> None:
         task = self.task
+        recorder = task.host.recorder
         if body.cancelled():
+            if recorder is not None:
+                task.end_try(recorder, body, CancelledError())
             if task.stopped is not None:
                 task.finish(exception=task.stopped)
             else:
                 task.finish(cancelled=True)
             return
         error = body.exception()
+        if recorder is not None:
+            task.end_try(recorder, body, error)
         if error is not None:
             task.finish(exception=error)
             return
@@ -69,6 +78,8 @@ class _JoinBody:
         if not self.inner:
             task.finish(result=[])
             return
+        if recorder is not None:  # the join's result waits for them: they are its parents
+            recorder.edges(task.future.task_id, parents_of(self.inner, recorder))
         for f in self.inner:
             f.add_done_callback(self._inner_done)
 

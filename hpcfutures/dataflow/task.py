@@ -32,18 +32,32 @@ import itertools
 import logging
 import threading
 from concurrent.futures import CancelledError, Executor, Future
+from time import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
 from .deps import ATOMIC_TYPES, find_futures, substitute
 from .dispatch import Dispatcher
 from .failures import dependency_error, failures
 from .futures import ENGINE_CALLBACKS, DataflowFuture
+from .recording import (
+    dedup_reason,
+    exception_text,
+    final_state,
+    miss_reason,
+    parents_of,
+    record_done,
+    record_try,
+    resources_of,
+)
 from .retry import RetryHandler, TaskRecord, should_retry
-from .settings import TaskSettings
+from .settings import DEFAULT_SETTINGS, TaskSettings
+from .tasklog import function_name
 
 if TYPE_CHECKING:
+    from ..monitor.recorder import Recorder
     from .caching import Memoizer
     from .memo import CacheKey
+    from .tasklog import TaskLog
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +84,8 @@ class TaskHost(Protocol):
     dispatcher: Dispatcher
     retries: int
     retry_handler: RetryHandler | None
+    recorder: Recorder | None  # the run record every task tells its events, if it is recorded
+    task_log: TaskLog | None  # the recorder's compact log of common events, if it is recorded
 
     def choose_label(self, settings: TaskSettings) -> str:
         """The backend label this task runs on."""
@@ -132,6 +148,9 @@ class Task:
         "stopped",
         "settled",
         "_key",
+        "tries",
+        "queued_at",
+        "compact",
     )
 
     def __init__(
@@ -163,6 +182,9 @@ class Task:
         self.plain = False  # every argument is a plain value (known at submit, so not looked at again)
         self.stopped: BaseException | None = None  # the workflow stopped: fail with this
         self.settled = False  # finish() has run (a cancel and the backend's outcome may race)
+        self.tries = 0  # tries recorded or begun (only counted while the run is recorded)
+        self.queued_at: float | None = None  # when the try in progress was queued, while recorded
+        self.compact = False  # its submit went to the run record's TaskLog, and its success may too
         self.lock = threading.Lock()  # guards state and inner
 
     # -- waiting for dependencies --------------------------------------------------------------
@@ -171,9 +193,13 @@ class Task:
         """Launch now if no argument holds a future; else wait for them (on the submitting thread)."""
         if is_plain(self.args, self.kwargs):  # nothing can hold a future (or a File): skip searches
             self.plain = True
+            if (log := self.host.task_log) is not None:
+                self._record_submit(log, ())
             self.launch()
             return
         deps = find_futures(self.args, self.kwargs)
+        if (log := self.host.task_log) is not None:
+            self._record_submit(log, deps)
         if not deps:
             self.launch()
             return
@@ -182,9 +208,33 @@ class Task:
         for dep in deps:
             dep.add_done_callback(self._dep_done)
 
+    def _record_submit(self, log: TaskLog, deps: list[Future[Any]] | tuple[()]) -> None:
+        """Tell the run record this task was submitted: pending while it waits for its
+        dependencies, else queued (a cached call that follows a running twin goes back to
+        pending)."""
+        fut = self.future
+        fut._recorder = recorder = log.recorder
+        at = time()
+        settings = self.settings
+        resources = None if settings is DEFAULT_SETTINGS else resources_of(settings)
+        if not deps:
+            self.queued_at = at
+            if resources is None:  # the common case, told compactly
+                # its success is told compactly too, unless it has output files to read
+                self.compact = not fut._outputs
+                log.submitted(fut.task_id, at, self.fn, fut.name, self.label)
+                return
+        recorder.submitted(
+            fut.task_id, function_name(self.fn, fut.name), at, name=fut.name, executor=self.label,
+            parents=parents_of(deps, recorder) if deps else (), resources=resources,
+            state="pending" if deps else "queued",
+        )  # fmt: skip
+
     def _dep_done(self, _dep: Future[Any]) -> None:
         # itertools.count advances atomically: exactly one callback sees the last number.
         if next(self.done_count) == len(self.deps):  # type: ignore[arg-type]
+            if self.state != WAITING:  # cancelled while it waited: its arguments are gone
+                return
             dispatcher = self.host.dispatcher
             # On the dispatcher itself, queue it: a chain of failures then runs one task at
             # a time instead of nesting a call per task.
@@ -255,19 +305,29 @@ class Task:
     def _answered_from_cache(self, memo: Memoizer) -> bool:
         """Look the call up in the cache; return True if that settled the task (or will)."""
         try:
-            key = memo.key(self.fn, self.args, self.kwargs, self.settings.ignore_for_cache)
-            found, value = memo.lookup(key)
+            key, previous = memo.key_after(self.fn, self.args, self.kwargs, self.settings.ignore_for_cache)
+            found, value = memo.find(key)
         except Exception as exc:  # noqa: BLE001 - an argument with no cache key, an unreadable checkpoint
             self.finish(exception=exc)
             return True
-        if found:
+        recorder = self.host.recorder
+        if found is not None:
+            if recorder is not None:
+                recorder.cache(self.future.task_id, found, key.key)
+            self.future.cached = True
             self.finish(result=value)
             return True
         leader = memo.lead_or_follow(key, self.future)
         if leader is not None:  # the same call is running: share its outcome
+            if recorder is not None:
+                recorder.cache(self.future.task_id, "dedup", key.key, dedup_reason(leader))
+                recorder.state(self.future.task_id, "pending", time())
+                self.queued_at = None
             self._key = key
             leader.add_done_callback(self._leader_done)
             return True
+        if recorder is not None:
+            recorder.cache(self.future.task_id, "miss", key.key, miss_reason(previous, key))
         self.memo, self.cache_key = memo, key
         return False
 
@@ -282,12 +342,16 @@ class Task:
             new_leader = memo.take_over(key, self.future, leader) if memo is not None and key is not None else None
             if new_leader is None:
                 self.memo, self.cache_key = memo, key
+                recorder = self.host.recorder
+                if recorder is not None and key is not None:
+                    recorder.cache(self.future.task_id, "miss", key.key, "the task it followed was cancelled")
                 self.run()
             else:
                 new_leader.add_done_callback(self._leader_done)
         elif (error := leader.exception()) is not None:
             self.finish(exception=error)
         else:
+            self.future.cached = True
             self.finish(result=leader.result())
 
     # -- running in the backend ------------------------------------------------------------------
@@ -299,9 +363,17 @@ class Task:
             fn, args, kwargs = self.wrap(fn, args, kwargs)
         if not (self.plain and self.wrap is None) and not is_plain(args, kwargs):
             fn, args, kwargs = self.host.stage(self, fn, args, kwargs)
+        recorder = self.host.recorder
+        if recorder is not None:
+            self.tries += 1
+            if self.queued_at is None:
+                self.queued_at = at = time()
+                recorder.state(self.future.task_id, "queued", at)
         try:
             inner = self.host.backend_for(self.label, self.settings).submit(fn, *args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - e.g. an argument that cannot be pickled
+            if recorder is not None:
+                self.end_try(recorder, None, exc)
             self.finish(exception=exc)
             return
         with self.lock:
@@ -319,25 +391,43 @@ class Task:
             except CancelledError:
                 succeeded = False
             if succeeded:
-                self.finish(result=inner.result())
-                return
+                log = self.host.task_log
+                if log is None:
+                    self.finish(result=inner.result())
+                    return
+                if self.compact and getattr(inner, "execution", None) is None:  # the common case
+                    log.done(self.future.task_id, self.tries, self.queued_at, time())
+                    self.finish(result=inner.result(), told=True)
+                    return
+                fut = self.future
+                if not fut._outputs:  # nothing to read here
+                    record_done(log.recorder, fut.task_id, self.tries, self.queued_at, inner)
+                    self.finish(result=inner.result(), told=True)
+                    return
         self.host.dispatcher.post(self.settle, inner)
 
     def settle(self, inner: Future[Any]) -> None:
         """The backend's (or a join body's) future ``inner`` is done: finish, or retry."""
+        recorder = self.host.recorder
         try:
             error = inner.exception()
-        except CancelledError:
+        except CancelledError as cancel:
+            if recorder is not None:
+                self.end_try(recorder, inner, cancel)
             if self.stopped is not None:
                 self.finish(exception=self.stopped)
             else:
                 self.finish(cancelled=True)
             return
         if error is None:
+            if recorder is not None:
+                self.end_try(recorder, inner, None)
             self.finish(result=inner.result())
             return
         host = self.host
         if self.stopped is not None or host.discarding() or host.stop_error() is not None:
+            if recorder is not None:
+                self.end_try(recorder, inner, error)
             self.finish(exception=error)
             return
         record = self.record
@@ -347,11 +437,36 @@ class Task:
                 self.future.task_id, self.future.name, self.label, retries, self.args, self.kwargs
             )
         record.attempts += 1
-        if should_retry(error, record, host.retry_handler):
+        lost, spent = record.infrastructure_failures, record.fail_cost
+        retry = should_retry(error, record, host.retry_handler)
+        if recorder is not None:  # not charged: a lost worker retried for free, or a cost of 0
+            free = record.infrastructure_failures > lost or (retry and record.fail_cost <= spent)
+            self.end_try(recorder, inner, error, charged=not free)
+        if retry:
             logger.debug("task %s failed (%r); running it again", self.future.task_id, error)
             self.submit()
         else:
             self.finish(exception=error)
+
+    def begin_try(self, recorder: Recorder) -> None:
+        """Count a try handed to the backend (or a join body to its pool), and tell the run
+        record the task is queued unless it said so at submit."""
+        self.tries += 1
+        if self.queued_at is None:
+            self.queued_at = at = time()
+            recorder.state(self.future.task_id, "queued", at)
+
+    def end_try(
+        self, recorder: Recorder, inner: Future[Any] | None, error: BaseException | None, *, charged: bool = True
+    ) -> None:
+        """Record the end of the try in progress, whose backend future ``inner`` ended with
+        ``error`` (None: it succeeded); once, when a cancel and the outcome race."""
+        with self.lock:
+            queued, self.queued_at = self.queued_at, None
+        if queued is not None:
+            self.tries = record_try(
+                recorder, self.future.task_id, self.tries, queued, inner, error, charged=charged, future=self.future
+            )
 
     # -- ending --------------------------------------------------------------------------------
 
@@ -368,11 +483,16 @@ class Task:
                     return False
             else:
                 return self.future.cancelled()
+        recorder = self.host.recorder
         if inner is None:
+            if recorder is not None:
+                recorder.ended(self.future.task_id, "cancelled", time(), tries=self.tries)
             self._release()
             return self.future._cancel_self()
         if not inner.cancel():
             return False
+        if recorder is not None:
+            self.end_try(recorder, inner, CancelledError())
         self.finish(cancelled=True)  # now, as the stdlib's cancel() does; settle() then finds it done
         return True
 
@@ -394,13 +514,28 @@ class Task:
     def launch_stopped(self) -> None:
         self.finish(exception=self.stopped)
 
-    def finish(self, *, result: Any = None, exception: BaseException | None = None, cancelled: bool = False) -> None:
-        """Settle the task's future and let go of everything the task holds."""
+    def finish(
+        self, *, result: Any = None, exception: BaseException | None = None, cancelled: bool = False, told: bool = False
+    ) -> None:
+        """Settle the task's future and let go of everything the task holds.
+
+        ``told``: the run record knows the task's end already.
+        """
         with self.lock:
             if self.settled:
                 return
             self.settled = True
             self.state = DONE
+        recorder = self.host.recorder
+        if recorder is not None and not told:
+            fut = self.future
+            if cancelled:
+                recorder.ended(fut.task_id, "cancelled", time(), tries=self.tries)
+            elif exception is None:
+                recorder.ended(fut.task_id, "memo_done" if fut.cached else "done", time(), tries=self.tries)
+            else:
+                state = final_state(exception, self.stopped, self.tries)
+                recorder.ended(fut.task_id, state, time(), tries=self.tries, exception=exception_text(exception))
         if self.cache_key is not None:
             memo = self.memo
             assert memo is not None

@@ -33,7 +33,7 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from .. import __version__
 from .events import (
@@ -122,6 +122,7 @@ class Recorder:
         finally:
             conn.close()
         self._events: list[tuple[Any, ...]] = []
+        self._sources: list[Callable[[], Iterable[tuple[Any, ...]]]] = []
         self._dropped = 0
         self._flush_seq = itertools.count(1)
         self._answers: dict[int, threading.Event] = {}
@@ -280,6 +281,13 @@ class Recorder:
         (``"module:function"``) with ``payload`` (marshallable) for the events it stands for."""
         self._events.append((RAW, decoder, payload))
 
+    def add_source(self, drain: Callable[[], Iterable[tuple[Any, ...]]]) -> None:
+        """Ship the events ``drain()`` returns at every shipment, ahead of those told since
+        the one before: an executor that keeps a compact log of its own (bytes that a
+        :meth:`raw` decoder reads, say) has it shipped on time and written by :meth:`flush`.
+        ``drain`` runs on the shipping thread and must be quick."""
+        self._sources.append(drain)
+
     # -- shipping -----------------------------------------------------------------------------
 
     def _ship_loop(self) -> None:
@@ -297,6 +305,11 @@ class Recorder:
 
     def _ship(self) -> None:
         events, self._events = self._events, []
+        for drain in self._sources:  # after the swap: what they logged before those events is in
+            try:
+                events[:0] = drain()
+            except Exception:  # noqa: BLE001 - a broken source loses its events, not the run's
+                logger.exception("run record %s: a source of events failed", self.path)
         if self.error is not None:
             return
         if self._closing is not None:

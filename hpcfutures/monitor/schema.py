@@ -92,7 +92,7 @@ _TABLES = (
     ) WITHOUT ROWID""",
     "CREATE INDEX task_by_state ON task (run_id, state)",
     "CREATE INDEX task_by_ended ON task (run_id, ended)",
-    "CREATE INDEX task_by_func ON task (run_id, func)",
+    "CREATE INDEX task_by_func ON task (run_id, func, state)",
     """CREATE TABLE edge (
         run_id INTEGER NOT NULL,
         child INTEGER NOT NULL,

@@ -91,6 +91,8 @@ class StandInHost:
         self.dispatcher = Dispatcher("stand-in-dispatcher")
         self.retries = 1
         self.retry_handler = None
+        self.recorder = None
+        self.task_log = None
         self.failed: list[BaseException] = []
         self.forgotten: list[int] = []
 

@@ -113,7 +113,8 @@ def fake_results(sock: Any, task_ids: list[int], value: Any) -> None:
     items = []
     for task_id in task_ids:
         frames = dumps(value)
-        items.append(((task_id, P.OK, 0.0, len(frames[0]), 0), frames[0], []))
+        meta = P.RESULT_META.unpack(P.result_meta(task_id, P.OK, len(frames[0]), 0))
+        items.append((meta, frames[0], []))
     msg = P.join(P.RESULTS, P.RESULT_META, items)
     try:
         sock.send_multipart([msg[0], P.CREDIT.pack(100), *msg[1:]])

@@ -52,8 +52,8 @@ def test_claims_racing_cancels_in_another_process_never_both_win(round_):
 
 def test_the_journal_keeps_results_until_cleared_and_the_manager_reads_them():
     board = WorkerBoard()
-    first = P.RESULT_META.pack(7, P.OK, 0.5, 3, 0)
-    second = P.RESULT_META.pack(8, P.ERROR, 0.25, 2, 0)
+    first = P.result_meta(7, P.OK, 3, 0, elapsed=0.5)
+    second = P.result_meta(8, P.ERROR, 2, 0, elapsed=0.25)
     assert board.journal(first, b"abc") and board.journal(second, b"de")
     metas, pickles = board.journaled()
     assert bytes(metas) == first + second and bytes(pickles) == b"abcde"
@@ -68,7 +68,7 @@ def test_results_journaled_by_a_worker_that_died_are_read_after_its_death():
     pid = os.fork()
     if pid == 0:
         for task_id in range(10):
-            board.journal(P.RESULT_META.pack(task_id, P.OK, 0.0, 1, 0), bytes([task_id]))
+            board.journal(P.result_meta(task_id, P.OK, 1, 0), bytes([task_id]))
         board.claim(10)
         os.kill(os.getpid(), signal.SIGKILL)
     os.waitpid(pid, 0)

@@ -160,6 +160,43 @@ def test_load_json_bounds_size_and_depth():
         P.load_json(NESTED, len(NESTED))
 
 
+def test_a_node_sample_parses_into_checked_numbers():
+    data = b'{"load1": 1, "cpu_percent": 12.5, "mem_percent": 40.0, "rss_mb": 3.5, "busy": 2, "workers": 4}'
+    assert P.parse_sample(data) == {
+        "load1": 1.0, "cpu_percent": 12.5, "mem_percent": 40.0, "rss_mb": 3.5, "busy": 2, "workers": 4,
+    }  # fmt: skip
+    assert P.parse_sample(b"{}") == {}
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"[]", b"null", NESTED, b'{"load1": "1"}', b'{"load1": null}', b'{"load1": -0.5}', b'{"load1": 1e400}',
+        b'{"load1": NaN}', b'{"busy": 1.0}', b'{"busy": true}', b'{"workers": 4294967296}',
+        b'{"load1": ' + b"9" * 5000 + b"}", b'{"other": 1}', b'{"load1": 1, "x": "' + b"y" * P.MAX_SAMPLE + b'"}',
+    ],
+    ids=repr,
+)
+def test_a_malformed_node_sample_is_refused(data):
+    with pytest.raises(P.ProtocolError):
+        P.parse_sample(data)
+
+
+def test_a_worker_lost_event_parses_and_a_malformed_one_is_refused():
+    good = {"event": "worker_lost", "task": 7, "worker": 1, "pid": 99, "exit_code": -9, "reason": "killed"}
+    assert P.parse_pool_event(json.dumps(good).encode()) == good
+    bad = [
+        {"event": "pool_lost"}, {**good, "task": -1}, {**good, "task": 1 << 64}, {**good, "task": "7"},
+        {**good, "worker": None}, {**good, "pid": True}, {**good, "exit_code": "9"},
+        {**good, "exit_code": 1 << 40}, {**good, "reason": 5}, {**good, "reason": "x" * 2000},
+    ]  # fmt: skip
+    for changes in bad:
+        with pytest.raises(P.ProtocolError):
+            P.parse_pool_event(json.dumps(changes).encode())
+    with pytest.raises(P.ProtocolError):
+        P.parse_pool_event(NESTED)
+
+
 # -- a live executor under attack --------------------------------------------------------------
 
 
@@ -335,7 +372,7 @@ def test_a_frame_header_declaring_2_62_bytes_is_dropped(htex):
 def malformed_pool_messages(rng: random.Random) -> list[bytes | list[bytes]]:
     """Messages a registered pool must be dropped for: frame lists, or raw bytes that break the framing."""
     credit = P.CREDIT.pack(0)
-    meta = P.RESULT_META.pack(1 << 50, P.OK, 0.0, 4, 0)
+    meta = P.result_meta(1 << 50, P.OK, 4, 0)
     return [
         [],
         [b"rr", credit],
@@ -348,8 +385,27 @@ def malformed_pool_messages(rng: random.Random) -> list[bytes | list[bytes]]:
         [P.RESULTS, credit, meta, b"abc"],
         [P.RESULTS, credit, meta, b"abcde"],
         [P.RESULTS, credit, meta, b"abcd", b"undeclared frame"],
-        [P.RESULTS, credit, P.RESULT_META.pack(1 << 50, 9, 0.0, 0, 0), b""],
-        [P.RESULTS, credit, P.RESULT_META.pack(1 << 50, P.OK, 0.0, 0, 3), b"", b""],
+        [P.RESULTS, credit, P.result_meta(1 << 50, 9, 0, 0), b""],
+        [P.RESULTS, credit, P.result_meta(1 << 50, P.OK, 0, 3), b"", b""],
+        # node samples on heartbeats, and pool events (protocol 5)
+        [P.HEARTBEAT, credit, b"", b"[]"],
+        [P.HEARTBEAT, credit, b"", NESTED],
+        [P.HEARTBEAT, credit, b"", b'{"load1": "high"}'],
+        [P.HEARTBEAT, credit, b"", b'{"load1": -1}'],
+        [P.HEARTBEAT, credit, b"", b'{"busy": 1.5}'],
+        [P.HEARTBEAT, credit, b"", b'{"workers": true}'],
+        [P.HEARTBEAT, credit, b"", b'{"mem_percent": 1e999}'],
+        [P.HEARTBEAT, credit, b"", b'{"shell": "rm -rf /"}'],
+        [P.HEARTBEAT, credit, b"", b'{"load1": ' + b"1" * 5000 + b"}"],
+        [P.HEARTBEAT, credit, b"", rng.randbytes(40)],
+        [P.HEARTBEAT, credit, b"", b"{}", b"extra"],
+        [P.EVENT, credit],
+        [P.EVENT, credit, b'{"event": "pool_lost"}'],
+        [P.EVENT, credit, b'{"event": "worker_lost", "task": -1, "worker": 0, "pid": 1, "reason": ""}'],
+        [P.EVENT, credit, b'{"event": "worker_lost", "task": 1, "worker": 0, "pid": 1, "reason": 5}'],
+        [P.EVENT, credit, b'{"event": "worker_lost", "task": 1, "worker": 0, "pid": 1, "exit_code": "9", "reason": ""}'],
+        [P.EVENT, credit, NESTED],
+        [P.EVENT, credit, b"{}", b"extra"],
         [P.INIT_FAILED, credit],
         [P.INIT_FAILED, credit, b"[]"],
         [P.INIT_FAILED, credit, NESTED],

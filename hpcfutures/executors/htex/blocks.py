@@ -11,6 +11,12 @@ while.
 The block thread alone writes the block-keeping counters (start failures in a row, losses
 within :data:`LOSS_WINDOW_SECONDS`); the I/O thread only sets flags on a :class:`_Block`
 (``registered``, ``lost``), which the block thread reads on its next round.
+
+When the run is recorded, every change of a block goes to the record (:meth:`BlockManager.record_to`):
+its job's state as the provider maps it, the provider's own words for it (``raw_state``: a
+cluster scheduler's state and reason), and the executor's reason when the change is its
+doing (submitted, a pool connected, drained, cancelled); a poll that finds nothing new
+records nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from ...providers.base import JobState, JobStatus
 from ...scaling import BlockView, LossWindow, PollBackoff, plan_blocks
 
 if TYPE_CHECKING:
+    from ...monitor.recorder import Recorder
     from ...providers.base import ExecutionProvider
 
 logger = logging.getLogger("hpcfutures.executors.htex.executor")  # one logger for the executor
@@ -63,7 +70,7 @@ POLL_BACKOFF_FACTOR = 16
 class _Block:
     __slots__ = (
         "block_id", "job_id", "registered", "ended", "cancelled", "lost", "draining", "submitted",
-        "status", "workers", "noticed",
+        "status", "workers", "noticed", "recorded",
     )  # fmt: skip
 
     def __init__(self, block_id: str, job_id: str):
@@ -78,6 +85,12 @@ class _Block:
         self.status: JobStatus | None = None  # the provider's newest word on its job
         self.workers = 0  # workers its pools reported
         self.noticed = False  # the block thread has seen it registered (and reset the start-failure streak)
+        self.recorded: tuple[str, str | None] | None = None  # the state and raw state last recorded
+
+    @property
+    def state(self) -> str:
+        """Its job's state as the provider last said, in :class:`JobState`'s words."""
+        return self.status.state.value if self.status is not None else JobState.PENDING.value
 
 
 @dataclass(frozen=True)
@@ -163,6 +176,23 @@ class BlockManager:
         #: The pools connected, by pool id: what each said when it registered.
         self.pools: dict[str, dict[str, Any]] = {}
         self._tunnel_port: int | None = None
+        self._record: tuple[Recorder, str] | None = None  # the run record, and this executor's name there
+
+    def record_to(self, recorder: Recorder, label: str) -> None:
+        """Tell every change of a block from now on to ``recorder``, as the executor ``label``."""
+        self._record = (recorder, label)
+
+    def _note(self, block: _Block, reason: str | None = None, state: str | None = None) -> None:
+        """Record a block's state if it changed, or if ``reason`` says what the executor did to it."""
+        record = self._record
+        if record is None:
+            return
+        state = state or block.state
+        raw = (block.status.message or None) if block.status is not None else None
+        if reason is None and block.recorded == (state, raw):
+            return
+        block.recorded = (state, raw)
+        record[0].block(record[1], block.block_id, state, time.time(), job_id=block.job_id, raw_state=raw, reason=reason)
 
     # -- the executor's calls ---------------------------------------------------------------------
 
@@ -181,8 +211,10 @@ class BlockManager:
         job_id = self.provider.submit(
             self.host._pool_command(block_id), self.max_workers or 1, f"{self.label}.block-{block_id}"
         )
+        block = _Block(block_id, job_id)
         with self._blocks_lock:
-            self._blocks[block_id] = _Block(block_id, job_id)
+            self._blocks[block_id] = block
+        self._note(block, "submitted")
         logger.info("%s: started block %s as job %s", self.label, block_id, job_id)
 
     def start_thread(self) -> None:
@@ -295,11 +327,14 @@ class BlockManager:
                 block.noticed = True
                 self._start_failures = 0
                 urgent = True
+                workers = f"{block.workers} worker" + ("s" if block.workers != 1 else "")
+                self._note(block, f"a pool connected ({workers})", JobState.RUNNING.value)
         drained = self._drained
         to_cancel = [b for b in live if not b.cancelled and (b.lost or (b.draining and b.block_id in drained))]
         if to_cancel:
             for block in to_cancel:
                 block.cancelled = True
+                self._note(block, "cancelled: its pool was lost" if block.lost else "cancelled: drained")
             self.provider.cancel([b.job_id for b in to_cancel])
             urgent = True
         if not live:
@@ -315,6 +350,7 @@ class BlockManager:
         for block, status in zip(live, self.provider.status([b.job_id for b in live])):
             changed = changed or block.status is None or block.status.state is not status.state
             block.status = status
+            self._note(block)
             if status.state.terminal:
                 self._block_ended(block, status, now)
         if polls is not None:
@@ -398,10 +434,12 @@ class BlockManager:
         by_id = {b.block_id: b for b in live}
         for block_id in plan.drain:
             by_id[block_id].draining = True
+            self._note(by_id[block_id], "draining: scaling in")
             self.host._drain(block_id)
         if plan.cancel:
             for block_id in plan.cancel:
                 by_id[block_id].cancelled = True
+                self._note(by_id[block_id], "cancelled: scaling in")
             provider.cancel([by_id[block_id].job_id for block_id in plan.cancel])
         return bool(plan.start or plan.cancel)
 
@@ -474,13 +512,22 @@ class BlockManager:
         deadline = time.monotonic() + (0.0 if kill else 1.0)
         while live and time.monotonic() < deadline:
             statuses = self.provider.status([b.job_id for b in live])
+            for block, status in zip(live, statuses):
+                if status.state.terminal:
+                    block.status = status
+                    self._note(block)
             live = [b for b, s in zip(live, statuses) if not s.state.terminal]
             if live:
                 time.sleep(0.02)
         if live:
             for block in live:
                 block.cancelled = True
+                self._note(block, "cancelled: the executor stopped")
             self.provider.cancel([b.job_id for b in live])
+            if self._record is not None:  # what the provider says of them now, for the record
+                for block, status in zip(live, self.provider.status([b.job_id for b in live])):
+                    block.status = status
+                    self._note(block)
         for block in self._blocks.values():
             block.ended = True
 

@@ -16,6 +16,7 @@ from ..._validate import check_count, check_number, check_seconds
 from ...errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from ...monitor.location import RecordArg
     from ...providers.base import ExecutionProvider
 
 AtExit = Literal["wait", "terminate"]
@@ -53,6 +54,10 @@ class HtexConfig:
     cpu_affinity: str = "none"
     enforce_memory: bool = False
     unsatisfiable_after: float = 60.0
+    #: Whether and where to record the run (see :mod:`hpcfutures.monitor.location`).
+    record: RecordArg = None
+    #: Seconds between two node samples of each pool while the run is recorded (0: none).
+    sample_interval: float = 10.0
     #: Set by MPIExecutor: its blocks' MPI launcher ("auto": the lead pool asks mpiexec).
     mpi_flavour: str = ""
     mpi_oversubscribe: bool = False
@@ -61,6 +66,9 @@ class HtexConfig:
     address_candidates: tuple[str, ...] = field(init=False)
     #: What the interchange binds: the one address, or every interface ("*") for several.
     bind_address: str = field(init=False)
+    #: Where ``record`` (or ``HPCFUTURES_RECORD``, when it is None) says to record: the
+    #: record file and the run family; None when recording is off.
+    record_to: tuple[Path, str] | None = field(init=False)
 
     def __post_init__(self) -> None:
         def normalise(name: str, value: Any) -> None:
@@ -113,6 +121,13 @@ class HtexConfig:
                 f"({self.heartbeat_period:g})"
             )
         self._check_worker_shape(normalise)
+        from ...monitor.location import resolve_record
+
+        try:
+            normalise("record_to", resolve_record(self.record))
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(str(exc)) from None
+        normalise("sample_interval", float(check_seconds("sample_interval", self.sample_interval, allow_zero=True)))
         max_blocks = self.provider.max_blocks
         if max_blocks < 1:
             raise ConfigurationError(

@@ -33,11 +33,14 @@ from ...errors import (
     UnsupportedOptionError,
     VersionMismatchError,
 )
+from ...progressbar import ProgressSink
 from ...providers.base import JobStatus
 from ...resources import DEFAULT_OPTIONS, ExecutorView, Resources, TaskOptions, reject_unsupported
 from ...serialize import dumps_call, loads_exception
 from ..chunks import ordered_results, run_chunk
+from ..progress import ExecutorProgress, map_bar
 from . import launch
+from . import protocol as P
 from .blocks import BlockInfo, BlockManager
 from .config import AtExit, HtexConfig
 from .lifecycle import Lifecycle, Phase
@@ -46,6 +49,8 @@ from .runspace import RunSpace, open_run_space
 from .slots import Need
 
 if TYPE_CHECKING:
+    from ...monitor.location import RecordArg
+    from ...monitor.recorder import Recorder
     from ...providers.base import ExecutionProvider
 
 logger = logging.getLogger(__name__)
@@ -84,7 +89,7 @@ except RuntimeError:  # imported while the interpreter is already shutting down
     atexit.register(_finish_all_at_exit)
 
 
-class HighThroughputExecutor(Executor):
+class HighThroughputExecutor(ExecutorProgress, Executor):
     """A ``concurrent.futures.Executor`` that runs tasks on pilot worker pools.
 
     With no provider it starts one local pool of ``max_workers`` processes and behaves as a
@@ -132,11 +137,19 @@ class HighThroughputExecutor(Executor):
             :class:`~hpcfutures.ResourceUnsatisfiableError`.  What the settings already rule
             out (``cores_per_node``, ``mem_per_node``, ``available_accelerators``) fails when
             the ``options()`` view is made.
+        record: record the run (tasks, every try, blocks, pools, node samples) in an SQLite
+            run record read by ``hpcfutures monitor``: True (the default family), False, a
+            family name, or a path to a ``.db`` file.  None (the default) follows the
+            ``HPCFUTURES_RECORD`` environment variable.  See docs/monitoring.md.
+        sample_interval: seconds between two samples of each pool's node (load, CPU, memory,
+            busy workers) while the run is recorded; 0 for none.
     """
 
     #: ``submit`` only serializes the call and queues it for the I/O thread (see
     #: :class:`~hpcfutures.resources.NonBlockingSubmit`).
     submit_never_blocks = True
+    # submit, map and options views all go through submit_with_options (see ExecutorProgress).
+    _progress_entries = ("submit_with_options",)
 
     def __init__(
         self,
@@ -164,6 +177,8 @@ class HighThroughputExecutor(Executor):
         cpu_affinity: str = "none",
         enforce_memory: bool = False,
         unsatisfiable_after: float = 60.0,
+        record: RecordArg = None,
+        sample_interval: float = 10.0,
     ):
         config = HtexConfig(
             max_workers=max_workers,
@@ -189,6 +204,8 @@ class HighThroughputExecutor(Executor):
             cpu_affinity=cpu_affinity,
             enforce_memory=enforce_memory,
             unsatisfiable_after=unsatisfiable_after,
+            record=record,
+            sample_interval=sample_interval,
         )
         #: The settings, as checked; the attributes below are their working copies.
         self.config = config
@@ -222,6 +239,10 @@ class HighThroughputExecutor(Executor):
         self._link: DriverLink | None = None  # from the start: the I/O thread's side of things
         self._io_thread: threading.Thread | None = None
         self._owner_pid = 0  # the process that started the executor; only it stops it at exit
+        # The run record: this executor's own (opened at the start, closed at the release),
+        # and the one blocks, pools and node samples go to (its own, or one it was attached to).
+        self._recorder: Recorder | None = None
+        self._infra_record: tuple[Recorder, str] | None = None
         self._block_manager = self._new_block_manager()
         self._space: RunSpace | None = None  # from the start: directories, keys, the interchange
         self._force_tcp = False  # tests: make local pools take the remote (CurveZMQ) path
@@ -267,9 +288,21 @@ class HighThroughputExecutor(Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
+        progress: bool | str | ProgressSink | None = False,
     ) -> Iterator[T]:
-        """Like ``Executor.map``; ``chunksize`` > 1 sends each chunk of calls as one task."""
-        return self.map_with_options(DEFAULT_OPTIONS, fn, iterables, timeout, chunksize, None)
+        """Like ``Executor.map``; ``chunksize`` > 1 sends each chunk of calls as one task.
+
+        ``progress=True`` (or a backend name, or a ProgressSink) draws a bar that counts
+        the tasks (the chunks) as they finish, in any order, while the results keep map's
+        order (see :func:`hpcfutures.progress`).
+
+        Raises:
+            ConfigurationError: ``progress`` is none of True, False, a backend name or a ProgressSink.
+        """
+        bar = map_bar(progress, fn)
+        if bar is None:
+            return self.map_with_options(DEFAULT_OPTIONS, fn, iterables, timeout, chunksize, None)
+        return bar.follow(self.map_with_options(DEFAULT_OPTIONS, fn, iterables, timeout, chunksize, bar.add))
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting tasks; release the interchange, pools and workers once tasks are done.
@@ -448,7 +481,7 @@ class HighThroughputExecutor(Executor):
         walltime = options.walltime or 0.0
         resources = options.resources
         need = _PLAIN if resources is DEFAULT_OPTIONS.resources and self._plain_default else self._need(resources)
-        future = self._link.enqueue(options.priority, walltime, frames, need)
+        future = self._link.enqueue(options.priority, walltime, frames, need, fn, args, options)
         if spilled:
             future.spilled = spilled
             future.add_done_callback(unlink_spilled)  # for paths that end it outside the I/O thread
@@ -515,11 +548,18 @@ class HighThroughputExecutor(Executor):
                 return
             with contextlib.ExitStack() as rollback:  # undoes the steps done when a later one raises
                 rollback.callback(self._forget_failed_start)
-                space = self._space = open_run_space(self.config, self._pools_are_local(), rollback)
+                recorder = self._open_record(rollback)
+                space = self._space = open_run_space(
+                    self.config, self._pools_are_local(), rollback, recording=self._infra_record is not None
+                )
                 link = self._link = DriverLink(
                     self, self._lock, self._life, space.to_interchange, space.from_interchange
                 )
                 rollback.callback(link.close_wake_pipe)
+                if recorder is not None:
+                    from .recording import TaskRecording
+
+                    link.recording = TaskRecording(recorder, self.label)
                 self.provider.script_dir = str(space.directory / "blocks")
                 os.makedirs(self.provider.script_dir, exist_ok=True)
                 blocks = self._block_manager
@@ -546,18 +586,52 @@ class HighThroughputExecutor(Executor):
                 self._io_thread.start()
                 rollback.pop_all()  # started: from now on the link's teardown releases everything
 
+    def _open_record(self, rollback: contextlib.ExitStack) -> Recorder | None:
+        """Open this executor's run record, if it records and no layer above records for it.
+
+        Raises:
+            RecordError: the record cannot be opened.
+        """
+        if self._infra_record is not None or self.config.record_to is None:
+            return None
+        from .recording import open_record
+
+        recorder = open_record(self, self.config.record_to)
+        rollback.callback(recorder.close, "failed", "the executor could not start")
+        self._recorder = recorder
+        self._infra_record = (recorder, self.label)
+        self._block_manager.record_to(recorder, self.label)
+        return recorder
+
+    def attach_recorder(self, recorder: Recorder, label: str) -> None:
+        """Record this executor's blocks, pools and node samples into ``recorder``'s run, under
+        ``label``; its tasks are left to the caller, which records them itself (the
+        :class:`~hpcfutures.monitor.execution.Recordable` protocol, used by DataflowExecutor).
+
+        Called before the first task, it also turns on what workers measure for the record
+        (CPU time, peak RSS: see ``HtexFuture.execution``) and node samples, and the
+        executor opens no record of its own; called later, blocks and pools from then on go
+        to ``recorder``.
+        """
+        self._infra_record = (recorder, label)
+        self._block_manager.record_to(recorder, label)
+
     def _forget_failed_start(self) -> None:
         """The last step of a rollback: the executor is as before its first submit."""
         with self._lock:
             self._life.undo_start()  # a block that could not be submitted: the next start tries again
         self._link = None
         self._space = None
+        if self._recorder is not None:
+            if self._infra_record is not None and self._infra_record[0] is self._recorder:
+                self._infra_record = None
+            self._recorder = None
         self._block_manager = self._new_block_manager()  # its counters and stopped thread start over
         _live_executors.discard(self)
         self._owner_pid = 0
 
     def _new_block_manager(self) -> BlockManager:
-        return BlockManager(
+        blocks = BlockManager(
             self,
             self.provider,
             label=self.label,
@@ -565,6 +639,9 @@ class HighThroughputExecutor(Executor):
             max_idletime=self.max_idletime,
             block_poll_period=self.block_poll_period,
         )
+        if self._infra_record is not None:
+            blocks.record_to(*self._infra_record)
+        return blocks
 
     def _pools_are_local(self) -> bool:
         from ...providers.local import LocalProvider
@@ -605,6 +682,15 @@ class HighThroughputExecutor(Executor):
     def _on_event(self, event: dict[str, Any], frames: list[memoryview]) -> None:
         kind = event.get("event")
         blocks = self._block_manager
+        link = self._link
+        assert link is not None  # events come through it
+        if kind == "pool_registered":  # results name their pool by its tag
+            pool = str(event.get("pool"))
+            link.pool_names[P.pool_tag(pool)] = (pool, str(event.get("host")))
+        if self._infra_record is not None:
+            from .recording import record_event
+
+            record_event(*self._infra_record, link.recording, event)
         if kind == "pool_registered":
             blocks.pool_registered(event)
         elif kind == "block_drained":
@@ -657,13 +743,29 @@ class HighThroughputExecutor(Executor):
         self._block_manager.stop_blocks(kill)
 
     def _release(self) -> None:
-        """The link is closed: release the tunnel, the provider and the directories; stopped."""
+        """The link is closed: release the tunnel, the provider, the directories and the run
+        record; stopped."""
         _live_executors.discard(self)
         self._block_manager.close_tunnel()
         self._release_provider()
         if self._space is not None:
             self._space.remove()
+        self._close_record()
         self._life.stopped()
+
+    def _close_record(self) -> None:
+        """Close this executor's run record: done, failed with the breaking error, or
+        interrupted by :meth:`terminate`."""
+        recorder = self._recorder
+        if recorder is None:
+            return
+        error = self._life.error
+        if error is not None:
+            recorder.close("failed", f"{type(error).__name__}: {error}")
+        elif self._link is not None and self._link.kill_on_stop:
+            recorder.close("interrupted", "the executor was terminated")
+        else:
+            recorder.close("done")
 
     def _release_provider(self) -> None:
         """Close the provider: it cancels any job left and removes its own files (see its ``close``)."""

@@ -21,6 +21,10 @@ It notices a lost pool by the socket closing (a probe of every pool follows each
 event) or, failing that, by missed heartbeats, and requeues the pool's tasks.  It exits when
 the driver asks, or when the driver's pipe closes or its process is gone.
 
+For the run record it passes on, as EVENTs, what pools say of lost workers and the node
+samples that ride their heartbeats (the newest of each pool, once per heartbeat period), and
+it names the tasks it requeued when a pool is lost.
+
 For the driver's block scaling it reports, with each heartbeat, how long each block's pools
 have been idle, and it drains a block on request: no new tasks go to its pools, and each is
 told to stop once its running tasks have finished, so scale-in never kills a task.  A pool
@@ -77,7 +81,7 @@ MAX_IGNORED = 4096
 class _Pool:
     __slots__ = (
         "sock", "identity", "key", "reg", "credit", "sent", "outstanding", "last_heard",
-        "idle_since", "draining", "end", "closing", "ledger", "plain_out",
+        "idle_since", "draining", "end", "closing", "ledger", "plain_out", "tag",
     )  # fmt: skip
 
     def __init__(self, sock: Any, identity: bytes, reg: P.Registration, credit: int, now: float):
@@ -85,6 +89,7 @@ class _Pool:
         self.identity = identity
         self.key = (id(sock), identity)
         self.reg = reg
+        self.tag = P.pool_tag(reg.pool_id)
         self.credit = credit
         self.sent = 0
         self.outstanding: dict[int, tuple[int, P.Item]] = {}  # task id -> (sequence number, task)
@@ -217,6 +222,9 @@ class Interchange:
         self.to_driver_meta: list[bytes] = []
         self.to_driver_mains: list[Any] = []
         self.to_driver_extra: list[Any] = []
+        # The newest node sample of each pool since the last heartbeat to the driver.
+        self.samples: dict[tuple[int, bytes], dict[str, Any]] = {}
+        self.stopped: dict[str, list[str]] = {}  # draining blocks' pools stopped so far
 
     # -- driver side ------------------------------------------------------------------------
 
@@ -372,12 +380,12 @@ class Interchange:
             # blob and frames must be exactly what its meta declares.
             ids = []
             size = frames = 0
-            for task_id, status, _elapsed, length, count in P.RESULT_META.iter_unpack(meta):
-                if status > P.CANCELLED:
-                    raise P.ProtocolError(f"a result of status {status}")
-                ids.append(task_id)
-                size += length
-                frames += count
+            for fields in P.RESULT_META.iter_unpack(meta):
+                if fields[P.R_STATUS] > P.CANCELLED:
+                    raise P.ProtocolError(f"a result of status {fields[P.R_STATUS]}")
+                ids.append(fields[P.R_ID])
+                size += fields[-2]
+                frames += fields[-1]
             if size != blob.nbytes or frames != len(msg) - 6:
                 raise P.ProtocolError(
                     f"results declaring {size} bytes in {frames} extra frames "
@@ -396,9 +404,21 @@ class Interchange:
             if len(msg) > 6:
                 self.to_driver_extra.extend(msg[6:])
         elif kind == P.HEARTBEAT:
-            if len(msg) != 4:
+            if len(msg) not in (4, 5):
                 raise P.ProtocolError(f"a HEARTBEAT message of {len(msg) - 1} frames")
-            self.started.extend(_ids(msg[3], "a started frame"))
+            started = _ids(msg[3], "a started frame")
+            if len(msg) == 5:  # with a node sample
+                sample: dict[str, Any] = P.parse_sample(msg[4])
+                reg = pool.reg
+                sample.update(at=time.time(), pool=reg.pool_id, host=reg.host, block=reg.block_id)
+                self.samples[pool.key] = sample
+            self.started.extend(started)
+        elif kind == P.EVENT:
+            if len(msg) != 4:
+                raise P.ProtocolError(f"an EVENT message of {len(msg) - 1} frames")
+            news = P.parse_pool_event(msg[3])
+            if news["task"] in pool.outstanding:  # else news of a task no longer there
+                self.event(**news, pool=pool.reg.pool_id, block=pool.reg.block_id)
         elif kind == P.CANCEL_REPLY:
             if len(msg) != 5:
                 raise P.ProtocolError(f"a CANCEL_REPLY message of {len(msg) - 1} frames")
@@ -494,6 +514,7 @@ class Interchange:
             workers=reg.workers,
             host=reg.host,
             pid=reg.pid,
+            shape=reg.shape.to_json() if reg.shape is not None else None,
         )
 
     def misbehaved(self, sock: Any, identity: bytes, why: str) -> None:
@@ -582,6 +603,7 @@ class Interchange:
         limit = self.args.lost_task_retries
         # A block that reached its end took its tasks with it: not the tasks' fault.
         charge = 0 if pool.closing is not None and time.monotonic() >= pool.closing else 1
+        requeued = []
         for task_id, (seq, (fields, main, oob)) in pool.outstanding.items():
             lost = fields[P.T_LOST] + charge
             if lost > limit:
@@ -590,22 +612,24 @@ class Interchange:
                     "it is not retried again"
                 )
                 out = dumps((error, ""))
-                self.to_driver_meta.append(
-                    P.RESULT_META.pack(task_id, P.FAILED, 0.0, len(out[0]), len(out) - 1)
-                )
+                meta = P.result_meta(task_id, P.FAILED, len(out[0]), len(out) - 1, tag=pool.tag, lost=lost)
+                self.to_driver_meta.append(meta)
                 self.to_driver_mains.append(out[0])
                 self.to_driver_extra.extend(out[1:])
             else:
                 plain = pool.ledger is None or task_id not in pool.ledger.held
                 fields = (*fields[: P.T_LOST], lost, *fields[P.T_LOST + 1 :])
                 heapq.heappush(self.queue if plain else self.resourced, (-fields[1], seq, (fields, main, oob)))
+                requeued.append(task_id)
         pool.outstanding.clear()
+        self.samples.pop(pool.key, None)
         for request, (asked, _cancelled) in list(self.cancels.items()):
             if pool.key in asked:
                 asked.discard(pool.key)
                 self.answer_cancel(request)
         if notify:
-            self.event(event="pool_lost", pool=pool.reg.pool_id, block=pool.reg.block_id, reason=why)
+            reg = pool.reg
+            self.event(event="pool_lost", pool=reg.pool_id, block=reg.block_id, reason=why, requeued=requeued)
 
     def dispatch(self) -> None:
         """Place tasks with resources where they fit now, then hand queued default tasks to
@@ -717,7 +741,7 @@ class Interchange:
                 f"{self.args.unsatisfiable_after:g} s could run it"
             )
             out = dumps((error, ""))
-            self.to_driver_meta.append(P.RESULT_META.pack(task_id, P.FAILED, 0.0, len(out[0]), len(out) - 1))
+            self.to_driver_meta.append(P.result_meta(task_id, P.FAILED, len(out[0]), len(out) - 1))
             self.to_driver_mains.append(out[0])
             self.to_driver_extra.extend(out[1:])
 
@@ -731,10 +755,13 @@ class Interchange:
         return idle
 
     def finish_draining(self) -> None:
-        """Stop the idle pools of draining blocks; report each block once all its pools are gone."""
+        """Stop the idle pools of draining blocks; report each block, with the pools it had,
+        once all its pools are gone."""
         for pool in list(self.pools.values()):
             if pool.draining and not pool.outstanding:
                 self.pools.pop(pool.key, None)
+                self.samples.pop(pool.key, None)
+                self.stopped.setdefault(pool.block, []).append(pool.reg.pool_id)
                 try:
                     _send(pool.sock, pool.identity, [P.SHUTDOWN])
                 except (zmq.ZMQError, OSError):
@@ -743,7 +770,7 @@ class Interchange:
         for block in list(self.draining):
             if block not in remaining:
                 self.draining.discard(block)
-                self.event(event="block_drained", block=block)
+                self.event(event="block_drained", block=block, pools=self.stopped.pop(block, []))
 
     def probe_pools(self) -> None:
         """Send every pool a heartbeat; a pool whose connection is gone is found lost."""
@@ -818,6 +845,9 @@ class Interchange:
                 last_beat = now
                 self.probe_pools()
                 self.to_driver([P.HEARTBEAT, json.dumps(self.idle_blocks(now)).encode()])
+                if self.samples:
+                    self.event(event="samples", samples=list(self.samples.values()))
+                    self.samples = {}
                 for pool in list(self.pools.values()):
                     if now - pool.last_heard > threshold:
                         self.pool_lost(pool, f"no heartbeat for {threshold:g} s")

@@ -10,9 +10,14 @@ Who owns what:
 
 - under ``lock`` (the executor's, which it also holds while changing its lifecycle):
   ``outbox``, ``wake_pending``, ``next_id``, ``taken_upto``, ``skip``, ``controls``,
-  ``closed``, and adding to ``pending``;
+  ``closed``, adding to ``pending``, and the function changes of ``recording``;
 - the I/O thread alone: resolving ``pending``, ``started_ids``, ``cancel_requests``, the stop
-  flags and the pipes to the interchange.
+  flags, the pipes to the interchange, ``pool_names`` (read by any thread) and the rest of
+  ``recording``.
+
+When the executor records its run, ``recording`` (set before the I/O thread starts) is told
+whole batches as they pass (see :mod:`.recording`); when it does not, each hot path pays
+one test of it.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ...errors import ExecutorError, ExecutorShutdownError, SerializationError
 from ...leanfuture import LeanFuture
@@ -35,6 +40,11 @@ from ...serialize import loads, loads_exception
 from . import protocol as P
 from .lifecycle import Lifecycle
 from .pipes import Receiver, Sender, watch_room
+
+if TYPE_CHECKING:
+    from ...monitor.execution import Execution
+    from ...resources import TaskOptions
+    from .recording import TaskRecording
 
 logger = logging.getLogger("hpcfutures.executors.htex.executor")  # one logger for the executor
 
@@ -65,9 +75,12 @@ class HtexFuture(LeanFuture):
     interchange, pool, or a worker's prefetched batch), and such a task never runs.  A task
     counts as started (``running()`` is True) once a worker has begun it: pools report the
     tasks their workers claim, batched with their results.
+
+    Once done, :attr:`execution` says where and how the task ran.
     """
 
     spilled: list[str] | None = None  # shared-memory files holding large arguments
+    _meta: tuple[Any, ...] | None = None  # its result's RESULT_META fields, once it came
 
     def __init__(self, link: DriverLink, task_id: int):
         super().__init__()
@@ -85,6 +98,20 @@ class HtexFuture(LeanFuture):
     def running(self) -> bool:
         """Return True if a worker has begun the task and it has not finished."""
         return not self.done() and self._link.is_started(self.task_id)
+
+    @property
+    def execution(self) -> Execution | None:
+        """Where and how the task ran (times, pool, host, worker, pid, CPU, peak RSS), once
+        its result came; None before, and for a task cancelled or failed in the driver.
+
+        CPU time and peak RSS are measured only while the run is recorded.
+        """
+        meta = self._meta
+        if meta is None:
+            return None
+        from .recording import execution_from
+
+        return execution_from(meta, self._link.pool_names)
 
     def _cancel_locally(self) -> bool:
         if LeanFuture.cancel(self):
@@ -139,6 +166,10 @@ class DriverLink:
         self.controls: list[tuple[str, Any]] = []
         self.closed = False  # the I/O thread takes no more controls (it is ending)
         self.pending: dict[int, HtexFuture] = {}
+        #: The run record's view of the tasks, when the executor records them.
+        self.recording: TaskRecording | None = None
+        #: Pools by the tag their results carry: (pool id, host).  Written by the I/O thread.
+        self.pool_names: dict[int, tuple[str, str]] = {}
         # The I/O thread's alone:
         # Tasks a worker has begun and not finished: running() asks here, so that marking a
         # task started costs a set insertion instead of a state change on its future.
@@ -154,9 +185,18 @@ class DriverLink:
     # -- for the executor's threads ---------------------------------------------------------------
 
     def enqueue(
-        self, priority: int, walltime: float, frames: list[Any], resources: tuple[int, ...] = (1, 0, 0, 0, 1)
+        self,
+        priority: int,
+        walltime: float,
+        frames: list[Any],
+        resources: tuple[int, ...] = (1, 0, 0, 0, 1),
+        fn: Callable[..., Any] | None = None,
+        args: tuple[Any, ...] = (),
+        options: TaskOptions | None = None,
     ) -> HtexFuture:
         """Queue a serialized call for the I/O thread and return its future.
+
+        ``fn``, ``args`` and ``options`` are the call's, for the run record.
 
         Raises:
             RuntimeError, BrokenExecutorError: the executor's lifecycle refuses new tasks.
@@ -166,6 +206,9 @@ class DriverLink:
             task_id = next(self.next_id)
             future = HtexFuture(self, task_id)
             self.pending[task_id] = future
+            recording = self.recording
+            if recording is not None and (fn is not recording.fn or options is not recording.options):
+                recording.note_submit(task_id, fn, args, options)
             self.outbox.append(
                 (
                     P.TASK_META.pack(task_id, priority, walltime, 0, *resources, 0, len(frames[0]), len(frames) - 1),
@@ -259,11 +302,16 @@ class DriverLink:
                     controls, self.controls = self.controls, []
                     self.wake_pending = False
                     if outbox:
+                        first = self.taken_upto + 1
                         self.taken_upto = P.TASK_META.unpack(outbox[-1][0])[0]
+                        if self.recording is not None:
+                            self.recording.submitted(first, self.taken_upto, self.recording.take_changes())
                     skip = self.skip
                     if skip:
                         self.skip = set()
                 if outbox:
+                    if skip and self.recording is not None:
+                        self.recording.ended(sorted(skip), "cancelled")
                     self.send_tasks(outbox, skip)
                 for kind, payload in controls:
                     self.obey(kind, payload)
@@ -332,13 +380,19 @@ class DriverLink:
         if kind == P.RESULTS:
             self.on_results(msg)
         elif kind == P.STARTED:
-            self.started_ids.update(P.unpack_ids(msg[1].tobytes()))
+            ids = msg[1].tobytes()
+            self.started_ids.update(P.unpack_ids(ids))
+            if self.recording is not None:
+                self.recording.results(ids, b"", None)
         elif kind == P.CANCEL_REPLY:
             waiting = self.cancel_requests.pop(msg[1].tobytes(), None)
-            for task_id in P.unpack_ids(msg[2].tobytes()):
+            cancelled = P.unpack_ids(msg[2].tobytes())
+            for task_id in cancelled:
                 fut = self.pending.pop(task_id, None)
                 if fut is not None:
                     fut._cancel_locally()
+            if cancelled and self.recording is not None:
+                self.recording.ended(cancelled, "cancelled")
             if waiting is not None:
                 waiting[0].set()
         elif kind == P.EVENT:
@@ -349,13 +403,16 @@ class DriverLink:
     def on_results(self, msg: list[memoryview]) -> None:
         pending = self.pending
         started = self.started_ids
+        recording = self.recording
+        failures: list[tuple[int, BaseException]] | None = [] if recording is not None else None
         if len(msg[1]):
             started.update(P.unpack_ids(msg[1].tobytes()))  # before the results discard them
         extra = msg[4:]
         blob = msg[3]
         offset = 0
         frame = 0
-        for task_id, status, _elapsed, size, count in P.RESULT_META.iter_unpack(msg[2]):
+        for fields in P.RESULT_META.iter_unpack(msg[2]):
+            task_id, status, _e, _d, _s, _c, _p, _pid, _r, _w, _l, size, count = fields
             main = blob[offset : offset + size]
             offset += size
             if count:
@@ -366,6 +423,7 @@ class DriverLink:
             fut = pending.pop(task_id, None)
             if fut is None:
                 continue
+            fut._meta = fields
             started.discard(task_id)
             if fut.spilled:
                 unlink_spilled(fut)
@@ -374,26 +432,38 @@ class DriverLink:
                     try:
                         value = pickle.loads(main) if not count else loads(buffers)
                     except Exception as exc:  # noqa: BLE001
-                        fut.set_exception(
-                            SerializationError(f"the result of task {task_id} could not be loaded: {exc!r}")
+                        error: BaseException = SerializationError(
+                            f"the result of task {task_id} could not be loaded: {exc!r}"
                         )
+                        fut.set_exception(error)
+                        if failures is not None:
+                            failures.append((task_id, error))
                     else:
                         fut.set_result(value)
-                elif status == P.ERROR:
-                    fut.set_exception(loads_exception(buffers))
-                elif status == P.FAILED:
-                    fut.set_exception(loads(buffers)[0])
+                elif status == P.ERROR or status == P.FAILED:
+                    error = loads_exception(buffers) if status == P.ERROR else loads(buffers)[0]
+                    if failures is not None:
+                        failures.append((task_id, error))
+                    fut.set_exception(error)
                 else:
                     fut._cancel_locally()
             except InvalidStateError:  # cancelled meanwhile
                 pass
+        if recording is not None:
+            recording.results(msg[1].tobytes(), msg[2].tobytes(), failures)
 
     def fail_all(self, error: BaseException) -> None:
         """Fail every pending task with ``error`` and release every cancel waiting (I/O thread only)."""
+        recording = self.recording
         with self.lock:
             pending, self.pending = self.pending, {}
             self.outbox = []
+            first = self.taken_upto + 1
             self.taken_upto = max(self.taken_upto, max(pending, default=0))
+            if recording is not None and self.taken_upto >= first:  # tasks never sent: submitted all the same
+                recording.submitted(first, self.taken_upto, recording.take_changes())
+        if recording is not None and pending:
+            recording.ended(sorted(pending), "failed", f"{type(error).__name__}: {error}")
         self.started_ids = set()
         for fut in pending.values():
             try:

@@ -10,7 +10,10 @@ handling that needs to be close to the workers: a dead worker is seen at once th
 sentinel, every result it finished is taken (from its pipe, then its board), the task it
 was running is charged a loss (and fails after too many), its other tasks are requeued
 uncharged, and it is replaced; a task past its walltime has its worker's whole process
-group killed.
+group killed.  A lost worker whose task is requeued is told upwards as an EVENT, for the
+run record; results the manager makes itself (a lost worker, a walltime) carry what it knows
+of the task's run, as its workers' results do.  When the driver asks for node samples, every
+``sample_interval`` seconds a HEARTBEAT carries one (load, CPU and memory use, busy workers).
 
 The manager never has a thread but its main one, so that every fork of a worker, including
 a replacement's while tasks run, copies no lock another thread holds.  So it holds no ZeroMQ
@@ -157,7 +160,10 @@ class PoolManager:
         self.lost_task_retries = 2
         self.heartbeat_period = args.heartbeat_period
         self.heartbeat_threshold = args.heartbeat_threshold
-        self.config_frames: list[Any] = [P.CONFIG]
+        self.config_frames: list[Any] = [P.CONFIG, b""]
+        self.tag = P.pool_tag(self.pool_id)
+        self.sample_interval = 0.0  # seconds between node samples; 0: the driver wants none
+        self.next_sample = 0.0
         self.out_meta: list[bytes] = []
         self.out_mains: list[Any] = []
         self.out_extra: list[Any] = []
@@ -203,6 +209,7 @@ class PoolManager:
                 os.getpid(),
                 self.args.shm_dir,
                 plan.cpus,
+                self.tag,
             ),
             name=f"hpcfutures-worker-{rank}",
             daemon=True,
@@ -295,7 +302,7 @@ class PoolManager:
         metas, pickles = worker.board.unsent()
         offset = 0
         for fields in P.RESULT_META.iter_unpack(metas):
-            size = fields[3]
+            size = fields[-2]
             if offset + size > len(pickles):
                 break  # it died while writing this one
             if worker.outstanding and worker.outstanding[0][0][0][0] == fields[0]:
@@ -333,6 +340,8 @@ class PoolManager:
                         exit_code=exitcode,
                         signal_name=exit_signal(exitcode),
                     ),
+                    worker,
+                    lost,
                 )
                 continue
             if ordinal < claimed:
@@ -343,8 +352,9 @@ class PoolManager:
                         exit_code=exitcode,
                         signal_name=exit_signal(exitcode),
                     )
-                    self.add_failure(task_id, error)
+                    self.add_failure(task_id, error, worker, lost)
                     continue
+                self.tell_worker_lost(task_id, worker, how, exitcode)
             heapq.heappush(
                 self.queue, (-priority, seq, ((*fields[: P.T_LOST], lost, *fields[P.T_LOST + 1 :]), main, oob))
             )
@@ -359,11 +369,31 @@ class PoolManager:
         if worker.cage is not None and allocation.memory_gb and worker.process.is_alive():
             worker.cage.limit(None)
 
-    def add_failure(self, task_id: int, error: BaseException) -> None:
+    def add_failure(
+        self, task_id: int, error: BaseException, worker: _Worker, lost: int, started: float = 0.0, elapsed: float = 0.0
+    ) -> None:
+        """Fail a task that ``worker`` ran (``started`` and ran ``elapsed`` seconds, if known)."""
         frames = dumps((error, ""))
-        self.out_meta.append(P.RESULT_META.pack(task_id, P.FAILED, 0.0, len(frames[0]), len(frames) - 1))
+        self.out_meta.append(
+            P.result_meta(
+                task_id, P.FAILED, len(frames[0]), len(frames) - 1, elapsed=elapsed, dispatched=started,
+                started=started, tag=self.tag, pid=worker.process.pid or 0, worker=worker.rank, lost=lost,
+            )  # fmt: skip
+        )
         self.out_mains.append(frames[0])
         self.out_extra.extend(frames[1:])
+
+    def tell_worker_lost(self, task_id: int, worker: _Worker, how: str, exitcode: int | None) -> None:
+        """Tell the interchange that ``worker`` died under task ``task_id``, which is requeued."""
+        event = {
+            "event": "worker_lost",
+            "task": task_id,
+            "worker": worker.rank,
+            "pid": worker.process.pid or 0,
+            "exit_code": exitcode,
+            "reason": f"worker {worker.rank} {how}"[:1000],
+        }
+        self.send_up(P.EVENT, json.dumps(event).encode())
 
     def check_walltimes(self, now: float) -> float | None:
         """Kill workers whose task ran past its walltime; return the next deadline."""
@@ -375,11 +405,16 @@ class PoolManager:
                 (fields, _main, _oob), _seq, _ordinal = worker.outstanding.popleft()
                 self.kill_worker(worker)
                 self.forget_worker(worker)
+                ran = now - (worker.deadline - worker.walltime)  # since it was sent, alone
                 self.add_failure(
                     fields[0],
                     TaskTimeoutError(
                         f"task {fields[0]} ran past its walltime of {worker.walltime:g} s and was killed"
                     ),
+                    worker,
+                    fields[P.T_LOST],
+                    time.time() - ran,
+                    ran,
                 )
                 self.requeue(worker, "was killed", None)
                 if self.running:
@@ -493,12 +528,12 @@ class PoolManager:
             outstanding = worker.outstanding
             total = 0.0
             n = 0
-            for task_id, status, elapsed, _size, _count in P.RESULT_META.iter_unpack(meta):
+            for fields in P.RESULT_META.iter_unpack(meta):
                 outstanding.popleft()
-                if status == P.CANCELLED:
-                    worker.cancelled.discard(task_id)
+                if fields[P.R_STATUS] == P.CANCELLED:
+                    worker.cancelled.discard(fields[P.R_ID])
                     continue
-                total += elapsed
+                total += fields[P.R_ELAPSED]
                 n += 1
             worker.deadline = None
             if worker.allocation is not None and not outstanding:
@@ -647,6 +682,29 @@ class PoolManager:
         """How many workers hold default tasks (each uses a core, unpinned)."""
         return sum(1 for w in self.workers.values() if w.outstanding and w.allocation is None)
 
+    def take_sample(self) -> bytes:
+        """This node's load now, as the JSON a HEARTBEAT carries (see :func:`~.protocol.parse_sample`).
+
+        psutil reads /proc: a few hundred microseconds, every ``sample_interval`` seconds.
+        """
+        import psutil
+
+        rss = 0
+        for process in [os.getpid(), *(w.process.pid for w in self.workers.values())]:
+            try:
+                rss += psutil.Process(process).memory_info().rss
+            except (psutil.Error, ValueError):  # ValueError: a worker not started (pid None)
+                pass
+        sample = {
+            "load1": round(os.getloadavg()[0], 3),
+            "cpu_percent": psutil.cpu_percent(interval=None),  # since the last call: the interval
+            "mem_percent": psutil.virtual_memory().percent,
+            "rss_mb": round(rss / (1 << 20), 3),
+            "busy": sum(1 for w in self.workers.values() if w.outstanding),
+            "workers": len(self.workers),
+        }
+        return json.dumps(sample).encode()
+
     # -- main loop -----------------------------------------------------------------------
 
     def register(self) -> bool:
@@ -682,7 +740,9 @@ class PoolManager:
         self.lost_task_retries = settings["lost_task_retries"]
         self.heartbeat_period = settings["heartbeat_period"]
         self.heartbeat_threshold = settings["heartbeat_threshold"]
-        self.config_frames = [P.CONFIG, *(memoryview(f) for f in reply[2:])]
+        self.sample_interval = float(settings.get("sample_interval", 0.0))
+        worker_settings = json.dumps({"measure": bool(settings.get("measure"))}).encode()
+        self.config_frames = [P.CONFIG, worker_settings, *(memoryview(f) for f in reply[2:])]
         return True
 
     def choose_address(self) -> bool:
@@ -756,12 +816,19 @@ class PoolManager:
         self.poller.register(ix_fd, select.POLLIN)
         last_heard = last_beat = time.monotonic()
         next_deadline: float | None = None
+        if self.sample_interval:
+            import psutil
+
+            psutil.cpu_percent(interval=None)  # the first call only starts the interval
+            self.next_sample = last_beat + self.sample_interval
         while self.running:
             watch_room(self.poller, ix_fd, stream.sender, pollout=select.POLLOUT, base=select.POLLIN)
             now = time.monotonic()
             wake = last_beat + self.heartbeat_period
             if next_deadline is not None:
                 wake = min(wake, next_deadline)
+            if self.sample_interval:
+                wake = min(wake, self.next_sample)
             if self.started_check is not None:
                 wake = min(wake, self.started_check)
             events = dict(self.poller.poll(max(0.0, wake - now) * 1000))
@@ -803,15 +870,22 @@ class PoolManager:
                 self.started_check = None
                 if self.long_starts():
                     started = self.started()
+            sample: tuple[bytes, ...] = ()
+            if self.sample_interval and now >= self.next_sample:
+                sample = (self.take_sample(),)
+                self.next_sample = now + self.sample_interval
             if self.out_meta:
                 self.send_up(
                     P.RESULTS, started or self.started(), b"".join(self.out_meta), b"".join(self.out_mains), *self.out_extra
                 )
                 self.out_meta, self.out_mains, self.out_extra = [], [], []
                 last_beat = now
-            elif started or now - last_beat >= self.heartbeat_period or self.credit() > self.credit_sent:
-                self.send_up(P.HEARTBEAT, started or self.started())
+            elif started or sample or now - last_beat >= self.heartbeat_period or self.credit() > self.credit_sent:
+                self.send_up(P.HEARTBEAT, started or self.started(), *sample)
                 last_beat = now
+                sample = ()
+            if sample:  # results went up instead of a heartbeat: the sample goes alone
+                self.send_up(P.HEARTBEAT, b"", *sample)
             if now - last_heard > self.heartbeat_threshold:
                 print(
                     f"lost the interchange: nothing heard for {self.heartbeat_threshold} s",

@@ -31,6 +31,7 @@ import json
 import math
 import platform
 import struct
+import zlib
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -39,8 +40,9 @@ import zmq
 from ... import __version__
 from .slots import PoolShape
 
-PROTOCOL_VERSION = 4  # 2: the token in a REGISTER frame of its own; 3: pools report which tasks began;
-# 4: tasks carry their resources, registrations the pool's shape
+PROTOCOL_VERSION = 5  # 2: the token in a REGISTER frame of its own; 3: pools report which tasks began;
+# 4: tasks carry their resources, registrations the pool's shape; 5: results carry where and how
+# their task ran, pools send node samples on heartbeats and worker losses as events
 
 #: The largest message a registered pool may send (header included); a larger one drops the
 #: pool.  Between the driver and local pools, buffers of 256 KiB and more travel through
@@ -54,6 +56,9 @@ UNREGISTERED_MAX_FRAMES = 16
 #: The largest registration JSON, and the largest JSON of any other small control message.
 MAX_REGISTRATION = 16 << 10
 MAX_CONTROL_JSON = 64 << 10
+#: The largest node sample or event JSON a pool may send.
+MAX_SAMPLE = 1 << 10
+MAX_POOL_EVENT = 4 << 10
 
 # Message kinds.
 TASKS = b"t"
@@ -62,7 +67,7 @@ HEARTBEAT = b"h"
 REGISTER = b"R"
 ACCEPT = b"A"
 REJECT = b"N"
-EVENT = b"e"
+EVENT = b"e"  # interchange -> driver: pools and blocks; pool -> interchange: a worker lost
 CONFIG = b"i"
 CANCEL = b"c"
 CANCEL_QUEUED = b"X"
@@ -92,10 +97,51 @@ T_ID, T_PRIORITY, T_WALLTIME, T_LOST, T_CORES, T_MEMORY_MB, T_GPUS, T_NODES, T_R
 def has_resources(fields: Sequence[Any]) -> bool:
     """Whether a task (its TASK_META fields) asks for more than one core: it is placed, not dealt."""
     return bool(fields[T_CORES] != 1 or fields[T_MEMORY_MB] or fields[T_GPUS] or fields[T_NODES])
-#: task id, status, seconds the function ran, length of the main pickle, out-of-band frames.
-RESULT_META = struct.Struct("<QBdIH")
+#: task id, status, seconds the function ran, when the worker received the task and when it
+#: began it (epoch seconds, 0: unknown), the CPU seconds it used (-1: not measured), the tag
+#: of its pool (:func:`pool_tag`, 0: unknown), its worker's pid (0: unknown) and peak RSS in
+#: KiB (0: not measured), its worker's rank (:data:`NO_WORKER`: unknown), how often its worker
+#: or pool was lost before (T_LOST), length of the main pickle, out-of-band frames.  The last
+#: two stay last: :func:`split` reads them there.
+RESULT_META = struct.Struct("<QBddddIIIHHIH")
+#: Where the fields of RESULT_META are.
+(
+    R_ID, R_STATUS, R_ELAPSED, R_DISPATCHED, R_STARTED, R_CPU, R_POOL, R_PID, R_RSS_KB, R_WORKER, R_LOST,
+) = range(11)  # fmt: skip
+#: The worker rank of a result no worker made.
+NO_WORKER = 0xFFFF
 #: cumulative count of tasks a pool is willing to have received.
 CREDIT = struct.Struct("<Q")
+
+
+def pool_tag(pool_id: str) -> int:
+    """The number a pool's results name it by (RESULT_META's pool field): a CRC-32 of its id.
+
+    Two pools of one executor share a tag with odds of about n²/2³³ for n pools; results
+    then name one of them.  Never 0, which stands for unknown.
+    """
+    return zlib.crc32(pool_id.encode()) or 1
+
+
+def result_meta(
+    task_id: int,
+    status: int,
+    size: int,
+    count: int,
+    *,
+    elapsed: float = 0.0,
+    dispatched: float = 0.0,
+    started: float = 0.0,
+    tag: int = 0,
+    pid: int = 0,
+    worker: int = NO_WORKER,
+    lost: int = 0,
+) -> bytes:
+    """The RESULT_META of a result made by a pool or the interchange (a lost worker, a
+    walltime, a cancel), with what it knows of the task's run; workers pack their own."""
+    return RESULT_META.pack(
+        task_id, status, elapsed, dispatched, started, -1.0, tag, pid, 0, worker, min(lost, 0xFFFF), size, count
+    )
 
 Item = tuple[tuple[Any, ...], Any, list[Any]]  # (meta fields, main pickle, out-of-band frames)
 
@@ -321,3 +367,75 @@ def parse_registration(data: Any) -> Registration:
         hpcfutures=info["hpcfutures"],
         shape=shape,
     )
+
+
+#: What a pool's node sample may hold, and each field's type: floats are finite and not
+#: negative, counts whole and below 2**31.
+SAMPLE_FIELDS: dict[str, type] = {
+    "load1": float,
+    "cpu_percent": float,
+    "mem_percent": float,
+    "rss_mb": float,
+    "busy": int,
+    "workers": int,
+}
+
+
+def _number(info: Mapping[str, Any], name: str, kind: type, what: str, optional: bool = False) -> Any:
+    """A JSON number field of ``info``, checked: finite, not negative, a whole count if ``kind`` is int."""
+    value = info.get(name)
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ProtocolError(f"{what} whose {name} is {_shown(value)}")
+    if kind is int:
+        if not isinstance(value, int) or not 0 <= value < 1 << 31:
+            raise ProtocolError(f"{what} whose {name} is {_shown(value)}")
+        return value
+    number = float(value) if isinstance(value, float) or abs(value) < 1 << 53 else math.inf
+    if not (math.isfinite(number) and number >= 0):
+        raise ProtocolError(f"{what} whose {name} is {_shown(value)}")
+    return number
+
+
+def parse_sample(data: Any) -> dict[str, float | int]:
+    """Read a pool's node sample (the JSON frame of its HEARTBEAT) into checked fields.
+
+    Raises:
+        ProtocolError: too large, not a JSON object, an unknown field, or a field that is
+            not a finite number of its kind (see :data:`SAMPLE_FIELDS`).
+    """
+    info = load_json(data, MAX_SAMPLE, "a node sample")
+    if not isinstance(info, dict):
+        raise ProtocolError(f"a node sample that is a JSON {type(info).__name__}, not an object")
+    unknown = set(info) - SAMPLE_FIELDS.keys()
+    if unknown:
+        raise ProtocolError(f"a node sample with unknown fields {_shown(sorted(unknown))}")
+    return {name: _number(info, name, kind, "a node sample") for name, kind in SAMPLE_FIELDS.items() if name in info}
+
+
+def parse_pool_event(data: Any) -> dict[str, Any]:
+    """Read an EVENT a pool sent (a worker lost under a task it requeued) into checked fields.
+
+    Returns ``{"event": "worker_lost", "task": id, "worker": rank, "pid": pid, "exit_code":
+    code or None, "reason": text}``.
+
+    Raises:
+        ProtocolError: too large, not a JSON object, an unknown event, or a field missing
+            or of the wrong type.
+    """
+    info = load_json(data, MAX_POOL_EVENT, "a pool event")
+    if not isinstance(info, dict) or info.get("event") != "worker_lost":
+        raise ProtocolError(f"a pool event that is not a worker_lost object: {_shown(info)}")
+    task = info.get("task")
+    if isinstance(task, bool) or not isinstance(task, int) or not 0 <= task < 1 << 64:
+        raise ProtocolError(f"a pool event whose task is {_shown(task)}")
+    worker = _number(info, "worker", int, "a pool event")
+    pid = _number(info, "pid", int, "a pool event")
+    code = info.get("exit_code")
+    if code is not None and (isinstance(code, bool) or not isinstance(code, int) or not -(1 << 31) < code < 1 << 31):
+        raise ProtocolError(f"a pool event whose exit_code is {_shown(code)}")
+    reason = info.get("reason")
+    if not isinstance(reason, str) or len(reason) > 1000:
+        raise ProtocolError(f"a pool event whose reason is {_shown(reason)}")
+    return {"event": "worker_lost", "task": task, "worker": worker, "pid": pid, "exit_code": code, "reason": reason}

@@ -91,12 +91,16 @@ class RunSpace:
             shutil.rmtree(self.spill.directory, ignore_errors=True)
 
 
-def open_run_space(config: HtexConfig, local_pools: bool, rollback: contextlib.ExitStack) -> RunSpace:
+def open_run_space(
+    config: HtexConfig, local_pools: bool, rollback: contextlib.ExitStack, recording: bool = False
+) -> RunSpace:
     """Make the directories and keys, start the interchange and send it its settings.
 
     ``local_pools`` says whether every pool runs on this node (then large buffers may spill
-    through ``/dev/shm``).  Each step pushes its undoing onto ``rollback``, so that a start
-    failing later leaves nothing of this behind.
+    through ``/dev/shm``).  ``recording`` says whether the run is recorded: workers then
+    measure each task's CPU time and memory, and pools send node samples every
+    ``config.sample_interval`` seconds.  Each step pushes its undoing onto ``rollback``, so
+    that a start failing later leaves nothing of this behind.
 
     Raises:
         OSError: a directory could not be made or the interchange could not be started.
@@ -134,6 +138,8 @@ def open_run_space(config: HtexConfig, local_pools: bool, rollback: contextlib.E
         "lost_task_retries": config.lost_task_retries,
         "heartbeat_period": config.heartbeat_period,
         "heartbeat_threshold": config.heartbeat_threshold,
+        "measure": recording,
+        "sample_interval": config.sample_interval if recording else 0.0,
     }
     init_frames = dumps((config.initializer, config.initargs)) if config.initializer is not None else []
     to_interchange.send([P.CONFIG, json.dumps(settings).encode(), *init_frames])

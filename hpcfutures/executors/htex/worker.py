@@ -7,6 +7,16 @@ began and can cancel the others; each result waits in the board's journal, so a 
 dies loses none.  Results go to the manager in batches: at once when the worker has nothing
 else queued, otherwise when a few milliseconds have passed, so a lone task comes back with
 no delay while a stream of short tasks costs few messages.
+
+Each result's RESULT_META says where and how its task ran, for the run record and
+``HtexFuture.execution``: when the worker received it and began it, this worker's pid, rank
+and pool, and how often it was lost before.  When the driver records, the worker also measures
+each task's CPU time and its own peak RSS.  The CPU clock (``time.process_time``, a system
+call of about 0.7 µs) is read once a task, when its result is ready: a task's CPU time is what
+the worker spent since the previous one's result, that is loading the task, running it and
+pickling its result.  ``getrusage`` costs twice that, so the peak RSS is read only after a task
+that ran :data:`RSS_TASK_SECONDS` or more (a shorter one cannot have touched much memory) or
+:data:`RSS_EVERY_SECONDS` after the last reading; it is the worker's peak since it started.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import resource
 import select
 import signal
 import threading
@@ -38,6 +49,10 @@ from .slots import Allocation, pinned
 #: Results wait at most this long for company before they are sent.
 RESULT_FLUSH_SECONDS = 0.002
 RESULT_FLUSH_COUNT = JOURNAL_RESULTS  # as many as the journal holds
+#: With measuring on, peak RSS is read after a task that ran at least this long, or this
+#: long after the last reading.
+RSS_TASK_SECONDS = 0.001
+RSS_EVERY_SECONDS = 0.1
 _PR_SET_PDEATHSIG = 1
 
 
@@ -62,17 +77,26 @@ def _die_with_parent(parent_pid: int) -> None:
 
 def _run_one(
     fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], spill: SharedSpill | None
-) -> tuple[int, list[Any], float]:
+) -> tuple[int, list[Any], float, float]:
+    """Run a task: its status, result frames, the seconds it ran and when it began (epoch)."""
+    started = time.time()
     start = time.perf_counter()
     try:
         value = fn(*args, **kwargs)
     except BaseException as exc:  # noqa: BLE001 - the task's exception is its result
-        return P.ERROR, dumps_exception(exc), time.perf_counter() - start
+        return P.ERROR, dumps_exception(exc), time.perf_counter() - start, started
     elapsed = time.perf_counter() - start
     try:
-        return P.OK, dumps_result(value, spill), elapsed
+        return P.OK, dumps_result(value, spill), elapsed, started
     except SerializationError as exc:
-        return P.ERROR, dumps_exception(exc), elapsed
+        return P.ERROR, dumps_exception(exc), elapsed, started
+
+
+def _peak_rss_kb() -> int:
+    """The largest RSS of this worker, or of a child it waited for, in KiB (Linux's unit)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return min(max(own, children), 0xFFFFFFFF)
 
 
 class _Link:
@@ -117,10 +141,12 @@ def worker_main(
     parent_pid: int,
     shm_dir: str = "",
     cpus: tuple[int, ...] = (),
+    pool_tag: int = 0,
 ) -> None:
     """Serve tasks from the pool manager over the given pipes until told to stop; never returns.
 
-    ``cpus``, if any, are the CPUs this worker is pinned to for its life (``cpu_affinity``).
+    ``cpus``, if any, are the CPUs this worker is pinned to for its life (``cpu_affinity``);
+    ``pool_tag`` names its pool in its results (:func:`~.protocol.pool_tag`).
     """
     os.setpgid(0, 0)  # one process group per worker, so a walltime kill takes its children too
     if cpus:
@@ -135,24 +161,32 @@ def worker_main(
     link = _Link(task_fd, result_fd)
     link.send([P.READY])
     try:
-        config = link.recv()
-        if len(config) > 1 and len(config[1]):
-            initializer, initargs = loads(config[1:])
+        config = link.recv()  # [CONFIG, settings JSON, initializer frames...]
+        settings = json.loads(config[1].tobytes()) if len(config) > 1 and len(config[1]) else {}
+        if len(config) > 2:
+            initializer, initargs = loads(config[2:])
             try:
                 initializer(*initargs)
             except BaseException as exc:  # noqa: BLE001 - reported to the driver
                 link.send([P.INIT_FAILED, *dumps_exception(exc)])
                 os._exit(3)
         spill = SharedSpill(shm_dir, f"r{os.getpid()}-", unlink_on_load=True) if shm_dir else None
-        _serve(link, board, spill)
+        _serve(link, board, spill, rank, pool_tag, bool(settings.get("measure")))
     finally:
         os._exit(0)
 
 
-def _serve(link: _Link, board: WorkerBoard, spill: SharedSpill | None) -> None:
+def _serve(link: _Link, board: WorkerBoard, spill: SharedSpill | None, rank: int, tag: int, measure: bool) -> None:
     functions = LoadedFunctions()
     queue: deque[P.Item] = deque()
     ordinal = 0  # of the next task taken from the queue: tasks are claimed in arrival order
+    received = 0  # tasks received
+    # When each batch of tasks arrived: (the ordinal after its last task, epoch seconds).
+    arrivals: deque[tuple[int, float]] = deque()
+    pid = os.getpid()
+    rss_kb = 0
+    rss_read = 0.0  # when rss_kb was read
+    cpu_mark = time.process_time()  # the CPU clock when the last result was ready
     unsent = 0  # results in the board's journal
     first_unsent = 0.0
     pack = P.RESULT_META.pack
@@ -175,7 +209,10 @@ def _serve(link: _Link, board: WorkerBoard, spill: SharedSpill | None) -> None:
         if msg is not None:
             kind = msg[0].tobytes()
             if kind == P.TASKS:
-                queue.extend(P.split(P.TASK_META, msg[1].tobytes(), msg[2], msg[3:]))
+                items = P.split(P.TASK_META, msg[1].tobytes(), msg[2], msg[3:])
+                queue.extend(items)
+                received += len(items)
+                arrivals.append((received, time.time()))
             elif kind == P.PIN:  # the next task (sent alone) has resources of its own
                 info = json.loads(msg[1].tobytes())
                 pin = Allocation(tuple(info["cpus"]), tuple(info["gpus"]), info["memory_gb"])
@@ -184,26 +221,41 @@ def _serve(link: _Link, board: WorkerBoard, spill: SharedSpill | None) -> None:
                 return
             continue
         fields, main, oob = queue.popleft()
+        while arrivals[0][0] <= ordinal:
+            arrivals.popleft()
+        dispatched = arrivals[0][1]
         if not board.claim(ordinal):  # cancelled by the manager before it began
             ordinal += 1
             del main, oob
-            meta, out = pack(fields[0], P.CANCELLED, 0.0, 0, 0), [b""]
+            meta = pack(fields[0], P.CANCELLED, 0.0, dispatched, 0.0, -1.0, tag, pid, 0, rank, fields[P.T_LOST], 0, 0)
+            out = [b""]
         else:
             ordinal += 1
             try:
                 fn, args, kwargs = loads_call([main, *oob], functions)
             except BaseException as exc:  # noqa: BLE001
                 error = SerializationError(f"the task could not be loaded on the worker: {exc!r}")
-                status, out, elapsed = P.ERROR, dumps_exception(error), 0.0
+                status, out, elapsed, started = P.ERROR, dumps_exception(error), 0.0, time.time()
             else:
                 del main, oob
                 if pin is None:
-                    status, out, elapsed = _run_one(fn, args, kwargs, spill)
+                    status, out, elapsed, started = _run_one(fn, args, kwargs, spill)
                 else:
                     with pinned(pin, pin_env):
-                        status, out, elapsed = _run_one(fn, args, kwargs, spill)
+                        status, out, elapsed, started = _run_one(fn, args, kwargs, spill)
                 del fn, args, kwargs
-            meta = pack(fields[0], status, elapsed, len(out[0]), len(out) - 1)
+            if measure:
+                now = time.process_time()
+                cpu, cpu_mark = now - cpu_mark, now
+                if elapsed >= RSS_TASK_SECONDS or started - rss_read >= RSS_EVERY_SECONDS:
+                    rss_kb = _peak_rss_kb()
+                    rss_read = started
+            else:
+                cpu = -1.0
+            meta = pack(
+                fields[0], status, elapsed, dispatched, started, cpu, tag, pid, rss_kb, rank, fields[P.T_LOST],
+                len(out[0]), len(out) - 1,
+            )  # fmt: skip
         pin = None  # it was for this task alone (run or cancelled)
         if len(out) == 1 and board.journal(meta, out[0]):
             if not unsent:

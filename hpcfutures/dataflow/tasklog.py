@@ -15,9 +15,10 @@ told later; so a task whose submit was told directly has its end told directly t
 :class:`~.task.Task`), and the other events told directly (a retry queued again, a failed
 try, a cache decision) do not mind coming after the task's end.
 
-Threads: any thread packs into ``_buffer`` with one ``extend`` of bytes made beforehand (so
-that no other thread can run between reading ``_buffer`` and extending it); the shipping
-thread swaps it for an empty one.  ``_lock`` guards adding a kind of task to ``_kinds``.
+Threads: any thread packs into ``_buffer`` with one ``extend`` of bytes made beforehand; the
+shipping thread takes what is there and deletes it from the front, never replacing the
+buffer, so that an ``extend`` by a thread that read ``_buffer`` a moment before is never
+lost.  ``_lock`` guards adding a kind of task to ``_kinds``.
 """
 
 from __future__ import annotations
@@ -89,10 +90,13 @@ class TaskLog:
         return kind
 
     def _drain(self) -> tuple[tuple[Any, ...], ...]:
-        buffer, self._buffer = self._buffer, bytearray()
-        if not buffer:
+        buffer = self._buffer  # emptied from the front, never swapped: see the module docstring
+        count = len(buffer)
+        if not count:
             return ()
-        return ((self._raw, DECODER, (buffer, self._kinds)),)
+        packed = bytes(buffer[:count])
+        del buffer[:count]
+        return ((self._raw, DECODER, (packed, self._kinds)),)
 
 
 def decode(payload: tuple[bytes, list[tuple[str, str, str]]]) -> list[tuple[Any, ...]]:

@@ -14,7 +14,7 @@ counted in ``run.dropped``, while more than :data:`BACKLOG_LIMIT` events wait to
 logged and kept in :attr:`Recorder.error`, and later events are discarded.  If the
 executor's process dies, the writer writes what it was sent and marks the run interrupted.
 
-Threads: the event list is appended by any thread and swapped by the shipping thread,
+Threads: the event list is appended by any thread and emptied from the front by the shipping thread,
 which alone writes to the writer's pipe (``flush`` and ``close`` hand it their requests).
 """
 
@@ -304,8 +304,13 @@ class Recorder:
             pass
 
     def _ship(self) -> None:
-        events, self._events = self._events, []
-        for drain in self._sources:  # after the swap: what they logged before those events is in
+        # Take what is there by slicing, never by swapping the list for a new one: a thread
+        # may have looked up ``self._events`` before a swap and append to the old list after.
+        pending = self._events
+        count = len(pending)
+        events = pending[:count]
+        del pending[:count]
+        for drain in self._sources:  # after the take: what they logged before those events is in
             try:
                 events[:0] = drain()
             except Exception:  # noqa: BLE001 - a broken source loses its events, not the run's

@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -234,3 +235,31 @@ def test_what_record_means(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         resolve_record("bad name!")
     with pytest.raises(TypeError, match="record must be"):
         resolve_record(3)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("round_no", range(3))
+def test_no_event_is_lost_while_many_threads_tell_and_it_ships_all_the_time(record: Path, round_no: int) -> None:
+    # A shipment every millisecond, so that takes interleave with appends from every thread.
+    rec = Recorder(record, family="fam", kind="test", flush_interval=0.001)
+    threads_n, per_thread = 8, 5_000
+    start = threading.Barrier(threads_n)
+
+    def tell(first: int) -> None:
+        start.wait()
+        t = time.time()
+        for task_id in range(first, first + per_thread):
+            rec.submitted(task_id, "f", t, parents=(task_id - 1,) if task_id % per_thread else ())
+            rec.attempt(task_id, 1, "ok", started=t, ended=t, traceback=None)
+            rec.ended(task_id, "done", t, tries=1)
+
+    workers = [threading.Thread(target=tell, args=(i * per_thread,)) for i in range(threads_n)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    rec.close()
+    total = threads_n * per_thread
+    assert rows(record, "SELECT count(*), sum(state = 'done') FROM task") == [(total, total)]
+    assert rows(record, "SELECT count(*) FROM try") == [(total,)]
+    assert rows(record, "SELECT count(*) FROM edge") == [(total - threads_n,)]
+    assert rows(record, "SELECT submitted, done FROM run") == [(total, total)]

@@ -27,7 +27,6 @@ import importlib
 import logging
 import marshal
 import os
-import select
 import sqlite3
 import sys
 import time
@@ -53,8 +52,12 @@ from .schema import FINAL_STATES, connect
 
 logger = logging.getLogger(__name__)
 
-#: Events folded into one transaction at most; more wait for the next.
-BATCH_EVENTS = 200_000
+#: Events held at most before they are written (see :func:`serve`).
+BATCH_EVENTS = 500_000
+#: A frame this large or larger (about 2,000 tasks) means the executor is busy: hold it (see :func:`serve`).
+BUSY_BYTES = 64 * 1024
+#: Seconds events are held at most while the executor is busy.
+HOLD_SECONDS = 5.0
 
 # Indices into a task's folded row: the columns of TASK_COLUMNS.
 TASK_COLUMNS = (
@@ -305,8 +308,8 @@ def _read_exactly(stream: BinaryIO, size: int) -> bytes | None:
     return data
 
 
-def read_frame(stream: BinaryIO) -> list[tuple[Any, ...]] | None:
-    """One frame's events, or None at the end of the input."""
+def read_frame(stream: BinaryIO) -> tuple[list[tuple[Any, ...]], int] | None:
+    """One frame's events and its size in bytes, or None at the end of the input."""
     head = _read_exactly(stream, FRAME.size)
     if head is None:
         return None
@@ -314,38 +317,54 @@ def read_frame(stream: BinaryIO) -> list[tuple[Any, ...]] | None:
     if body is None:
         return None
     events: list[tuple[Any, ...]] = marshal.loads(body)
-    return events
+    return events, len(body)
 
 
 def serve(path: str, run_id: int, source: BinaryIO, answers: BinaryIO) -> None:
-    """Read frames from ``source`` until it ends, writing them to run ``run_id`` of ``path``."""
+    """Read frames from ``source`` until it ends, writing them to run ``run_id`` of ``path``.
+
+    While the executor is busy (a frame of :data:`BUSY_BYTES` or more), events are
+    held and written together once it calms down, at the latest after :data:`HOLD_SECONDS`
+    or :data:`BATCH_EVENTS` events: on a small machine even a writer of the lowest priority
+    takes a share of the CPUs (a hyperthread sibling, caches), so it does its work between
+    bursts where it can.  A flush request or the end of the run is written at once.
+    """
     conn = connect(path)
     folder = Folder(conn, run_id)
     failed = False
+    held: list[tuple[Any, ...]] = []
+    held_since = 0.0
     try:
-        ended = False
-        while not ended:
-            frame = read_frame(source)
+        while True:
+            got = read_frame(source)
+            frame = None
+            if got is not None:
+                frame, size = got
+                if not held:
+                    held_since = time.monotonic()
+                held.extend(frame)
+                urgent = any(event[0] == FLUSH or event[0] == CLOSE for event in frame)
+                if (
+                    not urgent
+                    and size >= BUSY_BYTES
+                    and len(held) < BATCH_EVENTS
+                    and time.monotonic() - held_since < HOLD_SECONDS
+                ):
+                    continue
+            if held:
+                events, held = held, []
+                try:
+                    flushes = folder.write(events)
+                except Exception:  # noqa: BLE001 - log once, keep reading so the executor never blocks
+                    if not failed:
+                        logger.exception("run record %s: cannot write run %d", path, run_id)
+                        failed = True
+                    flushes = [event[1] for event in events if event[0] == FLUSH]
+                for seq in flushes:
+                    answers.write(b"flushed %d\n" % seq)
+                    answers.flush()
             if frame is None:
                 break
-            events = frame
-            # take what else is waiting, so that a backlog is written in few transactions
-            while len(events) < BATCH_EVENTS and select.select([source], [], [], 0)[0]:
-                more = read_frame(source)
-                if more is None:
-                    ended = True
-                    break
-                events.extend(more)
-            try:
-                flushes = folder.write(events)
-            except Exception:  # noqa: BLE001 - log once, keep reading so the executor never blocks
-                if not failed:
-                    logger.exception("run record %s: cannot write run %d", path, run_id)
-                    failed = True
-                flushes = [event[1] for event in events if event[0] == FLUSH]
-            for seq in flushes:
-                answers.write(b"flushed %d\n" % seq)
-                answers.flush()
     finally:
         try:
             folder.finish()

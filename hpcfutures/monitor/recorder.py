@@ -66,6 +66,13 @@ CLOSE_TIMEOUT = 300.0
 _live: weakref.WeakSet[Recorder] = weakref.WeakSet()
 
 
+class _Discarded(list):
+    """The event list of a closed Recorder: events told after the end are dropped."""
+
+    def append(self, _event: object) -> None:
+        pass
+
+
 def _tail(text: str | None) -> str | None:
     if text is None or len(text) <= TEXT_LIMIT:
         return text
@@ -375,7 +382,7 @@ class Recorder:
         """Ship what is left, mark the run ``status`` (done, failed, interrupted), and wait
         for the writer to finish (at most :data:`CLOSE_TIMEOUT` seconds).
 
-        Safe to call more than once, and from ``atexit``.
+        Safe to call more than once, and from ``atexit``.  Events told after it are dropped.
         """
         if self._closed:
             return
@@ -395,6 +402,9 @@ class Recorder:
                 self._writer.wait()
         self._reader.join(5.0)
         self._replies.close()
+        # An executor that outlives the run (one lent to a recording DataflowExecutor) may
+        # still tell of its blocks: drop that, rather than keep it for nobody.
+        self._events = _Discarded()
         _live.discard(self)
 
     @property

@@ -265,3 +265,13 @@ def test_no_event_is_lost_while_many_threads_tell_and_it_ships_all_the_time(reco
     assert rows(record, "SELECT count(*) FROM try") == [(total,)]
     assert rows(record, "SELECT count(*) FROM edge") == [(total - threads_n,)]
     assert rows(record, "SELECT submitted, done FROM run") == [(total, total)]
+
+
+def test_events_told_after_close_are_dropped_not_kept(record: Path) -> None:
+    rec = Recorder(record, family="fam", kind="test")
+    rec.close()
+    for _ in range(1000):  # an executor lent to a recorded run, still telling of its blocks
+        rec.block("htex", "0", "RUNNING", time.time())
+        rec.sample(time.time(), host="h")
+    assert len(rec._events) == 0
+    assert rows(record, "SELECT count(*) FROM block") == [(0,)]

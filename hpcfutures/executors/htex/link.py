@@ -81,6 +81,7 @@ class HtexFuture(LeanFuture):
 
     spilled: list[str] | None = None  # shared-memory files holding large arguments
     _meta: tuple[Any, ...] | None = None  # its result's RESULT_META fields, once it came
+    _execution: Execution | None = None  # built from _meta on first use
 
     def __init__(self, link: DriverLink, task_id: int):
         super().__init__()
@@ -106,12 +107,16 @@ class HtexFuture(LeanFuture):
 
         CPU time and peak RSS are measured only while the run is recorded.
         """
+        built = self._execution
+        if built is not None:
+            return built
         meta = self._meta
         if meta is None:
             return None
         from .recording import execution_from
 
-        return execution_from(meta, self._link.pool_names)
+        built = self._execution = execution_from(meta, self._link.pool_names)
+        return built
 
     def _cancel_locally(self) -> bool:
         if LeanFuture.cancel(self):

@@ -30,11 +30,19 @@ import pytest
 from hpcfutures.monitor import Recorder
 from hpcfutures.monitor.server import DashboardServer, render_snapshot
 
+from ..services import missing
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-needs_chromium = pytest.mark.skipif(
-    CHROMIUM is None,
-    reason="needs Debian's chromium package (apt-get install chromium) for the browser tests",
-)
+
+
+@pytest.fixture
+def _chromium_present() -> None:
+    if CHROMIUM is None:
+        missing("needs Debian's chromium package for the browser tests (.ci/setup-browser.sh installs it)")
+
+
+# Skipped without Chromium, but failed under CI (HPCF_REQUIRE_SERVICES=1), which installs it.
+needs_chromium = pytest.mark.usefixtures("_chromium_present")
 
 LABEL = 'odd "label" \\ with\nnewline'
 #: Printed by the failing tries: markup the page must show as text, inlined or not.

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 
@@ -16,6 +16,18 @@ def _rows(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> sql
     cursor = conn.cursor()
     cursor.row_factory = None
     return cursor.execute(sql, params)
+
+
+#: Ids bound in one ``IN (...)`` at most: SQLite caps a statement's variables (999 in old builds).
+IN_CHUNK = 500
+
+
+def _rows_in(conn: sqlite3.Connection, sql: str, run_id: int, ids: Sequence[int]) -> Iterator[tuple[Any, ...]]:
+    """The rows of ``sql`` (which has ``run_id = ?`` then ``IN ({marks})``) for ``ids``, a chunk
+    of :data:`IN_CHUNK` ids at a time; each id's rows come from one chunk."""
+    for start in range(0, len(ids), IN_CHUNK):
+        chunk = ids[start : start + IN_CHUNK]
+        yield from _rows(conn, sql.format(marks=", ".join("?" * len(chunk))), (run_id, *chunk))
 
 
 def _one(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> Any:

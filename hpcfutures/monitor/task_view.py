@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._sql import _hint, _json, _one, _rows, _with
+from ._sql import _hint, _json, _one, _rows, _rows_in, _with
 from .runs import NotFoundError, Run, record_path, run_info
 from .schema import FINAL_STATES
 from .tasks import TaskRow, _task_rows
@@ -97,15 +97,10 @@ def _relatives(
 
 def _relatives_of(conn: sqlite3.Connection, run_id: int, ids: Sequence[int]) -> list[Relative]:
     known: dict[int, tuple[Any, Any]] = {}
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        marks = ", ".join("?" * len(chunk))
-        for task_id, func, state in _rows(
-            conn,
-            f"SELECT task_id, func, state FROM task WHERE run_id = ? AND task_id IN ({marks})",
-            (run_id, *chunk),
-        ):
-            known[task_id] = (func, state)
+    for task_id, func, state in _rows_in(
+        conn, "SELECT task_id, func, state FROM task WHERE run_id = ? AND task_id IN ({marks})", run_id, ids
+    ):
+        known[task_id] = (func, state)
     return [Relative(i, *known.get(i, (None, None))) for i in ids]
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._sql import _hint, _one, _rows
+from ._sql import _hint, _one, _rows, _rows_in
 from .schema import TASK_STATES
 
 #: How a page of tasks may be ordered: the name, and the index order it reads.
@@ -58,12 +58,12 @@ def _last_tries(conn: sqlite3.Connection, run_id: int, task_ids: Sequence[int]) 
     last: dict[int, tuple[Any, ...]] = {}
     if not task_ids:
         return last
-    marks = ", ".join("?" * len(task_ids))
-    for row in _rows(
+    for row in _rows_in(
         conn,
-        f"SELECT task_id, host, pool, worker, outcome FROM try WHERE run_id = ? AND task_id IN ({marks}) "
+        "SELECT task_id, host, pool, worker, outcome FROM try WHERE run_id = ? AND task_id IN ({marks}) "
         "ORDER BY task_id, try_no",
-        (run_id, *task_ids),
+        run_id,
+        task_ids,
     ):
         last[row[0]] = row[1:]
     return last
@@ -72,13 +72,10 @@ def _last_tries(conn: sqlite3.Connection, run_id: int, task_ids: Sequence[int]) 
 def _task_rows(conn: sqlite3.Connection, run_id: int, task_ids: Sequence[int]) -> list[TaskRow]:
     if not task_ids:
         return []
-    marks = ", ".join("?" * len(task_ids))
     found = {
         row[0]: row
-        for row in _rows(
-            conn,
-            f"SELECT {_TASK_COLUMNS} FROM task WHERE run_id = ? AND task_id IN ({marks})",
-            (run_id, *task_ids),
+        for row in _rows_in(
+            conn, f"SELECT {_TASK_COLUMNS} FROM task WHERE run_id = ? AND task_id IN ({{marks}})", run_id, task_ids
         )
     }
     last = _last_tries(conn, run_id, task_ids)

@@ -507,3 +507,34 @@ def test_results_are_json(sweep) -> None:
     text = json.dumps(asdict(q.task_detail(sweep, 1, 3)))
     assert "ValueError: bad input 3" in text
     json.dumps(asdict(q.status(sweep, 1)))
+
+
+def test_a_page_larger_than_sqlites_variable_limit_is_read_in_chunks(tmp_path: Path) -> None:
+    from hpcfutures.monitor.schema import connect
+
+    path = tmp_path / "wide.db"
+    conn = connect(path)
+    conn.execute("INSERT INTO run (family, kind, status, started) VALUES ('wide', 'test', 'done', 0)")
+    n = 2_000
+    conn.execute("BEGIN")
+    conn.executemany(
+        "INSERT INTO task (run_id, task_id, func, state, ended) VALUES (1, ?, 'f', 'done', ?)",
+        [(i, float(i)) for i in range(1, n + 1)],
+    )
+    conn.executemany(
+        "INSERT INTO try (run_id, task_id, try_no, outcome, host) VALUES (1, ?, 1, 'ok', 'h')",
+        [(i,) for i in range(1, n + 1)],
+    )
+    conn.execute("COMMIT")
+    conn.close()
+    reader = connect_for_reading(path)
+    import sqlite3
+
+    reader.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)  # as in older SQLite builds
+    try:
+        rows, total = q.tasks(reader, 1, limit=n)
+    finally:
+        reader.close()
+    assert total == n
+    assert [r.task_id for r in rows] == list(range(1, n + 1))
+    assert {r.host for r in rows} == {"h"}

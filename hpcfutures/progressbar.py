@@ -214,18 +214,6 @@ def _build(choice: str | ProgressSink, stream: IO[str], desc: str | None, total:
     return TextBar(stream, desc)
 
 
-def make_sink(
-    backend: str | ProgressSink | None, stream: IO[str], desc: str | None, total: int
-) -> ProgressSink | None:
-    """The bar to draw on ``stream``, or None when progress is off (see the module docstring).
-
-    Raises:
-        ConfigurationError: ``backend`` is neither a backend name, a ProgressSink nor None.
-    """
-    choice = _choose(backend, stream)
-    return None if choice is None else _build(choice, stream, desc, total)
-
-
 class ProgressBar:
     """Counts futures as they are added and as they finish, from any thread, and draws the counts.
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Se
 
 from .._validate import check_bool, check_count
 from ..errors import ConfigurationError
-from ..executors.progress import ExecutorProgress, map_bar, ordered_map
+from ..executors.progress import ExecutorProgress
 from ..progressbar import ProgressBar, ProgressSink
 from ..resources import ClosableView, Resources
 from .caching import DEFAULT_MEMO_SIZE, Memoizer
@@ -255,10 +255,7 @@ class DataflowExecutor(ExecutorProgress, Executor):
         Raises:
             ConfigurationError: ``progress`` is none of True, False, a backend name or a ProgressSink.
         """
-        bar = map_bar(progress, fn)
-        if bar is None:
-            return super().map(fn, *iterables, timeout=timeout, chunksize=chunksize)
-        return ordered_map(self.submit, fn, iterables, timeout, bar)
+        return super().map(fn, *iterables, timeout=timeout, chunksize=chunksize, progress=progress)
 
     def options(
         self,

@@ -365,10 +365,7 @@ class Task:
             fn, args, kwargs = self.host.stage(self, fn, args, kwargs)
         recorder = self.host.recorder
         if recorder is not None:
-            self.tries += 1
-            if self.queued_at is None:
-                self.queued_at = at = time()
-                recorder.state(self.future.task_id, "queued", at)
+            self.begin_try(recorder)
         try:
             inner = self.host.backend_for(self.label, self.settings).submit(fn, *args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - e.g. an argument that cannot be pickled

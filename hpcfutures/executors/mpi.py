@@ -29,6 +29,7 @@ from typing import Any
 
 import cloudpickle
 
+from .._validate import check_bool
 from ..errors import ConfigurationError, ResourceUnsatisfiableError, UnsupportedOptionError
 from ..launchers.base import SimpleLauncher
 from ..launchers.mpi_prefix import FLAVOURS
@@ -134,8 +135,7 @@ class MPIExecutor(HighThroughputExecutor):
             )
         if not isinstance(mpi_executable, str):
             raise ConfigurationError(f"mpi_executable must be a program name or path, got {mpi_executable!r}")
-        if not isinstance(oversubscribe, bool):
-            raise ConfigurationError(f"oversubscribe must be True or False, got {oversubscribe!r}")
+        check_bool("oversubscribe", oversubscribe)
         for name in ("cores_per_worker", "mem_per_worker", "available_accelerators", "tasks_per_accelerator",
                      "cpu_affinity", "enforce_memory"):  # fmt: skip
             if name in kwargs:

@@ -89,6 +89,29 @@ class ExecutorProgress:
     #: While a block is open: what each entry's instance attribute was before (_ABSENT: none).
     _progress_shadowed: dict[str, Any] = {}  # noqa: RUF012 - replaced, never changed in place
 
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        progress: bool | str | ProgressSink | None = False,
+    ) -> Iterator[Any]:
+        """Return an iterator of ``fn(*args)`` over ``zip(*iterables)``, as ``Executor.map`` does.
+
+        ``progress=True`` (or a backend name, or a ProgressSink) draws a bar that counts
+        the calls as they finish, in any order, while the results keep map's order (see
+        :func:`hpcfutures.progress`).
+
+        Raises:
+            ConfigurationError: ``progress`` is none of True, False, a backend name or a ProgressSink.
+        """
+        bar = map_bar(progress, fn)
+        if bar is None:
+            mapped: Iterator[Any] = super().map(fn, *iterables, timeout=timeout, chunksize=chunksize)  # type: ignore[misc]
+            return mapped
+        return ordered_map(self.submit, fn, iterables, timeout, bar)  # type: ignore[attr-defined]
+
     def progress(
         self,
         *,

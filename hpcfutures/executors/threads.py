@@ -14,7 +14,7 @@ import heapq
 import itertools
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import thread as _thread
 from typing import Any
@@ -22,9 +22,8 @@ from typing import Any
 from .._validate import check_count
 from ..errors import ConfigurationError
 from ..leanfuture import FinishedReadsFuture
-from ..progressbar import ProgressSink
 from ..resources import DEFAULT_OPTIONS, ExecutorView, Resources, TaskOptions, reject_unsupported
-from .progress import ExecutorProgress, map_bar, ordered_map
+from .progress import ExecutorProgress
 
 __all__ = ["ThreadExecutor"]
 
@@ -200,28 +199,6 @@ class ThreadExecutor(ExecutorProgress, _thread.ThreadPoolExecutor):
     ) -> Future[Any]:
         """Submit one call with these settings (what an ``options()`` view calls)."""
         return self._put(fn, args, kwargs, options.priority)
-
-    def map(
-        self,
-        fn: Callable[..., Any],
-        *iterables: Iterable[Any],
-        timeout: float | None = None,
-        chunksize: int = 1,
-        progress: bool | str | ProgressSink | None = False,
-    ) -> Iterator[Any]:
-        """Return an iterator of ``fn(*args)`` over ``zip(*iterables)``, as ``Executor.map`` does.
-
-        ``progress=True`` (or a backend name, or a ProgressSink) draws a bar that counts
-        the calls as they finish, in any order, while the results keep map's order (see
-        :func:`hpcfutures.progress`).
-
-        Raises:
-            ConfigurationError: ``progress`` is none of True, False, a backend name or a ProgressSink.
-        """
-        bar = map_bar(progress, fn)
-        if bar is None:
-            return super().map(fn, *iterables, timeout=timeout, chunksize=chunksize)
-        return ordered_map(self.submit, fn, iterables, timeout, bar)
 
     def _put(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], priority: int) -> Future[Any]:
         # The stdlib's submit with our future and our put; keep the two in step.

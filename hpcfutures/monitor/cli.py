@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import query
+from .export import FORMATS
 from .schema import FINAL_STATES, TASK_STATES, RecordError, connect_for_reading
 
 _PROG = "hpcfutures monitor"
@@ -475,7 +476,7 @@ def _parser() -> argparse.ArgumentParser:
     json_arg(sub)
     sub = command("export", "write a run as an HTML page, CSV of its tasks, or a Chrome trace", _export)
     run_arg(sub)
-    sub.add_argument("--format", required=True, choices=("html", "csv", "chrome-trace"), help="what to write")
+    sub.add_argument("--format", required=True, choices=FORMATS, help="what to write")
     sub.add_argument("-o", "--output", metavar="FILE", help="write to FILE (default: standard output)")
     sub = command("serve", "serve the dashboard of the records (prints its URL)", _serve)
     run_arg(sub)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import query
+from ._sql import _rows
 from .schema import connect_for_reading
 
 FORMATS = ("html", "csv", "chrome-trace")
@@ -63,21 +64,15 @@ def export(path: str | os.PathLike[str], run_id: int, fmt: str, out: TextIO) -> 
         conn.close()
 
 
-def _cursor(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> sqlite3.Cursor:
-    cursor = conn.cursor()
-    cursor.row_factory = None
-    return cursor.execute(sql, params)
-
-
 def _tasks_with_tries(
     conn: sqlite3.Connection, run_id: int
 ) -> Iterator[tuple[tuple[Any, ...], list[tuple[Any, ...]]]]:
     """Each task row with its try rows: two scans in primary-key order, merged (a join
     would look each task's tries up in the index, a million times)."""
-    tasks = _cursor(
+    tasks = _rows(
         conn, f"SELECT {', '.join(_TASK_COLUMNS)} FROM task WHERE run_id = ? ORDER BY task_id", (run_id,)
     )
-    tries = _cursor(
+    tries = _rows(
         conn,
         f"SELECT task_id, {', '.join(_TRY_COLUMNS)} FROM try WHERE run_id = ? ORDER BY task_id, try_no",
         (run_id,),
@@ -122,7 +117,7 @@ def write_chrome_trace(conn: sqlite3.Connection, run_id: int, out: TextIO) -> No
         out.write(("" if first else ",\n") + json.dumps(event, separators=(",", ":")))
         first = False
 
-    rows = _cursor(
+    rows = _rows(
         conn,
         "SELECT y.task_id, y.try_no, t.func, y.queued, y.dispatched, y.started, y.ended, y.outcome, y.charged, "
         "y.exception, y.host, y.pool, y.worker FROM try AS y LEFT JOIN task AS t "

@@ -33,7 +33,7 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, overload
 
 from .. import __version__
 from .events import (
@@ -73,7 +73,12 @@ class _Discarded(list):
         pass
 
 
-def _tail(text: str | None) -> str | None:
+@overload
+def clip_tail(text: str) -> str: ...
+@overload
+def clip_tail(text: None) -> None: ...
+def clip_tail(text: str | None) -> str | None:
+    """``text`` cut to its last :data:`TEXT_LIMIT` characters, marked with an ellipsis."""
     if text is None or len(text) <= TEXT_LIMIT:
         return text
     return "…" + text[-(TEXT_LIMIT - 1) :]
@@ -208,8 +213,8 @@ class Recorder:
         self._events.append(
             (
                 TRY, task_id, try_no, queued, dispatched, started, ended, outcome, int(charged),
-                exception, _tail(traceback), pool, host, worker, pid, rss_kb, cpu, exit_code,
-                _tail(stdout_tail), _tail(stderr_tail),
+                exception, clip_tail(traceback), pool, host, worker, pid, rss_kb, cpu, exit_code,
+                clip_tail(stdout_tail), clip_tail(stderr_tail),
             )
         )  # fmt: skip
 

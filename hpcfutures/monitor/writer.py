@@ -65,7 +65,7 @@ TASK_COLUMNS = (
     "cache, cache_key, cache_reason"
 )
 _FUNC, _NAME, _EXECUTOR, _STATE, _SUBMITTED, _STARTED, _ENDED, _TRIES, _EXC, _RES, _CACHE, _KEY, _REASON = range(13)
-_FINAL_SQL = "('done','memo_done','failed','dep_fail','cancelled')"
+_FINAL_SQL = "(" + ",".join(f"'{state}'" for state in sorted(FINAL_STATES)) + ")"
 
 Decoder = Callable[[Any], Iterable[tuple[Any, ...]]]
 
@@ -386,7 +386,6 @@ def main(argv: list[str]) -> int:
     except OSError:
         pass
     logging.basicConfig(level=logging.WARNING, format="hpcfutures record writer: %(message)s")
-    # unbuffered, so that select() sees what is waiting
     with open(sys.stdin.fileno(), "rb", buffering=0, closefd=False) as source:
         serve(argv[0], int(argv[1]), source, sys.stdout.buffer)
     return 0

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
-from ..._validate import check_count, check_number, check_seconds
+from ..._validate import check_bool, check_count, check_number, check_seconds
 from ...errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -144,8 +144,7 @@ class HtexConfig:
             normalise("mem_per_worker", float(check_number("mem_per_worker", self.mem_per_worker, finite=True, unit="GB")))
         normalise("available_accelerators", accelerator_names(self.available_accelerators))
         check_count("tasks_per_accelerator", self.tasks_per_accelerator, 1)
-        if not isinstance(self.enforce_memory, bool):
-            raise ConfigurationError(f"enforce_memory must be True or False, got {self.enforce_memory!r}")
+        check_bool("enforce_memory", self.enforce_memory)
         if self.cpu_affinity not in AFFINITY_MODES:
             raise ConfigurationError(
                 f"cpu_affinity must be one of {', '.join(repr(m) for m in AFFINITY_MODES)}, got {self.cpu_affinity!r}"

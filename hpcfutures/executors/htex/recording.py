@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 from ...errors import PoolLostError, RemoteTraceback, TaskTimeoutError, WorkerLostError
 from ...monitor.events import END, STATE, SUBMIT, TRY
 from ...monitor.execution import Execution
-from ...monitor.recorder import TEXT_LIMIT, Recorder
+from ...monitor.recorder import Recorder, clip_tail
 from ...resources import TaskOptions
 from ..chunks import run_chunk
 from . import protocol as P
@@ -79,10 +79,6 @@ def resources_json(options: TaskOptions) -> str | None:
     return json.dumps(fields, sort_keys=True) if fields else None
 
 
-def _bounded(text: str) -> str:
-    return text if len(text) <= TEXT_LIMIT else "…" + text[-(TEXT_LIMIT - 1) :]
-
-
 def describe_failure(task_id: int, exc: BaseException) -> Failure:
     """How a failed task's try ended, for the record: outcome, exception, traceback, exit code.
 
@@ -98,12 +94,12 @@ def describe_failure(task_id: int, exc: BaseException) -> Failure:
     cause = exc.__cause__
     traceback = None
     if isinstance(cause, RemoteTraceback):
-        traceback = _bounded(cause.tb.strip().strip('"').strip("\n"))
+        traceback = clip_tail(cause.tb.strip().strip('"').strip("\n"))
     code = getattr(exc, "exit_code", None)
     return (
         task_id,
         outcome,
-        _bounded(f"{type(exc).__name__}: {exc}"),
+        clip_tail(f"{type(exc).__name__}: {exc}"),
         traceback,
         code if isinstance(code, int) else None,
     )

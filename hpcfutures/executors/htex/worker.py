@@ -227,7 +227,9 @@ def _serve(link: _Link, board: WorkerBoard, spill: SharedSpill | None, rank: int
         if not board.claim(ordinal):  # cancelled by the manager before it began
             ordinal += 1
             del main, oob
-            meta = pack(fields[0], P.CANCELLED, 0.0, dispatched, 0.0, -1.0, tag, pid, 0, rank, fields[P.T_LOST], 0, 0)
+            meta = P.result_meta(
+                fields[0], P.CANCELLED, 0, 0, dispatched=dispatched, tag=tag, pid=pid, worker=rank, lost=fields[P.T_LOST]
+            )
             out = [b""]
         else:
             ordinal += 1

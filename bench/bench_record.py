@@ -3,10 +3,15 @@
 Run as ``python bench/bench_record.py [--rounds N] [--tasks N] [--only htex,dataflow]``.
 Each round builds every configuration in turn (HTEX off, HTEX on, Dataflow off, Dataflow on,
 the order alternating between rounds, so that a slow spell of the machine hits both sides),
-warms it up, and times ``--tasks`` no-op tasks submitted in a loop and collected (the
-throughput measure of bench_executors.py).  The table gives the median of the rounds, the
-on/off ratio, the time ``shutdown()`` took (with recording on it includes waiting for the
-writer to write what was left), and the record's size per task.
+warms it up, and times ``--repeats`` bursts of ``--tasks`` no-op tasks submitted in a loop
+and collected (the throughput measure of bench_executors.py): with the default of 2 bursts
+the record's writer holds its work until the executor calms down; ``--repeats 16`` keeps it
+busy for longer than the writer holds (5 s), so that the writer works during the bursts.
+The table gives the median of the rounds, the on/off ratio, the CPU time a task cost during
+the bursts (the driver's process, the executor's other processes, and the record's writer;
+read with psutil, which sees the writer's work during the bursts, not what it left for
+later), the time ``shutdown()`` took (with recording on it includes waiting for the writer
+to write what was left), and the record's size per task.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import tempfile
 import time
 from concurrent.futures import Executor
 from pathlib import Path
+
+import psutil
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_executors import _let_workers_import_tasks, make_htex, noop, run_throughput, warm_up  # noqa: E402
@@ -37,16 +44,33 @@ def make(kind: str, record: Path | bool) -> Executor:
     return DataflowExecutor(ThreadExecutor(2), record=record)
 
 
-def one(kind: str, record: Path | bool, tasks: int, repeats: int) -> tuple[list[float], float]:
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds so far of this process ("driver"), the record's writer, and the rest of its tree."""
+    me = psutil.Process()
+    spent = {"driver": sum(me.cpu_times()[:2]), "writer": 0.0, "others": 0.0}
+    for child in me.children(recursive=True):
+        try:
+            kind = "writer" if "hpcfutures.monitor.writer" in child.cmdline() else "others"
+            spent[kind] += sum(child.cpu_times()[:2])
+        except psutil.Error:
+            pass  # it ended
+    return spent
+
+
+def one(kind: str, record: Path | bool, tasks: int, repeats: int) -> tuple[list[float], float, dict[str, float]]:
+    """Throughput of each burst, seconds to shut down, and CPU µs a task during the bursts."""
     executor = make(kind, record)
     try:
         warm_up(executor, None) if kind == "htex" else [executor.submit(noop).result() for _ in range(200)]
+        before = cpu_seconds()
         rates = [run_throughput(executor, tasks) for _ in range(repeats)]
+        after = cpu_seconds()
     finally:
         start = time.perf_counter()
         executor.shutdown()
         stopped = time.perf_counter() - start
-    return rates, stopped
+    cost = {k: (after[k] - before[k]) / (tasks * repeats) * 1e6 for k in after}
+    return rates, stopped, cost
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bench-record-"))
     rates: dict[tuple[str, bool], list[float]] = {}
     stops: dict[tuple[str, bool], list[float]] = {}
+    costs: dict[tuple[str, bool, str], list[float]] = {}
     tasks_recorded: dict[str, int] = {}
     print(f"load average at start: {os.getloadavg()}", flush=True)
     for round_no in range(args.rounds):
@@ -67,13 +92,16 @@ def main(argv: list[str] | None = None) -> int:
             sides = (False, True) if round_no % 2 == 0 else (True, False)
             for on in sides:
                 record: Path | bool = workdir / f"{kind}.db" if on else False
-                got, stopped = one(kind, record, args.tasks, args.repeats)
+                got, stopped, cost = one(kind, record, args.tasks, args.repeats)
                 rates.setdefault((kind, on), []).extend(got)
+                for part, micros in cost.items():
+                    costs.setdefault((kind, on, part), []).append(micros)
                 stops.setdefault((kind, on), []).append(stopped)
                 print(
                     f"round {round_no + 1} {kind:8} record {'on ' if on else 'off'}: "
                     + ", ".join(f"{r:,.0f}" for r in got)
-                    + f" tasks/s; shutdown {stopped:.2f} s",
+                    + f" tasks/s; shutdown {stopped:.2f} s; CPU µs a task "
+                    + ", ".join(f"{part} {micros:.1f}" for part, micros in cost.items()),
                     flush=True,
                 )
                 if on:
@@ -88,6 +116,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{kind:10} {off:12,.0f} {on:12,.0f} {on / off:7.3f} {statistics.median(stops[(kind, False)]):12.2f}s "
             f"{statistics.median(stops[(kind, True)]):11.2f}s {size / max(1, tasks_recorded.get(kind, 1)):11.0f}"
         )
+    print(f"\nCPU µs a task during the bursts (medians): {'executor':10} {'driver':>14} {'others':>14} {'writer':>7}")
+    for kind in kinds:
+        parts = [
+            "/".join(f"{statistics.median(costs[(kind, on, part)]):.1f}" for on in (False, True))
+            for part in ("driver", "others")
+        ]
+        writer = statistics.median(costs[(kind, True, "writer")])
+        print(f"{'':42} {kind:10} {parts[0]:>14} {parts[1]:>14} {writer:7.1f}   (off/on)")
     return 0
 
 

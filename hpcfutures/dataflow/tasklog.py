@@ -43,8 +43,8 @@ _SUBMITTED, _DONE = 0, 1
 _SUBMIT_RECORD = struct.Struct("<BqdI")
 # code, task id, try number, queued at, ended at
 _DONE_RECORD = struct.Struct("<BqIdd")
-# A try's exception, traceback, pool, host, worker, pid, rss_kb, cpu, exit code and tails.
-_NO_DETAILS = (None,) * 11
+# A try's pool, host, worker, pid, rss_kb and cpu.
+_NO_WHERE = (None,) * 6
 
 
 class TaskLog:
@@ -101,7 +101,7 @@ class TaskLog:
 
 def decode(payload: tuple[bytes, list[tuple[str, str, str]]]) -> list[tuple[Any, ...]]:
     """The events a shipped log stands for, in the order they were packed (run by the writer)."""
-    from ..monitor.events import END, SUBMIT, TRY
+    from ..monitor.events import PLAIN, SUBMIT
 
     data, kinds = payload
     events: list[tuple[Any, ...]] = []
@@ -115,6 +115,5 @@ def decode(payload: tuple[bytes, list[tuple[str, str, str]]]) -> list[tuple[Any,
         else:
             _, task_id, try_no, queued, ended = _DONE_RECORD.unpack_from(data, position)
             position += _DONE_RECORD.size
-            events.append((TRY, task_id, try_no, queued, None, None, ended, "ok", 1, *_NO_DETAILS))
-            events.append((END, task_id, "done", ended, try_no, None))
+            events.append((PLAIN, task_id, try_no, queued, None, None, ended, *_NO_WHERE))
     return events

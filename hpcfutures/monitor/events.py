@@ -11,6 +11,10 @@ import struct
 SUBMIT, STATE, TRY, END, CACHE, BLOCK, POOL, POOL_LOST, SAMPLE, RAW, FLUSH, CLOSE = range(12)
 #: A dependency told after its child was submitted (a join app's inner tasks).
 EDGE = 12
+#: A task's only try ended well, with nothing more to tell: (PLAIN, task id, try number,
+#: queued, dispatched, started, ended, pool, host, worker, pid, rss_kb, cpu).  The writer
+#: keeps such a task in one short row (``task_plain``) if nothing else was said of it.
+PLAIN = 13
 
 #: The length prefix of a frame.
 FRAME = struct.Struct("<I")

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import query
-from ._sql import _rows
+from ._sql import _plain, _rows
 from .schema import connect_for_reading
 
 FORMATS = ("html", "csv", "chrome-trace")
@@ -68,13 +68,19 @@ def _tasks_with_tries(
     conn: sqlite3.Connection, run_id: int
 ) -> Iterator[tuple[tuple[Any, ...], list[tuple[Any, ...]]]]:
     """Each task row with its try rows: two scans in primary-key order, merged (a join
-    would look each task's tries up in the index, a million times)."""
+    would look each task's tries up in the index, a million times).  Each scan merges
+    task_full's or try_full's rows with task_plain's, both in key order."""
+    task_columns, try_columns = ", ".join(_TASK_COLUMNS), ", ".join(("task_id", *_TRY_COLUMNS))
     tasks = _rows(
-        conn, f"SELECT {', '.join(_TASK_COLUMNS)} FROM task WHERE run_id = ? ORDER BY task_id", (run_id,)
+        conn,
+        f"SELECT {task_columns} FROM task_full WHERE run_id = ?1 UNION ALL "
+        f"SELECT {_plain(task_columns)} FROM task_plain WHERE run_id = ?1 ORDER BY task_id",
+        (run_id,),
     )
     tries = _rows(
         conn,
-        f"SELECT task_id, {', '.join(_TRY_COLUMNS)} FROM try WHERE run_id = ? ORDER BY task_id, try_no",
+        f"SELECT {try_columns} FROM try_full WHERE run_id = ?1 UNION ALL "
+        f"SELECT {_plain(try_columns)} FROM task_plain WHERE run_id = ?1 ORDER BY task_id, try_no",
         (run_id,),
     )
     pending = tries.fetchone()
@@ -117,11 +123,13 @@ def write_chrome_trace(conn: sqlite3.Connection, run_id: int, out: TextIO) -> No
         out.write(("" if first else ",\n") + json.dumps(event, separators=(",", ":")))
         first = False
 
+    columns = "task_id, try_no, func, queued, dispatched, started, ended, outcome, charged, exception, host, pool, worker"
     rows = _rows(
         conn,
         "SELECT y.task_id, y.try_no, t.func, y.queued, y.dispatched, y.started, y.ended, y.outcome, y.charged, "
-        "y.exception, y.host, y.pool, y.worker FROM try AS y LEFT JOIN task AS t "
-        "ON t.run_id = y.run_id AND t.task_id = y.task_id WHERE y.run_id = ? ORDER BY y.task_id, y.try_no",
+        "y.exception, y.host, y.pool, y.worker FROM try_full AS y LEFT JOIN task_full AS t "
+        "ON t.run_id = y.run_id AND t.task_id = y.task_id WHERE y.run_id = ?1 UNION ALL "
+        f"SELECT {_plain(columns)} FROM task_plain WHERE run_id = ?1 ORDER BY task_id, try_no",
         (run_id,),
     )
     for (

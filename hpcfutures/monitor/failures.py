@@ -45,10 +45,12 @@ def failures(conn: sqlite3.Connection, run_id: int, *, examples: int = 5) -> lis
     run_info(conn, run_id)
     groups: dict[str, list[Any]] = {}
     missing: list[int] = []
+    # failed tasks, their tries and tracebacks are all in task_full and try_full: a plain task
+    # is done after one try that ended ok
     rows = _rows(
         conn,
-        f"SELECT task_id, func, exception FROM task{_hint(conn, 'task_by_state')} WHERE run_id = ? AND state = 'failed' "
-        "ORDER BY task_id",
+        f"SELECT task_id, func, exception FROM task_full{_hint(conn, 'task_by_state')} "
+        "WHERE run_id = ? AND state = 'failed' ORDER BY task_id",
         (run_id,),
     ).fetchall()
     last = {}
@@ -60,7 +62,8 @@ def failures(conn: sqlite3.Connection, run_id: int, *, examples: int = 5) -> lis
             chunk = missing[start : start + 500]
             for task_id, exception, outcome in _rows(
                 conn,
-                f"SELECT task_id, exception, outcome FROM try WHERE run_id = ? AND task_id IN ({', '.join('?' * len(chunk))}) "
+                "SELECT task_id, exception, outcome FROM try_full WHERE run_id = ? "
+                f"AND task_id IN ({', '.join('?' * len(chunk))}) "
                 "ORDER BY task_id, try_no",
                 (run_id, *chunk),
             ):
@@ -81,7 +84,7 @@ def failures(conn: sqlite3.Connection, run_id: int, *, examples: int = 5) -> lis
     ):
         traceback = _one(
             conn,
-            "SELECT traceback FROM try WHERE run_id = ? AND task_id = ? AND traceback IS NOT NULL "
+            "SELECT traceback FROM try_full WHERE run_id = ? AND task_id = ? AND traceback IS NOT NULL "
             "ORDER BY try_no DESC LIMIT 1",
             (run_id, ids[0]),
         )

@@ -4,7 +4,11 @@ Each query takes a connection from :func:`~.schema.connect_for_reading` and a ru
 returns dataclasses (:func:`dataclasses.asdict` makes them JSON).  Every query reads through
 the schema's indexes, so that it answers in well under a second on a record of a million
 tasks: counts come from covering index scans, pages of tasks are found in an index before
-their rows are read, and nothing sorts the task table.  Times are seconds since the epoch.
+their rows are read, and nothing sorts the task table.  The views ``task`` and ``try`` are
+read only to look tasks up by id; otherwise a query reads ``task_full`` / ``try_full`` and
+``task_plain`` apart, merging their index-ordered rows or adding up their counts (see
+:mod:`._sql`).  ``task_plain`` has no index on ``func``: counts by function and pages
+filtered by function read its rows.  Times are seconds since the epoch.
 
 This module is the read API's one entry point; the queries live in modules of one purpose
 each, and are re-exported here:

@@ -44,6 +44,7 @@ from .events import (
     END,
     FLUSH,
     FRAME,
+    PLAIN,
     POOL,
     POOL_LOST,
     RAW,
@@ -217,6 +218,31 @@ class Recorder:
                 clip_tail(stdout_tail), clip_tail(stderr_tail),
             )
         )  # fmt: skip
+
+    def succeeded(
+        self,
+        task_id: int,
+        try_no: int,
+        ended: float,
+        *,
+        queued: float | None = None,
+        dispatched: float | None = None,
+        started: float | None = None,
+        pool: str | int | None = None,
+        host: str | None = None,
+        worker: int | None = None,
+        pid: int | None = None,
+        rss_kb: int | None = None,
+        cpu: float | None = None,
+    ) -> None:
+        """Try ``try_no`` of a task succeeded at ``ended`` and the task is done: what
+        :meth:`attempt` with outcome ``ok`` and :meth:`ended` with ``done`` say, in one event.
+
+        A task of which nothing else was told but its submit costs the writer one short row.
+        """
+        self._events.append(
+            (PLAIN, task_id, try_no, queued, dispatched, started, ended, pool, host, worker, pid, rss_kb, cpu)
+        )
 
     def ended(self, task_id: int, state: str, at: float, *, tries: int = 0, exception: str | None = None) -> None:
         """A task reached a final state (done, memo_done, failed, dep_fail or cancelled)."""

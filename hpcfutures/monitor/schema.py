@@ -10,10 +10,14 @@ Tables, and what one row is:
 - ``run``: one recording executor's life: who and where (host, pid, argv, version, config),
   when, its status, and its task counts, which the writer refreshes at every flush so that
   a live run's status is one row to read.
-- ``task``: one task, written when it is submitted (if it lives past one flush) and when it
-  ends, so that a short task costs one row.  ``state`` is one of :data:`TASK_STATES`.
+- ``task`` (a view): one task.  ``state`` is one of :data:`TASK_STATES`.  It is the union
+  of two tables: ``task_full``, written when a task is submitted (if it lives past one
+  flush) and when it ends, and ``task_plain``, one short row for each task that ran once,
+  succeeded and has nothing more to tell (no dependencies, settings, cache decision or
+  output): most tasks of a large run, which so cost the writer one row and one index
+  entry instead of two rows and six.
 - ``edge``: a dataflow dependency, parent -> child.
-- ``try``: one attempt at a task: when it was queued, dispatched to a worker, started and
+- ``try`` (a view over ``try_full`` and ``task_plain``): one attempt at a task: when it was queued, dispatched to a worker, started and
   ended; where (pool, host, worker slot, pid); how it ended, with a bounded traceback; and
   whether it was *charged* to the user's retries (0 for a try lost with its worker pool
   and requeued by the executor).
@@ -33,7 +37,8 @@ import sqlite3
 from pathlib import Path
 
 #: The schema this code writes; a file with a higher version was made by a newer hpcfutures.
-SCHEMA_VERSION = 1
+#: Version 2 split ``task`` and ``try`` into full rows and plain tasks, under views.
+SCHEMA_VERSION = 2
 #: ``PRAGMA application_id``: "HPFM" marks a run record in the file's header.
 APPLICATION_ID = 0x4850464D
 
@@ -72,7 +77,7 @@ _TABLES = (
         dropped INTEGER NOT NULL DEFAULT 0,
         error TEXT
     )""",
-    """CREATE TABLE task (
+    """CREATE TABLE task_full (
         run_id INTEGER NOT NULL,
         task_id INTEGER NOT NULL,
         func TEXT,
@@ -90,9 +95,9 @@ _TABLES = (
         cache_reason TEXT,
         PRIMARY KEY (run_id, task_id)
     ) WITHOUT ROWID""",
-    "CREATE INDEX task_by_state ON task (run_id, state)",
-    "CREATE INDEX task_by_ended ON task (run_id, ended)",
-    "CREATE INDEX task_by_func ON task (run_id, func, state)",
+    "CREATE INDEX task_by_state ON task_full (run_id, state)",
+    "CREATE INDEX task_by_ended ON task_full (run_id, ended)",
+    "CREATE INDEX task_by_func ON task_full (run_id, func, state)",
     """CREATE TABLE edge (
         run_id INTEGER NOT NULL,
         child INTEGER NOT NULL,
@@ -100,7 +105,7 @@ _TABLES = (
         PRIMARY KEY (run_id, child, parent)
     ) WITHOUT ROWID""",
     "CREATE INDEX edge_by_parent ON edge (run_id, parent)",
-    """CREATE TABLE try (
+    """CREATE TABLE try_full (
         run_id INTEGER NOT NULL,
         task_id INTEGER NOT NULL,
         try_no INTEGER NOT NULL,
@@ -123,7 +128,7 @@ _TABLES = (
         stderr_tail TEXT,
         PRIMARY KEY (run_id, task_id, try_no)
     ) WITHOUT ROWID""",
-    "CREATE INDEX try_by_ended ON try (run_id, ended)",
+    "CREATE INDEX try_by_ended ON try_full (run_id, ended)",
     """CREATE TABLE block (
         run_id INTEGER NOT NULL,
         executor TEXT NOT NULL,
@@ -177,6 +182,46 @@ _TABLES = (
 )
 
 
+#: Version 2: plain tasks in a table of their own, and the views that join them to the rest.
+_PLAIN = (
+    """CREATE TABLE task_plain (
+        run_id INTEGER NOT NULL,
+        task_id INTEGER NOT NULL,
+        func TEXT,
+        name TEXT,
+        executor TEXT,
+        submitted REAL,
+        queued REAL,
+        dispatched REAL,
+        started REAL,
+        ended REAL,
+        try_no INTEGER NOT NULL,
+        pool TEXT,
+        host TEXT,
+        worker INTEGER,
+        pid INTEGER,
+        rss_kb INTEGER,
+        cpu REAL,
+        PRIMARY KEY (run_id, task_id)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX plain_by_ended ON task_plain (run_id, ended)",
+    """CREATE VIEW task AS
+        SELECT run_id, task_id, func, name, executor, state, submitted, started, ended, tries, exception,
+               resources, cache, cache_key, cache_reason FROM task_full
+        UNION ALL
+        SELECT run_id, task_id, func, name, executor, 'done', submitted, started, ended, try_no, NULL,
+               NULL, NULL, NULL, NULL FROM task_plain""",
+    """CREATE VIEW try AS
+        SELECT run_id, task_id, try_no, queued, dispatched, started, ended, outcome, charged, exception,
+               traceback, pool, host, worker, pid, rss_kb, cpu, exit_code, stdout_tail, stderr_tail FROM try_full
+        UNION ALL
+        SELECT run_id, task_id, try_no, queued, dispatched, started, ended, 'ok', 1, NULL, NULL, pool, host,
+               worker, pid, rss_kb, cpu, NULL, NULL, NULL FROM task_plain""",
+)
+#: Version 1 -> 2: the tables ``task`` and ``try`` become ``task_full`` and ``try_full``.
+_V1_TO_V2 = ("ALTER TABLE task RENAME TO task_full", "ALTER TABLE try RENAME TO try_full", *_PLAIN)
+
+
 class RecordError(OSError):
     """A run record cannot be opened, read or written; the message names the file."""
 
@@ -226,10 +271,12 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
                 f"reads ({SCHEMA_VERSION}); upgrade hpcfutures or record to another file"
             )
         if version == 0:
-            for statement in _TABLES:
+            for statement in (*_TABLES, *_PLAIN):
                 conn.execute(statement)
             conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-        # Later versions add their steps here: if version < 2: ALTER TABLE …
+        elif version < 2:
+            for statement in _V1_TO_V2:
+                conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
@@ -259,6 +306,15 @@ def connect_for_reading(path: str | os.PathLike[str], *, timeout: float = 10.0) 
         application = conn.execute("PRAGMA application_id").fetchone()[0]
     except sqlite3.Error as exc:
         raise RecordError(f"run record {path}: cannot read it: {exc}") from exc
+    if application == APPLICATION_ID and 1 <= version < SCHEMA_VERSION:
+        conn.close()
+        if not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)):
+            raise RecordError(
+                f"run record {path} has schema version {version}, older than this hpcfutures reads "
+                f"({SCHEMA_VERSION}), and cannot be migrated here (read-only); copy it somewhere writable"
+            )
+        connect(path, timeout=timeout).close()  # migrates it
+        return connect_for_reading(path, timeout=timeout)
     if application != APPLICATION_ID or version < 1:
         conn.close()
         raise RecordError(f"{path} is not an hpcfutures run record")

@@ -49,26 +49,59 @@ def _clock(run: Run, now: float) -> float:
     return run.ended or run.heartbeat or run.started
 
 
-def _state_counts(conn: sqlite3.Connection, run_id: int) -> dict[str, int]:
+def _counts(conn: sqlite3.Connection, run_id: int) -> tuple[dict[str, int], list[FuncCounts]]:
+    """The run's tasks by state, and by function and state.
+
+    task_full's come from its index on (func, state), not its rows; task_plain's, all done,
+    are counted by function (see :func:`_plain_by_func`).
+    """
     states = dict.fromkeys(TASK_STATES, 0)
-    for state, count in _rows(
-        conn, "SELECT state, count(*) FROM task WHERE run_id = ? GROUP BY state", (run_id,)
-    ):
-        states[state] = count
-    return states
-
-
-def _func_counts(conn: sqlite3.Connection, run_id: int) -> list[FuncCounts]:
-    # task_by_func covers (func, state): the counts come from the index, not the rows
     counts: dict[str, dict[str, int]] = {}
+
+    def add(func: str | None, state: str, n: int) -> None:
+        states[state] = states.get(state, 0) + n
+        mine = counts.setdefault(func or "?", {})
+        mine[state] = mine.get(state, 0) + n
+
     for func, state, n in _rows(
         conn,
-        f"SELECT func, state, count(*) FROM task{_hint(conn, 'task_by_func')} WHERE run_id = ? "
+        f"SELECT func, state, count(*) FROM task_full{_hint(conn, 'task_by_func')} WHERE run_id = ? "
         "GROUP BY func, state",
         (run_id,),
     ):
-        counts.setdefault(func or "?", {})[state] = n
-    return [FuncCounts(f, sum(s.values()), s) for f, s in sorted(counts.items())]
+        add(func, state, n)
+    for func, n in _plain_by_func(conn, run_id).items():
+        add(func, "done", n)
+    by_func = [FuncCounts(f, sum(s.values()), dict(sorted(s.items()))) for f, s in sorted(counts.items())]
+    return states, by_func
+
+
+#: Task ids whose plain tasks one GROUP BY counts: task_plain has no index on func, so each
+#: GROUP BY sorts its rows, and sorting slices of this size costs about a quarter less than
+#: sorting a million rows at once (on bench/bench_record_size.py's record).
+_SLICE = 5000
+
+
+def _plain_by_func(conn: sqlite3.Connection, run_id: int) -> dict[str | None, int]:
+    """The run's plain tasks by function, counted a slice of task ids at a time."""
+    low, high = _rows(
+        conn,
+        "SELECT (SELECT min(task_id) FROM task_plain WHERE run_id = ?1), "
+        "(SELECT max(task_id) FROM task_plain WHERE run_id = ?1)",
+        (run_id,),
+    ).fetchone()
+    found: dict[str | None, int] = {}
+    if low is None:
+        return found
+    step = max(_SLICE, (high - low) // 1000)  # ids far apart: a bounded number of statements
+    for start in range(low, high + 1, step):
+        for func, n in _rows(
+            conn,
+            "SELECT func, count(*) FROM task_plain WHERE run_id = ? AND task_id >= ? AND task_id < ? GROUP BY func",
+            (run_id, start, start + step),
+        ):
+            found[func] = found.get(func, 0) + n
+    return found
 
 
 def status(conn: sqlite3.Connection, run_id: int, *, now: float | None = None) -> Status:
@@ -78,14 +111,15 @@ def status(conn: sqlite3.Connection, run_id: int, *, now: float | None = None) -
     """
     now = time.time() if now is None else now
     run = run_info(conn, run_id, now=now)
-    states = _state_counts(conn, run_id)
+    states, by_func = _counts(conn, run_id)
     total = sum(states.values())
     finished = sum(n for s, n in states.items() if s in FINAL_STATES)
     clock = _clock(run, now)
     elapsed = max(clock - run.started, 0.0)
     recent = _one(
         conn,
-        "SELECT count(*) FROM task WHERE run_id = ? AND ended > ? AND ended <= ?",
+        "SELECT (SELECT count(*) FROM task_full WHERE run_id = ?1 AND ended > ?2 AND ended <= ?3) "
+        "+ (SELECT count(*) FROM task_plain WHERE run_id = ?1 AND ended > ?2 AND ended <= ?3)",
         (run_id, clock - RECENT, clock),
     )
     window = min(RECENT, elapsed)
@@ -94,10 +128,11 @@ def status(conn: sqlite3.Connection, run_id: int, *, now: float | None = None) -
     left = total - finished
     rate = rate_recent or rate_overall
     eta = (left / rate if rate else None) if run.live and left else (0.0 if run.live else None)
+    # a plain task's one try has none before or after it: only try_full has retries
     retried: dict[int, int] = dict(
         _rows(
             conn,
-            "SELECT before.charged, count(*) FROM try AS after JOIN try AS before "
+            "SELECT before.charged, count(*) FROM try_full AS after JOIN try_full AS before "
             "ON before.run_id = after.run_id AND before.task_id = after.task_id AND before.try_no = after.try_no - 1 "
             "WHERE after.run_id = ? AND after.try_no > 1 GROUP BY before.charged",
             (run_id,),
@@ -110,5 +145,5 @@ def status(conn: sqlite3.Connection, run_id: int, *, now: float | None = None) -
     ).fetchone()
     return Status(
         run, states, total, finished, elapsed, rate_recent, rate_overall, eta,
-        _func_counts(conn, run_id), run.dropped, retried.get(1, 0), retried.get(0, 0), pools, workers,
+        by_func, run.dropped, retried.get(1, 0), retried.get(0, 0), pools, workers,
     )  # fmt: skip

@@ -237,11 +237,13 @@ def _capacity(conn: sqlite3.Connection, run: Run, task: TaskRow) -> list[str]:
         f"SELECT count(*), coalesce(sum(workers), 0) FROM pool WHERE run_id = ? AND lost IS NULL{scope}",
         (run_id, *scope_params),
     ).fetchone()
-    # running tasks are no more than the worker slots: reading their rows is cheap
+    # running tasks are no more than the worker slots: reading their rows is cheap (and
+    # they are all in task_full: a plain task is done)
     busy = int(
         _one(
             conn,
-            f"SELECT count(*) FROM task{_hint(conn, 'task_by_state')} WHERE run_id = ? AND state = 'running'{scope}",
+            f"SELECT count(*) FROM task_full{_hint(conn, 'task_by_state')} WHERE run_id = ? AND state = 'running'"
+            f"{scope}",
             (run_id, *scope_params),
         )
     )
@@ -282,7 +284,7 @@ def _capacity(conn: sqlite3.Connection, run: Run, task: TaskRow) -> list[str]:
     ahead = int(
         _one(
             conn,
-            f"SELECT count(*) FROM task{_hint(conn, 'task_by_state')} WHERE run_id = ? AND state = 'queued' "
+            f"SELECT count(*) FROM task_full{_hint(conn, 'task_by_state')} WHERE run_id = ? AND state = 'queued' "
             "AND task_id < ?",
             (run_id, task.task_id),
         )

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._sql import _hint, _one, _rows, _rows_in
+from ._sql import _count, _hint, _one, _rows, _rows_in
 from .schema import TASK_STATES
 
 #: How a page of tasks may be ordered: the name, and the index order it reads.
@@ -103,8 +103,9 @@ def tasks(
 ) -> tuple[list[TaskRow], int]:
     """Return one page of a run's tasks (filtered by state(s) and function) and how many match.
 
-    ``order`` is one of :data:`ORDERS`.  The page is found in an index and only its rows are
-    read, so a page far down a million tasks costs about what the first one does (ordered by
+    ``order`` is one of :data:`ORDERS`.  The page is found in the indexes and only its rows
+    are read: task_full's ids and task_plain's, each in the order asked, are merged, so a page
+    far down a million tasks costs about what walking to it in the indexes does (ordered by
     ``ended`` with a filter, the rows of the narrower of the two are read, and sorted).
 
     Raises:
@@ -115,18 +116,44 @@ def tasks(
         raise ValueError(f"unknown order {order!r}; choose one of {', '.join(ORDERS)}")
     if offset < 0 or limit < 0:
         raise ValueError(f"offset and limit must not be negative (got offset={offset}, limit={limit})")
+    by_id = order in ("id", "-id")
+    full, full_total = _full_arm(conn, run_id, states, func, offset + limit, by_id)
+    plain, plain_total = _plain_arm(conn, run_id, states, func, offset + limit, by_id)
+    # the arms that have rows, as one compound select: SQLite merges their ordered rows
+    arms = [arm for arm, n in ((full, full_total), (plain, plain_total)) if n]
+    ids: list[int] = []
+    if arms:
+        key = "task_id" if by_id else "task_id, ended"
+        sql = " UNION ALL ".join(select.format(key=key) for select, _ in arms)
+        params = [*(value for _, values in arms for value in values), limit, offset]
+        ids = [row[0] for row in _rows(conn, f"{sql} ORDER BY {ORDERS[order]} LIMIT ? OFFSET ?", params)]
+    return _task_rows(conn, run_id, ids), full_total + plain_total
+
+
+#: One arm of a page's compound select (its columns left as ``{key}``), and its parameters.
+_Arm = tuple[str, list[Any]]
+
+
+def _full_arm(
+    conn: sqlite3.Connection, run_id: int, states: list[str], func: str | None, end: int, by_id: bool
+) -> tuple[_Arm, int]:
+    """The select of the page's task_full rows, and how many match; ``end`` is offset + limit.
+
+    With no ANALYZE statistics, SQLite cannot tell which index reads fewer rows; the counts
+    tell, and the select names that index.
+    """
     by_state = f"run_id = ? AND state IN ({', '.join('?' * len(states))})"
     # How many rows each index would have us read, and so which one to name.
     found: dict[str, int] = {}
-    if not (states or func is not None) or order not in ("id", "-id"):
-        found["task_by_ended"] = int(_one(conn, "SELECT count(*) FROM task WHERE run_id = ?", (run_id,)))
+    if not (states or func is not None) or not by_id:
+        found["task_by_ended"] = _count(conn, "task_full", run_id)
     if states:
         found["task_by_state"] = int(
-            _one(conn, f"SELECT count(*) FROM task WHERE {by_state}", (run_id, *states))
+            _one(conn, f"SELECT count(*) FROM task_full WHERE {by_state}", (run_id, *states))
         )
     if func is not None:
         found["task_by_func"] = int(
-            _one(conn, "SELECT count(*) FROM task WHERE run_id = ? AND func = ?", (run_id, func))
+            _one(conn, "SELECT count(*) FROM task_full WHERE run_id = ? AND func = ?", (run_id, func))
         )
     where = "run_id = ?"
     params: list[Any] = [run_id]
@@ -136,10 +163,11 @@ def tasks(
         where, params = where + " AND func = ?", [*params, func]
     narrowest = min(found, key=lambda name: found[name])
     if states and func is not None:
-        total = int(_one(conn, f"SELECT count(*) FROM task{_hint(conn, narrowest)} WHERE {where}", params))
+        hint = _hint(conn, narrowest)
+        total = int(_one(conn, f"SELECT count(*) FROM task_full{hint} WHERE {where}", params))
     else:
         total = found[narrowest]
-    if order in ("id", "-id"):
+    if by_id:
         # an index on (run_id, x) is ordered by task_id within one x: no sort
         index = (
             narrowest
@@ -149,15 +177,26 @@ def tasks(
     else:
         # walk the ended index, reading rows until the page is found, or read the filter's
         # rows and sort them: whichever reads fewer rows
-        walk = (offset + limit) * found["task_by_ended"] / max(total, 1)
+        walk = end * found["task_by_ended"] / max(total, 1)
         index = "task_by_ended" if walk < found[narrowest] or narrowest == "task_by_ended" else narrowest
     hint = _hint(conn, index) if index else ""
-    ids = [
-        row[0]
-        for row in _rows(
-            conn,
-            f"SELECT task_id FROM task{hint} WHERE {where} ORDER BY {ORDERS[order]} LIMIT ? OFFSET ?",
-            (*params, limit, offset),
-        )
-    ]
-    return _task_rows(conn, run_id, ids), total
+    return (f"SELECT {{key}} FROM task_full{hint} WHERE {where}", params), total
+
+
+def _plain_arm(
+    conn: sqlite3.Connection, run_id: int, states: list[str], func: str | None, end: int, by_id: bool
+) -> tuple[_Arm, int]:
+    """The select of the page's task_plain rows (all done), and how many match."""
+    if states and "done" not in states:
+        return ("", []), 0
+    if func is None:
+        # in task_id order (its key) or in ended order (plain_by_ended), with no sort
+        return ("SELECT {key} FROM task_plain WHERE run_id = ?", [run_id]), _count(conn, "task_plain", run_id)
+    total = int(_one(conn, "SELECT count(*) FROM task_plain WHERE run_id = ? AND func = ?", (run_id, func)))
+    select = "SELECT {key} FROM task_plain WHERE run_id = ? AND func = ?"
+    # The ended index has no func: walking it reads a row for each entry, kept or not.  When
+    # that is more rows than match, read those in task_id order and sort them instead
+    # ("+ended" keeps SQLite off the ended index).
+    if not by_id and end * _count(conn, "task_plain", run_id) / max(total, 1) >= total:
+        select = select.replace("{key}", "task_id, +ended AS ended")
+    return (select, [run_id, func]), total

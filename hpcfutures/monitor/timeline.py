@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ._sql import _one, _rows
+from ._sql import _count, _last_ended, _plain, _rows
 from .runs import run_info
 
 
@@ -48,31 +48,32 @@ def stream(conn: sqlite3.Connection, run_id: int, *, since: float | None = None,
     poller should pass a ``since`` a few seconds before the last ``until`` and drop the tries
     it has by ``(task_id, try_no)``.  Tries still running are not in the record yet.
     """
-    columns = "y.task_id, y.try_no, t.func, y.started, y.ended, y.outcome, y.host, y.pool, y.worker"
-    join = "FROM try AS y LEFT JOIN task AS t ON t.run_id = y.run_id AND t.task_id = y.task_id"
+    # try_full's tries (with their task's func) and task_plain's, merged in ended order, each
+    # read from its ended index; ties go by (task_id, try_no), that index's order
+    columns = "task_id, try_no, func, started, ended, outcome, host, pool, worker"
+    full = (
+        "SELECT y.task_id, y.try_no, t.func, y.started, y.ended, y.outcome, y.host, y.pool, y.worker "
+        "FROM try_full AS y LEFT JOIN task_full AS t ON t.run_id = y.run_id AND t.task_id = y.task_id "
+        "WHERE y.run_id = ?1 AND y.ended {bound}"
+    )
+    plain = f"SELECT {_plain(columns)} FROM task_plain WHERE run_id = ?1 AND ended {{bound}}"
+    params: tuple[Any, ...] = (run_id, limit + 1)
     if since is None:
-        rows = _rows(
-            conn,
-            f"SELECT {columns} {join} WHERE y.run_id = ? AND y.ended IS NOT NULL ORDER BY y.ended DESC LIMIT ?",
-            (run_id, limit + 1),
-        ).fetchall()
-        truncated = len(rows) > limit
-        rows = rows[:limit]
-        rows.reverse()
+        bound, order = "IS NOT NULL", "ended DESC, task_id DESC, try_no DESC"
     else:
-        rows = _rows(
-            conn,
-            f"SELECT {columns} {join} WHERE y.run_id = ? AND y.ended >= ? ORDER BY y.ended LIMIT ?",
-            (run_id, since, limit + 1),
-        ).fetchall()
-        truncated = len(rows) > limit
-        rows = rows[:limit]
+        bound, order, params = ">= ?3", "ended, task_id, try_no", (*params, since)
+    sql = f"{full} UNION ALL {plain} ORDER BY {order} LIMIT ?2".format(bound=bound)
+    rows = _rows(conn, sql, params).fetchall()
+    truncated = len(rows) > limit
+    rows = rows[:limit]
+    if since is None:
+        rows.reverse()
     lanes: dict[str, int] = {}
     tries = []
     for task_id, try_no, func, start, end, outcome, host, pool, worker in rows:
         lane = lanes.setdefault(_lane(host, pool, worker), len(lanes))
         tries.append(StreamTry(lane, task_id, try_no, func, start, end, outcome))
-    total = int(_one(conn, "SELECT count(*) FROM try WHERE run_id = ?", (run_id,)))
+    total = _count(conn, "try_full", run_id) + _count(conn, "task_plain", run_id)
     return Stream(list(lanes), tries, total, rows[-1][4] if rows else since, truncated)
 
 
@@ -121,8 +122,8 @@ def heatmap(
     if buckets < 1:
         raise ValueError(f"buckets must be at least 1, got {buckets}")
     run = run_info(conn, run_id, now=now)
-    last = _one(conn, "SELECT max(ended) FROM try WHERE run_id = ?", (run_id,))
-    total = int(_one(conn, "SELECT count(*) FROM try WHERE run_id = ?", (run_id,)))
+    last = _last_ended(conn, run_id, "try_full", "task_plain")
+    total = _count(conn, "try_full", run_id) + _count(conn, "task_plain", run_id)
     start = run.started
     end = max(last or start, start)
     if run.live:
@@ -133,11 +134,16 @@ def heatmap(
     # spread evenly over the classes, which ``task_id % k`` would not
     sample = "" if k == 1 else " AND ((task_id * 2654435761 + try_no * 40503) % 4294967291) % ?5 = 0"
     cells: dict[tuple[Any, Any, Any], tuple[list[int], list[int]]] = {}
+    # counted in try_full and task_plain (whose tries all ended ok) apart, and added up here
+    counts = (
+        "SELECT host, pool, worker, min(max(CAST((ended - ?1) / ?2 AS INTEGER), 0), ?3 - 1) AS b, count(*), "
+        f"{{failed}} FROM {{table}} WHERE run_id = ?4 AND ended IS NOT NULL{sample} GROUP BY host, pool, worker, b"
+    )
     for host, pool, worker, bucket, count, failed in _rows(
         conn,
-        "SELECT host, pool, worker, min(max(CAST((ended - ?1) / ?2 AS INTEGER), 0), ?3 - 1) AS b, count(*), "
-        f"sum(outcome IS NOT 'ok') FROM try WHERE run_id = ?4 AND ended IS NOT NULL{sample} "
-        "GROUP BY host, pool, worker, b",
+        counts.format(failed="sum(outcome IS NOT 'ok')", table="try_full")
+        + " UNION ALL "
+        + counts.format(failed="0", table="task_plain"),
         (start, width, buckets, run_id, *((k,) if k > 1 else ())),
     ):
         cell = cells.setdefault((host, pool, worker), ([0] * buckets, [0] * buckets))

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import query
+from ._sql import _count, _hint, _last_ended
 from .schema import FINAL_STATES
 
 #: Tries drawn one bar each in the task stream; past this the stream is a heatmap.
@@ -85,18 +86,20 @@ def _span(conn: sqlite3.Connection, info: query.Run, now: float) -> tuple[float,
     start = float(info.started)
     if info.live:
         return start, max(now, start + 1.0)
-    last = conn.execute("SELECT max(ended) FROM task WHERE run_id = ?", (info.run_id,)).fetchone()[0]
+    last = _last_ended(conn, info.run_id, "task_full", "task_plain")
     return start, max(x for x in (info.ended, last, start + 1.0) if x is not None)
 
 
 def throughput(conn: sqlite3.Connection, run_id: int, start: float, end: float) -> dict[str, Any]:
-    """Tasks ended per time bucket from ``start`` to ``end`` (a range scan of an index)."""
+    """Tasks ended per time bucket from ``start`` to ``end`` (a range scan of each ended index)."""
     width = (end - start) / BUCKETS
     series = [0] * BUCKETS
+    counts = (
+        "SELECT CAST((ended - ?1) / ?2 AS INTEGER) AS b, count(*) FROM {} "
+        "WHERE run_id = ?3 AND ended IS NOT NULL GROUP BY b"
+    )
     for bucket, n in conn.execute(
-        "SELECT CAST((ended - ?) / ? AS INTEGER) AS b, count(*) FROM task "
-        "WHERE run_id = ? AND ended IS NOT NULL GROUP BY b",
-        (start, width, run_id),
+        f"{counts.format('task_full')} UNION ALL {counts.format('task_plain')}", (start, width, run_id)
     ):
         series[min(max(int(bucket), 0), BUCKETS - 1)] += n
     return {"start": start, "end": end, "width": width, "ended": series}
@@ -104,7 +107,7 @@ def throughput(conn: sqlite3.Connection, run_id: int, start: float, end: float) 
 
 def try_count(conn: sqlite3.Connection, run_id: int) -> int:
     """Tries of the run that ended."""
-    return int(conn.execute("SELECT count(*) FROM try WHERE run_id = ?", (run_id,)).fetchone()[0])
+    return _count(conn, "try_full", run_id) + _count(conn, "task_plain", run_id)
 
 
 def _func_bars(by_func: list[query.FuncCounts]) -> list[dict[str, Any]]:
@@ -149,11 +152,13 @@ def overview(conn: sqlite3.Connection, run_id: int, now: float | None = None) ->
 
 
 def funcs(conn: sqlite3.Connection, run_id: int) -> list[str]:
-    """The run's function names, for the tasks table's filter (read from an index)."""
+    """The run's function names, for the tasks table's filter: task_full's read from an index,
+    task_plain's (which has none on func) from its rows."""
     return [
         row[0]
         for row in conn.execute(
-            "SELECT DISTINCT func FROM task WHERE run_id = ? AND func IS NOT NULL ORDER BY func LIMIT ?",
+            "SELECT func FROM (SELECT func FROM task_full WHERE run_id = ?1 AND func IS NOT NULL "
+            "UNION SELECT func FROM task_plain WHERE run_id = ?1 AND func IS NOT NULL) ORDER BY func LIMIT ?2",
             (run_id, FILTER_FUNCS),
         )
     ]
@@ -212,12 +217,14 @@ def failures(conn: sqlite3.Connection, run_id: int) -> dict[str, Any]:
     """Failed tasks grouped by exception signature, dependency failures counted, and the
     tries that failed (retried, or lost and requeued) grouped by outcome and exception type."""
     groups = query.failures(conn, run_id)
+    # neither is ever plain: a plain task is done, after one try that ended ok
     dep_fail = conn.execute(
-        "SELECT count(*) FROM task WHERE run_id = ? AND state = 'dep_fail'", (run_id,)
+        f"SELECT count(*) FROM task_full{_hint(conn, 'task_by_state')} WHERE run_id = ? AND state = 'dep_fail'",
+        (run_id,),
     ).fetchone()[0]
     by_outcome: dict[tuple[str, str], dict[str, Any]] = {}
     for outcome, charged, exception, n, example in conn.execute(
-        "SELECT coalesce(outcome, '?'), charged, exception, count(*), min(task_id) FROM try "
+        "SELECT coalesce(outcome, '?'), charged, exception, count(*), min(task_id) FROM try_full "
         "WHERE run_id = ? AND outcome IS NOT 'ok' GROUP BY 1, 2, 3",
         (run_id,),
     ):
@@ -319,7 +326,8 @@ def stream(
     info = query.run_info(conn, run_id, now=now)
     start, end = _span(conn, info, now)
     running = conn.execute(
-        "SELECT count(*) FROM task WHERE run_id = ? AND state = 'running'", (run_id,)
+        f"SELECT count(*) FROM task_full{_hint(conn, 'task_by_state')} WHERE run_id = ? AND state = 'running'",
+        (run_id,),
     ).fetchone()[0]
     base = {"live": info.live, "running": running, "start": start, "end": end}
     total = try_count(conn, run_id)

@@ -40,6 +40,7 @@ from .events import (
     END,
     FLUSH,
     FRAME,
+    PLAIN,
     POOL,
     POOL_LOST,
     RAW,
@@ -114,11 +115,30 @@ class Folder:
         flushes: list[int] = []
         tags = self.pool_tags
 
+        # A task whose only news in this write is its SUBMIT keeps that event here, and moves
+        # to ``plain`` (a task_plain row) if a PLAIN event ends it; any other news of either
+        # gives it a full row in ``tasks`` (see row_of).
+        pending: dict[int, tuple[Any, ...]] = {}
+        plain: dict[int, tuple[Any, ...]] = {}
+
         def row_of(task_id: int) -> list[Any]:
             row = tasks.get(task_id)
             if row is None:
                 row = tasks[task_id] = [None] * 13
                 row[_TRIES] = 0
+                submit = pending.pop(task_id, None)
+                if submit is not None:
+                    row[_FUNC], row[_NAME], row[_EXECUTOR], row[_STATE], row[_SUBMITTED] = submit[2:7]
+                    if len(submit) > 9:  # it started (see STATE)
+                        row[_STARTED] = submit[9]
+                elif task_id in plain:
+                    (_, _, row[_FUNC], row[_NAME], row[_EXECUTOR], row[_SUBMITTED], queued, dispatched, started,
+                     ended, try_no, pool, host, worker, pid, rss_kb, cpu) = plain.pop(task_id)  # fmt: skip
+                    row[_STATE], row[_STARTED], row[_ENDED], row[_TRIES] = "done", started, ended, try_no
+                    tries.append((
+                        run, task_id, try_no, queued, dispatched, started, ended, "ok", 1, None, None, pool,
+                        host, worker, pid, rss_kb, cpu, None, None, None,
+                    ))  # fmt: skip
             return row
 
         def move(task_id: int, new: str) -> None:
@@ -131,54 +151,91 @@ class Folder:
                 if new == "running":
                     counts["running"] += 1
 
+        def fold_try(event: tuple[Any, ...]) -> None:
+            values = list(event[1:])
+            pool = values[10]
+            if isinstance(pool, int):
+                values[10], host = tags.get(pool, (None, None))
+                if values[11] is None:
+                    values[11] = host
+            tries.append((run, *values))
+            row = row_of(event[1])
+            row[_TRIES] = max(row[_TRIES] or 0, event[2])
+            started = event[5]
+            if started is not None and (row[_STARTED] is None or started < row[_STARTED]):
+                row[_STARTED] = started
+
+        def fold_end(task_id: int, state: str, at: float, n_tries: int, exception: str | None) -> None:
+            row = row_of(task_id)
+            row[_STATE], row[_ENDED], row[_EXC] = state, at, exception
+            row[_TRIES] = max(row[_TRIES] or 0, n_tries)
+            move(task_id, state)
+            if state == "done":
+                counts["done"] += 1
+            elif state == "memo_done":
+                counts["cached"] += 1
+            elif state == "cancelled":
+                counts["cancelled"] += 1
+            else:
+                counts["failed"] += 1
+
         for event in self.expand(events):
             code = event[0]
-            if code == SUBMIT:
+            if code == PLAIN:
+                task_id = event[1]
+                submit = pending.pop(task_id, None)
+                if submit is None:  # something else was said of it: a try and an end like any other
+                    _, _, try_no, queued, dispatched, started, ended, pool, host, worker, pid, rss_kb, cpu = event
+                    fold_try((
+                        TRY, task_id, try_no, queued, dispatched, started, ended, "ok", 1, None, None, pool, host,
+                        worker, pid, rss_kb, cpu, None, None, None,
+                    ))  # fmt: skip
+                    fold_end(task_id, "done", ended, try_no, None)
+                    continue
+                pool = event[7]
+                host = event[8]
+                if isinstance(pool, int):
+                    pool, tagged_host = tags.get(pool, (None, None))
+                    if host is None:
+                        host = tagged_host
+                plain[task_id] = (run, task_id, *submit[2:5], submit[6], *event[3:7], event[2], pool, host, *event[9:])
+                if state_of.pop(task_id, None) == "running":
+                    counts["running"] -= 1
+                counts["done"] += 1
+            elif code == SUBMIT:
                 _, task_id, func, name, executor, state, at, parents, resources = event
+                counts["submitted"] += 1
+                for parent in parents:
+                    edges.append((run, task_id, parent))
+                if resources is None and task_id not in tasks and task_id not in written:
+                    pending[task_id] = event
+                    state_of[task_id] = state
+                    if state == "running":
+                        counts["running"] += 1
+                    continue
                 row = row_of(task_id)
                 row[_FUNC], row[_NAME], row[_EXECUTOR], row[_SUBMITTED], row[_RES] = func, name, executor, at, resources
                 if row[_STATE] is None:
                     row[_STATE] = state
                     move(task_id, state)
-                counts["submitted"] += 1
-                for parent in parents:
-                    edges.append((run, task_id, parent))
             elif code == STATE:
                 _, task_id, state, at = event
                 if task_id not in state_of:
                     continue  # final already: news that came late
+                submit = pending.get(task_id)
+                if submit is not None and state == "running":  # still plain, if it ends well
+                    pending[task_id] = (*submit[:5], state, *submit[6:9], at)
+                    move(task_id, state)
+                    continue
                 row = row_of(task_id)
                 row[_STATE] = state
                 if state == "running" and row[_STARTED] is None:
                     row[_STARTED] = at
                 move(task_id, state)
             elif code == TRY:
-                values = list(event[1:])
-                pool = values[10]
-                if isinstance(pool, int):
-                    values[10], host = tags.get(pool, (None, None))
-                    if values[11] is None:
-                        values[11] = host
-                tries.append((run, *values))
-                row = row_of(event[1])
-                row[_TRIES] = max(row[_TRIES] or 0, event[2])
-                started = event[5]
-                if started is not None and (row[_STARTED] is None or started < row[_STARTED]):
-                    row[_STARTED] = started
+                fold_try(event)
             elif code == END:
-                _, task_id, state, at, n_tries, exception = event
-                row = row_of(task_id)
-                row[_STATE], row[_ENDED], row[_EXC] = state, at, exception
-                row[_TRIES] = max(row[_TRIES] or 0, n_tries)
-                move(task_id, state)
-                if state == "done":
-                    counts["done"] += 1
-                elif state == "memo_done":
-                    counts["cached"] += 1
-                elif state == "cancelled":
-                    counts["cancelled"] += 1
-                else:
-                    counts["failed"] += 1
+                fold_end(*event[1:])
             elif code == CACHE:
                 _, task_id, decision, key, reason = event
                 row = row_of(task_id)
@@ -201,6 +258,8 @@ class Folder:
             elif code == CLOSE:
                 self.status = (event[1], event[2])
                 self.dropped = max(self.dropped, event[3])
+        for task_id in list(pending):  # submitted, not ended: a full row
+            row_of(task_id)
 
         conn = self.conn
         conn.execute("BEGIN")
@@ -217,15 +276,22 @@ class Folder:
                     fresh.append((run, task_id, *row))
                     if not final:
                         written.add(task_id)
+            if plain:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO task_plain (run_id, task_id, func, name, executor, submitted, queued, "
+                    "dispatched, started, ended, try_no, pool, host, worker, pid, rss_kb, cpu) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    plain.values(),
+                )
             if fresh:
                 conn.executemany(
-                    f"INSERT OR REPLACE INTO task (run_id, task_id, {TASK_COLUMNS}) "
+                    f"INSERT OR REPLACE INTO task_full (run_id, task_id, {TASK_COLUMNS}) "
                     "VALUES (?, ?, ?, ?, ?, coalesce(?, 'pending'), ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     fresh,
                 )
             if updates:
                 conn.executemany(
-                    "UPDATE task SET func = coalesce(?1, func), name = coalesce(?2, name), "
+                    "UPDATE task_full SET func = coalesce(?1, func), name = coalesce(?2, name), "
                     "executor = coalesce(?3, executor), "
                     f"state = CASE WHEN ?4 IS NULL OR (state IN {_FINAL_SQL} AND ?4 NOT IN {_FINAL_SQL}) "
                     "THEN state ELSE ?4 END, "
@@ -240,7 +306,7 @@ class Folder:
                 conn.executemany("INSERT OR IGNORE INTO edge (run_id, child, parent) VALUES (?, ?, ?)", edges)
             if tries:
                 conn.executemany(
-                    "INSERT OR REPLACE INTO try (run_id, task_id, try_no, queued, dispatched, started, ended, "
+                    "INSERT OR REPLACE INTO try_full (run_id, task_id, try_no, queued, dispatched, started, ended, "
                     "outcome, charged, exception, traceback, pool, host, worker, pid, rss_kb, cpu, exit_code, "
                     "stdout_tail, stderr_tail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     tries,

@@ -131,9 +131,8 @@ def _big_run(path: Path) -> tuple[list[int], dict[int, float]]:
                 tries=1,
                 exception=f"OSError: [Errno 28] No space left on device: '/tmp/out-{task_id}'",
             )
-        else:
-            rec.attempt(task_id, 1, "ok", started=at, ended=at, host="n1", worker=task_id % 4)
-            rec.ended(task_id, "done", at, tries=1)
+        else:  # a plain task
+            rec.succeeded(task_id, 1, at, started=at, host="n1", worker=task_id % 4)
     assert rec.flush()
     rec.close("done")
     return failed, ended
@@ -517,13 +516,17 @@ def test_a_page_larger_than_sqlites_variable_limit_is_read_in_chunks(tmp_path: P
     conn.execute("INSERT INTO run (family, kind, status, started) VALUES ('wide', 'test', 'done', 0)")
     n = 2_000
     conn.execute("BEGIN")
-    conn.executemany(
-        "INSERT INTO task (run_id, task_id, func, state, ended) VALUES (1, ?, 'f', 'done', ?)",
-        [(i, float(i)) for i in range(1, n + 1)],
+    conn.executemany(  # every other task a full row, the others plain
+        "INSERT INTO task_full (run_id, task_id, func, state, ended) VALUES (1, ?, 'f', 'done', ?)",
+        [(i, float(i)) for i in range(2, n + 1, 2)],
     )
     conn.executemany(
-        "INSERT INTO try (run_id, task_id, try_no, outcome, host) VALUES (1, ?, 1, 'ok', 'h')",
-        [(i,) for i in range(1, n + 1)],
+        "INSERT INTO try_full (run_id, task_id, try_no, outcome, host) VALUES (1, ?, 1, 'ok', 'h')",
+        [(i,) for i in range(2, n + 1, 2)],
+    )
+    conn.executemany(
+        "INSERT INTO task_plain (run_id, task_id, func, ended, try_no, host) VALUES (1, ?, 'f', ?, 1, 'h')",
+        [(i, float(i)) for i in range(1, n + 1, 2)],
     )
     conn.execute("COMMIT")
     conn.close()
@@ -538,3 +541,158 @@ def test_a_page_larger_than_sqlites_variable_limit_is_read_in_chunks(tmp_path: P
     assert total == n
     assert [r.task_id for r in rows] == list(range(1, n + 1))
     assert {r.host for r in rows} == {"h"}
+
+
+# -- full and plain tasks together (schema version 2) ------------------------------------------
+
+
+def _values(n: int) -> str:
+    return f"VALUES ({', '.join('?' * n)})"
+
+
+def _mixed_record(path: Path, *, other_run: bool) -> list[q.TaskRow]:
+    """Write run 1 straight into the base tables: 600 tasks of three functions in every
+    state, most of them plain, the others full rows (some tried twice), with end times
+    shared by plain and full tasks alike and in an order unlike the ids'; return every task
+    as ``q.tasks`` should give it.  ``other_run`` adds a run 2 of a few tasks to the file."""
+    from hpcfutures.monitor.schema import connect
+
+    t0 = 1_700_000_000.0
+    full, tries, plain, expected = [], [], [], []
+    for i in range(1, 601):
+        func, host, pool, worker = ("a", "b", "c")[i % 3], f"n{i % 4}", f"p{i % 2}", i % 8
+        submitted = t0 + i * 0.01
+        end = t0 + 10 + (i * 7 % 200) * 0.5  # each end time shared by three tasks
+        ended: float | None = end
+        started: float | None = end - 1.0
+        where: tuple[str | None, str | None, int | None, str | None] = (None, None, None, None)
+        cache = exception = None
+        if i > 580:  # not ended yet
+            state, n_tries = ("pending", "queued", "running")[i % 3], 0
+            ended, started = None, (submitted + 1 if state == "running" else None)
+        elif i % 10 in (0, 3):  # two tries: the first lost with its worker, not charged
+            state, n_tries = ("failed", 2) if i % 10 == 3 else ("done", 2)
+            exception = "ValueError: bad" if state == "failed" else None
+            outcome = "error" if exception else "ok"
+            where = (host, pool, worker, outcome)
+            tries.append((1, i, 1, submitted, None, started, end - 0.5, "lost", 0, "lost", None, "p9", "n9", 9,
+                          None, None, None, None, None, None))  # fmt: skip
+            tries.append((1, i, 2, submitted, None, started, ended, outcome, 1, exception, None, pool, host, worker,
+                          None, None, None, None, None, None))  # fmt: skip
+        elif i % 17 == 0 or i % 23 == 0 or i % 29 == 0:  # ended without running
+            state = "memo_done" if i % 17 == 0 else "dep_fail" if i % 23 == 0 else "cancelled"
+            cache, started, n_tries = ("hit" if state == "memo_done" else None), None, 0
+        else:
+            plain.append((1, i, func, None, "htex", submitted, submitted, submitted, started, ended, 1, pool, host,
+                          worker, 100 + i, 2048, 0.5))  # fmt: skip
+            expected.append(q.TaskRow(i, func, None, "htex", "done", submitted, started, end, 1.0, 1, None, None,
+                                      host, pool, worker, "ok"))  # fmt: skip
+            continue
+        full.append((1, i, func, None, "htex", state, submitted, started, ended, n_tries, exception, None, cache,
+                     None, None))  # fmt: skip
+        duration = ended - started if ended is not None and started is not None else None
+        expected.append(q.TaskRow(i, func, None, "htex", state, submitted, started, ended, duration, n_tries,
+                                  exception, cache, *where))  # fmt: skip
+    conn = connect(path)
+    conn.execute("BEGIN")
+    conn.execute(
+        "INSERT INTO run (run_id, family, kind, status, started) VALUES (1, 'mixed', 'htex', 'done', ?)",
+        (t0,),
+    )
+    conn.executemany(f"INSERT INTO task_full {_values(15)}", full)
+    conn.executemany(f"INSERT INTO try_full {_values(20)}", tries)
+    conn.executemany(f"INSERT INTO task_plain {_values(17)}", plain)
+    if other_run:
+        conn.execute(
+            "INSERT INTO run (run_id, family, kind, status, started) VALUES (2, 'mixed', 'htex', 'done', ?)",
+            (t0,),
+        )
+        for i in (3, 7, 700):
+            conn.execute("INSERT INTO task_full (run_id, task_id, func, state, ended) VALUES (2, ?, 'a', 'failed', ?)",
+                         (i, t0 + 50))  # fmt: skip
+            conn.execute("INSERT INTO task_plain (run_id, task_id, func, ended, try_no) VALUES (2, ?, 'a', ?, 1)",
+                         (i + 1, t0 + 50))  # fmt: skip
+    conn.execute("COMMIT")
+    conn.close()
+    return expected
+
+
+def _by_end(row: q.TaskRow) -> tuple[bool, float, int]:
+    return (row.ended is not None, row.ended or 0.0, row.task_id)  # SQLite puts NULL first
+
+
+#: How each of q.ORDERS arranges a list of tasks.
+_ARRANGE = {
+    "id": lambda rows: sorted(rows, key=lambda r: r.task_id),
+    "-id": lambda rows: sorted(rows, key=lambda r: r.task_id, reverse=True),
+    "ended": lambda rows: sorted(rows, key=_by_end),
+    "-ended": lambda rows: sorted(rows, key=_by_end, reverse=True),
+}
+
+
+@pytest.mark.parametrize("other_run", [False, True])
+def test_pages_and_counts_of_plain_and_full_tasks_together(tmp_path: Path, other_run: bool) -> None:
+    everything = _mixed_record(tmp_path / "mixed.db", other_run=other_run)
+    assert set(_ARRANGE) == set(q.ORDERS)
+    state_filters: list[str | list[str] | None] = [
+        None, "done", "failed", "pending", "memo_done", ["done", "failed"], ["cancelled", "done", "dep_fail"],
+        ["running", "queued", "pending"],
+    ]  # fmt: skip
+    conn = connect_for_reading(tmp_path / "mixed.db")
+    try:
+        for state in state_filters:
+            wanted = None if state is None else {state} if isinstance(state, str) else set(state)
+            for func in (None, "a", "c", "nope"):
+                matching = [
+                    r for r in everything
+                    if (wanted is None or r.state in wanted) and (func is None or r.func == func)
+                ]  # fmt: skip
+                for order, arrange in _ARRANGE.items():
+                    reference = arrange(matching)
+                    for offset in sorted({0, 3, 40, 150, max(len(matching) - 5, 0), len(everything) + 1}):
+                        rows, total = q.tasks(
+                            conn, 1, state=state, func=func, order=order, offset=offset, limit=25
+                        )
+                        assert total == len(matching), (state, func, order)
+                        assert rows == reference[offset : offset + 25], (state, func, order, offset)
+        st = q.status(conn, 1)
+        states = {s: sum(r.state == s for r in everything) for s in q.TASK_STATES}
+        assert st.states == states and st.total == len(everything) and states["done"] > 300
+        assert {f.func: f.states for f in st.by_func} == {
+            func: {
+                s: n
+                for s in sorted(states)
+                if (n := sum(r.state == s and r.func == func for r in everything))
+            }
+            for func in ("a", "b", "c")
+        }
+        assert (st.retries, st.requeues) == (0, sum(r.tries == 2 for r in everything))
+    finally:
+        conn.close()
+
+
+def test_tries_of_plain_and_full_tasks_together(tmp_path: Path) -> None:
+    everything = _mixed_record(tmp_path / "mixed.db", other_run=True)
+    conn = connect_for_reading(tmp_path / "mixed.db")
+    try:
+        s = q.stream(conn, 1, limit=10_000)
+        ended = [r for r in everything if r.outcome is not None]
+        assert s.total == len(s.tries) == sum(r.tries for r in ended)  # both tries of the retried ones
+        keys = [(y.end, y.task_id, y.try_no) for y in s.tries]
+        assert keys == sorted(keys)
+        assert {y.task_id for y in s.tries if y.try_no == 1 and y.outcome == "ok"} == {
+            r.task_id for r in ended if r.tries == 1
+        }
+        latest = q.stream(conn, 1, limit=30)
+        assert latest.truncated and [(y.end, y.task_id, y.try_no) for y in latest.tries] == keys[-30:]
+        since = q.stream(conn, 1, since=keys[100][0], limit=40)
+        assert [(y.end, y.task_id, y.try_no) for y in since.tries] == [
+            k for k in keys if k[0] >= keys[100][0]
+        ][:40]
+        h = q.heatmap(conn, 1, buckets=7)
+        assert sum(map(sum, (lane.ended for lane in h.lanes))) == s.total
+        assert sum(map(sum, (lane.failed for lane in h.lanes))) == sum(y.outcome != "ok" for y in s.tries)
+        (group,) = q.failures(conn, 1)
+        assert group.count == sum(r.state == "failed" for r in everything)
+    finally:
+        conn.close()

@@ -18,7 +18,7 @@ import pytest
 from hpcfutures.monitor import Recorder, RecordError, connect_for_reading
 from hpcfutures.monitor import recorder as recorder_module
 from hpcfutures.monitor.location import record_dir, resolve_record
-from hpcfutures.monitor.schema import SCHEMA_VERSION, connect
+from hpcfutures.monitor.schema import APPLICATION_ID, SCHEMA_VERSION, connect
 
 
 def rows(path: Path, sql: str, *params: object) -> list[tuple[object, ...]]:
@@ -275,3 +275,102 @@ def test_events_told_after_close_are_dropped_not_kept(record: Path) -> None:
         rec.sample(time.time(), host="h")
     assert len(rec._events) == 0
     assert rows(record, "SELECT count(*) FROM block") == [(0,)]
+
+
+def test_a_plain_task_costs_one_short_row_and_reads_as_a_task_and_a_try(record: Path) -> None:
+    rec = Recorder(record, family="fam", kind="test")
+    t = time.time()
+    rec.pool_registered("htex", "pool-1", t, host="node7", tag=42, workers=2, block_id=0)
+    for i in range(1, 6):
+        rec.submitted(i, "step", t, name=f"step-{i}", executor="htex", state="queued")
+    rec.state(1, "running", t + 0.5)  # started in one message, ended in a later one: still plain
+    rec.succeeded(1, 1, t + 2, queued=t, dispatched=t + 0.4, started=t + 1, pool=42, worker=3, pid=99, cpu=0.5)
+    rec.succeeded(2, 1, t + 3)
+    rec.cache(3, "miss", "k3", "first run of this key")  # told of before its end: a full row
+    rec.succeeded(3, 1, t + 4)
+    rec.succeeded(4, 2, t + 5)
+    rec.attempt(4, 1, "error", exception="ValueError: once")  # told after the end (as a task log does)
+    rec.state(5, "running", t + 1)  # started, not ended when the writer wrote
+    assert rec.flush()
+    assert rows(record, "SELECT task_id FROM task_plain ORDER BY 1") == [(1,), (2,)]
+    assert rows(record, "SELECT task_id, state FROM task_full ORDER BY 1") == [
+        (3, "done"), (4, "done"), (5, "running"),
+    ]  # fmt: skip
+    assert rows(record, "SELECT task_id, func, name, executor, state, submitted, started, ended, tries FROM task "
+                "ORDER BY 1") == [
+        (1, "step", "step-1", "htex", "done", t, t + 1, t + 2, 1),
+        (2, "step", "step-2", "htex", "done", t, None, t + 3, 1),
+        (3, "step", "step-3", "htex", "done", t, None, t + 4, 1),
+        (4, "step", "step-4", "htex", "done", t, None, t + 5, 2),
+        (5, "step", "step-5", "htex", "running", t, t + 1, None, 0),
+    ]  # fmt: skip
+    assert rows(record, "SELECT cache, cache_reason FROM task WHERE task_id = 3") == [("miss", "first run of this key")]
+    assert rows(record, "SELECT task_id, try_no, queued, dispatched, started, ended, outcome, charged, pool, host, "
+                "worker, pid, cpu FROM try ORDER BY 1, 2") == [
+        (1, 1, t, t + 0.4, t + 1, t + 2, "ok", 1, "pool-1", "node7", 3, 99, 0.5),
+        (2, 1, None, None, None, t + 3, "ok", 1, None, None, None, None, None),
+        (3, 1, None, None, None, t + 4, "ok", 1, None, None, None, None, None),
+        (4, 1, None, None, None, None, "error", 1, None, None, None, None, None),
+        (4, 2, None, None, None, t + 5, "ok", 1, None, None, None, None, None),
+    ]  # fmt: skip
+    assert rows(record, "SELECT submitted, running, done FROM run") == [(5, 1, 4)]
+    rec.succeeded(5, 1, t + 6, started=t + 1)  # its row was written: updated in place, not doubled
+    rec.close()
+    assert rows(record, "SELECT task_id, state, ended FROM task WHERE task_id = 5") == [(5, "done", t + 6)]
+    assert rows(record, "SELECT count(*), count(DISTINCT task_id) FROM task") == [(5, 5)]
+    assert rows(record, "SELECT running, done FROM run") == [(0, 5)]
+
+
+def test_a_version_1_record_is_migrated_and_keeps_its_tasks(tmp_path: Path) -> None:
+    old = tmp_path / "v1.db"
+    conn = sqlite3.connect(old)
+    conn.executescript(V1_SCHEMA)
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("INSERT INTO run (run_id, family, kind, status, started) VALUES (1, 'fam', 'test', 'done', 1.0)")
+    conn.execute("INSERT INTO task (run_id, task_id, func, state, ended, tries) VALUES (1, 7, 'f', 'done', 2.0, 1)")
+    conn.execute("INSERT INTO try (run_id, task_id, try_no, outcome, ended) VALUES (1, 7, 1, 'ok', 2.0)")
+    conn.commit()
+    conn.close()
+    assert rows(old, "SELECT task_id, func, state FROM task") == [(7, "f", "done")]  # a reader migrates it
+    assert rows(old, "SELECT task_id, outcome FROM try") == [(7, "ok")]
+    assert rows(old, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    rec = Recorder(old, family="fam", kind="test")  # and a writer goes on in it
+    rec.submitted(1, "g", time.time())
+    rec.succeeded(1, 1, time.time())
+    rec.close()
+    assert rows(old, "SELECT run_id, task_id, func FROM task ORDER BY 1, 2") == [(1, 7, "f"), (2, 1, "g")]
+
+
+# The tables of schema version 1 that version 2 changed, as version 1 created them.
+V1_SCHEMA = """
+CREATE TABLE run (run_id INTEGER PRIMARY KEY, family TEXT NOT NULL, kind TEXT NOT NULL, label TEXT,
+    status TEXT NOT NULL, started REAL NOT NULL, ended REAL, heartbeat REAL, host TEXT, pid INTEGER, argv TEXT,
+    version TEXT, config TEXT, submitted INTEGER NOT NULL DEFAULT 0, running INTEGER NOT NULL DEFAULT 0,
+    done INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0, cached INTEGER NOT NULL DEFAULT 0,
+    cancelled INTEGER NOT NULL DEFAULT 0, dropped INTEGER NOT NULL DEFAULT 0, error TEXT);
+CREATE TABLE task (run_id INTEGER NOT NULL, task_id INTEGER NOT NULL, func TEXT, name TEXT, executor TEXT,
+    state TEXT NOT NULL, submitted REAL, started REAL, ended REAL, tries INTEGER NOT NULL DEFAULT 0, exception TEXT,
+    resources TEXT, cache TEXT, cache_key TEXT, cache_reason TEXT, PRIMARY KEY (run_id, task_id)) WITHOUT ROWID;
+CREATE INDEX task_by_state ON task (run_id, state);
+CREATE INDEX task_by_ended ON task (run_id, ended);
+CREATE INDEX task_by_func ON task (run_id, func, state);
+CREATE TABLE edge (run_id INTEGER NOT NULL, child INTEGER NOT NULL, parent INTEGER NOT NULL,
+    PRIMARY KEY (run_id, child, parent)) WITHOUT ROWID;
+CREATE INDEX edge_by_parent ON edge (run_id, parent);
+CREATE TABLE try (run_id INTEGER NOT NULL, task_id INTEGER NOT NULL, try_no INTEGER NOT NULL, queued REAL,
+    dispatched REAL, started REAL, ended REAL, outcome TEXT, charged INTEGER NOT NULL DEFAULT 1, exception TEXT,
+    traceback TEXT, pool TEXT, host TEXT, worker INTEGER, pid INTEGER, rss_kb INTEGER, cpu REAL, exit_code INTEGER,
+    stdout_tail TEXT, stderr_tail TEXT, PRIMARY KEY (run_id, task_id, try_no)) WITHOUT ROWID;
+CREATE INDEX try_by_ended ON try (run_id, ended);
+CREATE TABLE block (run_id INTEGER NOT NULL, executor TEXT NOT NULL, block_id TEXT NOT NULL, job_id TEXT,
+    state TEXT, raw_state TEXT, reason TEXT, submitted REAL, updated REAL,
+    PRIMARY KEY (run_id, executor, block_id)) WITHOUT ROWID;
+CREATE TABLE block_state (run_id INTEGER NOT NULL, executor TEXT NOT NULL, block_id TEXT NOT NULL, at REAL NOT NULL,
+    state TEXT, raw_state TEXT, reason TEXT);
+CREATE TABLE pool (run_id INTEGER NOT NULL, executor TEXT NOT NULL, pool_id TEXT NOT NULL, block_id TEXT, host TEXT,
+    pid INTEGER, workers INTEGER, shape TEXT, registered REAL, lost REAL, reason TEXT,
+    PRIMARY KEY (run_id, executor, pool_id)) WITHOUT ROWID;
+CREATE TABLE sample (run_id INTEGER NOT NULL, at REAL NOT NULL, executor TEXT, host TEXT, pool_id TEXT,
+    cpu_percent REAL, load1 REAL, mem_percent REAL, rss_mb REAL, busy INTEGER, workers INTEGER);
+"""

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from ...errors import PoolLostError, RemoteTraceback, TaskTimeoutError, WorkerLostError
-from ...monitor.events import END, STATE, SUBMIT, TRY
+from ...monitor.events import END, PLAIN, STATE, SUBMIT, TRY
 from ...monitor.execution import Execution
 from ...monitor.recorder import Recorder, clip_tail
 from ...resources import TaskOptions
@@ -295,6 +295,12 @@ def decode_results(payload: tuple[Any, ...]) -> Iterator[Event]:
             yield (END, task_id, "cancelled", ended, tries, None)
             continue
         failure = failed.get(task_id)
+        if failure is None and status == P.OK and prior is None and (started or tag):
+            yield (
+                PLAIN, task_id, 1, None, dispatched or None, started or None, ended, tag or None, None,
+                None if worker == P.NO_WORKER else worker, pid or None, rss_kb or None, cpu if cpu >= 0 else None,
+            )  # fmt: skip
+            continue
         if failure is not None:
             outcome, exception, traceback, code = failure
         else:

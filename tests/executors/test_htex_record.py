@@ -341,7 +341,7 @@ def test_result_meta_keeps_its_lengths_last_and_split_reads_them():
     ((fields, main, oob),) = P.split(P.RESULT_META, meta, memoryview(b"abcde"), [b"x", b"y"])
     assert fields[P.R_ID] == 9 and fields[P.R_POOL] == 77 and fields[P.R_LOST] == 1
     assert bytes(main) == b"abcde" and oob == [b"x", b"y"]
-    assert P.PROTOCOL_VERSION == 5
+    assert P.PROTOCOL_VERSION == 6
     execution = recording.execution_from(fields, {77: ("pool-a", "node1")})
     assert execution == Execution(1.0, 2.0, 2.5, "pool-a", "node1", 3, 1234, 4096, 0.25, 1)
     unknown = recording.execution_from(P.RESULT_META.unpack(P.result_meta(9, P.FAILED, 0, 0)), {})

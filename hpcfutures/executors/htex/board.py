@@ -9,7 +9,7 @@ answer, without asking the worker (which may be busy for hours in one task):
 - whether a task can still be cancelled: it cancels only ordinals not yet claimed, under the
   same lock as the claim, so a task is either cancelled or begun, never both;
 - which task a worker that died was running: the last ordinal it claimed, if no result
-  came for it.
+  came for it, or the *express* task the driver sent it directly (see :mod:`.express`).
 
 The board also holds the worker's *journal*: the results it finished and has not sent yet.
 A worker sends results in batches (one pipe write and one wake-up of the manager for many
@@ -45,7 +45,9 @@ _FIRST = 16  # offset of the first cancelled ordinal
 _JOURNAL = _FIRST + 8 * SLOTS  # offset of: bytes of result metas, bytes of result pickles
 _METAS = _JOURNAL + _LENGTHS.size
 _PICKLES = _METAS + JOURNAL_RESULTS * RESULT_META.size
-_SIZE = _PICKLES + JOURNAL_BYTES
+_EXPRESS = _PICKLES + JOURNAL_BYTES  # offset of: the express task the worker runs, or 0
+_WANTED = _EXPRESS + 8  # offset of: 1 if the manager wants word when that task ends
+_SIZE = _WANTED + 8
 #: The manager waits at most this long for the lock.  A worker holds it for well under a
 #: microsecond, so a longer wait means it died holding it (or is stopped): the manager then
 #: treats the worker's tasks as begun, which is always safe.
@@ -100,7 +102,42 @@ class WorkerBoard:
         _LENGTHS.pack_into(self.memory, _JOURNAL, 0, 0)
         self.metas = self.pickles = 0
 
+    def running_express(self, task_id: int) -> None:
+        """Say the worker runs express task ``task_id`` (sent by the driver, not the manager)."""
+        _COUNT.pack_into(self.memory, _EXPRESS, task_id)
+
+    def express_ended(self) -> bool:
+        """Say the express task's result was sent; return whether the manager asked for word
+        of it (see :meth:`want_express_end`; the ask is then taken)."""
+        memory = self.memory
+        with self.lock:  # against want_express_end: one of the two sees the other's write
+            _COUNT.pack_into(memory, _EXPRESS, 0)
+            wanted = _COUNT.unpack_from(memory, _WANTED)[0]
+            if wanted:
+                _COUNT.pack_into(memory, _WANTED, 0)
+        return bool(wanted)
+
     # -- the manager's side ---------------------------------------------------------------------
+
+    def express_task(self) -> int:
+        """The express task the worker runs now, or 0: its core is busy, though this manager
+        did not send it that task.  (After the worker died: the one it died under.)"""
+        return int(_COUNT.unpack_from(self.memory, _EXPRESS)[0])
+
+    def want_express_end(self) -> bool:
+        """Ask the worker to say (an EXPRESS_DONE on its result pipe) when its express task ends,
+        because this manager holds a task that waits for that worker or its core; return False
+        if no express task runs any more (then no word comes: the core is free now)."""
+        memory = self.memory
+        if not self.lock.acquire(timeout=LOCK_TIMEOUT):
+            return True  # it died holding the lock: its sentinel wakes the manager
+        try:
+            if not _COUNT.unpack_from(memory, _EXPRESS)[0]:
+                return False
+            _COUNT.pack_into(memory, _WANTED, 1)
+            return True
+        finally:
+            self.lock.release()
 
     def unsent(self) -> tuple[bytes, bytes]:
         """After the worker died: the metas and pickles of the results it had not sent."""

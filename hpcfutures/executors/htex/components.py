@@ -152,6 +152,9 @@ class PoolArgs(_ComponentArgs):
     shm_dir: str = field(
         default="", metadata=_help("the driver's shared-memory directory, when the pool is on the driver's node")
     )
+    express: str = field(
+        default="", metadata=_help("the driver's express socket, when the pool is on the driver's node")
+    )
     cpus: str = field(
         default="", metadata=_help("the CPUs the pool may use, e.g. 0-3,8 (default: HPCFUTURES_POOL_CPUS, else its affinity set)")
     )

@@ -58,6 +58,8 @@ class HtexConfig:
     record: RecordArg = None
     #: Seconds between two node samples of each pool while the run is recorded (0: none).
     sample_interval: float = 10.0
+    #: Whether lone tasks may take the express lane to workers on the driver's node.
+    express: bool = True
     #: Set by MPIExecutor: its blocks' MPI launcher ("auto": the lead pool asks mpiexec).
     mpi_flavour: str = ""
     mpi_oversubscribe: bool = False
@@ -145,6 +147,7 @@ class HtexConfig:
         normalise("available_accelerators", accelerator_names(self.available_accelerators))
         check_count("tasks_per_accelerator", self.tasks_per_accelerator, 1)
         check_bool("enforce_memory", self.enforce_memory)
+        check_bool("express", self.express)
         if self.cpu_affinity not in AFFINITY_MODES:
             raise ConfigurationError(
                 f"cpu_affinity must be one of {', '.join(repr(m) for m in AFFINITY_MODES)}, got {self.cpu_affinity!r}"

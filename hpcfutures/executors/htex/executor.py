@@ -143,6 +143,10 @@ class HighThroughputExecutor(ExecutorProgress, Executor):
             ``HPCFUTURES_RECORD`` environment variable.  See docs/monitoring.md.
         sample_interval: seconds between two samples of each pool's node (load, CPU, memory,
             busy workers) while the run is recorded; 0 for none.
+        express: with pools on this node (the default provider), let a lone task go from
+            the driver straight to an idle worker and back, one process crossing each way
+            instead of three (see docs/architecture.md, "The express lane").  False sends
+            every task through the interchange.
     """
 
     #: ``submit`` only serializes the call and queues it for the I/O thread (see
@@ -179,6 +183,7 @@ class HighThroughputExecutor(ExecutorProgress, Executor):
         unsatisfiable_after: float = 60.0,
         record: RecordArg = None,
         sample_interval: float = 10.0,
+        express: bool = True,
     ):
         config = HtexConfig(
             max_workers=max_workers,
@@ -206,6 +211,7 @@ class HighThroughputExecutor(ExecutorProgress, Executor):
             unsatisfiable_after=unsatisfiable_after,
             record=record,
             sample_interval=sample_interval,
+            express=express,
         )
         #: The settings, as checked; the attributes below are their working copies.
         self.config = config
@@ -556,6 +562,12 @@ class HighThroughputExecutor(ExecutorProgress, Executor):
                     self, self._lock, self._life, space.to_interchange, space.from_interchange
                 )
                 rollback.callback(link.close_wake_pipe)
+                link.lost_task_retries = self.config.lost_task_retries
+                if self.config.express and self._pools_are_local():
+                    from .express import ExpressLane
+
+                    link.express = ExpressLane(space.express_path, space.keys.token)
+                    rollback.callback(link.express.close)
                 if recorder is not None:
                     from .recording import TaskRecording
 
@@ -651,8 +663,10 @@ class HighThroughputExecutor(ExecutorProgress, Executor):
     def _pool_command(self, block_id: str) -> str:
         """The shell command that runs a pool of block ``block_id`` (the block manager asks)."""
         assert self._space is not None  # blocks start after the run space
-        address = self.endpoints["ipc" if self._pools_are_local() else "tcp"]
-        return shlex.join(self._space.pool_command(self.config, block_id, address))
+        local = self._pools_are_local()
+        address = self.endpoints["ipc" if local else "tcp"]
+        express = self._link is not None and self._link.express is not None and local
+        return shlex.join(self._space.pool_command(self.config, block_id, address, express=express))
 
     # -- what the block manager asks of the executor -------------------------------------------
 
@@ -677,6 +691,10 @@ class HighThroughputExecutor(ExecutorProgress, Executor):
         self._check_interchange()
 
     def _on_block_idle(self, idle: dict[str, float]) -> None:
+        express = self._link.express if self._link is not None else None
+        if express is not None and idle:  # the interchange does not see the express lane's work
+            busy = express.busy_blocks(self.config.heartbeat_period * 2)
+            idle = {block: 0.0 if block in busy else seconds for block, seconds in idle.items()}
         self._block_manager.blocks_idle(idle)
 
     def _on_event(self, event: dict[str, Any], frames: list[memoryview]) -> None:
@@ -691,7 +709,9 @@ class HighThroughputExecutor(ExecutorProgress, Executor):
             from .recording import record_event
 
             record_event(*self._infra_record, link.recording, event)
-        if kind == "pool_registered":
+        if kind == "worker_lost" and event.get("express"):
+            link.express_worker_lost(event)
+        elif kind == "pool_registered":
             blocks.pool_registered(event)
         elif kind == "block_drained":
             blocks.block_drained(str(event.get("block")))

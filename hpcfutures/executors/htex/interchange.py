@@ -417,7 +417,8 @@ class Interchange:
             if len(msg) != 4:
                 raise P.ProtocolError(f"an EVENT message of {len(msg) - 1} frames")
             news = P.parse_pool_event(msg[3])
-            if news["task"] in pool.outstanding:  # else news of a task no longer there
+            # else news of a task no longer there; an express task the pool never had from here
+            if news["task"] in pool.outstanding or news.get("express"):
                 self.event(**news, pool=pool.reg.pool_id, block=pool.reg.block_id)
         elif kind == P.CANCEL_REPLY:
             if len(msg) != 5:

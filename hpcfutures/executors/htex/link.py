@@ -34,10 +34,12 @@ from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ...errors import ExecutorError, ExecutorShutdownError, SerializationError
+from ...errors import ExecutorError, ExecutorShutdownError, SerializationError, WorkerLostError
+from ...exits import exit_signal
 from ...leanfuture import LeanFuture
 from ...serialize import loads, loads_exception
 from . import protocol as P
+from .express import DEFAULT_RESOURCES, MAX_EXPRESS_BYTES, Connection, ExpressLane
 from .lifecycle import Lifecycle
 from .pipes import Receiver, Sender, watch_room
 
@@ -186,6 +188,10 @@ class DriverLink:
         self.stop_when_idle = False
         self.kill_on_stop = False
         self.ident: int | None = None  # the I/O thread's
+        #: The express lane to local workers, if the executor has one (set before the I/O
+        #: thread starts), and how often a task may be lost before it fails.
+        self.express: ExpressLane | None = None
+        self.lost_task_retries = 2
 
     # -- for the executor's threads ---------------------------------------------------------------
 
@@ -214,13 +220,30 @@ class DriverLink:
             recording = self.recording
             if recording is not None and (fn is not recording.fn or options is not recording.options):
                 recording.note_submit(task_id, fn, args, options)
-            self.outbox.append(
-                (
-                    P.TASK_META.pack(task_id, priority, walltime, 0, *resources, 0, len(frames[0]), len(frames) - 1),
-                    frames[0],
-                    frames[1:],
-                )
+            outgoing = (
+                P.TASK_META.pack(task_id, priority, walltime, 0, *resources, 0, len(frames[0]), len(frames) - 1),
+                frames[0],
+                frames[1:],
             )
+            express = self.express
+            if (
+                express is not None
+                and express.idle
+                and not self.outbox
+                and len(self.pending) == len(express.inflight) + 1  # nothing but express tasks out
+                and not walltime
+                and resources == DEFAULT_RESOURCES
+                and sum(memoryview(f).nbytes for f in frames) <= MAX_EXPRESS_BYTES
+                and express.send(task_id, outgoing)
+            ):
+                first, self.taken_upto = self.taken_upto + 1, task_id
+                if recording is not None:
+                    recording.submitted(first, task_id, recording.take_changes())
+                if express.unflushed and not self.wake_pending and threading.get_ident() != self.ident:
+                    self.wake_pending = True
+                    os.write(self.wake_w, b"\0")
+                return future
+            self.outbox.append(outgoing)
             if not self.wake_pending:
                 self.wake_pending = True
                 # The I/O thread itself (a done-callback submitting a dependent task) looks at
@@ -230,8 +253,9 @@ class DriverLink:
         return future
 
     def is_started(self, task_id: int) -> bool:
-        """Whether a worker has begun task ``task_id`` (as far as the pools have said)."""
-        return task_id in self.started_ids
+        """Whether a worker has begun task ``task_id`` (as far as the pools have said), or it
+        was handed to one on the express lane (which begins it at once)."""
+        return task_id in self.started_ids or (self.express is not None and task_id in self.express.inflight)
 
     def on_io_thread(self) -> bool:
         """Whether the caller runs on the I/O thread (in a done-callback, say)."""
@@ -288,6 +312,9 @@ class DriverLink:
         poller = select.poll()
         poller.register(receiver.fd, select.POLLIN)
         poller.register(self.wake_r, select.POLLIN)
+        express = self.express
+        if express is not None:
+            poller.register(express.listener.fileno(), select.POLLIN)
         next_check = time.monotonic() + HOUSEKEEPING_SECONDS
         self.ident = threading.get_ident()
         try:
@@ -302,6 +329,8 @@ class DriverLink:
                         pass
                     if sock.watched:
                         self.write(sock.flush)
+                    if express is not None:
+                        self.serve_express(express, poller, events)
                 with self.lock:
                     outbox, self.outbox = self.outbox, []
                     controls, self.controls = self.controls, []
@@ -327,6 +356,8 @@ class DriverLink:
                 if time.monotonic() >= next_check:
                     next_check = time.monotonic() + HOUSEKEEPING_SECONDS
                     self.host._check_interchange()
+                    if express is not None and express.orphans:
+                        self.settle_orphans(express, time.monotonic())
                 if self.stop_requested or (self.stop_when_idle and not self.pending) or self.life.interchange_lost:
                     break
         except BaseException as exc:  # noqa: BLE001 - a bug here must not leave futures hanging
@@ -334,6 +365,118 @@ class DriverLink:
             self.host._break(ExecutorError(f"the executor's I/O thread failed: {exc!r}"))
         finally:
             self.teardown()
+
+    def serve_express(self, express: ExpressLane, poller: Any, events: list[tuple[int, int]]) -> None:
+        """Accept workers on the express socket, and read their hellos and results (I/O thread)."""
+        connections = express.connections
+        if express.unflushed:
+            with self.lock:
+                unflushed, express.unflushed = express.unflushed, []
+                for conn in unflushed:
+                    try:
+                        conn.sender.flush()
+                    except OSError:
+                        pass  # it is gone: its end is read below
+                    watch_room(poller, conn.fd, conn.sender, pollout=select.POLLOUT, base=select.POLLIN)
+        for fd, event in events:
+            writable = connections.get(fd)
+            if writable is not None and event & select.POLLOUT:
+                with self.lock:
+                    try:
+                        writable.sender.flush()
+                    except OSError:
+                        pass
+                    watch_room(poller, fd, writable.sender, pollout=select.POLLOUT, base=select.POLLIN)
+        for fd, _event in events:
+            if fd == express.listener.fileno():
+                for accepted in express.accept():
+                    poller.register(accepted.fd, select.POLLIN)
+                continue
+            found = connections.get(fd)
+            if found is None:
+                continue
+            conn = found
+            for msg in conn.receiver.read():
+                if not conn.known:
+                    if not express.hello(conn, msg):
+                        self.drop_express(express, poller, conn, "did not present this run's token")
+                        return
+                    with self.lock:
+                        express.idle.append(conn)
+                    continue
+                results = express.result_of(conn, msg)
+                if results is None:
+                    self.drop_express(express, poller, conn, "sent what is not its task's result")
+                    return
+                with self.lock:
+                    express.inflight.pop(conn.task, None)
+                    conn.task = 0
+                    conn.outgoing = None
+                    express.last_busy[conn.block] = time.monotonic()
+                    express.idle.append(conn)
+                self.on_results(results)
+            if conn.receiver.closed:
+                why = conn.receiver.error or "closed its connection"
+                self.drop_express(express, poller, conn, why)
+
+    def drop_express(self, express: ExpressLane, poller: Any, conn: Connection, why: str) -> None:
+        """Stop using an express connection; a task it ran is lost (see :meth:`settle_orphans`)."""
+        if conn.known and not self.stop_requested:
+            logger.debug("express lane: %s %s", conn.describe(), why)
+        elif not conn.known:
+            logger.warning("express lane: dropped a connection that %s", why)
+        try:
+            poller.unregister(conn.fd)
+        except (KeyError, ValueError):
+            pass
+        with self.lock:
+            if conn in express.idle:
+                express.idle.remove(conn)
+            express.inflight.pop(conn.task, None)
+            express.lost(conn, why)
+        self.settle_orphans(express, time.monotonic())
+
+    def express_worker_lost(self, news: dict[str, Any]) -> None:
+        """A pool's word that a worker died under an express task (I/O thread)."""
+        express = self.express
+        if express is not None and news.get("task") in self.pending:
+            express.evidence[news["task"]] = news
+            self.settle_orphans(express, time.monotonic())
+
+    def settle_orphans(self, express: ExpressLane, now: float) -> None:
+        """Requeue or fail each express task whose worker is gone, once the pool said how it
+        ended or it waited long enough for that word (I/O thread)."""
+        for task_id, (outgoing, deadline, why) in list(express.orphans.items()):
+            news = express.evidence.pop(task_id, None)
+            if news is None and now < deadline:
+                continue
+            del express.orphans[task_id]
+            future = self.pending.get(task_id)
+            if future is None or future.done():
+                continue
+            meta, main, oob = outgoing
+            fields = P.TASK_META.unpack(meta)
+            lost = fields[P.T_LOST] + 1
+            if lost <= self.lost_task_retries:
+                meta = P.TASK_META.pack(*fields[: P.T_LOST], lost, *fields[P.T_LOST + 1 :])
+                self.send_tasks([(meta, main, oob)], set())
+                continue
+            code = news.get("exit_code") if news is not None else None
+            reason = f"its {news['reason']}" if news is not None else f"its express {why}"
+            error = WorkerLostError(
+                f"task {task_id}: {reason}, {lost} time(s); it is not retried again",
+                exit_code=code,
+                signal_name=exit_signal(code),
+            )
+            self.pending.pop(task_id, None)
+            if self.recording is not None:
+                self.recording.ended([task_id], "failed", f"{type(error).__name__}: {error}")
+            try:
+                future.set_exception(error)
+            except InvalidStateError:
+                pass
+        if not express.orphans:
+            express.evidence.clear()
 
     def obey(self, kind: str, payload: Any) -> None:
         """Carry out one order from :meth:`control`."""
@@ -510,6 +653,10 @@ class DriverLink:
             self.host._stop_processes(self.kill_on_stop)
             self.fail_all(ExecutorShutdownError("the executor shut down before this task finished"))
         finally:
+            if self.express is not None:
+                with self.lock:
+                    self.express.close()
+                    self.express.inflight.clear()
             for fd in (self.to_interchange.fd, self.from_interchange.fd):
                 os.close(fd)
             self.close_wake_pipe()

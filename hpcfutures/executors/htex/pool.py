@@ -180,6 +180,9 @@ class PoolManager:
         self.ix: StreamConnection  # the interchange's connection (a remote pool's: to its relay)
         self.link_fds: list[int] = []  # its fd (and the relay's sentinel): no worker may hold them
         self.relay: BaseProcess | None = None  # a remote pool's relay to the interchange
+        # The driver's express socket, its token and who the workers are, for a local pool's
+        # workers (set once the keys are read).
+        self.express: tuple[str, bytes, dict[str, Any]] | None = None
 
     # -- workers ---------------------------------------------------------------------------
 
@@ -210,6 +213,7 @@ class PoolManager:
                 self.args.shm_dir,
                 plan.cpus,
                 self.tag,
+                self.express,
             ),
             name=f"hpcfutures-worker-{rank}",
             daemon=True,
@@ -290,6 +294,9 @@ class PoolManager:
             self.report_broken(f"worker {worker.rank} of pool {self.pool_id} {how} before it was ready")
             return
         self.requeue(worker, how, worker.process.exitcode)
+        express = worker.board.express_task()
+        if express:  # the driver sent it that task: the driver requeues it, on this word
+            self.tell_worker_lost(express, worker, how, worker.process.exitcode, express=True)
         if self.running:
             self.start_worker(worker.rank)
 
@@ -383,8 +390,11 @@ class PoolManager:
         self.out_mains.append(frames[0])
         self.out_extra.extend(frames[1:])
 
-    def tell_worker_lost(self, task_id: int, worker: _Worker, how: str, exitcode: int | None) -> None:
-        """Tell the interchange that ``worker`` died under task ``task_id``, which is requeued."""
+    def tell_worker_lost(
+        self, task_id: int, worker: _Worker, how: str, exitcode: int | None, *, express: bool = False
+    ) -> None:
+        """Tell the interchange that ``worker`` died under task ``task_id``, which is requeued
+        (by this manager; by the driver if it was an ``express`` task)."""
         event = {
             "event": "worker_lost",
             "task": task_id,
@@ -393,6 +403,8 @@ class PoolManager:
             "exit_code": exitcode,
             "reason": f"worker {worker.rank} {how}"[:1000],
         }
+        if express:
+            event["express"] = True
         self.send_up(P.EVENT, json.dumps(event).encode())
 
     def check_walltimes(self, now: float) -> float | None:
@@ -546,6 +558,8 @@ class PoolManager:
                 self.started_soon()
             elif self.started_check is not None and not any(w.outstanding for w in self.workers.values()):
                 self.started_check = None  # nothing left to begin: spare the wake-up
+        elif kind == P.EXPRESS_DONE:
+            pass  # its core is free again: the loop's dispatch places what waited
         elif kind == P.READY:
             worker.ready = True
             self.send_to_worker(worker, self.config_frames)
@@ -597,7 +611,7 @@ class PoolManager:
             ]
             if not eligible:
                 return
-            eligible.sort(key=lambda w: len(w.outstanding))
+            eligible.sort(key=lambda w: len(w.outstanding) + (1 if w.board.express_task() else 0))
             # Each worker's fair part of all the work, counting workers still starting: a
             # worker that is ready first must not take what a slower starter will run.
             held = sum(len(w.outstanding) for w in self.workers.values())
@@ -609,8 +623,10 @@ class PoolManager:
                 room = min(share - len(worker.outstanding), self.depth - len(worker.outstanding))
                 if room > 0:
                     sent += self._send_to(worker, room, now)
-            if not sent:  # e.g. a walltime task waits for an idle worker
-                return
+            if not sent:  # e.g. a walltime task waits for an idle worker, or an express task's end
+                ended = [w for w in self.workers.values() if w.board.express_task() and not w.board.want_express_end()]
+                if not ended:
+                    return
 
     def _send_to(self, worker: _Worker, room: int, now: float) -> int:
         queue = self.queue
@@ -622,7 +638,7 @@ class PoolManager:
             walltime = fields[P.T_WALLTIME]
             resourced = P.has_resources(fields)
             if walltime > 0 or resourced:  # it goes alone to an idle worker
-                if worker.outstanding or items:
+                if worker.outstanding or items or worker.board.express_task():
                     break
                 if resourced and not self.allocate(worker, fields):
                     break  # it waits at the head until what it needs is free
@@ -680,7 +696,9 @@ class PoolManager:
 
     def busy_with_default_tasks(self) -> int:
         """How many workers hold default tasks (each uses a core, unpinned)."""
-        return sum(1 for w in self.workers.values() if w.outstanding and w.allocation is None)
+        return sum(
+            1 for w in self.workers.values() if (w.outstanding or w.board.express_task()) and w.allocation is None
+        )
 
     def take_sample(self) -> bytes:
         """This node's load now, as the JSON a HEARTBEAT carries (see :func:`~.protocol.parse_sample`).
@@ -800,6 +818,10 @@ class PoolManager:
         self.exit_code = 0
         keys = security.load(self.args.keys)
         self.token = keys["token"].decode()
+        if self.args.express:
+            self.express = (
+                self.args.express, bytes(keys["token"]), {"pool": self.pool_id, "block": str(self.args.block_id), "tag": self.tag}
+            )  # fmt: skip
         if not self.choose_address():
             return 2
         local = self.args.addr.startswith(SCHEME)

@@ -40,9 +40,11 @@ import zmq
 from ... import __version__
 from .slots import PoolShape
 
-PROTOCOL_VERSION = 5  # 2: the token in a REGISTER frame of its own; 3: pools report which tasks began;
+PROTOCOL_VERSION = 6  # 2: the token in a REGISTER frame of its own; 3: pools report which tasks began;
 # 4: tasks carry their resources, registrations the pool's shape; 5: results carry where and how
-# their task ran, pools send node samples on heartbeats and worker losses as events
+# their task ran, pools send node samples on heartbeats and worker losses as events; 6: local
+# workers take lone tasks straight from the driver (the express lane), and pools tell of a
+# worker lost under such a task
 
 #: The largest message a registered pool may send (header included); a larger one drops the
 #: pool.  Between the driver and local pools, buffers of 256 KiB and more travel through
@@ -78,6 +80,11 @@ READY = b"w"
 DRAIN = b"d"  # driver -> interchange: stop giving this block tasks, then stop its pools
 STARTED = b"s"  # interchange -> driver: workers began these tasks; they can no longer be cancelled
 PIN = b"p"  # pool -> worker: run the next task on these CPUs and accelerators (JSON)
+HELLO = b"H"  # worker -> driver, first on an express connection: the token, then who it is (JSON)
+EXPRESS_DONE = b"E"  # worker -> pool, when asked: the express task it ran has ended
+
+#: The largest message an express connection may send before its HELLO is accepted.
+HELLO_MAX_MESSAGE = 4 << 10
 
 # Result statuses.
 OK = 0  # payload: the return value
@@ -418,7 +425,8 @@ def parse_pool_event(data: Any) -> dict[str, Any]:
     """Read an EVENT a pool sent (a worker lost under a task it requeued) into checked fields.
 
     Returns ``{"event": "worker_lost", "task": id, "worker": rank, "pid": pid, "exit_code":
-    code or None, "reason": text}``.
+    code or None, "reason": text}``, with ``"express": True`` for a task the driver sent the
+    worker directly (which the pool did not requeue: the driver does).
 
     Raises:
         ProtocolError: too large, not a JSON object, an unknown event, or a field missing
@@ -438,4 +446,10 @@ def parse_pool_event(data: Any) -> dict[str, Any]:
     reason = info.get("reason")
     if not isinstance(reason, str) or len(reason) > 1000:
         raise ProtocolError(f"a pool event whose reason is {_shown(reason)}")
-    return {"event": "worker_lost", "task": task, "worker": worker, "pid": pid, "exit_code": code, "reason": reason}
+    express = info.get("express", False)
+    if not isinstance(express, bool):
+        raise ProtocolError(f"a pool event whose express flag is {_shown(express)}")
+    news = {"event": "worker_lost", "task": task, "worker": worker, "pid": pid, "exit_code": code, "reason": reason}
+    if express:
+        news["express"] = True
+    return news

@@ -54,8 +54,14 @@ class RunSpace:
         """Where a component logs: in the run directory given by the user, else nowhere."""
         return "" if self.temporary else str(self.directory / name)
 
-    def pool_command(self, config: HtexConfig, block_id: str, address: str) -> list[str]:
-        """The command line of a pool of block ``block_id`` connecting to ``address``."""
+    @property
+    def express_path(self) -> str:
+        """Where the driver listens for its local workers' express connections."""
+        return f"{self.ipc_dir}/express"
+
+    def pool_command(self, config: HtexConfig, block_id: str, address: str, *, express: bool = False) -> list[str]:
+        """The command line of a pool of block ``block_id`` connecting to ``address`` (and, if
+        ``express``, its workers to the driver's express socket)."""
         return PoolArgs(
             addr=address,
             keys=str(self.keys.pool),
@@ -67,6 +73,7 @@ class RunSpace:
             start_timeout=config.start_timeout,
             log_file=self.log_file(f"pool-{block_id}.log"),
             shm_dir=self.spill.directory if self.spill is not None else "",
+            express=self.express_path if express else "",
             accelerators=tuple(config.available_accelerators),  # type: ignore[arg-type]  # names, once checked
             tasks_per_accelerator=config.tasks_per_accelerator,
             cores_per_worker=config.cores_per_worker or 0.0,

@@ -38,6 +38,11 @@ class KeyFiles:
     def pool(self) -> Path:
         return self.directory / "pool.json"
 
+    @property
+    def token(self) -> bytes:
+        """The run's token, which pools and workers present to prove they belong to it."""
+        return load(self.pool)["token"]
+
 
 def _write_private(path: Path, data: dict[str, str]) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

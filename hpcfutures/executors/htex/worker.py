@@ -27,6 +27,7 @@ import os
 import resource
 import select
 import signal
+import socket
 import threading
 import time
 from collections import deque
@@ -100,7 +101,8 @@ def _peak_rss_kb() -> int:
 
 
 class _Link:
-    """The worker's ends of its pipes to the pool manager."""
+    """The worker's ends of its pipes to the pool manager, and of its express connection to
+    the driver, if it has one (see :mod:`.express`)."""
 
     def __init__(self, task_fd: int, result_fd: int):
         self.receiver = Receiver(task_fd)
@@ -108,16 +110,59 @@ class _Link:
         self.poller.register(task_fd, select.POLLIN)
         self.sender = Sender(result_fd, blocking=True)
         self.inbox: deque[list[memoryview]] = deque()
+        self.express: socket.socket | None = None
+        self.express_receiver: Receiver | None = None
+        self.express_sender: Sender | None = None
+        self.express_inbox: deque[list[memoryview]] = deque()
+
+    def connect_express(self, path: str, token: bytes, who: dict[str, Any]) -> None:
+        """Connect to the driver's express socket at ``path`` and say who this worker is.
+
+        A driver that cannot be reached only means no express tasks: the pool's tasks go on.
+        """
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+            sender = Sender(sock.fileno(), blocking=True)
+            sender.send([P.HELLO, token, json.dumps(who).encode()])
+        except OSError:
+            sock.close()
+            return
+        self.express = sock
+        self.express_sender = sender
+        self.express_receiver = Receiver(sock.fileno())
+        self.poller.register(sock.fileno(), select.POLLIN)
 
     def send(self, frames: list[Any]) -> None:
         self.sender.send(frames)  # blocking: returns once all is written
 
-    def recv(self) -> list[memoryview]:
-        """Wait for the next message; exit the process if the manager has gone."""
-        while not self.inbox:
+    def send_express(self, frames: list[Any]) -> None:
+        """Send an express task's result to the driver; if the driver has gone, drop it."""
+        sender = self.express_sender
+        if sender is None:
+            return
+        try:
+            sender.send(frames)
+            while sender.pending:  # the socket is non-blocking (it is read too): wait for room
+                select.select([], [sender.fd], [])
+                sender.flush()
+        except OSError:
+            self.close_express()
+
+    def close_express(self) -> None:
+        sock = self.express
+        if sock is not None:
+            self.poller.unregister(sock.fileno())
+            sock.close()
+            self.express = self.express_sender = self.express_receiver = None
+
+    def recv(self) -> list[memoryview] | None:
+        """Wait for the next message from the manager, or for an express task (then None);
+        exit the process if the manager has gone."""
+        while not self.inbox and not self.express_inbox:
             self.poller.poll()
             self._read()
-        return self.inbox.popleft()
+        return self.inbox.popleft() if self.inbox else None
 
     def poll(self) -> list[memoryview] | None:
         """The next message if one has arrived, without waiting."""
@@ -129,6 +174,11 @@ class _Link:
         self.inbox.extend(self.receiver.read())
         if self.receiver.closed:
             os._exit(0)
+        express = self.express_receiver
+        if express is not None:
+            self.express_inbox.extend(express.read())
+            if express.closed:  # the driver shut down: the manager's tasks go on
+                self.close_express()
 
 
 def worker_main(
@@ -142,11 +192,14 @@ def worker_main(
     shm_dir: str = "",
     cpus: tuple[int, ...] = (),
     pool_tag: int = 0,
+    express: tuple[str, bytes, dict[str, Any]] | None = None,
 ) -> None:
     """Serve tasks from the pool manager over the given pipes until told to stop; never returns.
 
     ``cpus``, if any, are the CPUs this worker is pinned to for its life (``cpu_affinity``);
-    ``pool_tag`` names its pool in its results (:func:`~.protocol.pool_tag`).
+    ``pool_tag`` names its pool in its results (:func:`~.protocol.pool_tag`); ``express``,
+    if given, is the driver's express socket, its token and what to tell it of this worker:
+    the worker then also runs lone tasks the driver sends it there (see :mod:`.express`).
     """
     os.setpgid(0, 0)  # one process group per worker, so a walltime kill takes its children too
     if cpus:
@@ -162,6 +215,7 @@ def worker_main(
     link.send([P.READY])
     try:
         config = link.recv()  # [CONFIG, settings JSON, initializer frames...]
+        assert config is not None  # (no express connection yet)
         settings = json.loads(config[1].tobytes()) if len(config) > 1 and len(config[1]) else {}
         if len(config) > 2:
             initializer, initargs = loads(config[2:])
@@ -171,6 +225,9 @@ def worker_main(
                 link.send([P.INIT_FAILED, *dumps_exception(exc)])
                 os._exit(3)
         spill = SharedSpill(shm_dir, f"r{os.getpid()}-", unlink_on_load=True) if shm_dir else None
+        if express is not None:
+            path, token, who = express
+            link.connect_express(path, token, {**who, "pid": os.getpid(), "rank": rank})
         _serve(link, board, spill, rank, pool_tag, bool(settings.get("measure")))
     finally:
         os._exit(0)
@@ -199,11 +256,19 @@ def _serve(link: _Link, board: WorkerBoard, spill: SharedSpill | None, rank: int
         board.clear()
 
     while True:
+        if link.express_inbox:
+            if unsent:
+                send_journal()
+                unsent = 0
+            cpu_mark = _run_express(link, board, functions, spill, rank, tag, pid, measure, cpu_mark)
+            continue
         if not queue:
             if unsent:
                 send_journal()
                 unsent = 0
             msg: list[memoryview] | None = link.recv()
+            if msg is None:
+                continue  # an express task came
         else:
             msg = link.poll()
         if msg is not None:
@@ -272,3 +337,58 @@ def _serve(link: _Link, board: WorkerBoard, spill: SharedSpill | None, rank: int
         if unsent and (unsent >= RESULT_FLUSH_COUNT or time.monotonic() - first_unsent >= RESULT_FLUSH_SECONDS):
             send_journal()
             unsent = 0
+
+
+def _run_express(
+    link: _Link,
+    board: WorkerBoard,
+    functions: LoadedFunctions,
+    spill: SharedSpill | None,
+    rank: int,
+    tag: int,
+    pid: int,
+    measure: bool,
+    cpu_mark: float,
+) -> float:
+    """Run the next task the driver sent straight to this worker and send its result back
+    the same way; return the CPU clock's reading after it (for the next task's CPU time).
+
+    The board says which express task runs, so that the manager can tell the driver if this
+    worker dies under it.  A message that is not one task ends the express connection.
+    """
+    msg = link.express_inbox.popleft()
+    received = time.time()
+    try:
+        if msg[0].tobytes() != P.TASKS:
+            raise ValueError(f"an express message of kind {msg[0].tobytes()!r}")
+        items = P.split(P.TASK_META, msg[1].tobytes(), msg[2], msg[3:])
+        if len(items) != 1:
+            raise ValueError(f"an express message of {len(items)} tasks")
+    except (ValueError, IndexError, P.ProtocolError):
+        link.close_express()
+        return cpu_mark
+    fields, main, oob = items[0]
+    board.running_express(fields[0])
+    try:
+        fn, args, kwargs = loads_call([main, *oob], functions)
+    except BaseException as exc:  # noqa: BLE001
+        error = SerializationError(f"the task could not be loaded on the worker: {exc!r}")
+        status, out, elapsed, started = P.ERROR, dumps_exception(error), 0.0, time.time()
+    else:
+        del main, oob
+        status, out, elapsed, started = _run_one(fn, args, kwargs, spill)
+        del fn, args, kwargs
+    cpu = -1.0
+    rss_kb = 0
+    if measure:
+        now = time.process_time()
+        cpu, cpu_mark = now - cpu_mark, now
+        rss_kb = _peak_rss_kb()
+    meta = P.RESULT_META.pack(
+        fields[0], status, elapsed, received, started, cpu, tag, pid, rss_kb, rank, fields[P.T_LOST],
+        len(out[0]), len(out) - 1,
+    )  # fmt: skip
+    link.send_express([P.RESULTS, meta, *out])
+    if board.express_ended():
+        link.send([P.EXPRESS_DONE])
+    return cpu_mark

@@ -1,0 +1,215 @@
+"""The express lane: a lone task goes from the driver straight to an idle worker on its node.
+
+Through the interchange and a pool manager, a task crosses three processes each way, and on
+a small machine each crossing is a wake-up of a virtual CPU: a lone ``submit(f).result()``
+took about twice the standard library's round trip, which has one crossing each way.  So
+when the executor's pools run on the driver's node, each of their workers also connects to
+a Unix socket of the driver (in the run's private socket directory) and says who it is,
+with the run's token.  A task then takes the express lane when nothing else is queued or
+running but other express tasks, it asks for nothing a pool must arrange (no walltime, no
+resources) and it is small (its pickles under :data:`MAX_EXPRESS_BYTES`; large arguments go
+the usual way, through ``/dev/shm``): the submitting thread writes it to an idle worker's
+connection, and the worker writes the result back the same way, where the link's I/O thread
+reads it.  One crossing each way; a burst, or anything queued behind, goes the usual way.
+
+What HTEX promises holds on this lane:
+
+- A worker that dies under an express task: its pool manager sees it die and tells the
+  driver (through the interchange, as a ``worker_lost`` event with ``express``) how it
+  ended; the driver, which sees the connection close, requeues the task the usual way,
+  charged a loss, or fails it with that evidence once it was lost more than
+  ``lost_task_retries`` times.  Should no word come (the pool died too), the driver decides
+  after :data:`EVIDENCE_WAIT` seconds on what it knows.
+- Cancel: an express task is handed to a worker that begins it at once, so it counts as
+  begun (``running()``) from the moment it is sent, and cannot be cancelled.
+- Priority: the lane is taken only when nothing else waits, so no task overtakes another.
+- Elastic blocks: a block whose workers ran express tasks lately is not idle (see
+  :meth:`ExpressLane.busy_blocks`).
+- Shutdown: the driver closes the socket; workers keep serving their pool until it stops.
+
+Threads: the submitting threads take an idle worker and write to it under the link's lock,
+which also guards ``idle``, ``inflight`` and the connections' ``task``; the I/O thread alone
+accepts connections, reads them and decides about lost tasks (taking the lock to change
+what the submitting threads read).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+from . import protocol as P
+from .pipes import Receiver, Sender
+
+logger = logging.getLogger("hpcfutures.executors.htex.executor")
+
+#: Tasks whose pickles are larger than this go the usual way (the bandwidth path).
+MAX_EXPRESS_BYTES = 64 << 10
+#: Seconds the driver waits, after an express connection closed under a task, for the pool's
+#: word on how its worker died before deciding on what it knows.
+EVIDENCE_WAIT = 2.0
+#: Default resources of a task (cores, memory, accelerators, nodes, ranks per node).
+DEFAULT_RESOURCES = (1, 0, 0, 0, 1)
+
+#: (meta, main pickle, out-of-band frames) of a task, as the link queues it.
+Outgoing = tuple[bytes, Any, list[Any]]
+
+
+class Connection:
+    """One worker's express connection."""
+
+    __slots__ = ("sock", "fd", "receiver", "sender", "known", "pool", "block", "pid", "rank", "task", "outgoing")
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.receiver = Receiver(self.fd, max_message=P.HELLO_MAX_MESSAGE, max_frames=4)
+        self.sender = Sender(self.fd)
+        self.known = False  # its HELLO was accepted
+        self.pool = ""
+        self.block = ""
+        self.pid = 0
+        self.rank = -1
+        self.task = 0  # the express task it runs, or 0
+        self.outgoing: Outgoing | None = None  # that task, to requeue if the worker dies
+
+    def describe(self) -> str:
+        return f"worker {self.rank} (pid {self.pid}) of pool {self.pool}" if self.known else "an unknown process"
+
+
+class ExpressLane:
+    """The driver's end of the express lane; see the module docstring."""
+
+    def __init__(self, path: str, token: bytes):
+        self.path = path
+        self.token = token
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(path)
+            listener.listen(256)
+            listener.setblocking(False)
+        except OSError:
+            listener.close()
+            raise
+        self.listener = listener
+        self.connections: dict[int, Connection] = {}  # by fd; the I/O thread's
+        # Under the link's lock:
+        self.idle: list[Connection] = []  # known, connected, running nothing
+        self.inflight: dict[int, Connection] = {}  # express tasks sent and not answered, by id
+        self.sent = 0  # tasks sent on the lane, for tests and benchmarks
+        self.unflushed: list[Connection] = []  # connections with a task partly written
+        # The I/O thread's: tasks whose connection closed under them, waiting for the pool's
+        # word: (the task, when to decide without it, the connection's description).
+        self.orphans: dict[int, tuple[Outgoing, float, str]] = {}
+        self.evidence: dict[int, dict[str, Any]] = {}  # the pools' words on express tasks lost
+        self.last_busy: dict[str, float] = {}  # block -> when one of its workers last ran one
+
+    # -- the submitting threads (under the link's lock) -------------------------------------------
+
+    def send(self, task_id: int, outgoing: Outgoing) -> bool:
+        """Hand the task to an idle worker, if there is one; return whether it was sent."""
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            meta, main, oob = outgoing
+            # Before the write: its result may be read (on the I/O thread) before it returns.
+            conn.task = task_id
+            conn.outgoing = outgoing
+            self.inflight[task_id] = conn
+            try:
+                if conn.sender.send([P.TASKS, meta, main, *oob]):
+                    self.unflushed.append(conn)  # the socket took part of it: the I/O thread writes the rest
+            except OSError:  # it is gone: the I/O thread drops it when it reads the end
+                conn.task = 0
+                conn.outgoing = None
+                del self.inflight[task_id]
+                continue
+            self.last_busy[conn.block] = time.monotonic()
+            self.sent += 1
+            return True
+        return False
+
+    # -- the I/O thread -----------------------------------------------------------------------------
+
+    def accept(self) -> list[Connection]:
+        """Take the connections waiting on the socket; return them (to poll)."""
+        accepted: list[Connection] = []
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return accepted
+            except OSError as exc:  # out of descriptors, say: the usual path still serves
+                logger.warning("express lane: cannot accept a worker: %s", exc)
+                return accepted
+            conn = Connection(sock)
+            self.connections[conn.fd] = conn
+            accepted.append(conn)
+
+    def hello(self, conn: Connection, msg: list[memoryview]) -> bool:
+        """Check a connection's first message; return whether it is a worker of this run."""
+        if len(msg) != 3 or msg[0].tobytes() != P.HELLO or not hmac.compare_digest(msg[1].tobytes(), self.token):
+            return False
+        try:
+            who = json.loads(msg[2].tobytes())
+        except (ValueError, UnicodeDecodeError):
+            return False
+        if not isinstance(who, dict):
+            return False
+        pool, block, pid, rank = who.get("pool"), who.get("block"), who.get("pid"), who.get("rank")
+        if not (isinstance(pool, str) and isinstance(block, str) and isinstance(pid, int) and isinstance(rank, int)):
+            return False
+        if not (_is_int(pid) and _is_int(rank)):
+            return False
+        conn.pool, conn.block, conn.pid, conn.rank = pool[:200], block[:200], pid, rank
+        conn.known = True
+        conn.receiver.max_message = P.MAX_MESSAGE
+        conn.receiver.max_frames = P.MAX_FRAMES
+        return True
+
+    def result_of(self, conn: Connection, msg: list[memoryview]) -> list[memoryview] | None:
+        """A known worker's message as a RESULTS message of the interchange's form, or None if
+        it is not the one result of the task that worker runs."""
+        if len(msg) < 3 or msg[0].tobytes() != P.RESULTS or msg[1].nbytes != P.RESULT_META.size:
+            return None
+        fields = P.RESULT_META.unpack(msg[1])
+        if not conn.task or fields[P.R_ID] != conn.task or fields[-1] != len(msg) - 3 or fields[-2] != msg[2].nbytes:
+            return None
+        return [msg[0], memoryview(b""), msg[1], *msg[2:]]
+
+    def lost(self, conn: Connection, why: str) -> None:
+        """``conn`` closed or broke the protocol: forget it; a task it ran waits for the evidence."""
+        self.connections.pop(conn.fd, None)
+        conn.sock.close()
+        if conn.task and conn.outgoing is not None:
+            self.orphans[conn.task] = (conn.outgoing, time.monotonic() + EVIDENCE_WAIT, f"{conn.describe()} {why}")
+        conn.task = 0
+        conn.outgoing = None
+
+    def busy_blocks(self, within: float) -> set[str]:
+        """Blocks whose workers run an express task or ran one in the last ``within`` seconds."""
+        now = time.monotonic()
+        busy = {conn.block for conn in self.inflight.values()}
+        busy.update(block for block, when in self.last_busy.items() if now - when < within)
+        return busy
+
+    def close(self) -> None:
+        """Close the socket and every connection (the link's teardown)."""
+        for conn in list(self.connections.values()):
+            conn.sock.close()
+        self.connections.clear()
+        self.idle.clear()
+        self.listener.close()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 32

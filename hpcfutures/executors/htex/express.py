@@ -5,9 +5,9 @@ a small machine each crossing is a wake-up of a virtual CPU: a lone ``submit(f).
 took about twice the standard library's round trip, which has one crossing each way.  So
 when the executor's pools run on the driver's node, each of their workers also connects to
 a Unix socket of the driver (in the run's private socket directory) and says who it is,
-with the run's token.  A task then takes the express lane when nothing else is queued or
-running but other express tasks, it asks for nothing a pool must arrange (no walltime, no
-resources) and it is small (its pickles under :data:`MAX_EXPRESS_BYTES`; large arguments go
+with the run's token.  A task then takes the express lane when no more tasks are out than
+workers are connected (so none waits for a worker), none of them asks for a walltime or
+resources, it asks for neither itself, and it is small (its pickles under :data:`MAX_EXPRESS_BYTES`; large arguments go
 the usual way, through ``/dev/shm``): the submitting thread writes it to an idle worker's
 connection, and the worker writes the result back the same way, where the link's I/O thread
 reads it.  One crossing each way; a burst, or anything queued behind, goes the usual way.
@@ -22,7 +22,7 @@ What HTEX promises holds on this lane:
   after :data:`EVIDENCE_WAIT` seconds on what it knows.
 - Cancel: an express task is handed to a worker that begins it at once, so it counts as
   begun (``running()``) from the moment it is sent, and cannot be cancelled.
-- Priority: the lane is taken only when nothing else waits, so no task overtakes another.
+- Priority: the lane is taken only when no task waits for a worker, so none is overtaken.
 - Elastic blocks: a block whose workers ran express tasks lately is not idle (see
   :meth:`ExpressLane.busy_blocks`).
 - Shutdown: the driver closes the socket; workers keep serving their pool until it stops.
@@ -102,6 +102,10 @@ class ExpressLane:
         self.idle: list[Connection] = []  # known, connected, running nothing
         self.inflight: dict[int, Connection] = {}  # express tasks sent and not answered, by id
         self.sent = 0  # tasks sent on the lane, for tests and benchmarks
+        self.workers = 0  # known connections: the workers that take express tasks
+        # Tasks with a walltime or resources, submitted and maybe not finished: while one is,
+        # no task takes the lane (it might hold every core, or need a worker alone).
+        self.special: set[int] = set()
         self.unflushed: list[Connection] = []  # connections with a task partly written
         # The I/O thread's: tasks whose connection closed under them, waiting for the pool's
         # word: (the task, when to decide without it, the connection's description).
@@ -110,6 +114,19 @@ class ExpressLane:
         self.last_busy: dict[str, float] = {}  # block -> when one of its workers last ran one
 
     # -- the submitting threads (under the link's lock) -------------------------------------------
+
+    def open_to(self, pending: dict[int, Any]) -> bool:
+        """Whether a task may take the lane now, with ``pending`` (this one included) out: an
+        idle connection, no more tasks out than workers take express tasks (so none waits for
+        a worker at a pool), and no task with a walltime or resources among them."""
+        if not self.idle or len(pending) > self.workers:
+            return False
+        special = self.special
+        if special:
+            special.intersection_update(pending)  # forget those that finished
+            if special:
+                return False
+        return True
 
     def send(self, task_id: int, outgoing: Outgoing) -> bool:
         """Hand the task to an idle worker, if there is one; return whether it was sent."""
@@ -168,6 +185,7 @@ class ExpressLane:
             return False
         conn.pool, conn.block, conn.pid, conn.rank = pool[:200], block[:200], pid, rank
         conn.known = True
+        self.workers += 1
         conn.receiver.max_message = P.MAX_MESSAGE
         conn.receiver.max_frames = P.MAX_FRAMES
         return True
@@ -184,7 +202,8 @@ class ExpressLane:
 
     def lost(self, conn: Connection, why: str) -> None:
         """``conn`` closed or broke the protocol: forget it; a task it ran waits for the evidence."""
-        self.connections.pop(conn.fd, None)
+        if self.connections.pop(conn.fd, None) is not None and conn.known:
+            self.workers -= 1
         conn.sock.close()
         if conn.task and conn.outgoing is not None:
             self.orphans[conn.task] = (conn.outgoing, time.monotonic() + EVIDENCE_WAIT, f"{conn.describe()} {why}")

@@ -226,13 +226,12 @@ class DriverLink:
                 frames[1:],
             )
             express = self.express
-            if (
+            if express is not None and (walltime or resources != DEFAULT_RESOURCES):
+                express.special.add(task_id)
+            elif (
                 express is not None
-                and express.idle
                 and not self.outbox
-                and len(self.pending) == len(express.inflight) + 1  # nothing but express tasks out
-                and not walltime
-                and resources == DEFAULT_RESOURCES
+                and express.open_to(self.pending)
                 and sum(memoryview(f).nbytes for f in frames) <= MAX_EXPRESS_BYTES
                 and express.send(task_id, outgoing)
             ):

@@ -5,9 +5,9 @@ a small machine each crossing is a wake-up of a virtual CPU: a lone ``submit(f).
 took about twice the standard library's round trip, which has one crossing each way.  So
 when the executor's pools run on the driver's node, each of their workers also connects to
 a Unix socket of the driver (in the run's private socket directory) and says who it is,
-with the run's token.  A task then takes the express lane when no more tasks are out than
-workers are connected (so none waits for a worker), none of them asks for a walltime or
-resources, it asks for neither itself, and it is small (its pickles under :data:`MAX_EXPRESS_BYTES`; large arguments go
+with the run's token.  A task then takes the express lane when nothing else is out but
+other express tasks, it asks for nothing a pool must arrange (no walltime, no resources)
+and it is small (its pickles under :data:`MAX_EXPRESS_BYTES`; large arguments go
 the usual way, through ``/dev/shm``): the submitting thread writes it to an idle worker's
 connection, and the worker writes the result back the same way, where the link's I/O thread
 reads it.  One crossing each way; a burst, or anything queued behind, goes the usual way.
@@ -22,9 +22,10 @@ What HTEX promises holds on this lane:
   after :data:`EVIDENCE_WAIT` seconds on what it knows.
 - Cancel: an express task is handed to a worker that begins it at once, so it counts as
   begun (``running()``) from the moment it is sent, and cannot be cancelled.
-- Priority: the lane is taken only when no task waits for a worker, so none is overtaken.
+- Priority: the lane is taken only when nothing else is out, so no task overtakes another.
 - Elastic blocks: a block whose workers ran express tasks lately is not idle (see
-  :meth:`ExpressLane.busy_blocks`).
+  :meth:`ExpressLane.busy_blocks`); once the driver drains a block its workers get no
+  express task, and the drain waits until those they run have ended.
 - Shutdown: the driver closes the socket; workers keep serving their pool until it stops.
 
 Threads: the submitting threads take an idle worker and write to it under the link's lock,
@@ -36,7 +37,6 @@ what the submitting threads read).
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import os
 import socket
@@ -103,9 +103,7 @@ class ExpressLane:
         self.inflight: dict[int, Connection] = {}  # express tasks sent and not answered, by id
         self.sent = 0  # tasks sent on the lane, for tests and benchmarks
         self.workers = 0  # known connections: the workers that take express tasks
-        # Tasks with a walltime or resources, submitted and maybe not finished: while one is,
-        # no task takes the lane (it might hold every core, or need a worker alone).
-        self.special: set[int] = set()
+        self.draining: set[str] = set()  # blocks being drained: their workers get no express task
         self.unflushed: list[Connection] = []  # connections with a task partly written
         # The I/O thread's: tasks whose connection closed under them, waiting for the pool's
         # word: (the task, when to decide without it, the connection's description).
@@ -117,16 +115,13 @@ class ExpressLane:
 
     def open_to(self, pending: dict[int, Any]) -> bool:
         """Whether a task may take the lane now, with ``pending`` (this one included) out: an
-        idle connection, no more tasks out than workers take express tasks (so none waits for
-        a worker at a pool), and no task with a walltime or resources among them."""
-        if not self.idle or len(pending) > self.workers:
-            return False
-        special = self.special
-        if special:
-            special.intersection_update(pending)  # forget those that finished
-            if special:
-                return False
-        return True
+        idle connection, and nothing out but express tasks.
+
+        Only then is an idle connection's worker surely idle: a worker that runs a task its
+        manager sent it may still count as idle here, and a task handed to it would wait
+        behind that one (counted as begun meanwhile) while another worker may be free.
+        """
+        return bool(self.idle) and len(pending) == len(self.inflight) + 1
 
     def send(self, task_id: int, outgoing: Outgoing) -> bool:
         """Hand the task to an idle worker, if there is one; return whether it was sent."""
@@ -173,8 +168,8 @@ class ExpressLane:
         if len(msg) != 3 or msg[0].tobytes() != P.HELLO or not hmac.compare_digest(msg[1].tobytes(), self.token):
             return False
         try:
-            who = json.loads(msg[2].tobytes())
-        except (ValueError, UnicodeDecodeError):
+            who = P.load_json(msg[2], P.HELLO_MAX_MESSAGE, "a HELLO")
+        except P.ProtocolError:
             return False
         if not isinstance(who, dict):
             return False

@@ -192,6 +192,9 @@ class DriverLink:
         #: thread starts), and how often a task may be lost before it fails.
         self.express: ExpressLane | None = None
         self.lost_task_retries = 2
+        self.poller: Any = None  # the I/O thread's, once it runs
+        # Blocks to drain once the express tasks their workers run have ended.
+        self.drains_waiting: list[str] = []
 
     # -- for the executor's threads ---------------------------------------------------------------
 
@@ -226,12 +229,11 @@ class DriverLink:
                 frames[1:],
             )
             express = self.express
-            if express is not None and (walltime or resources != DEFAULT_RESOURCES):
-                express.special.add(task_id)
-            elif (
+            if (
                 express is not None
-                and not self.outbox
                 and express.open_to(self.pending)
+                and not walltime
+                and resources == DEFAULT_RESOURCES
                 and sum(memoryview(f).nbytes for f in frames) <= MAX_EXPRESS_BYTES
                 and express.send(task_id, outgoing)
             ):
@@ -308,7 +310,7 @@ class DriverLink:
         """The I/O thread: serve the link until told to stop or the interchange is lost."""
         sock = self.to_interchange
         receiver = self.from_interchange
-        poller = select.poll()
+        poller = self.poller = select.poll()
         poller.register(receiver.fd, select.POLLIN)
         poller.register(self.wake_r, select.POLLIN)
         express = self.express
@@ -401,7 +403,8 @@ class DriverLink:
                         self.drop_express(express, poller, conn, "did not present this run's token")
                         return
                     with self.lock:
-                        express.idle.append(conn)
+                        if conn.block not in express.draining:
+                            express.idle.append(conn)
                     continue
                 results = express.result_of(conn, msg)
                 if results is None:
@@ -412,11 +415,25 @@ class DriverLink:
                     conn.task = 0
                     conn.outgoing = None
                     express.last_busy[conn.block] = time.monotonic()
-                    express.idle.append(conn)
+                    if conn.block not in express.draining:
+                        express.idle.append(conn)
                 self.on_results(results)
+                if self.drains_waiting:
+                    self.send_waiting_drains(express)
             if conn.receiver.closed:
                 why = conn.receiver.error or "closed its connection"
                 self.drop_express(express, poller, conn, why)
+
+    def send_waiting_drains(self, express: ExpressLane) -> None:
+        """Drain the blocks that waited for their express tasks to end, now that they have."""
+        with self.lock:
+            busy = {conn.block for conn in express.inflight.values()}
+        waiting, self.drains_waiting = self.drains_waiting, []
+        for block in waiting:
+            if block in busy:
+                self.drains_waiting.append(block)
+            else:
+                self.write(self.to_interchange.send, [P.DRAIN, block.encode()])
 
     def drop_express(self, express: ExpressLane, poller: Any, conn: Connection, why: str) -> None:
         """Stop using an express connection; a task it ran is lost (see :meth:`settle_orphans`)."""
@@ -434,12 +451,20 @@ class DriverLink:
             express.inflight.pop(conn.task, None)
             express.lost(conn, why)
         self.settle_orphans(express, time.monotonic())
+        if self.drains_waiting:
+            self.send_waiting_drains(express)
 
     def express_worker_lost(self, news: dict[str, Any]) -> None:
         """A pool's word that a worker died under an express task (I/O thread)."""
         express = self.express
-        if express is not None and news.get("task") in self.pending:
-            express.evidence[news["task"]] = news
+        task_id = news.get("task")
+        if express is None or task_id not in self.pending:
+            return
+        express.evidence[task_id] = news
+        conn = express.inflight.get(task_id)
+        if conn is not None:  # its connection is still open (a process the task forked holds it)
+            self.drop_express(express, self.poller, conn, "died under it")
+        else:
             self.settle_orphans(express, time.monotonic())
 
     def settle_orphans(self, express: ExpressLane, now: float) -> None:
@@ -482,6 +507,16 @@ class DriverLink:
         if kind == "cancel":
             self.send_cancel(*payload)
         elif kind == "drain":
+            express = self.express
+            if express is not None:
+                block = str(payload)
+                with self.lock:  # no new express task for its workers
+                    express.draining.add(block)
+                    express.idle[:] = [conn for conn in express.idle if conn.block != block]
+                    running = any(conn.block == block for conn in express.inflight.values())
+                if running:  # its pools would stop under them: drain once they have ended
+                    self.drains_waiting.append(block)
+                    return
             self.write(self.to_interchange.send, [P.DRAIN, str(payload).encode()])
         elif kind == "stop":
             kill, when_idle = payload

@@ -718,7 +718,7 @@ class PoolManager:
             "cpu_percent": psutil.cpu_percent(interval=None),  # since the last call: the interval
             "mem_percent": psutil.virtual_memory().percent,
             "rss_mb": round(rss / (1 << 20), 3),
-            "busy": sum(1 for w in self.workers.values() if w.outstanding),
+            "busy": sum(1 for w in self.workers.values() if w.outstanding or w.board.express_task()),
             "workers": len(self.workers),
         }
         return json.dumps(sample).encode()

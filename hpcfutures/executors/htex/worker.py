@@ -132,6 +132,9 @@ class _Link:
         self.express_sender = sender
         self.express_receiver = Receiver(sock.fileno())
         self.poller.register(sock.fileno(), select.POLLIN)
+        # A process a task forks must not hold the connection open after this worker dies:
+        # the driver learns of the death by its end.
+        os.register_at_fork(after_in_child=sock.close)
 
     def send(self, frames: list[Any]) -> None:
         self.sender.send(frames)  # blocking: returns once all is written
@@ -160,12 +163,20 @@ class _Link:
         """Wait for the next message from the manager, or for an express task (then None);
         exit the process if the manager has gone."""
         while not self.inbox and not self.express_inbox:
-            self.poller.poll()
-            self._read()
+            for fd, _event in self.poller.poll():
+                if fd == self.receiver.fd:
+                    self._read()
+                else:
+                    self._read_express()
         return self.inbox.popleft() if self.inbox else None
 
     def poll(self) -> list[memoryview] | None:
-        """The next message if one has arrived, without waiting."""
+        """The next message from the manager if one has arrived, without waiting.
+
+        The express connection is read only while the worker has nothing queued (in
+        :meth:`recv`): the driver sends it a task only when it believes the worker idle, and
+        reading it before every queued task would cost a system call each.
+        """
         if not self.inbox:
             self._read()
         return self.inbox.popleft() if self.inbox else None
@@ -174,6 +185,8 @@ class _Link:
         self.inbox.extend(self.receiver.read())
         if self.receiver.closed:
             os._exit(0)
+
+    def _read_express(self) -> None:
         express = self.express_receiver
         if express is not None:
             self.express_inbox.extend(express.read())

@@ -602,14 +602,6 @@ def test_a_pool_killed_under_an_express_task_is_settled_without_its_word(tmp_pat
     assert_all_gone({worker, pool})
 
 
-@pytest.mark.xfail(
-    raises=TimeoutError,
-    strict=True,
-    reason="a child the task forked (as multiprocessing's fork context does) inherits the worker's "
-    "pipes and the sentinel the pool waits on: the pool does not see the worker die until the "
-    "child exits, so no word comes, and the task the driver requeues after EVIDENCE_WAIT is "
-    "dealt to the dead worker's pipe, which the child holds open (the usual way has the same gap)",
-)
 def test_a_worker_killed_under_an_express_task_that_forked_a_child_is_settled_on_the_pools_word(tmp_path):
     pids = tmp_path / "pids"
     child = 0
@@ -751,10 +743,11 @@ def test_a_lone_task_submitted_while_its_block_is_scaled_in_is_not_lost():
             lane = warm(ex, 1)  # a block is up (a new one after the first attempt)
             # The block falls idle and is scaled in; nothing tells the test when but its state.
             deadline = time.monotonic() + 30
-            while not [b for b in ex.blocks() if b.state == "draining"]:
+            while not (draining := [b.block_id for b in ex.blocks() if b.state == "draining"]):
                 assert time.monotonic() < deadline, "the idle block was never scaled in"
                 time.sleep(0.0005)
-            if lane.idle:  # its worker is still connected to the lane: the case under test
+            connected = {conn.block for conn in list(lane.connections.values()) if conn.known}
+            if draining[0] in connected:  # its worker is still on the lane: the case under test
                 break
         else:
             pytest.fail("never caught a block scaled in while its worker was still on the lane")

@@ -7,7 +7,7 @@ manager before it begins it, and keeps its unsent results there (see :mod:`.boar
 manager reports which tasks began (batched with results, for ``running()``), cancels the
 ones no worker has begun, and knows what a dead worker was doing.  It owns the failure
 handling that needs to be close to the workers: a dead worker is seen at once through its
-sentinel, every result it finished is taken (from its pipe, then its board), the task it
+pidfd (else its sentinel), every result it finished is taken (from its pipe, then its board), the task it
 was running is charged a loss (and fails after too many), its other tasks are requeued
 uncharged, and it is replaced; a task past its walltime has its worker's whole process
 group killed.  A lost worker whose task is requeued is told upwards as an EVENT, for the
@@ -86,7 +86,7 @@ def block_end_in() -> float | None:
 class _Worker:
     __slots__ = (
         "rank", "process", "sender", "receiver", "board", "outstanding", "sent", "reported", "head_seen",
-        "cancelled", "ready", "deadline", "walltime", "allocation", "cage",
+        "cancelled", "ready", "deadline", "walltime", "allocation", "cage", "watch",
     )  # fmt: skip
 
     def __init__(self, rank: int, process: Any, sender: Sender, receiver: Receiver, board: WorkerBoard):
@@ -107,6 +107,20 @@ class _Worker:
         self.allocation: Allocation | None = None  # set while it runs a task with resources
         self.cage: MemoryCage | None = None  # its memory cgroup, with enforce_memory
         self.walltime = 0.0
+        # What tells of its death: a pidfd, readable once it has exited, even while a process
+        # it forked holds its multiprocessing sentinel open; else that sentinel.
+        try:
+            self.watch: int = os.pidfd_open(process.pid)
+        except (AttributeError, OSError):
+            self.watch = process.sentinel
+
+    def exited(self) -> None:
+        """Wait for the process once its death was seen: without waiting on the sentinel
+        (which a process the task forked may hold open) when a pidfd told of it."""
+        if self.watch != self.process.sentinel:
+            self.process.exitcode  # noqa: B018 - reaps it (waitpid, not waiting: it has exited)
+        else:
+            self.process.join(timeout=5)
 
 
 class PoolManager:
@@ -230,24 +244,27 @@ class PoolManager:
             assert process.pid is not None  # started
             worker.cage.add(process.pid)
         self.workers[rank] = worker
-        self.by_sentinel[process.sentinel] = worker
+        self.by_sentinel[worker.watch] = worker
         self.by_result_fd[result_read] = worker
         self.by_task_fd[task_write] = worker
-        self.poller.register(process.sentinel, select.POLLIN)
+        self.poller.register(worker.watch, select.POLLIN)
         self.poller.register(result_read, select.POLLIN)
 
     def forget_worker(self, worker: _Worker) -> None:
         if self.workers.get(worker.rank) is worker:
             del self.workers[worker.rank]
-        self.by_sentinel.pop(worker.process.sentinel, None)
+        self.by_sentinel.pop(worker.watch, None)
         self.by_result_fd.pop(worker.receiver.fd, None)
         self.by_task_fd.pop(worker.sender.fd, None)
-        for fd in (worker.process.sentinel, worker.receiver.fd, worker.sender.fd):
+        for fd in (worker.watch, worker.receiver.fd, worker.sender.fd):
             try:
                 self.poller.unregister(fd)
             except KeyError:  # a task pipe is registered only while it has a backlog
                 pass
-        for fd in (worker.receiver.fd, worker.sender.fd):
+        closing = [worker.receiver.fd, worker.sender.fd]
+        if worker.watch != worker.process.sentinel:
+            closing.append(worker.watch)  # a pidfd of ours (the sentinel is multiprocessing's)
+        for fd in closing:
             try:
                 os.close(fd)
             except OSError:
@@ -283,7 +300,7 @@ class PoolManager:
         worker.process.join(timeout=5)
 
     def worker_died(self, worker: _Worker) -> None:
-        worker.process.join(timeout=5)
+        worker.exited()
         for msg in worker.receiver.drain():  # every result it sent before it died counts
             self.on_worker(worker, msg)
         self.take_unsent(worker)

@@ -93,6 +93,30 @@ def _run_one(
         return P.ERROR, dumps_exception(exc), elapsed, started
 
 
+def _load_and_run(
+    frames: list[Any],
+    functions: LoadedFunctions,
+    spill: SharedSpill | None,
+    pin: Allocation | None,
+    pin_env: dict[str, str],
+) -> tuple[int, list[Any], float, float]:
+    """Load a task's call from its frames and run it (on ``pin``'s CPUs, if any): its status,
+    result frames, the seconds it ran and when it began; a call that cannot be loaded is
+    an error result.  ``frames`` is emptied once the call is loaded, so that its pickles are
+    not held while the task runs."""
+    try:
+        fn, args, kwargs = loads_call(frames, functions)
+    except BaseException as exc:  # noqa: BLE001
+        frames.clear()
+        error = SerializationError(f"the task could not be loaded on the worker: {exc!r}")
+        return P.ERROR, dumps_exception(error), 0.0, time.time()
+    frames.clear()
+    if pin is None:
+        return _run_one(fn, args, kwargs, spill)
+    with pinned(pin, pin_env):
+        return _run_one(fn, args, kwargs, spill)
+
+
 def _peak_rss_kb() -> int:
     """The largest RSS of this worker, or of a child it waited for, in KiB (Linux's unit)."""
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -311,19 +335,9 @@ def _serve(link: _Link, board: WorkerBoard, spill: SharedSpill | None, rank: int
             out = [b""]
         else:
             ordinal += 1
-            try:
-                fn, args, kwargs = loads_call([main, *oob], functions)
-            except BaseException as exc:  # noqa: BLE001
-                error = SerializationError(f"the task could not be loaded on the worker: {exc!r}")
-                status, out, elapsed, started = P.ERROR, dumps_exception(error), 0.0, time.time()
-            else:
-                del main, oob
-                if pin is None:
-                    status, out, elapsed, started = _run_one(fn, args, kwargs, spill)
-                else:
-                    with pinned(pin, pin_env):
-                        status, out, elapsed, started = _run_one(fn, args, kwargs, spill)
-                del fn, args, kwargs
+            frames = [main, *oob]
+            del main, oob  # the call's pickles go once it is loaded (_load_and_run empties the list)
+            status, out, elapsed, started = _load_and_run(frames, functions, spill, pin, pin_env)
             if measure:
                 now = time.process_time()
                 cpu, cpu_mark = now - cpu_mark, now
@@ -381,16 +395,10 @@ def _run_express(
         link.close_express()
         return cpu_mark
     fields, main, oob = items[0]
+    frames = [main, *oob]
+    del msg, items, main, oob  # the call's pickles go once it is loaded (_load_and_run empties the list)
     board.running_express(fields[0])
-    try:
-        fn, args, kwargs = loads_call([main, *oob], functions)
-    except BaseException as exc:  # noqa: BLE001
-        error = SerializationError(f"the task could not be loaded on the worker: {exc!r}")
-        status, out, elapsed, started = P.ERROR, dumps_exception(error), 0.0, time.time()
-    else:
-        del main, oob
-        status, out, elapsed, started = _run_one(fn, args, kwargs, spill)
-        del fn, args, kwargs
+    status, out, elapsed, started = _load_and_run(frames, functions, spill, None, {})
     cpu = -1.0
     rss_kb = 0
     if measure:

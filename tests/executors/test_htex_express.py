@@ -12,6 +12,7 @@ and that whatever an outsider writes to the socket leaves it serving.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import signal
@@ -1121,3 +1122,20 @@ def test_node_samples_count_a_worker_running_an_express_task_as_busy(tmp_path, n
     assert max(busy for busy, _workers in samples) >= 1, (
         f"samples (busy, workers) while an express task ran: {samples}"
     )
+
+
+def test_connections_refused_for_the_token_are_logged_once_as_a_warning(caplog):
+    with HighThroughputExecutor(max_workers=1) as ex:
+        lane = warm(ex, 1)
+        with caplog.at_level(logging.DEBUG, logger="hpcfutures.executors.htex.executor"):
+            for _ in range(5):
+                sock = outsider(ex)
+                try:
+                    send_quietly(sock, message(P.HELLO, b"not the token", b"{}"))
+                    assert closed_by_driver(sock)
+                finally:
+                    sock.close()
+        refused = [r for r in caplog.records if "dropped a connection" in r.getMessage()]
+        assert [r.levelno for r in refused] == [logging.WARNING] + [logging.DEBUG] * 4
+        assert lane.refused == 5
+        assert_serving(ex)

@@ -104,6 +104,7 @@ class ExpressLane:
         self.sent = 0  # tasks sent on the lane, for tests and benchmarks
         self.workers = 0  # known connections: the workers that take express tasks
         self.draining: set[str] = set()  # blocks being drained: their workers get no express task
+        self.refused = 0  # connections dropped before they proved to be this run's workers
         self.unflushed: list[Connection] = []  # connections with a task partly written
         # The I/O thread's: tasks whose connection closed under them, waiting for the pool's
         # word: (the task, when to decide without it, the connection's description).

@@ -440,7 +440,10 @@ class DriverLink:
         if conn.known and not self.stop_requested:
             logger.debug("express lane: %s %s", conn.describe(), why)
         elif not conn.known:
-            logger.warning("express lane: dropped a connection that %s", why)
+            # Any local process of the user may connect: warn once, not once per connection.
+            express.refused += 1
+            log = logger.warning if express.refused == 1 else logger.debug
+            log("express lane: dropped a connection that %s (%d so far)", why, express.refused)
         try:
             poller.unregister(conn.fd)
         except (KeyError, ValueError):

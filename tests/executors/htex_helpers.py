@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 import zmq
 
 from hpcfutures import HighThroughputExecutor
@@ -120,3 +122,28 @@ def fake_results(sock: Any, task_ids: list[int], value: Any) -> None:
         sock.send_multipart([msg[0], P.CREDIT.pack(100), *msg[1:]])
     except (zmq.Again, OSError):
         pass  # refused (or the interchange closed a local connection): nothing to send on
+
+
+CPUS = sorted(os.sched_getaffinity(0))
+needs_two_cpus = pytest.mark.skipif(len(CPUS) < 2, reason="needs two CPUs for a two-core task")
+
+
+def window(hold: float = 0.0) -> dict[str, Any]:
+    """Hold for ``hold`` seconds; say when, where and with what the task ran."""
+    start = time.monotonic()
+    time.sleep(hold)
+    return {
+        "start": start,
+        "end": time.monotonic(),
+        "cpus": tuple(sorted(os.sched_getaffinity(0))),
+        "omp": os.environ.get("OMP_NUM_THREADS"),
+        "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "rocr": os.environ.get("ROCR_VISIBLE_DEVICES"),
+        "cores": os.environ.get("HPCFUTURES_CORES"),
+        "pid": os.getpid(),
+    }
+
+
+def overlaps(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two tasks' ``window`` results overlap in time."""
+    return a["start"] < b["end"] and b["start"] < a["end"]

@@ -47,26 +47,12 @@ from hpcfutures.providers import LocalProvider
 from hpcfutures.testing import Gate, Recorder, faults
 from hpcfutures.testing.tasks import ConformanceError, raise_error, square
 
-from .htex_helpers import assert_all_gone, descendants
+from .htex_helpers import CPUS, assert_all_gone, descendants, needs_two_cpus, overlaps, window
 
 TIMEOUT = 60.0
-CPUS = sorted(os.sched_getaffinity(0))
-needs_two_cpus = pytest.mark.skipif(len(CPUS) < 2, reason="needs two CPUs for a two-core task")
 
 
 # -- tasks (module level: workers import them) -----------------------------------------------
-
-
-def window(hold: float = 0.0) -> dict[str, Any]:
-    """Hold for ``hold`` seconds; say when (CLOCK_MONOTONIC is system-wide) and where it ran."""
-    start = time.monotonic()
-    time.sleep(hold)
-    return {
-        "start": start,
-        "end": time.monotonic(),
-        "cpus": tuple(sorted(os.sched_getaffinity(0))),
-        "pid": os.getpid(),
-    }
 
 
 def gated_window(wait: Callable[[], Any]) -> dict[str, Any]:
@@ -88,10 +74,6 @@ def fork_then_wait(wait: Callable[[], Any], path: str, child_seconds: float) -> 
     wait()
     os.waitpid(child, os.WNOHANG)
     return os.getpid()
-
-
-def overlaps(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return a["start"] < b["end"] and b["start"] < a["end"]
 
 
 def double(x: int) -> int:

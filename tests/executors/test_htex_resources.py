@@ -24,31 +24,9 @@ from hpcfutures import (
 )
 from hpcfutures.providers import LocalProvider
 
+from .htex_helpers import CPUS, needs_two_cpus, overlaps, window
+
 TIMEOUT = 60
-CPUS = sorted(os.sched_getaffinity(0))
-needs_two_cpus = pytest.mark.skipif(len(CPUS) < 2, reason="needs two CPUs for a two-core task")
-
-
-def window(hold: float = 0.0) -> dict[str, Any]:
-    """Hold for ``hold`` seconds; say when, where and with what the task ran."""
-    start = time.monotonic()
-    time.sleep(hold)
-    return {
-        "start": start,
-        "end": time.monotonic(),
-        "cpus": tuple(sorted(os.sched_getaffinity(0))),
-        "omp": os.environ.get("OMP_NUM_THREADS"),
-        "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"),
-        "rocr": os.environ.get("ROCR_VISIBLE_DEVICES"),
-        "cores": os.environ.get("HPCFUTURES_CORES"),
-        "pid": os.getpid(),
-    }
-
-
-def overlaps(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return a["start"] < b["end"] and b["start"] < a["end"]
-
-
 @needs_two_cpus
 def test_a_two_core_task_is_pinned_and_runs_with_no_default_task_beside_it():
     with HighThroughputExecutor(max_workers=len(CPUS)) as ex:

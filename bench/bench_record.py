@@ -1,23 +1,30 @@
 """Benchmark: what recording a run costs, HTEX and DataflowExecutor, record off against on.
 
-Run as ``python bench/bench_record.py [--rounds N] [--tasks N] [--only htex,dataflow]``.
-Each round builds every configuration in turn (HTEX off, HTEX on, Dataflow off, Dataflow on,
-the order alternating between rounds, so that a slow spell of the machine hits both sides),
-warms it up, and times ``--repeats`` bursts of ``--tasks`` no-op tasks submitted in a loop
-and collected (the throughput measure of bench_executors.py): with the default of 2 bursts
-the record's writer holds its work until the executor calms down; ``--repeats 16`` keeps it
-busy for longer than the writer holds (5 s), so that the writer works during the bursts.
-The table gives the median of the rounds, the on/off ratio, the CPU time a task cost during
-the bursts (the driver's process, the executor's other processes, and the record's writer;
-read with psutil, which sees the writer's work during the bursts, not what it left for
-later), the time ``shutdown()`` took (with recording on it includes waiting for the writer
-to write what was left), and the record's size per task.
+Run as ``python bench/bench_record.py [--pairs N] [--tasks N] [--only htex,dataflow]``.
+
+The default, ``--mode paired``, builds both executors of a kind (record off and on) and
+keeps them alive side by side, then times ``--pairs`` pairs of bursts of ``--tasks`` no-op
+tasks submitted in a loop and collected (the throughput measure of bench_executors.py),
+alternating which goes first (off-on, on-off, ...).  This machine's speed drifts by tens of
+percent within seconds (a shared virtual machine), so only bursts close in time are
+compared: the table gives the median of the per-pair ratios on/off, with a 95% confidence
+interval from resampling the pairs, besides the median throughput of each side and the CPU
+time a task cost in the driver's process, the executor's other processes and the record's
+writer.  The writer defers its work while the executor is busy (see
+hpcfutures/monitor/writer.py), so most of it is done in ``shutdown()``, whose time is given
+for each side.
+
+``--mode fresh`` builds each executor anew for ``--repeats`` bursts, in rounds alternating
+which side goes first: slower to converge, but each side's bursts run alone with their
+own writer, as a user's run would (``--repeats 16`` keeps the executor busy for longer
+than the writer's patience).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -73,15 +80,70 @@ def one(kind: str, record: Path | bool, tasks: int, repeats: int) -> tuple[list[
     return rates, stopped, cost
 
 
+def paired(kind: str, pairs: int, tasks: int, workdir: Path) -> None:
+    """Both executors of ``kind`` alive; ``pairs`` pairs of bursts, order alternating."""
+    executors = {on: make(kind, workdir / f"{kind}.db" if on else False) for on in (False, True)}
+    rates: dict[bool, list[float]] = {False: [], True: []}
+    costs: dict[tuple[bool, str], list[float]] = {}
+    ratios: list[float] = []
+    stopped: dict[bool, float] = {}
+    try:
+        for executor in executors.values():
+            warm_up(executor, None) if kind == "htex" else [executor.submit(noop).result() for _ in range(200)]
+        for pair in range(pairs):
+            got = {}
+            for on in (False, True) if pair % 2 == 0 else (True, False):
+                before = cpu_seconds()
+                got[on] = run_throughput(executors[on], tasks)
+                after = cpu_seconds()
+                rates[on].append(got[on])
+                for part in after:
+                    costs.setdefault((on, part), []).append((after[part] - before[part]) / tasks * 1e6)
+            ratios.append(got[True] / got[False])
+    finally:
+        for on, executor in executors.items():
+            start = time.perf_counter()
+            executor.shutdown()
+            stopped[on] = time.perf_counter() - start
+    resampled = sorted(
+        statistics.median(random.choices(ratios, k=len(ratios))) for _ in range(2000)
+    )
+    low, high = resampled[50], resampled[1949]
+    off, on_ = statistics.median(rates[False]), statistics.median(rates[True])
+    print(
+        f"{kind:10} off {off:9,.0f} on {on_:9,.0f} tasks/s; on/off per pair: median {statistics.median(ratios):.3f} "
+        f"(95% CI {low:.3f}-{high:.3f}), mean {statistics.mean(ratios):.3f}; shutdown off {stopped[False]:.2f} s, "
+        f"on {stopped[True]:.2f} s",
+        flush=True,
+    )
+    print(
+        f"{'':10} CPU µs a task off/on: "
+        + ", ".join(
+            f"{part} {statistics.median(costs[(False, part)]):.1f}/{statistics.median(costs[(True, part)]):.1f}"
+            for part in ("driver", "others", "writer")
+        ),
+        flush=True,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--tasks", type=int, default=20_000)
-    parser.add_argument("--repeats", type=int, default=2, help="timed bursts per executor built")
+    parser.add_argument("--mode", choices=("paired", "fresh"), default="paired")
+    parser.add_argument("--pairs", type=int, default=60, help="pairs of bursts (paired)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds (fresh)")
+    parser.add_argument("--tasks", type=int, default=None, help="tasks a burst (default 10,000 paired, 20,000 fresh)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed bursts per executor built (fresh)")
     parser.add_argument("--only", default="htex,dataflow")
     args = parser.parse_args(argv)
     kinds = [k for k in args.only.split(",") if k]
     workdir = Path(tempfile.mkdtemp(prefix="bench-record-"))
+    if args.mode == "paired":
+        print(f"load average at start: {os.getloadavg()}", flush=True)
+        for kind in kinds:
+            paired(kind, args.pairs, args.tasks or 10_000, workdir)
+        print(f"load average at end: {os.getloadavg()}")
+        return 0
+    args.tasks = args.tasks or 20_000
     rates: dict[tuple[str, bool], list[float]] = {}
     stops: dict[tuple[str, bool], list[float]] = {}
     costs: dict[tuple[str, bool, str], list[float]] = {}

@@ -189,6 +189,11 @@ def _status(args: argparse.Namespace) -> int:
     eta = f"  ETA {_duration(st.eta)}" if st.eta is not None and st.total > st.finished else ""
     print(f"rate      {_rate(st.rate_recent)} over the last minute, {_rate(st.rate_overall)} overall{eta}")
     print(f"retries   {st.retries:,} retried, {st.requeues:,} requeued; {st.dropped:,} node samples dropped")
+    if st.behind is not None:
+        print(
+            f"record    the counts are current; the task rows are {_duration(st.behind)} behind them "
+            "(the executor is busy: they are written when it calms down)"
+        )
     workers = f"{st.workers:,} worker{'' if st.workers == 1 else 's'}"
     if run.live and st.pools:
         print(f"pools     {st.pools:,} connected, {workers}")

@@ -18,3 +18,10 @@ PLAIN = 13
 
 #: The length prefix of a frame.
 FRAME = struct.Struct("<I")
+
+
+def counted_as(state: str) -> str:
+    """Which of the run's counts a task that ended in ``state`` adds to (``run.done``, …)."""
+    if state == "done" or state == "cancelled":
+        return state
+    return "cached" if state == "memo_done" else "failed"

@@ -52,6 +52,7 @@ class Run:
     cancelled: int
     dropped: int
     error: str | None
+    behind_since: float | None = None  # the task rows lag the counts since then (a busy executor)
 
     @property
     def live(self) -> bool:
@@ -61,7 +62,7 @@ class Run:
 
 _RUN_COLUMNS = (
     "run_id, family, kind, label, status, started, ended, heartbeat, host, pid, version, argv, config, "
-    "submitted, running, done, failed, cached, cancelled, dropped, error"
+    "submitted, running, done, failed, cached, cancelled, dropped, error, behind_since"
 )
 
 

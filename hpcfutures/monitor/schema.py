@@ -9,7 +9,9 @@ Tables, and what one row is:
 
 - ``run``: one recording executor's life: who and where (host, pid, argv, version, config),
   when, its status, and its task counts, which the writer refreshes at every flush so that
-  a live run's status is one row to read.
+  a live run's status is one row to read.  ``behind_since`` is set while the writer defers
+  the task rows of a busy executor (see :mod:`.writer`): the counts are current, the
+  rows of what happened since then are not written yet.
 - ``task`` (a view): one task.  ``state`` is one of :data:`TASK_STATES`.  It is the union
   of two tables: ``task_full``, written when a task is submitted (if it lives past one
   flush) and when it ends, and ``task_plain``, one short row for each task that ran once,
@@ -37,8 +39,9 @@ import sqlite3
 from pathlib import Path
 
 #: The schema this code writes; a file with a higher version was made by a newer hpcfutures.
-#: Version 2 split ``task`` and ``try`` into full rows and plain tasks, under views.
-SCHEMA_VERSION = 2
+#: Version 2 split ``task`` and ``try`` into full rows and plain tasks, under views; version 3
+#: added ``run.behind_since``.
+SCHEMA_VERSION = 3
 #: ``PRAGMA application_id``: "HPFM" marks a run record in the file's header.
 APPLICATION_ID = 0x4850464D
 
@@ -75,7 +78,8 @@ _TABLES = (
         cached INTEGER NOT NULL DEFAULT 0,
         cancelled INTEGER NOT NULL DEFAULT 0,
         dropped INTEGER NOT NULL DEFAULT 0,
-        error TEXT
+        error TEXT,
+        behind_since REAL
     )""",
     """CREATE TABLE task_full (
         run_id INTEGER NOT NULL,
@@ -220,6 +224,8 @@ _PLAIN = (
 )
 #: Version 1 -> 2: the tables ``task`` and ``try`` become ``task_full`` and ``try_full``.
 _V1_TO_V2 = ("ALTER TABLE task RENAME TO task_full", "ALTER TABLE try RENAME TO try_full", *_PLAIN)
+#: Version 2 -> 3: the run says since when its task rows lag its counts.
+_V2_TO_V3 = ("ALTER TABLE run ADD COLUMN behind_since REAL",)
 
 
 class RecordError(OSError):
@@ -274,8 +280,8 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
             for statement in (*_TABLES, *_PLAIN):
                 conn.execute(statement)
             conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-        elif version < 2:
-            for statement in _V1_TO_V2:
+        else:
+            for statement in (*(_V1_TO_V2 if version < 2 else ()), *(_V2_TO_V3 if version < 3 else ())):
                 conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")

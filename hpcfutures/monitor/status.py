@@ -41,6 +41,7 @@ class Status:
     requeues: int  # tries lost with their worker and requeued, not charged
     pools: int  # worker pools connected now
     workers: int  # their worker slots
+    behind: float | None = None  # seconds the task rows lag the counts (None: they are current)
 
 
 def _clock(run: Run, now: float) -> float:
@@ -107,23 +108,34 @@ def _plain_by_func(conn: sqlite3.Connection, run_id: int) -> dict[str | None, in
 def status(conn: sqlite3.Connection, run_id: int, *, now: float | None = None) -> Status:
     """Return a run's counts by state and function, its throughput, ETA, retries and drops.
 
+    While the writer defers the task rows of a busy executor (``run.behind_since``), the
+    counts by state are the run's own, which stay current; the counts by function and the
+    recent rate, which come from the rows, lag (``behind`` says by how long), and the ETA
+    follows the overall rate.
+
     Raises NotFoundError when the record has no such run.
     """
     now = time.time() if now is None else now
     run = run_info(conn, run_id, now=now)
     states, by_func = _counts(conn, run_id)
-    total = sum(states.values())
-    finished = sum(n for s, n in states.items() if s in FINAL_STATES)
     clock = _clock(run, now)
     elapsed = max(clock - run.started, 0.0)
-    recent = _one(
-        conn,
-        "SELECT (SELECT count(*) FROM task_full WHERE run_id = ?1 AND ended > ?2 AND ended <= ?3) "
-        "+ (SELECT count(*) FROM task_plain WHERE run_id = ?1 AND ended > ?2 AND ended <= ?3)",
-        (run_id, clock - RECENT, clock),
-    )
-    window = min(RECENT, elapsed)
-    rate_recent = recent / window if window > 0 else None
+    behind = None
+    if run.behind_since is not None:  # the rows lag: the run's own counts are current
+        behind = max(clock - run.behind_since, 0.0)
+        states = _run_counts(run)
+    total = sum(states.values())
+    finished = sum(n for s, n in states.items() if s in FINAL_STATES)
+    rate_recent = None
+    if behind is None:
+        recent = _one(
+            conn,
+            "SELECT (SELECT count(*) FROM task_full WHERE run_id = ?1 AND ended > ?2 AND ended <= ?3) "
+            "+ (SELECT count(*) FROM task_plain WHERE run_id = ?1 AND ended > ?2 AND ended <= ?3)",
+            (run_id, clock - RECENT, clock),
+        )
+        window = min(RECENT, elapsed)
+        rate_recent = recent / window if window > 0 else None
     rate_overall = finished / elapsed if elapsed > 0 else None
     left = total - finished
     rate = rate_recent or rate_overall
@@ -145,5 +157,15 @@ def status(conn: sqlite3.Connection, run_id: int, *, now: float | None = None) -
     ).fetchone()
     return Status(
         run, states, total, finished, elapsed, rate_recent, rate_overall, eta,
-        by_func, run.dropped, retried.get(1, 0), retried.get(0, 0), pools, workers,
+        by_func, run.dropped, retried.get(1, 0), retried.get(0, 0), pools, workers, behind,
     )  # fmt: skip
+
+
+def _run_counts(run: Run) -> dict[str, int]:
+    """The states as the run's counts tell them, while its task rows lag (see the writer):
+    tasks waiting for dependencies are among the queued, dep_fail among the failed."""
+    states = dict.fromkeys(TASK_STATES, 0)
+    states.update(done=run.done, memo_done=run.cached, failed=run.failed, cancelled=run.cancelled, running=run.running)
+    ended = run.done + run.cached + run.failed + run.cancelled
+    states["queued"] = max(run.submitted - ended - run.running, 0)
+    return states

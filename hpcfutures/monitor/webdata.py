@@ -146,6 +146,7 @@ def overview(conn: sqlite3.Connection, run_id: int, now: float | None = None) ->
         "rate_recent": st.rate_recent,
         "rate_overall": st.rate_overall,
         "eta": st.eta,
+        "behind": st.behind,
         "throughput": throughput(conn, run_id, start, end),
         "funcs": _func_bars(st.by_func),
     }

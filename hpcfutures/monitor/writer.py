@@ -5,20 +5,24 @@ hpcfutures.monitor.writer FILE RUN_ID``) and sends it frames on its standard inp
 little-endian length, then a :mod:`marshal`-ed list of event tuples.  The writer runs at the
 lowest CPU priority (SCHED_IDLE on Linux, else nice 19), so that on a busy node it takes
 only time nobody else wants, and the executor's process spends nothing on SQLite: folding
-events into rows and writing them costs 10-20 µs a task here, more than the executor
-spends on a no-op task.  On a node whose CPUs are all busy the record lags, and catches up
-when they are not (at the latest at shutdown).
+events into rows and writing them costs about 6 µs a task here, a third of what a no-op
+task costs the executor.
 
-The writer folds the events of each task into one row (a task submitted and ended between
-two writes costs one ``task`` row and one ``try`` row), writes each batch in one
-transaction, and refreshes the run's counts and heartbeat.  A flush request is answered on
-standard output with one line, ``flushed SEQ``, once what came before it is committed.
-When its input ends it writes what is left and marks the run ended: with the status the
-recorder sent last, or ``interrupted`` if the executor's process went away without one.
+The writer folds the events of each task into as few rows as it can (a task that ran once
+and succeeded, with nothing else to tell, is one short ``task_plain`` row), writes each
+batch in one transaction, and refreshes the run's counts and heartbeat.  While the executor
+is busy it defers the folding (see :func:`serve`): the counts stay current, the rows follow
+when it calms down.  A flush request is answered on standard output with one line,
+``flushed SEQ``, once what came before it is committed.  When its input ends it writes what
+is left and marks the run ended: with the status the recorder sent last, or
+``interrupted`` if the executor's process went away without one.
 
 Raw events, ``(RAW, "module:function", payload)``, let an executor send its own compact
 form (for HTEX, the result metadata of a whole batch as bytes): the writer imports the
-function once and calls it with the payload for the events it stands for.
+function once and calls it with the payload for the events it stands for.  A decoder that
+has a ``tally`` attribute (a function of the same payload) says what its events add to the
+run's counts without decoding them, which lets the writer defer them while the executor is
+busy; a frame with a raw event whose decoder has none is folded at once.
 """
 
 from __future__ import annotations
@@ -27,9 +31,12 @@ import importlib
 import logging
 import marshal
 import os
+import select
 import sqlite3
 import sys
+import tempfile
 import time
+from collections import deque
 from typing import Any, BinaryIO, Callable, Iterable
 
 from .events import (
@@ -48,17 +55,18 @@ from .events import (
     STATE,
     SUBMIT,
     TRY,
+    counted_as,
 )
 from .schema import FINAL_STATES, connect
 
 logger = logging.getLogger(__name__)
 
-#: Events held at most before they are written (see :func:`serve`).
-BATCH_EVENTS = 500_000
-#: A frame this large or larger (about 2,000 tasks) means the executor is busy: hold it (see :func:`serve`).
+#: A frame this large or larger (about 1,000 tasks in half a second) means the executor is busy.
 BUSY_BYTES = 64 * 1024
-#: Seconds events are held at most while the executor is busy.
-HOLD_SECONDS = 5.0
+#: Seconds after the last busy frame before the executor counts as calm again.
+CALM_SECONDS = 1.0
+#: Bytes of deferred frames folded in one transaction while catching up.
+DRAIN_BYTES = 4 * 1024 * 1024
 
 # Indices into a task's folded row: the columns of TASK_COLUMNS.
 TASK_COLUMNS = (
@@ -84,6 +92,7 @@ class Folder:
         self.pool_tags: dict[int, tuple[str, str | None]] = {}
         self.decoders: dict[str, Decoder] = {}
         self.status: tuple[str, str | None] | None = None  # what CLOSE said
+        self.behind_since: float | None = None  # when the oldest frame not yet folded came
 
     def decoder(self, name: str) -> Decoder:
         found = self.decoders.get(name)
@@ -99,12 +108,55 @@ class Folder:
             else:
                 yield event
 
-    def write(self, events: Iterable[tuple[Any, ...]]) -> list[int]:
-        """Fold ``events`` and write them in one transaction; return the flush requests met."""
+    def tally(self, events: Iterable[tuple[Any, ...]]) -> dict[str, int] | None:
+        """What folding ``events`` would add to the run's final counts (submitted, done, …),
+        found without folding them; None if a raw event's decoder cannot tell (it has no
+        ``tally``), so that they must be folded to be counted."""
+        delta = dict.fromkeys(("submitted", "done", "failed", "cached", "cancelled"), 0)
+        for event in events:
+            code = event[0]
+            if code == SUBMIT:
+                delta["submitted"] += 1
+            elif code == PLAIN:
+                delta["done"] += 1
+            elif code == END:
+                delta[counted_as(event[2])] += 1
+            elif code == RAW:
+                count = getattr(self.decoder(event[1]), "tally", None)
+                if count is None:
+                    return None
+                for key, n in count(event[2]).items():
+                    delta[key] += n
+        return delta
+
+    def add_counts(self, delta: dict[str, int]) -> None:
+        """Add a :meth:`tally` to the run's counts and write them (with the heartbeat)."""
+        for key, n in delta.items():
+            self.counts[key] += n
+        self.conn.execute(*self._run_update())
+
+    def _run_update(self) -> tuple[str, tuple[Any, ...]]:
+        counts = self.counts
+        return (
+            "UPDATE run SET heartbeat = ?, submitted = ?, running = ?, done = ?, failed = ?, cached = ?, "
+            "cancelled = ?, dropped = ?, behind_since = ? WHERE run_id = ?",
+            (
+                time.time(), counts["submitted"], counts["running"], counts["done"], counts["failed"],
+                counts["cached"], counts["cancelled"], self.dropped, self.behind_since, self.run_id,
+            ),
+        )  # fmt: skip
+
+    def write(self, events: Iterable[tuple[Any, ...]], *, counted: bool = False) -> list[int]:
+        """Fold ``events`` and write them in one transaction; return the flush requests met.
+
+        ``counted``: their :meth:`tally` is in the counts already (they were deferred);
+        only the count of running tasks, which a tally cannot know, is kept here.
+        """
         run = self.run_id
         written = self.written
         state_of = self.state_of
         counts = self.counts
+        ending = dict.fromkeys(counts, 0) if counted else counts  # where the final counts go
         tasks: dict[int, list[Any]] = {}
         edges: list[tuple[int, int, int]] = []
         tries: list[tuple[Any, ...]] = []
@@ -170,14 +222,7 @@ class Folder:
             row[_STATE], row[_ENDED], row[_EXC] = state, at, exception
             row[_TRIES] = max(row[_TRIES] or 0, n_tries)
             move(task_id, state)
-            if state == "done":
-                counts["done"] += 1
-            elif state == "memo_done":
-                counts["cached"] += 1
-            elif state == "cancelled":
-                counts["cancelled"] += 1
-            else:
-                counts["failed"] += 1
+            ending[counted_as(state)] += 1
 
         for event in self.expand(events):
             code = event[0]
@@ -201,10 +246,10 @@ class Folder:
                 plain[task_id] = (run, task_id, *submit[2:5], submit[6], *event[3:7], event[2], pool, host, *event[9:])
                 if state_of.pop(task_id, None) == "running":
                     counts["running"] -= 1
-                counts["done"] += 1
+                ending["done"] += 1
             elif code == SUBMIT:
                 _, task_id, func, name, executor, state, at, parents, resources = event
-                counts["submitted"] += 1
+                ending["submitted"] += 1
                 for parent in parents:
                     edges.append((run, task_id, parent))
                 if resources is None and task_id not in tasks and task_id not in written:
@@ -338,14 +383,7 @@ class Folder:
                 )
             if samples:
                 conn.executemany("INSERT INTO sample VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", samples)
-            conn.execute(
-                "UPDATE run SET heartbeat = ?, submitted = ?, running = ?, done = ?, failed = ?, cached = ?, "
-                "cancelled = ?, dropped = ? WHERE run_id = ?",
-                (
-                    time.time(), counts["submitted"], counts["running"], counts["done"], counts["failed"],
-                    counts["cached"], counts["cancelled"], self.dropped, run,
-                ),
-            )  # fmt: skip
+            conn.execute(*self._run_update())
             conn.execute("COMMIT")
         except BaseException:
             try:
@@ -374,8 +412,8 @@ def _read_exactly(stream: BinaryIO, size: int) -> bytes | None:
     return data
 
 
-def read_frame(stream: BinaryIO) -> tuple[list[tuple[Any, ...]], int] | None:
-    """One frame's events and its size in bytes, or None at the end of the input."""
+def read_frame(stream: BinaryIO) -> tuple[list[tuple[Any, ...]], bytes] | None:
+    """One frame's events and its marshalled body, or None at the end of the input."""
     head = _read_exactly(stream, FRAME.size)
     if head is None:
         return None
@@ -383,58 +421,157 @@ def read_frame(stream: BinaryIO) -> tuple[list[tuple[Any, ...]], int] | None:
     if body is None:
         return None
     events: list[tuple[Any, ...]] = marshal.loads(body)
-    return events, len(body)
+    return events, body
+
+
+class Backlog:
+    """Frames received but not yet folded, oldest first, in an unnamed temporary file.
+
+    The file is made at the first frame, beside the record (else in the temporary
+    directory), and emptied each time the writer catches up; it never holds frames in memory.
+    """
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self._file: BinaryIO | None = None
+        self._read_at = 0
+        self._write_at = 0
+        self._arrived: deque[float] = deque()  # when each frame came (epoch seconds)
+
+    def __len__(self) -> int:
+        return len(self._arrived)
+
+    @property
+    def since(self) -> float | None:
+        """When the oldest frame waiting came, or None when none waits."""
+        return self._arrived[0] if self._arrived else None
+
+    def append(self, body: bytes, at: float) -> None:
+        """Keep one frame's body, which came at ``at``."""
+        if self._file is None:
+            try:
+                self._file = tempfile.TemporaryFile(prefix="hpcfutures-record-", dir=self.directory)
+            except OSError:
+                self._file = tempfile.TemporaryFile(prefix="hpcfutures-record-")
+        self._file.seek(self._write_at)
+        self._file.write(FRAME.pack(len(body)))
+        self._file.write(body)
+        self._write_at += FRAME.size + len(body)
+        self._arrived.append(at)
+
+    def pop(self) -> bytes:
+        """The oldest frame's body; the file is emptied when it was the last."""
+        assert self._file is not None and self._arrived
+        self._file.seek(self._read_at)
+        size = FRAME.unpack(self._file.read(FRAME.size))[0]
+        body = self._file.read(size)
+        self._read_at += FRAME.size + size
+        self._arrived.popleft()
+        if not self._arrived:
+            self._file.seek(0)
+            self._file.truncate()
+            self._read_at = self._write_at = 0
+        return body
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+def _readable(source: BinaryIO, timeout: float) -> bool:
+    """Whether ``source`` has input (or has ended) within ``timeout`` seconds."""
+    try:
+        fd = source.fileno()
+    except (AttributeError, OSError, ValueError):
+        return True  # not a pipe (a test's buffer): it never waits
+    return bool(select.select([fd], [], [], timeout)[0])
 
 
 def serve(path: str, run_id: int, source: BinaryIO, answers: BinaryIO) -> None:
     """Read frames from ``source`` until it ends, writing them to run ``run_id`` of ``path``.
 
-    While the executor is busy (a frame of :data:`BUSY_BYTES` or more), events are
-    held and written together once it calms down, at the latest after :data:`HOLD_SECONDS`
-    or :data:`BATCH_EVENTS` events: on a small machine even a writer of the lowest priority
-    takes a share of the CPUs (a hyperthread sibling, caches), so it does its work between
-    bursts where it can.  A flush request or the end of the run is written at once.
+    While the executor is busy (a frame of :data:`BUSY_BYTES` or more came in the last
+    :data:`CALM_SECONDS`), frames are not folded: the writer only adds their :meth:`~Folder.tally`
+    to the run's counts, keeps them in a :class:`Backlog` and marks the run ``behind_since``.
+    On a small machine even a writer of the lowest priority takes a share of the CPUs (a
+    hyperthread sibling, caches), and folding costs several microseconds a task; so the
+    task rows of a busy spell are written once it ends (or when a flush asks for them, or at
+    the end of the run), in order, while the counts stay current.
     """
     conn = connect(path)
     folder = Folder(conn, run_id)
+    backlog = Backlog(os.path.dirname(os.path.abspath(path)))
+    busy_until = 0.0  # time.monotonic() before which the executor counts as busy
     failed = False
-    held: list[tuple[Any, ...]] = []
-    held_since = 0.0
+
+    def write(events: list[tuple[Any, ...]], counted: bool) -> None:
+        nonlocal failed
+        try:
+            flushes = folder.write(events, counted=counted)
+        except Exception:  # noqa: BLE001 - log once, keep reading so the executor never blocks
+            if not failed:
+                logger.exception("run record %s: cannot write run %d", path, run_id)
+                failed = True
+            flushes = [event[1] for event in events if event[0] == FLUSH]
+        for seq in flushes:
+            answers.write(b"flushed %d\n" % seq)
+            answers.flush()
+
+    def catch_up(all_of_it: bool) -> None:
+        """Fold deferred frames, :data:`DRAIN_BYTES` at a time (all of them if asked)."""
+        while backlog:
+            events: list[tuple[Any, ...]] = []
+            size = 0
+            while backlog and size < DRAIN_BYTES:
+                body = backlog.pop()
+                size += len(body)
+                events.extend(marshal.loads(body))
+            folder.behind_since = backlog.since
+            write(events, True)
+            if not all_of_it:
+                return
+
     try:
         while True:
-            got = read_frame(source)
-            frame = None
-            if got is not None:
-                frame, size = got
-                if not held:
-                    held_since = time.monotonic()
-                held.extend(frame)
-                urgent = any(event[0] == FLUSH or event[0] == CLOSE for event in frame)
-                if (
-                    not urgent
-                    and size >= BUSY_BYTES
-                    and len(held) < BATCH_EVENTS
-                    and time.monotonic() - held_since < HOLD_SECONDS
-                ):
+            if backlog:
+                wait = busy_until - time.monotonic()
+                if not _readable(source, max(wait, 0.0)):
+                    if wait <= 0:
+                        catch_up(False)  # calm, and nothing came meanwhile
                     continue
-            if held:
-                events, held = held, []
-                try:
-                    flushes = folder.write(events)
-                except Exception:  # noqa: BLE001 - log once, keep reading so the executor never blocks
-                    if not failed:
-                        logger.exception("run record %s: cannot write run %d", path, run_id)
-                        failed = True
-                    flushes = [event[1] for event in events if event[0] == FLUSH]
-                for seq in flushes:
-                    answers.write(b"flushed %d\n" % seq)
-                    answers.flush()
-            if frame is None:
+            got = read_frame(source)
+            if got is None:
                 break
+            events, body = got
+            now = time.monotonic()
+            if len(body) >= BUSY_BYTES:
+                busy_until = now + CALM_SECONDS
+            urgent = any(event[0] == FLUSH or event[0] == CLOSE for event in events)
+            if not backlog and (urgent or now >= busy_until):
+                write(events, False)
+                continue
+            delta = folder.tally(events)
+            if delta is None:  # it cannot wait: what came before it goes first
+                catch_up(True)
+                write(events, False)
+                continue
+            backlog.append(body, time.time())
+            if folder.behind_since is None:
+                folder.behind_since = backlog.since
+            if urgent:
+                for key, n in delta.items():
+                    folder.counts[key] += n
+                catch_up(True)
+            else:
+                folder.add_counts(delta)
     finally:
         try:
-            folder.finish()
+            try:
+                catch_up(True)
+            finally:
+                folder.finish()
         finally:
+            backlog.close()
             conn.close()
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from ...errors import PoolLostError, RemoteTraceback, TaskTimeoutError, WorkerLostError
-from ...monitor.events import END, PLAIN, STATE, SUBMIT, TRY
+from ...monitor.events import END, PLAIN, STATE, SUBMIT, TRY, counted_as
 from ...monitor.execution import Execution
 from ...monitor.recorder import Recorder, clip_tail
 from ...resources import TaskOptions
@@ -275,6 +275,31 @@ def decode_submits(payload: tuple[Any, ...]) -> Iterator[Event]:
         yield (SUBMIT, task_id, state.func, None, label, "queued", at, (), state.resources)
 
 
+def tally_submits(payload: tuple[Any, ...]) -> dict[str, int]:
+    """What :func:`decode_submits` adds to the run's counts."""
+    return {"submitted": payload[1] - payload[0] + 1}
+
+
+decode_submits.tally = tally_submits  # type: ignore[attr-defined]
+
+
+def tally_results(payload: tuple[Any, ...]) -> dict[str, int]:
+    """What :func:`decode_results` adds to the run's counts, read from the status bytes."""
+    _, metas, _, failures = payload
+    statuses = metas[_STATUS_OFFSET :: P.RESULT_META.size]
+    cancelled = statuses.count(P.CANCELLED)
+    ok = statuses.count(P.OK)
+    if failures:  # a task can fail on the driver's side after its worker said OK
+        failed_ids = {failure[0] for failure in failures}
+        ok -= sum(
+            1 for fields in P.RESULT_META.iter_unpack(metas) if fields[P.R_STATUS] == P.OK and fields[P.R_ID] in failed_ids
+        )
+    return {"done": ok, "cancelled": cancelled, "failed": len(statuses) - ok - cancelled}
+
+
+_STATUS_OFFSET = 8  # a RESULT_META's status byte follows its 8-byte task id
+
+
 def decode_results(payload: tuple[Any, ...]) -> Iterator[Event]:
     """STATE, TRY and END events for a RESULTS message (see :meth:`TaskRecording.results`)."""
     started_ids, metas, at, failures = payload
@@ -316,6 +341,9 @@ def decode_results(payload: tuple[Any, ...]) -> Iterator[Event]:
         yield (END, task_id, "done" if outcome == "ok" else "failed", ended, tries, exception)
 
 
+decode_results.tally = tally_results  # type: ignore[attr-defined]
+
+
 def decode_lost(payload: tuple[Any, ...]) -> Iterator[Event]:
     """A lost, uncharged TRY for each task requeued after its worker or pool was lost."""
     at, task_ids, reason, tag, pid, worker, exit_code = payload
@@ -331,6 +359,14 @@ def decode_lost(payload: tuple[Any, ...]) -> Iterator[Event]:
         yield (STATE, task_id, "queued", at)
 
 
+def tally_lost(_payload: tuple[Any, ...]) -> dict[str, int]:
+    """What :func:`decode_lost` adds to the run's counts: nothing (a lost try ends no task)."""
+    return {}
+
+
+decode_lost.tally = tally_lost  # type: ignore[attr-defined]
+
+
 def decode_ended(payload: tuple[Any, ...]) -> Iterator[Event]:
     """END events for tasks the driver ended itself (see :meth:`TaskRecording.ended`)."""
     at, task_ids, state, exception = payload
@@ -338,3 +374,11 @@ def decode_ended(payload: tuple[Any, ...]) -> Iterator[Event]:
     for task_id in task_ids:
         prior = lost_tries.pop(task_id, None) if lost_tries else None
         yield (END, task_id, state, at, prior[0] if prior else 0, exception)
+
+
+def tally_ended(payload: tuple[Any, ...]) -> dict[str, int]:
+    """What :func:`decode_ended` adds to the run's counts."""
+    return {counted_as(payload[2]): len(payload[1])}
+
+
+decode_ended.tally = tally_ended  # type: ignore[attr-defined]

@@ -323,7 +323,9 @@
       ]));
       const node = el("div", { id: "overview", "data-run": route.run }, [
         head,
-        section("progress", null, [cards, stackedBar(o.counts, o.total, 960, 18, "progress-bar"), tries]),
+        section("progress", null, [cards, stackedBar(o.counts, o.total, 960, 18, "progress-bar"), tries,
+          o.behind != null ? el("p", { id: "behind", class: "muted", text: `The counts are current; the task rows are ${fmtDur(o.behind)} ` +
+            "behind them: the executor is busy, and the record writes them when it calms down." }) : null]),
         section("throughput", "Throughput", [rate, throughputChart(o.throughput)]),
         section("funcs", "By function", el("table", { id: "funcs-table" }, [
           el("thead", {}, el("tr", {}, ["function", "states", "tasks", "done", "failed"].map((h) => el("th", { text: h })))),

@@ -229,6 +229,12 @@ class Folder:
             if code == PLAIN:
                 task_id = event[1]
                 submit = pending.pop(task_id, None)
+                if submit is not None and len(submit) > 9 and (event[5] is None or submit[9] < event[5]):
+                    # told running before its try began (another clock): a task row keeps that
+                    # earlier start, the try its own
+                    pending[task_id] = submit
+                    row_of(task_id)
+                    submit = None
                 if submit is None:  # something else was said of it: a try and an end like any other
                     _, _, try_no, queued, dispatched, started, ended, pool, host, worker, pid, rss_kb, cpu = event
                     fold_try((
@@ -340,7 +346,7 @@ class Folder:
                     "executor = coalesce(?3, executor), "
                     f"state = CASE WHEN ?4 IS NULL OR (state IN {_FINAL_SQL} AND ?4 NOT IN {_FINAL_SQL}) "
                     "THEN state ELSE ?4 END, "
-                    "submitted = coalesce(?5, submitted), started = coalesce(started, ?6), "
+                    "submitted = coalesce(?5, submitted), started = CASE WHEN started IS NULL OR ?6 < started THEN ?6 ELSE started END, "
                     "ended = coalesce(?7, ended), tries = max(tries, ?8), exception = coalesce(?9, exception), "
                     "resources = coalesce(?10, resources), cache = coalesce(?11, cache), "
                     "cache_key = coalesce(?12, cache_key), cache_reason = coalesce(?13, cache_reason) "
@@ -550,7 +556,10 @@ def serve(path: str, run_id: int, source: BinaryIO, answers: BinaryIO) -> None:
             if not backlog and (urgent or now >= busy_until):
                 write(events, False)
                 continue
-            delta = folder.tally(events)
+            try:
+                delta = folder.tally(events)
+            except Exception:  # noqa: BLE001 - a decoder that cannot be loaded or cannot count
+                delta = None  # folded at once, where write() logs what is wrong with it
             if delta is None:  # it cannot wait: what came before it goes first
                 catch_up(True)
                 write(events, False)

@@ -283,7 +283,7 @@ def test_a_plain_task_costs_one_short_row_and_reads_as_a_task_and_a_try(record: 
     rec.pool_registered("htex", "pool-1", t, host="node7", tag=42, workers=2, block_id=0)
     for i in range(1, 6):
         rec.submitted(i, "step", t, name=f"step-{i}", executor="htex", state="queued")
-    rec.state(1, "running", t + 0.5)  # started in one message, ended in a later one: still plain
+    rec.state(1, "running", t + 1.5)  # its start told after it began (as HTEX does), its end later: still plain
     rec.succeeded(1, 1, t + 2, queued=t, dispatched=t + 0.4, started=t + 1, pool=42, worker=3, pid=99, cpu=0.5)
     rec.succeeded(2, 1, t + 3)
     rec.cache(3, "miss", "k3", "first run of this key")  # told of before its end: a full row

@@ -751,6 +751,30 @@ def test_snapshot_works_without_a_server(setup: Setup, tmp_path: Path) -> None:
     assert dom.by_id("count-failed").find(class_="n").text() == str(setup.run.states["failed"])
 
 
+@needs_chromium
+def test_page_says_when_the_task_rows_lag_the_counts(tmp_path: Path) -> None:
+    """A busy executor's record keeps its counts current and writes its task rows later
+    (run.behind_since): the overview shows the run's counts and says the rows lag."""
+    from hpcfutures.monitor.schema import connect
+
+    record = tmp_path / "busy.db"
+    conn = connect(record)
+    now = time.time()
+    run_id = conn.execute(
+        "INSERT INTO run (family, kind, status, started, heartbeat, config, submitted, done, failed, behind_since) "
+        "VALUES ('busy', 'htex', 'running', ?, ?, '{}', 5000, 4200, 3, ?)",
+        (now - 60, now, now - 7),
+    ).lastrowid
+    conn.close()
+    page = tmp_path / "run.html"
+    page.write_text(render_snapshot(record, int(run_id or 0)), encoding="utf-8")
+    dom = load(f"{page.as_uri()}#/run/{run_id}")
+    assert dom.by_id("count-done").find(class_="n").text() == "4,200"
+    assert dom.by_id("count-queued").find(class_="n").text() == "797"
+    assert dom.by_id("count-total").find(class_="n").text() == "5,000"
+    assert "behind them" in dom.by_id("behind").text()
+
+
 # -- a screenshot that is not blank ---------------------------------------------------------
 
 

@@ -1076,3 +1076,71 @@ def test_a_busy_dataflow_run_is_counted_and_fully_written_by_its_end(tmp_path: P
         (n, n, n)
     ]
     assert rows(path, "SELECT count(*) FROM try") == [(n,)]
+
+
+# -- what readers make of a record that is behind ------------------------------------------------
+
+
+def test_status_the_cli_and_the_page_use_the_runs_counts_while_its_rows_lag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, served: Callable[..., Served]
+) -> None:
+    from hpcfutures.monitor import query, webdata
+    from hpcfutures.monitor.cli import main as cli_main
+
+    path = tmp_path / "fam.db"
+    run_id = new_record(path)
+    t = time.time()
+    s = served(path, run_id)
+    s.send([submit(i, t) for i in range(1, 11)] + [plain(i, t + 0.01) for i in range(1, 6)])  # calm: rows now
+    poll(lambda: task_count(path) == 10, "the calm frame written")
+    hold(monkeypatch)
+    s.send(
+        [submit(i, t) for i in range(11, 41)]
+        + [plain(i, t + 0.02) for i in range(6, 31)]
+        + [end(31, "failed", t + 0.02, 1, "E: x"), end(32, "memo_done", t + 0.02, 0)]
+    )
+    poll(lambda: counts_of(path)[0] == 40, "the busy frame counted")
+    assert task_count(path) == 10  # the rows lag
+
+    conn = connect_for_reading(path)
+    try:
+        st = query.status(conn, run_id)
+        page = webdata.overview(conn, run_id)
+    finally:
+        conn.close()
+    # the counts by state are the run's: 40 submitted, 30 done, 1 failed, 1 cached, 8 still queued
+    assert {k: v for k, v in st.states.items() if v} == {"done": 30, "failed": 1, "memo_done": 1, "queued": 8}
+    assert (st.total, st.finished) == (40, 32)
+    assert st.behind is not None and 0 <= st.behind < TIMEOUT
+    assert st.rate_recent is None  # it would come from the rows, which lag
+    assert st.eta is not None  # from the overall rate
+    assert sum(f.total for f in st.by_func) == 10  # by function: from the rows, as far as they go
+    assert page["behind"] is not None and page["counts"]["done"] == 30
+
+    out = _captured(cli_main, ["--dir", str(tmp_path), "status", f"fam:{run_id}"])
+    assert "tasks     40: 8 queued, 30 done, 1 memo_done, 1 failed" in out
+    assert "the task rows are" in out and "behind them" in out
+
+    release(monkeypatch, s)
+    poll(lambda: run_row(path)["behind_since"] is None, "caught up")
+    conn = connect_for_reading(path)
+    try:
+        st = query.status(conn, run_id)
+    finally:
+        conn.close()
+    assert st.behind is None
+    assert {k: v for k, v in st.states.items() if v} == {"done": 30, "failed": 1, "memo_done": 1, "queued": 8}
+    assert st.rate_recent is not None
+    assert "behind" not in _captured(cli_main, ["--dir", str(tmp_path), "status", f"fam:{run_id}"])
+    s.end()
+
+
+def _captured(command: Callable[[list[str]], int], argv: list[str]) -> str:
+    """What ``command(argv)`` prints."""
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert command(argv) == 0
+    return out.getvalue()

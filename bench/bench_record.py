@@ -1,14 +1,18 @@
 """Benchmark: what recording a run costs, HTEX and DataflowExecutor, record off against on.
 
-Run as ``python bench/bench_record.py [--pairs N] [--tasks N] [--only htex,dataflow]``.
+Run as ``python bench/bench_record.py [--cycles N] [--pairs N] [--tasks N] [--only htex,dataflow]``.
 
-The default, ``--mode paired``, builds both executors of a kind (record off and on) and
-keeps them alive side by side, then times ``--pairs`` pairs of bursts of ``--tasks`` no-op
-tasks submitted in a loop and collected (the throughput measure of bench_executors.py),
-alternating which goes first (off-on, on-off, ...).  This machine's speed drifts by tens of
-percent within seconds (a shared virtual machine), so only bursts close in time are
-compared: the table gives the median of the per-pair ratios on/off, with a 95% confidence
-interval from resampling the pairs, besides the median throughput of each side and the CPU
+The default, ``--mode paired``, builds three executors of a kind (record off, record on,
+and a second one with record off, the control) and keeps them alive side by side, then
+times ``--pairs`` rounds of one burst of ``--tasks`` no-op tasks each, submitted in a loop
+and collected (the throughput measure of bench_executors.py), rotating which goes first;
+it does so ``--cycles`` times with executors built anew, since where an executor's
+processes land on the CPUs changes its speed for its whole life.  This machine's speed
+also drifts by tens of percent within seconds (a shared virtual machine), so only bursts
+close in time are compared: it gives the median of the rounds' ratios on/off, with a 95%
+confidence interval from resampling them, and the same for control/off, which says how
+far two identical executors differ in this run; besides the median throughput of each
+side and the CPU
 time a task cost in the driver's process, the executor's other processes and the record's
 writer.  The writer defers its work while the executor is busy (see
 hpcfutures/monitor/writer.py), so most of it is done in ``shutdown()``, whose time is given
@@ -80,46 +84,73 @@ def one(kind: str, record: Path | bool, tasks: int, repeats: int) -> tuple[list[
     return rates, stopped, cost
 
 
-def paired(kind: str, pairs: int, tasks: int, workdir: Path) -> None:
-    """Both executors of ``kind`` alive; ``pairs`` pairs of bursts, order alternating."""
-    executors = {on: make(kind, workdir / f"{kind}.db" if on else False) for on in (False, True)}
-    rates: dict[bool, list[float]] = {False: [], True: []}
-    costs: dict[tuple[bool, str], list[float]] = {}
-    ratios: list[float] = []
-    stopped: dict[bool, float] = {}
+#: The sides of a paired cycle: recording off, recording on, and a second executor with
+#: recording off, the control: its ratio to the first says how far two identical executors
+#: differ in this run.
+SIDES = ("off", "on", "control")
+
+
+def paired_cycle(
+    kind: str, pairs: int, tasks: int, workdir: Path, rates: dict[str, list[float]],
+    costs: dict[tuple[str, str], list[float]], stops: dict[str, list[float]], ratios: dict[str, list[float]],
+) -> None:
+    """Build the three executors of ``kind``; time ``pairs`` rounds of one burst each, in
+    an order that rotates; add each round's ratios on/off and control/off to ``ratios``."""
+    executors = {side: make(kind, workdir / f"{kind}.db" if side == "on" else False) for side in SIDES}
     try:
         for executor in executors.values():
             warm_up(executor, None) if kind == "htex" else [executor.submit(noop).result() for _ in range(200)]
         for pair in range(pairs):
             got = {}
-            for on in (False, True) if pair % 2 == 0 else (True, False):
+            shift = pair % len(SIDES)
+            for side in SIDES[shift:] + SIDES[:shift]:
                 before = cpu_seconds()
-                got[on] = run_throughput(executors[on], tasks)
+                got[side] = run_throughput(executors[side], tasks)
                 after = cpu_seconds()
-                rates[on].append(got[on])
+                rates[side].append(got[side])
                 for part in after:
-                    costs.setdefault((on, part), []).append((after[part] - before[part]) / tasks * 1e6)
-            ratios.append(got[True] / got[False])
+                    costs.setdefault((side, part), []).append((after[part] - before[part]) / tasks * 1e6)
+            for side in ("on", "control"):
+                ratios[side].append(got[side] / got["off"])
     finally:
-        for on, executor in executors.items():
+        for side, executor in executors.items():
             start = time.perf_counter()
             executor.shutdown()
-            stopped[on] = time.perf_counter() - start
-    resampled = sorted(
-        statistics.median(random.choices(ratios, k=len(ratios))) for _ in range(2000)
-    )
-    low, high = resampled[50], resampled[1949]
-    off, on_ = statistics.median(rates[False]), statistics.median(rates[True])
+            stops[side].append(time.perf_counter() - start)
+
+
+def interval(values: list[float]) -> tuple[float, float]:
+    """A 95% confidence interval of the median of ``values``, from resampling them."""
+    resampled = sorted(statistics.median(random.choices(values, k=len(values))) for _ in range(2000))
+    return resampled[50], resampled[1949]
+
+
+def paired(kind: str, cycles: int, pairs: int, tasks: int, workdir: Path) -> None:
+    """``cycles`` times, the executors of ``kind`` built anew (each process lands on the
+    CPUs its own way) for ``pairs`` rounds; the medians of all rounds' ratios."""
+    rates: dict[str, list[float]] = {side: [] for side in SIDES}
+    costs: dict[tuple[str, str], list[float]] = {}
+    stops: dict[str, list[float]] = {side: [] for side in SIDES}
+    ratios: dict[str, list[float]] = {"on": [], "control": []}
+    for _ in range(cycles):
+        paired_cycle(kind, pairs, tasks, workdir, rates, costs, stops, ratios)
     print(
-        f"{kind:10} off {off:9,.0f} on {on_:9,.0f} tasks/s; on/off per pair: median {statistics.median(ratios):.3f} "
-        f"(95% CI {low:.3f}-{high:.3f}), mean {statistics.mean(ratios):.3f}; shutdown off {stopped[False]:.2f} s, "
-        f"on {stopped[True]:.2f} s",
+        f"{kind:10} tasks/s off {statistics.median(rates['off']):,.0f}, on {statistics.median(rates['on']):,.0f}, "
+        f"control {statistics.median(rates['control']):,.0f}; shutdown off {statistics.median(stops['off']):.2f} s, "
+        f"on {statistics.median(stops['on']):.2f} s",
         flush=True,
     )
+    for side in ("on", "control"):
+        low, high = interval(ratios[side])
+        print(
+            f"{'':10} {side}/off per round: median {statistics.median(ratios[side]):.3f} (95% CI {low:.3f}-{high:.3f}), "
+            f"mean {statistics.mean(ratios[side]):.3f}",
+            flush=True,
+        )
     print(
-        f"{'':10} CPU µs a task off/on: "
+        f"{'':10} CPU µs a task off/on (means: psutil reads CPU time in 10 ms ticks): "
         + ", ".join(
-            f"{part} {statistics.median(costs[(False, part)]):.1f}/{statistics.median(costs[(True, part)]):.1f}"
+            f"{part} {statistics.mean(costs[('off', part)]):.1f}/{statistics.mean(costs[('on', part)]):.1f}"
             for part in ("driver", "others", "writer")
         ),
         flush=True,
@@ -129,7 +160,8 @@ def paired(kind: str, pairs: int, tasks: int, workdir: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mode", choices=("paired", "fresh"), default="paired")
-    parser.add_argument("--pairs", type=int, default=60, help="pairs of bursts (paired)")
+    parser.add_argument("--cycles", type=int, default=4, help="executors built anew (paired)")
+    parser.add_argument("--pairs", type=int, default=20, help="rounds of bursts a cycle (paired)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds (fresh)")
     parser.add_argument("--tasks", type=int, default=None, help="tasks a burst (default 10,000 paired, 20,000 fresh)")
     parser.add_argument("--repeats", type=int, default=2, help="timed bursts per executor built (fresh)")
@@ -140,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode == "paired":
         print(f"load average at start: {os.getloadavg()}", flush=True)
         for kind in kinds:
-            paired(kind, args.pairs, args.tasks or 10_000, workdir)
+            paired(kind, args.cycles, args.pairs, args.tasks or 10_000, workdir)
         print(f"load average at end: {os.getloadavg()}")
         return 0
     args.tasks = args.tasks or 20_000

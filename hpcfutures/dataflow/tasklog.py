@@ -44,6 +44,8 @@ _SUBMIT_RECORD = struct.Struct("<qdI")
 _DONE_RECORD = struct.Struct("<qIdd")
 # A try's pool, host, worker, pid, rss_kb and cpu.
 _NO_WHERE = (None,) * 6
+_pack_submit = _SUBMIT_RECORD.pack
+_pack_done = _DONE_RECORD.pack
 
 
 class TaskLog:
@@ -70,12 +72,12 @@ class TaskLog:
             kind = last[3]
         else:
             kind = self._kind(fn, name, executor)
-        self._submits.extend(_SUBMIT_RECORD.pack(task_id, at, kind))
+        self._submits.extend(_pack_submit(task_id, at, kind))
 
     def done(self, task_id: int, try_no: int, queued: float | None, ended: float) -> None:
         """Task ``task_id``'s try ``try_no``, queued at ``queued``, succeeded at ``ended``,
         where nothing more is known of it; the task is done."""
-        self._dones.extend(_DONE_RECORD.pack(task_id, try_no, queued or ended, ended))
+        self._dones.extend(_pack_done(task_id, try_no, queued or ended, ended))
 
     def _kind(self, fn: Callable[..., Any], name: str, executor: str) -> int:
         key = (function_name(fn, name), name, executor)

@@ -24,7 +24,9 @@ class Execution:
 
     Times are seconds since the epoch; ``dispatched`` is when the worker received the task.
     ``lost`` counts the times the task's worker pool was lost before and the task was
-    requeued (tries not charged to the task).
+    requeued (tries not charged to the task).  ``rss_kb`` and ``cpu`` are measured only while
+    the run is recorded, and ``cpu`` (CPU seconds) only for a task that ran a millisecond or
+    more: reading the CPU clock costs a no-op task a tenth of its run.
     """
 
     dispatched: float | None

@@ -11,12 +11,16 @@ no delay while a stream of short tasks costs few messages.
 Each result's RESULT_META says where and how its task ran, for the run record and
 ``HtexFuture.execution``: when the worker received it and began it, this worker's pid, rank
 and pool, and how often it was lost before.  When the driver records, the worker also measures
-each task's CPU time and its own peak RSS.  The CPU clock (``time.process_time``, a system
-call of about 0.7 µs) is read once a task, when its result is ready: a task's CPU time is what
-the worker spent since the previous one's result, that is loading the task, running it and
-pickling its result.  ``getrusage`` costs twice that, so the peak RSS is read only after a task
-that ran :data:`RSS_TASK_SECONDS` or more (a shorter one cannot have touched much memory) or
-:data:`RSS_EVERY_SECONDS` after the last reading; it is the worker's peak since it started.
+CPU time and its own peak RSS, where that is worth what it costs.  Reading the CPU clock
+(``time.process_time``) is a system call of about 0.7 µs, as much as a tenth of what a no-op
+task costs a worker, so it is read at the end of a task that ran :data:`CPU_TASK_SECONDS` or
+more, which gets as CPU time what the worker spent since the reading before (loading the
+task, running it, pickling its result, and at most :data:`CPU_EVERY_SECONDS` of shorter tasks
+before it), and after a shorter task only if that long has passed since the last reading;
+a shorter task's CPU time is not measured.  ``getrusage`` costs twice that, so the peak RSS is
+read only after a task that ran :data:`RSS_TASK_SECONDS` or more (a shorter one cannot have
+touched much memory) or :data:`RSS_EVERY_SECONDS` after the last reading; it is the worker's
+peak since it started.
 """
 
 from __future__ import annotations
@@ -54,6 +58,10 @@ RESULT_FLUSH_COUNT = JOURNAL_RESULTS  # as many as the journal holds
 #: long after the last reading.
 RSS_TASK_SECONDS = 0.001
 RSS_EVERY_SECONDS = 0.1
+#: A task that ran this long or longer has its CPU time measured (see the module docstring).
+CPU_TASK_SECONDS = 0.001
+#: The CPU clock is read after a shorter task only this long after the last reading.
+CPU_EVERY_SECONDS = 0.0002
 _PR_SET_PDEATHSIG = 1
 
 
@@ -115,6 +123,30 @@ def _load_and_run(
         return _run_one(fn, args, kwargs, spill)
     with pinned(pin, pin_env):
         return _run_one(fn, args, kwargs, spill)
+
+
+class _CpuClock:
+    """The worker's CPU clock, read only where it tells something (see the module docstring)."""
+
+    __slots__ = ("mark", "read_at")
+
+    def __init__(self) -> None:
+        self.mark = time.process_time()  # its last reading
+        self.read_at = time.time()  # when that was
+
+    def task_cpu(self, elapsed: float, ended: float) -> float:
+        """CPU seconds of a task that ran ``elapsed`` seconds and ended at ``ended`` (epoch
+        seconds), or -1 for a task too short to be measured."""
+        if elapsed >= CPU_TASK_SECONDS:
+            now = time.process_time()
+            cpu = now - self.mark
+        elif ended - self.read_at >= CPU_EVERY_SECONDS:
+            now = time.process_time()
+            cpu = -1.0
+        else:
+            return -1.0
+        self.mark, self.read_at = now, ended
+        return cpu
 
 
 def _peak_rss_kb() -> int:
@@ -280,7 +312,7 @@ def _serve(link: _Link, board: WorkerBoard, spill: SharedSpill | None, rank: int
     pid = os.getpid()
     rss_kb = 0
     rss_read = 0.0  # when rss_kb was read
-    cpu_mark = time.process_time()  # the CPU clock when the last result was ready
+    clock = _CpuClock()
     unsent = 0  # results in the board's journal
     first_unsent = 0.0
     pack = P.RESULT_META.pack
@@ -297,7 +329,7 @@ def _serve(link: _Link, board: WorkerBoard, spill: SharedSpill | None, rank: int
             if unsent:
                 send_journal()
                 unsent = 0
-            cpu_mark = _run_express(link, board, functions, spill, rank, tag, pid, measure, cpu_mark)
+            _run_express(link, board, functions, spill, rank, tag, pid, clock if measure else None)
             continue
         if not queue:
             if unsent:
@@ -339,8 +371,7 @@ def _serve(link: _Link, board: WorkerBoard, spill: SharedSpill | None, rank: int
             del main, oob  # the call's pickles go once it is loaded (_load_and_run empties the list)
             status, out, elapsed, started = _load_and_run(frames, functions, spill, pin, pin_env)
             if measure:
-                now = time.process_time()
-                cpu, cpu_mark = now - cpu_mark, now
+                cpu = clock.task_cpu(elapsed, started + elapsed)
                 if elapsed >= RSS_TASK_SECONDS or started - rss_read >= RSS_EVERY_SECONDS:
                     rss_kb = _peak_rss_kb()
                     rss_read = started
@@ -374,11 +405,10 @@ def _run_express(
     rank: int,
     tag: int,
     pid: int,
-    measure: bool,
-    cpu_mark: float,
-) -> float:
+    clock: _CpuClock | None,
+) -> None:
     """Run the next task the driver sent straight to this worker and send its result back
-    the same way; return the CPU clock's reading after it (for the next task's CPU time).
+    the same way; ``clock`` measures its CPU time when the run is recorded.
 
     The board says which express task runs, so that the manager can tell the driver if this
     worker dies under it.  A message that is not one task ends the express connection.
@@ -393,7 +423,7 @@ def _run_express(
             raise ValueError(f"an express message of {len(items)} tasks")
     except (ValueError, IndexError, P.ProtocolError):
         link.close_express()
-        return cpu_mark
+        return
     fields, main, oob = items[0]
     frames = [main, *oob]
     del msg, items, main, oob  # the call's pickles go once it is loaded (_load_and_run empties the list)
@@ -401,9 +431,8 @@ def _run_express(
     status, out, elapsed, started = _load_and_run(frames, functions, spill, None, {})
     cpu = -1.0
     rss_kb = 0
-    if measure:
-        now = time.process_time()
-        cpu, cpu_mark = now - cpu_mark, now
+    if clock is not None:
+        cpu = clock.task_cpu(elapsed, started + elapsed)
         rss_kb = _peak_rss_kb()
     meta = P.RESULT_META.pack(
         fields[0], status, elapsed, received, started, cpu, tag, pid, rss_kb, rank, fields[P.T_LOST],
@@ -412,4 +441,3 @@ def _run_express(
     link.send_express([P.RESULTS, meta, *out])
     if board.express_ended():
         link.send([P.EXPRESS_DONE])
-    return cpu_mark

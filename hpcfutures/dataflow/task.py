@@ -401,10 +401,16 @@ class Task:
                 if log is None:
                     self.finish(result=inner.result())
                     return
-                if self.compact and getattr(inner, "execution", None) is None:  # the common case
-                    log.done(self.future.task_id, self.tries, self.queued_at, time())
-                    self.finish(result=inner.result(), told=True)
-                    return
+                if self.compact:  # the common case, told compactly
+                    meta = getattr(inner, "result_meta", None)  # an HTEX future's
+                    if meta is None:
+                        if getattr(inner, "execution", None) is None:
+                            log.done(self.future.task_id, self.tries, self.queued_at, time())
+                            self.finish(result=inner.result(), told=True)
+                            return
+                    elif log.ran(self.future.task_id, self.tries, self.queued_at, meta):
+                        self.finish(result=inner.result(), told=True)
+                        return
                 fut = self.future
                 if not fut._outputs:  # nothing to read here
                     record_done(log.recorder, fut.task_id, self.tries, self.queued_at, inner)

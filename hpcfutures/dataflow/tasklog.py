@@ -23,6 +23,7 @@ is never lost.  ``_lock`` guards adding a kind of task to ``_kinds``.
 
 from __future__ import annotations
 
+import functools
 import struct
 import threading
 from typing import TYPE_CHECKING, Any, Callable
@@ -48,6 +49,15 @@ _pack_submit = _SUBMIT_RECORD.pack
 _pack_done = _DONE_RECORD.pack
 
 
+@functools.cache
+def _ran_record() -> struct.Struct:
+    """Task id, try number, queued at, then an HTEX result's RESULT_META as it came (made
+    on first use: a run that records no HTEX task never imports the HTEX protocol)."""
+    from ..executors.htex import protocol as P
+
+    return struct.Struct("<qId" + P.RESULT_META.format.lstrip("<"))
+
+
 class TaskLog:
     """The compact log of one recorded run's task events (see the module docstring)."""
 
@@ -58,6 +68,9 @@ class TaskLog:
         self._raw = RAW
         self._submits = bytearray()
         self._dones = bytearray()
+        self._ran = bytearray()  # ends of tasks run by an HTEX backend, with where and how
+        self._pack_ran: Callable[..., bytes] | None = None  # see ran()
+        self._lost_field = self._status_field = self._ok = 0
         self._ids: dict[tuple[str, str, str], int] = {}
         self._kinds: list[tuple[str, str, str]] = []  # (function, name, executor label) by index
         self._last: tuple[Callable[..., Any] | None, str | None, str | None, int] = (None, None, None, 0)
@@ -79,6 +92,20 @@ class TaskLog:
         where nothing more is known of it; the task is done."""
         self._dones.extend(_pack_done(task_id, try_no, queued or ended, ended))
 
+    def ran(self, task_id: int, try_no: int, queued: float | None, meta: tuple[Any, ...]) -> bool:
+        """Task ``task_id``'s try ``try_no``, queued at ``queued``, succeeded on an HTEX
+        worker, whose result's RESULT_META fields are ``meta``; the task is done.  Return
+        False, telling nothing, if the executor lost it before (those tries are told in full)."""
+        if self._pack_ran is None:
+            from ..executors.htex import protocol as P
+
+            self._lost_field, self._status_field, self._ok = P.R_LOST, P.R_STATUS, P.OK
+            self._pack_ran = _ran_record().pack
+        if meta[self._lost_field] or meta[self._status_field] != self._ok:
+            return False
+        self._ran.extend(self._pack_ran(task_id, try_no, queued or 0.0, *meta))
+        return True
+
     def _kind(self, fn: Callable[..., Any], name: str, executor: str) -> int:
         key = (function_name(fn, name), name, executor)
         with self._lock:
@@ -92,35 +119,50 @@ class TaskLog:
     def _drain(self) -> tuple[tuple[Any, ...], ...]:
         # The ends first: every task whose end is taken had its submit packed before it,
         # so that submit is in what is taken next.
-        dones, submits = self._dones, self._submits  # emptied from the front, never swapped
-        ended = len(dones)
-        taken_dones = bytes(dones[:ended])
-        del dones[:ended]
-        count = len(submits)
-        taken_submits = bytes(submits[:count])
-        del submits[:count]
-        if not (ended or count):
+        taken = []
+        for buffer in (self._dones, self._ran, self._submits):  # emptied from the front, never swapped
+            count = len(buffer)
+            taken.append(bytes(buffer[:count]))
+            del buffer[:count]
+        dones, ran, submits = taken
+        if not (dones or ran or submits):
             return ()
-        return ((self._raw, DECODER, (taken_submits, taken_dones, self._kinds)),)
+        return ((self._raw, DECODER, (submits, dones, ran, self._kinds)),)
 
 
-def decode(payload: tuple[bytes, bytes, list[tuple[str, str, str]]]) -> list[tuple[Any, ...]]:
+def decode(payload: tuple[bytes, bytes, bytes, list[tuple[str, str, str]]]) -> list[tuple[Any, ...]]:
     """The events a shipped log stands for: its submits, then its ends (run by the writer)."""
     from ..monitor.events import PLAIN, SUBMIT
 
-    submits, dones, kinds = payload
+    submits, dones, ran, kinds = payload
     events: list[tuple[Any, ...]] = []
     for task_id, at, kind in _SUBMIT_RECORD.iter_unpack(submits):
         func, name, executor = kinds[kind]
         events.append((SUBMIT, task_id, func, name, executor, "queued", at, (), None))
     for task_id, try_no, queued, ended in _DONE_RECORD.iter_unpack(dones):
         events.append((PLAIN, task_id, try_no, queued, None, None, ended, *_NO_WHERE))
+    if ran:
+        from ..executors.htex import protocol as P
+
+        no_worker, lost = P.NO_WORKER, P.R_LOST
+    for fields in _ran_record().iter_unpack(ran) if ran else ():
+        task_id, try_no, queued = fields[:3]
+        _, _, elapsed, dispatched, started, cpu, tag, pid, rss_kb, worker = fields[3 : 3 + lost]
+        events.append((
+            PLAIN, task_id, try_no, queued or None, dispatched or None, started or None,
+            started + elapsed if started else None, tag or None, None, None if worker == no_worker else worker,
+            pid or None, rss_kb or None, cpu if cpu >= 0 else None,
+        ))  # fmt: skip
     return events
 
 
-def tally(payload: tuple[bytes, bytes, list[tuple[str, str, str]]]) -> dict[str, int]:
+def tally(payload: tuple[bytes, bytes, bytes, list[tuple[str, str, str]]]) -> dict[str, int]:
     """What :func:`decode` adds to the run's counts, without decoding (see the writer's tally)."""
-    return {"submitted": len(payload[0]) // _SUBMIT_RECORD.size, "done": len(payload[1]) // _DONE_RECORD.size}
+    submits, dones, ran, _ = payload
+    return {
+        "submitted": len(submits) // _SUBMIT_RECORD.size,
+        "done": len(dones) // _DONE_RECORD.size + (len(ran) // _ran_record().size if ran else 0),
+    }
 
 
 decode.tally = tally  # type: ignore[attr-defined]

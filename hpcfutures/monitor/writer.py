@@ -166,6 +166,11 @@ class Folder:
         samples: list[tuple[Any, ...]] = []
         flushes: list[int] = []
         tags = self.pool_tags
+        if not isinstance(events, list):
+            events = list(events)
+        for event in events:  # pools first: a compact log's events come ahead of the pool's in a frame
+            if event[0] == POOL and event[9] is not None:
+                tags[event[9]] = (event[2], event[5])
 
         # A task whose only news in this write is its SUBMIT keeps that event here, and moves
         # to ``plain`` (a task_plain row) if a PLAIN event ends it; any other news of either

@@ -414,8 +414,15 @@ def compact_task(rng: random.Random, t: int, clock: Clock) -> Iterator[tuple]:
         yield ("direct", (STATE, t, "queued", clock.now))
         tries = 2
     fate = rng.random()
-    if fate < 0.75:
+    if fate < 0.5:
         yield ("log_done", t, tries, rng.choice((queued, None)), clock.now)
+    elif fate < 0.75:  # run by an HTEX backend: its result's RESULT_META as it came
+        started = clock.now
+        meta = P.RESULT_META.unpack(P.RESULT_META.pack(
+            t, P.OK, 0.25, started - 0.5, started, rng.choice((-1.0, 0.125)), rng.choice((0, 7, 8)),
+            rng.choice((0, 4242)), rng.choice((0, 2048)), rng.choice((P.NO_WORKER, 1)), 0, 1, 0,
+        ))  # fmt: skip
+        yield ("log_ran", t, tries, rng.choice((queued, None)), meta)
     elif fate < 0.9:
         yield ("direct", (END, t, rng.choice(("failed", "cancelled")), clock.now, tries, None))
 
@@ -514,7 +521,7 @@ def event_stream(seed: int, n_direct: int = 120, n_compact: int = 120, n_htex: i
     bodies: list[bytes] = []
 
     def ship(last: bool = False) -> None:
-        events = [(RAW, name, (s, d, list(kinds))) for (_, name, (s, d, kinds)) in drain()] + direct
+        events = [(RAW, name, (s, d, r, list(kinds))) for (_, name, (s, d, r, kinds)) in drain()] + direct
         direct.clear()
         if last:
             events.append((CLOSE, "done", None, 3))
@@ -555,6 +562,8 @@ def event_stream(seed: int, n_direct: int = 120, n_compact: int = 120, n_htex: i
             log.submitted(*item[1:])
         elif item[0] == "log_done":
             log.done(*item[1:])
+        elif item[0] == "log_ran":
+            assert log.ran(*item[1:])
     ship(last=True)
     return bodies
 
@@ -748,6 +757,10 @@ def test_a_tally_counts_what_its_decoder_yields(seed: int) -> None:
                     log.submitted(t, 1.0, rng.choice((noop_a, noop_b)), "n", "threads")
                 if rng.random() < 0.6:
                     log.done(t, rng.randint(1, 3), rng.choice((None, 0.5)), 2.0)
+                elif rng.random() < 0.5:  # an HTEX backend's result; one lost before is not told
+                    lost = rng.choice((0, 0, 1))
+                    meta = (t, P.OK, 0.1, 1.0, 1.5, -1.0, 7, 99, 0, 0, lost, 1, 0)
+                    assert log.ran(t, 1, 0.5, meta) is (lost == 0)
             drained = log._drain()
             if not drained:
                 continue

@@ -103,6 +103,12 @@ class HtexFuture(LeanFuture):
         return not self.done() and self._link.is_started(self.task_id)
 
     @property
+    def result_meta(self) -> tuple[Any, ...] | None:
+        """Its result's RESULT_META fields (:data:`.protocol.RESULT_META`), once it came: what
+        :attr:`execution` is built from, for a run record that packs them as they are."""
+        return self._meta
+
+    @property
     def execution(self) -> Execution | None:
         """Where and how the task ran (times, pool, host, worker, pid, CPU, peak RSS), once
         its result came; None before, and for a task cancelled or failed in the driver.

@@ -4,9 +4,13 @@ Most tasks of a large run are submitted with no dependencies, queued at once, ru
 succeed.  Telling the :class:`~hpcfutures.monitor.Recorder` of each such event as a tuple
 costs the driver an allocation, a share of a marshal and a deallocation per object; this log
 packs the two events of such a task (submitted, and done after its successful try) into 20
-and 28 bytes instead, in two buffers, so that the writer can count them by their lengths.  The Recorder ships the bytes at each shipment
-(:meth:`~hpcfutures.monitor.Recorder.add_source`), ahead of the events told to it directly,
-and the writer process turns them back into events with :func:`decode`.
+and 28 bytes instead; a success on an HTEX backend packs the result's RESULT_META as it came
+off the wire with it (83 bytes), so that the record learns where and how it ran without
+the driver building an ``Execution``.  Each kind of record has a buffer of its own, so
+that the writer can count them by their lengths (:func:`tally`).  The Recorder ships the
+bytes at each shipment (:meth:`~hpcfutures.monitor.Recorder.add_source`), ahead of the
+events told to it directly, and the writer process turns them back into events with
+:func:`decode`.
 
 Everything else about a task (dependencies, resources, failed tries, cache decisions,
 cancels) is told to the Recorder directly.  Events that go the two ways reach the writer in
@@ -15,10 +19,10 @@ told later; so a task whose submit was told directly has its end told directly t
 :class:`~.task.Task`), and the other events told directly (a retry queued again, a failed
 try, a cache decision) do not mind coming after the task's end.
 
-Threads: any thread packs into ``_submits`` or ``_dones`` with one ``extend`` of bytes made
-beforehand; the shipping thread takes what is there and deletes it from the front, never
-replacing a buffer, so that an ``extend`` by a thread that read the buffer a moment before
-is never lost.  ``_lock`` guards adding a kind of task to ``_kinds``.
+Threads: any thread packs into ``_submits``, ``_dones`` or ``_ran`` with one ``extend`` of
+bytes made beforehand; the shipping thread takes what is there and deletes it from the
+front, never replacing a buffer, so that an ``extend`` by a thread that read the buffer a
+moment before is never lost.  ``_lock`` guards adding a kind of task to ``_kinds``.
 """
 
 from __future__ import annotations

@@ -514,6 +514,7 @@ def serve(path: str, run_id: int, source: BinaryIO, answers: BinaryIO) -> None:
     backlog = Backlog(os.path.dirname(os.path.abspath(path)))
     busy_until = 0.0  # time.monotonic() before which the executor counts as busy
     failed = False
+    backlog_failed = False
 
     def write(events: list[tuple[Any, ...]], counted: bool) -> None:
         nonlocal failed
@@ -569,7 +570,15 @@ def serve(path: str, run_id: int, source: BinaryIO, answers: BinaryIO) -> None:
                 catch_up(True)
                 write(events, False)
                 continue
-            backlog.append(body, time.time())
+            try:
+                backlog.append(body, time.time())
+            except OSError as exc:  # no room for it: fold it now, after what came before it
+                if not backlog_failed:
+                    logger.warning("run record %s: cannot keep frames to write later (%s); writing them now", path, exc)
+                    backlog_failed = True
+                catch_up(True)
+                write(events, False)
+                continue
             if folder.behind_since is None:
                 folder.behind_since = backlog.since
             if urgent:

@@ -1157,3 +1157,26 @@ def _captured(command: Callable[[list[str]], int], argv: list[str]) -> str:
     with contextlib.redirect_stdout(out):
         assert command(argv) == 0
     return out.getvalue()
+
+
+def test_frames_that_cannot_be_kept_for_later_are_written_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, served: Callable[..., Served], caplog: pytest.LogCaptureFixture
+) -> None:
+    def full(self: writer.Backlog, body: bytes, at: float) -> None:
+        raise OSError(28, "No space left on device")
+
+    path = tmp_path / "r.db"
+    run_id = new_record(path)
+    hold(monkeypatch)
+    monkeypatch.setattr(writer.Backlog, "append", full)
+    s = served(path, run_id)
+    t = 1000.0
+    s.send([submit(i, t) for i in range(1, 21)] + [plain(i, t + i) for i in range(1, 11)])
+    poll(lambda: task_count(path) == 20, "the busy frame written at once")
+    assert counts_of(path)[:3] == (20, 0, 10)
+    assert run_row(path)["behind_since"] is None
+    s.send([plain(i, t + i) for i in range(11, 21)] + [(CLOSE, "done", None, 0)])
+    s.end()
+    assert counts_of(path)[:3] == (20, 0, 20)
+    assert run_row(path)["status"] == "done"
+    assert sum("cannot keep frames to write later" in r.getMessage() for r in caplog.records) == 1

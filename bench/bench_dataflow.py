@@ -38,6 +38,7 @@ from _shared import (  # noqa: E402
     WARMUP_BURST,
     WARMUP_SEQUENTIAL,
     Results,
+    compile_package,
     fmt_rate,
     fmt_ratio,
     fmt_spread,
@@ -667,6 +668,7 @@ def main(argv: list[str] | None = None) -> int:
         data = parsl_side(args)
         print(RESULT_MARK + json.dumps(data), flush=True)
         return 0
+    compile_package()  # as installed: see its docstring
     env = environment()
     results = Results()
     results.notes["load average (1, 5, 15 min) at start"] = tuple(round(x, 2) for x in os.getloadavg())

@@ -38,6 +38,7 @@ from _shared import (  # noqa: E402
     WARMUP_BURST,
     WARMUP_SEQUENTIAL,
     Results,
+    compile_package,
     fmt_rate,
     fmt_ratio,
     fmt_spread,
@@ -464,6 +465,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    compile_package()  # as installed: see its docstring
     env = environment()
     results = Results()
     # Other processes on a 2-CPU machine move every figure here: record how busy it was.

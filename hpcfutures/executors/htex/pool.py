@@ -45,7 +45,6 @@ from typing import Any
 
 from ...errors import ConfigurationError, TaskTimeoutError, WorkerLostError
 from ...exits import describe_exit, exit_signal
-from ...launchers.mpi_prefix import MPISpec, detect_flavour, mpi_environment, mpi_prefix
 from ...launchers.nodes import block_nodes
 from ...serialize import dumps
 from . import memlimit, security
@@ -136,6 +135,8 @@ class PoolManager:
             host=socket.gethostname(),
         )
         if args.mpi_flavour:  # the lead pool of an MPI block: it hands out the block's nodes
+            from ...launchers.mpi_prefix import MPISpec, detect_flavour, mpi_prefix  # only MPI blocks need it
+
             nodes = tuple(block_nodes())
             if args.mpi_flavour == "auto":
                 args = self.args = dataclasses.replace(args, mpi_flavour=detect_flavour(args.mpi_executable or "mpiexec"))
@@ -697,6 +698,8 @@ class PoolManager:
             worker.cage.limit(allocation.memory_gb)
         pin: dict[str, Any] = {"cpus": list(allocation.cpus), "gpus": list(allocation.gpus), "memory_gb": allocation.memory_gb}
         if allocation.nodes:  # an MPI task: its launch prefix and counts, for its nodes
+            from ...launchers.mpi_prefix import MPISpec, mpi_environment
+
             spec = MPISpec(allocation.nodes, need.ranks_per_node)
             pin["env"] = mpi_environment(
                 self.args.mpi_flavour,

@@ -213,12 +213,6 @@ class Task:
         dependencies, else queued (a cached call that follows a running twin goes back to
         pending)."""
         fut = self.future
-        if not deps and self.settings is DEFAULT_SETTINGS and not fut._outputs:  # the common case, compactly
-            fut._recorder = log.recorder
-            self.queued_at = at = time()
-            self.compact = True  # its success is told compactly too
-            log.submitted(fut.task_id, at, self.fn, fut.name, self.label)
-            return
         fut._recorder = recorder = log.recorder
         at = time()
         settings = self.settings
@@ -370,11 +364,8 @@ class Task:
         if not (self.plain and self.wrap is None) and not is_plain(args, kwargs):
             fn, args, kwargs = self.host.stage(self, fn, args, kwargs)
         recorder = self.host.recorder
-        if recorder is not None:  # begin_try, inlined on this hot path
-            self.tries += 1
-            if self.queued_at is None:
-                self.queued_at = at = time()
-                recorder.state(self.future.task_id, "queued", at)
+        if recorder is not None:
+            self.begin_try(recorder)
         try:
             inner = self.host.backend_for(self.label, self.settings).submit(fn, *args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - e.g. an argument that cannot be pickled

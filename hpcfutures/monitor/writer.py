@@ -581,12 +581,9 @@ def serve(path: str, run_id: int, source: BinaryIO, answers: BinaryIO) -> None:
                 continue
             if folder.behind_since is None:
                 folder.behind_since = backlog.since
+            folder.add_counts(delta)
             if urgent:
-                for key, n in delta.items():
-                    folder.counts[key] += n
                 catch_up(True)
-            else:
-                folder.add_counts(delta)
     finally:
         try:
             try:

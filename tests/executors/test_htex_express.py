@@ -42,11 +42,11 @@ from hpcfutures.executors.htex import protocol as P
 from hpcfutures.executors.htex import security
 from hpcfutures.executors.htex.express import ExpressLane
 from hpcfutures.executors.htex.pipes import encode
-from hpcfutures.monitor import connect_for_reading
 from hpcfutures.providers import LocalProvider
 from hpcfutures.testing import Gate, Recorder, faults
 from hpcfutures.testing.tasks import ConformanceError, raise_error, square
 
+from ..record_rows import rows
 from .htex_helpers import CPUS, assert_all_gone, descendants, needs_two_cpus, overlaps, window
 
 TIMEOUT = 60.0
@@ -1002,13 +1002,6 @@ def test_terminate_under_an_express_task_fails_it_and_leaves_no_process(tmp_path
 
 # -- the run record ---------------------------------------------------------------------------------------
 
-
-def rows(path: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    conn = connect_for_reading(path)
-    try:
-        return [tuple(r) for r in conn.execute(sql, params)]
-    finally:
-        conn.close()
 
 
 @pytest.fixture

@@ -19,12 +19,13 @@ import pytest
 from hpcfutures import ConfigurationError, HighThroughputExecutor, TaskTimeoutError
 from hpcfutures.executors.htex import protocol as P
 from hpcfutures.executors.htex import recording
-from hpcfutures.monitor import Recorder, connect_for_reading
+from hpcfutures.monitor import Recorder
 from hpcfutures.monitor.events import END, STATE, SUBMIT, TRY
 from hpcfutures.monitor.execution import Execution, Recordable, execution_of
 from hpcfutures.providers import LocalProvider
 from hpcfutures.testing import Gate, faults
 
+from ..record_rows import rows
 from .htex_helpers import assert_all_gone
 
 
@@ -49,13 +50,6 @@ def grow(megabytes: int) -> int:
     block = bytearray(megabytes << 20)
     return len(block)
 
-
-def rows(path: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    conn = connect_for_reading(path)
-    try:
-        return [tuple(r) for r in conn.execute(sql, params)]
-    finally:
-        conn.close()
 
 
 def wait_until(path: Path, sql: str, timeout: float = 30.0) -> list[tuple[Any, ...]]:

@@ -20,13 +20,7 @@ from hpcfutures.monitor import recorder as recorder_module
 from hpcfutures.monitor.location import record_dir, resolve_record
 from hpcfutures.monitor.schema import APPLICATION_ID, SCHEMA_VERSION, connect
 
-
-def rows(path: Path, sql: str, *params: object) -> list[tuple[object, ...]]:
-    conn = connect_for_reading(path)
-    try:
-        return [tuple(r) for r in conn.execute(sql, params)]
-    finally:
-        conn.close()
+from ..record_rows import rows
 
 
 @pytest.fixture

@@ -54,6 +54,8 @@ from hpcfutures.monitor.schema import (
     connect_for_reading,
 )
 
+from ..record_rows import rows
+
 FINAL_COUNTS = ("submitted", "done", "failed", "cached", "cancelled")
 RUN_COUNTS = "submitted, running, done, failed, cached, cancelled"
 TIMEOUT = 30.0
@@ -75,13 +77,6 @@ def new_record(path: Path) -> int:
     finally:
         conn.close()
 
-
-def rows(path: Path, sql: str, *params: object) -> list[tuple[Any, ...]]:
-    conn = connect_for_reading(path)
-    try:
-        return [tuple(r) for r in conn.execute(sql, params)]
-    finally:
-        conn.close()
 
 
 def run_row(path: Path) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import logging
 import threading
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
-from typing import Any
+from typing import Any, Callable
 
 logger = logging.getLogger("concurrent.futures")
 
@@ -67,22 +67,43 @@ class FinishedReadsFuture(_FinishedReads):
     """
 
 
+class _MadeOnFirstRead:
+    """A LeanFuture attribute the stdlib's code reads, made on its first read.
+
+    It is a non-data descriptor: the value it makes goes into the instance's ``__dict__``,
+    which later reads find first, so they never come here.  (A ``__getattr__`` would do the
+    same, but would also run, and raise, for every attribute a caller merely probes for,
+    ``getattr(future, "execution", None)`` say: about a microsecond each.)
+    """
+
+    def __init__(self, make: Callable[[], Any], lock: threading.Lock | None = None) -> None:
+        self.make = make
+        self.lock = lock  # held while the value is made and stored
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, future: Any, owner: type | None = None) -> Any:
+        if future is None:
+            return self
+        if self.lock is None:
+            return future.__dict__.setdefault(self.name, self.make())
+        with self.lock:
+            return future.__dict__.setdefault(self.name, self.make())
+
+
 class LeanFuture(_FinishedReads):
     """A Future with lazily created synchronisation; see the module docstring."""
+
+    _condition = _MadeOnFirstRead(threading.Condition, _UNCONDITIONED)
+    _waiters = _MadeOnFirstRead(list)
+    _done_callbacks = _MadeOnFirstRead(list)
 
     def __init__(self) -> None:  # no super().__init__(): that builds what we make lazily
         self._state = PENDING
         self._result: Any = None
         self._exception: BaseException | None = None
-
-    def __getattr__(self, name: str) -> Any:
-        # Only reached when the attribute does not exist yet.
-        if name == "_condition":
-            with _UNCONDITIONED:
-                return self.__dict__.setdefault("_condition", threading.Condition())
-        if name == "_waiters" or name == "_done_callbacks":
-            return self.__dict__.setdefault(name, [])
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # -- reading: a settled future no longer changes -----------------------------------------
 

@@ -67,6 +67,10 @@ BUSY_BYTES = 64 * 1024
 CALM_SECONDS = 1.0
 #: Bytes of deferred frames folded in one transaction while catching up.
 DRAIN_BYTES = 4 * 1024 * 1024
+#: The share of one CPU the executor's process uses at or above which it counts as busy.
+BUSY_SHARE = 0.5
+#: Seconds over which that share is measured before catching up, and measured again.
+SHARE_SECONDS = 0.25
 
 # Indices into a task's folded row: the columns of TASK_COLUMNS.
 TASK_COLUMNS = (
@@ -489,6 +493,42 @@ class Backlog:
             self._file.close()
 
 
+class ProcessLoad:
+    """How busy the executor's process is: the share of a CPU it used between two looks.
+
+    Frames tell how many tasks the executor handles, not what else its process does: a
+    driver that runs several executors, or the user's own computation beside one, is busy
+    while this run's frames are small.  The writer catches up only when this process is
+    quiet too, so that its folding never competes with the executor's process for a CPU (on
+    a small machine a hyperthread sibling or the caches are enough to slow it down).
+    """
+
+    def __init__(self, pid: int) -> None:
+        import psutil
+
+        self._process = psutil.Process(pid)
+        self._error = psutil.Error
+        self._last: tuple[float, float] | None = None  # (monotonic time, CPU seconds) at the last look
+
+    def forget(self) -> None:
+        """Drop the last look: the next share is measured from a new one."""
+        self._last = None
+
+    def busy(self) -> bool:
+        """Whether the process used :data:`BUSY_SHARE` of a CPU or more since the last look,
+        and True on the first look (nothing to compare yet); False once it has ended."""
+        try:
+            times = self._process.cpu_times()
+        except self._error:
+            return False
+        now, spent = time.monotonic(), times.user + times.system
+        last, self._last = self._last, (now, spent)
+        if last is None:
+            return True
+        elapsed = now - last[0]
+        return elapsed > 0 and (spent - last[1]) / elapsed >= BUSY_SHARE
+
+
 def _readable(source: BinaryIO, timeout: float) -> bool:
     """Whether ``source`` has input (or has ended) within ``timeout`` seconds."""
     try:
@@ -498,7 +538,7 @@ def _readable(source: BinaryIO, timeout: float) -> bool:
     return bool(select.select([fd], [], [], timeout)[0])
 
 
-def serve(path: str, run_id: int, source: BinaryIO, answers: BinaryIO) -> None:
+def serve(path: str, run_id: int, source: BinaryIO, answers: BinaryIO, *, executor_pid: int | None = None) -> None:
     """Read frames from ``source`` until it ends, writing them to run ``run_id`` of ``path``.
 
     While the executor is busy (a frame of :data:`BUSY_BYTES` or more came in the last
@@ -507,8 +547,11 @@ def serve(path: str, run_id: int, source: BinaryIO, answers: BinaryIO) -> None:
     On a small machine even a writer of the lowest priority takes a share of the CPUs (a
     hyperthread sibling, caches), and folding costs several microseconds a task; so the
     task rows of a busy spell are written once it ends (or when a flush asks for them, or at
-    the end of the run), in order, while the counts stay current.
+    the end of the run), in order, while the counts stay current.  With ``executor_pid``,
+    the executor also counts as busy while that process uses :data:`BUSY_SHARE` of a CPU or
+    more (:class:`ProcessLoad`), whatever its frames say.
     """
+    load = ProcessLoad(executor_pid) if executor_pid is not None else None
     conn = connect(path)
     folder = Folder(conn, run_id)
     backlog = Backlog(os.path.dirname(os.path.abspath(path)))
@@ -548,7 +591,11 @@ def serve(path: str, run_id: int, source: BinaryIO, answers: BinaryIO) -> None:
             if backlog:
                 wait = busy_until - time.monotonic()
                 if not _readable(source, max(wait, 0.0)):
-                    if wait <= 0:
+                    if wait > 0:
+                        continue
+                    if load is not None and load.busy():
+                        busy_until = time.monotonic() + SHARE_SECONDS
+                    else:
                         catch_up(False)  # calm, and nothing came meanwhile
                     continue
             got = read_frame(source)
@@ -558,6 +605,8 @@ def serve(path: str, run_id: int, source: BinaryIO, answers: BinaryIO) -> None:
             now = time.monotonic()
             if len(body) >= BUSY_BYTES:
                 busy_until = now + CALM_SECONDS
+                if load is not None:
+                    load.forget()  # its share is measured afresh once the frames calm down
             urgent = any(event[0] == FLUSH or event[0] == CLOSE for event in events)
             if not backlog and (urgent or now >= busy_until):
                 write(events, False)
@@ -610,7 +659,7 @@ def main(argv: list[str]) -> int:
         pass
     logging.basicConfig(level=logging.WARNING, format="hpcfutures record writer: %(message)s")
     with open(sys.stdin.fileno(), "rb", buffering=0, closefd=False) as source:
-        serve(argv[0], int(argv[1]), source, sys.stdout.buffer)
+        serve(argv[0], int(argv[1]), source, sys.stdout.buffer, executor_pid=os.getppid())
     return 0
 
 

@@ -14,6 +14,8 @@ import os
 import random
 import select
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -107,7 +109,8 @@ def body_of(events: list[tuple[Any, ...]]) -> bytes:
 class Served:
     """``writer.serve`` on a thread, reading frames from a pipe and answering on another."""
 
-    def __init__(self, path: Path, run_id: int, answers: Any = None) -> None:
+    def __init__(self, path: Path, run_id: int, answers: Any = None, executor_pid: int | None = None) -> None:
+        self.executor_pid = executor_pid
         read_fd, write_fd = os.pipe()
         self.source: BinaryIO = open(read_fd, "rb", buffering=0)  # noqa: SIM115 - closed in end()
         self.pipe: BinaryIO = open(write_fd, "wb")  # noqa: SIM115
@@ -123,7 +126,7 @@ class Served:
 
     def _serve(self, path: str, run_id: int) -> None:
         try:
-            writer.serve(path, run_id, self.source, self.answers)
+            writer.serve(path, run_id, self.source, self.answers, executor_pid=self.executor_pid)
         except BaseException as exc:  # noqa: BLE001 - re-raised by end()
             self.error = exc
 
@@ -164,8 +167,8 @@ class Served:
 def served(request: pytest.FixtureRequest) -> Iterator[Callable[..., Served]]:
     made: list[Served] = []
 
-    def make(path: Path, run_id: int, answers: Any = None) -> Served:
-        s = Served(path, run_id, answers)
+    def make(path: Path, run_id: int, answers: Any = None, executor_pid: int | None = None) -> Served:
+        s = Served(path, run_id, answers, executor_pid)
         made.append(s)
         return s
 
@@ -316,6 +319,78 @@ def test_the_rows_follow_once_no_busy_frame_came_for_calm_seconds(
     poll(lambda: len(writes) == 2, "the calm frame written")
     assert writes[1] == (False, 1)
     s.end()
+
+
+def test_the_rows_wait_while_the_executors_process_is_busy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, served: Callable[..., Served], writes: list
+) -> None:
+    # Which process is busy is decided by ProcessLoad (tested on real processes below); here
+    # the test decides, to see that the writer asks it, waits while it says busy, and
+    # catches up once it does not.
+    process_busy = threading.Event()
+    process_busy.set()
+    looks: list[int] = []
+
+    def busy(self: writer.ProcessLoad) -> bool:
+        looks.append(self._process.pid)
+        return process_busy.is_set()
+
+    monkeypatch.setattr(writer.ProcessLoad, "busy", busy)
+    monkeypatch.setattr(writer, "BUSY_BYTES", 0)  # every frame busy ...
+    monkeypatch.setattr(writer, "CALM_SECONDS", 0.01)  # ... but only for a moment
+    monkeypatch.setattr(writer, "SHARE_SECONDS", 0.01)
+    path = tmp_path / "r.db"
+    run_id = new_record(path)
+    s = served(path, run_id, executor_pid=os.getpid())
+    s.send([submit(i, 1.0) for i in range(1, 101)])
+    poll(lambda: len(looks) >= 5, "the writer looking at the executor's process again and again")
+    assert task_count(path) == 0  # the frames are calm, the process is not: the rows wait
+    assert counts_of(path)[0] == 100  # the counts do not
+    assert set(looks) == {os.getpid()}
+    process_busy.clear()
+    poll(lambda: task_count(path) == 100, "the rows written once the process is quiet")
+    assert run_row(path)["behind_since"] is None
+    assert [counted for counted, _ in writes] == [True]
+    s.end()
+
+
+def test_a_flush_writes_the_rows_while_the_executors_process_is_busy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, served: Callable[..., Served]
+) -> None:
+    monkeypatch.setattr(writer.ProcessLoad, "busy", lambda self: True)
+    hold(monkeypatch)
+    path = tmp_path / "r.db"
+    run_id = new_record(path)
+    s = served(path, run_id, executor_pid=os.getpid())
+    s.send([submit(i, 1.0) for i in range(1, 51)])
+    s.send([(FLUSH, 7)])
+    assert s.reply() == b"flushed 7\n"
+    assert task_count(path) == 50
+    s.end()
+
+
+def spin_or_sleep(code: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
+def test_process_load_tells_a_busy_process_from_a_quiet_one() -> None:
+    spinner = spin_or_sleep("while True: pass")
+    sleeper = spin_or_sleep("import time; time.sleep(120)")
+    try:
+        spinning, sleeping = writer.ProcessLoad(spinner.pid), writer.ProcessLoad(sleeper.pid)
+        assert spinning.busy() and sleeping.busy()  # a first look has nothing to compare with
+        time.sleep(1.0)  # the span a share is measured over, not a wait for an event
+        assert spinning.busy(), "a process spinning on a CPU for a second counts as busy"
+        assert not sleeping.busy(), "a process asleep for a second counts as quiet"
+        sleeping.forget()
+        assert sleeping.busy()  # after forget(), the next look is a first one again
+        spinner.kill()
+        spinner.wait()
+        assert not spinning.busy(), "a process that ended is not busy"
+    finally:
+        for child in (spinner, sleeper):
+            child.kill()
+            child.wait()
 
 
 # -- 2. equivalence: deferred or not, the same record ----------------------------------------------

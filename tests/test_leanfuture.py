@@ -132,3 +132,17 @@ def test_a_finished_reads_future_reads_its_outcome_without_its_lock():
     pending = FinishedReadsFuture()
     with pytest.raises(TimeoutError):
         pending.result(timeout=0.01)
+
+
+def test_the_lazy_parts_are_made_on_first_read_and_a_missing_attribute_is_missing():
+    future = LeanFuture()
+    assert getattr(future, "execution", None) is None  # a probe: no error, nothing made
+    with pytest.raises(AttributeError, match="execution"):
+        future.execution  # noqa: B018 - the read is the test
+    assert not {"_condition", "_waiters", "_done_callbacks"} & future.__dict__.keys()
+    assert future._waiters == [] and future._done_callbacks == []
+    condition = future._condition
+    assert isinstance(condition, threading.Condition)
+    assert future._condition is condition  # made once, then read from the instance
+    assert {"_condition", "_waiters", "_done_callbacks"} <= future.__dict__.keys()
+    assert LeanFuture()._condition is not condition  # each future has its own

@@ -11,7 +11,9 @@ processes land on the CPUs changes its speed for its whole life.  This machine's
 also drifts by tens of percent within seconds (a shared virtual machine), so only bursts
 close in time are compared: it gives the median of the rounds' ratios on/off, with a 95%
 confidence interval from resampling them, and the same for control/off, which says how
-far two identical executors differ in this run; besides the median throughput of each
+far two identical executors differ in this run, and for on against the mean of both
+executors with recording off (each executor's own speed, set by where its processes land,
+weighs half as much on that baseline); besides the median throughput of each
 side and the CPU
 time a task cost in the driver's process, the executor's other processes and the record's
 writer.  The writer defers its work while the executor is busy (see
@@ -98,12 +100,15 @@ SIDES = ("off", "on", "control")
 
 
 def paired_cycle(
-    kind: str, pairs: int, tasks: int, workdir: Path, rates: dict[str, list[float]],
+    kind: str, cycle: int, pairs: int, tasks: int, workdir: Path, rates: dict[str, list[float]],
     costs: dict[tuple[str, str], list[float]], stops: dict[str, list[float]], ratios: dict[str, list[float]],
 ) -> None:
     """Build the three executors of ``kind``; time ``pairs`` rounds of one burst each, in
     an order that rotates; add each round's ratios on/off and control/off to ``ratios``."""
-    executors = {side: make(kind, workdir / f"{kind}.db" if side == "on" else False) for side in SIDES}
+    # Built in an order that turns with the cycle: the executor built first tended to be the
+    # fastest of the three for its whole life (control/off 0.93-0.97 in some runs).
+    order = SIDES[cycle % len(SIDES) :] + SIDES[: cycle % len(SIDES)]
+    executors = {side: make(kind, workdir / f"{kind}.db" if side == "on" else False) for side in order}
     try:
         for executor in executors.values():
             warm_up(executor, None) if kind != "dataflow" else [executor.submit(noop).result() for _ in range(200)]
@@ -119,6 +124,7 @@ def paired_cycle(
                     costs.setdefault((side, part), []).append((after[part] - before[part]) / tasks * 1e6)
             for side in ("on", "control"):
                 ratios[side].append(got[side] / got["off"])
+            ratios["on/both offs"].append(got["on"] / ((got["off"] + got["control"]) / 2))
     finally:
         for side, executor in executors.items():
             start = time.perf_counter()
@@ -138,19 +144,20 @@ def paired(kind: str, cycles: int, pairs: int, tasks: int, workdir: Path) -> Non
     rates: dict[str, list[float]] = {side: [] for side in SIDES}
     costs: dict[tuple[str, str], list[float]] = {}
     stops: dict[str, list[float]] = {side: [] for side in SIDES}
-    ratios: dict[str, list[float]] = {"on": [], "control": []}
-    for _ in range(cycles):
-        paired_cycle(kind, pairs, tasks, workdir, rates, costs, stops, ratios)
+    ratios: dict[str, list[float]] = {"on": [], "control": [], "on/both offs": []}
+    for cycle in range(cycles):
+        paired_cycle(kind, cycle, pairs, tasks, workdir, rates, costs, stops, ratios)
     print(
         f"{kind:10} tasks/s off {statistics.median(rates['off']):,.0f}, on {statistics.median(rates['on']):,.0f}, "
         f"control {statistics.median(rates['control']):,.0f}; shutdown off {statistics.median(stops['off']):.2f} s, "
         f"on {statistics.median(stops['on']):.2f} s",
         flush=True,
     )
-    for side in ("on", "control"):
+    for side in ("on", "control", "on/both offs"):
         low, high = interval(ratios[side])
+        label = side if "/" in side else f"{side}/off"
         print(
-            f"{'':10} {side}/off per round: median {statistics.median(ratios[side]):.3f} (95% CI {low:.3f}-{high:.3f}), "
+            f"{'':10} {label} per round: median {statistics.median(ratios[side]):.3f} (95% CI {low:.3f}-{high:.3f}), "
             f"mean {statistics.mean(ratios[side]):.3f}",
             flush=True,
         )

@@ -324,6 +324,30 @@ def test_a_bash_app_records_its_exit_code_and_output_tails(tmp_path: Path) -> No
     assert tasks(record, recorder.run_id)[bad.task_id]["func"] == "test_a_bash_app_records_its_exit_code_and_output_tails.<locals>.shout"
 
 
+def test_a_retried_task_keeps_its_submit_time_and_every_task_its_function(tmp_path: Path) -> None:
+    # A plain task's submit is packed at the next shipment, by which time this one has
+    # failed, been queued again and succeeded, and given back its function (released).
+    record = tmp_path / "retried.db"
+    dfx = DataflowExecutor(ThreadExecutor(max_workers=2), retries=1, shutdown_executors=True, record=record)
+    def local_square(x: int) -> int:  # its qualified name is not its name
+        return x * x
+
+    before = time.time()
+    flaky = dfx.submit(fail_until, str(tmp_path / "count"), 1)
+    plain = [dfx.submit(local_square, i) for i in range(200)]
+    assert flaky.result(TIMEOUT) == 2 and [f.result(TIMEOUT) for f in plain] == [i * i for i in range(200)]
+    recorder = dfx.recorder
+    assert recorder is not None
+    dfx.shutdown()
+    first, second = tries(record, recorder.run_id, flaky.task_id)
+    assert (first["outcome"], second["outcome"]) == ("error", "ok")
+    recorded = tasks(record, recorder.run_id)
+    assert before <= recorded[flaky.task_id]["submitted"] == first["queued"] < second["queued"]
+    assert recorded[flaky.task_id]["func"] == "fail_until"
+    assert {recorded[f.task_id]["func"] for f in plain} == {local_square.__qualname__}
+    assert all(recorded[f.task_id]["state"] == "done" for f in plain)
+
+
 def test_a_follower_and_a_checkpoint_are_recorded_as_cache_decisions(tmp_path: Path) -> None:
     record, checkpoint = tmp_path / "cache.db", tmp_path / "checkpoint.db"
     dfx = DataflowExecutor(ThreadExecutor(max_workers=2), shutdown_executors=True, checkpoint=checkpoint, record=record)

@@ -151,8 +151,6 @@ class Task:
         "tries",
         "queued_at",
         "compact",
-        "submitted_at",
-        "ended_at",
     )
 
     def __init__(
@@ -187,17 +185,7 @@ class Task:
         self.tries = 0  # tries recorded or begun (only counted while the run is recorded)
         self.queued_at: float | None = None  # when the try in progress was queued, while recorded
         self.compact = False  # its submit went to the run record's TaskLog, and its success may too
-        self.submitted_at: float | None = None  # when it was submitted, if its submit went to the TaskLog
-        self.ended_at: float | None = None  # when it succeeded, while its success waits in the TaskLog
         self.lock = threading.Lock()  # guards state and inner
-
-    @property
-    def task_id(self) -> int:
-        return self.future.task_id
-
-    @property
-    def name(self) -> str:
-        return self.future.name
 
     # -- waiting for dependencies --------------------------------------------------------------
 
@@ -234,8 +222,7 @@ class Task:
             if resources is None:  # the common case, told compactly
                 # its success is told compactly too, unless it has output files to read
                 self.compact = not fut._outputs
-                self.submitted_at = at
-                log.submitted(self)
+                log.submitted(fut.task_id, at, self.fn, fut.name, self.label)
                 return
         recorder.submitted(
             fut.task_id, function_name(self.fn, fut.name), at, name=fut.name, executor=self.label,
@@ -409,8 +396,7 @@ class Task:
                     meta = getattr(inner, "result_meta", None)  # an HTEX future's
                     if meta is None:
                         if getattr(inner, "execution", None) is None:
-                            self.ended_at = time()
-                            log.done(self)
+                            log.done(self.future.task_id, self.tries, self.queued_at, time())
                             self.finish(result=inner.result(), told=True)
                             return
                     elif log.ran(self.future.task_id, self.tries, self.queued_at, meta):
@@ -577,9 +563,7 @@ class Task:
         """Drop what the finished task holds, so that a long run keeps memory flat."""
         self.future._task = None
         self.host.forget(self)
-        if self.submitted_at is None:  # else the TaskLog reads the function's name at its next shipment
-            self.fn = None  # type: ignore[assignment]
-        self.args = self.kwargs = self.inner = None  # type: ignore[assignment]
+        self.fn = self.args = self.kwargs = self.inner = None  # type: ignore[assignment]
         self.record = None  # it holds the arguments and the failed attempts' tracebacks
         self.memo = self._key = None
 

@@ -9,7 +9,6 @@ file under tmp_path; the busy threshold and the calm delay are patched in the wr
 
 from __future__ import annotations
 
-import dataclasses
 import marshal
 import os
 import random
@@ -472,28 +471,6 @@ def direct_task(rng: random.Random, t: int, clock: Clock, earlier: list[int]) ->
         yield ("direct", (STATE, t, "running", clock.now))  # late news
 
 
-@dataclasses.dataclass
-class Logged:
-    """What a TaskLog reads of a task (a dataflow Task stands here)."""
-
-    task_id: int
-    fn: Callable[..., Any] = noop_a
-    name: str = ""
-    label: str = ""
-    submitted_at: float | None = None
-    tries: int = 0
-    queued_at: float | None = None
-    ended_at: float | None = None
-
-
-def logged_submit(task_id: int, at: float, fn: Callable[..., Any], name: str, executor: str) -> Logged:
-    return Logged(task_id, fn, name, executor, submitted_at=at)
-
-
-def logged_done(task_id: int, tries: int, queued: float | None, ended: float) -> Logged:
-    return Logged(task_id, tries=tries, queued_at=queued, ended_at=ended)
-
-
 def compact_task(rng: random.Random, t: int, clock: Clock) -> Iterator[tuple]:
     """A task told to the TaskLog (a plain dataflow task): its submit, and its success if it
     succeeds; a failed try or another end is told directly."""
@@ -652,9 +629,9 @@ def event_stream(seed: int, n_direct: int = 120, n_compact: int = 120, n_htex: i
         elif item[0] == "direct":
             direct.append(item[1])
         elif item[0] == "log_submit":
-            log.submitted(logged_submit(*item[1:]))
+            log.submitted(*item[1:])
         elif item[0] == "log_done":
-            log.done(logged_done(*item[1:]))
+            log.done(*item[1:])
         elif item[0] == "log_ran":
             assert log.ran(*item[1:])
     ship(last=True)
@@ -847,9 +824,9 @@ def test_a_tally_counts_what_its_decoder_yields(seed: int) -> None:
             log = tasklog.TaskLog(StubRecorder())  # type: ignore[arg-type]
             for t in ids:
                 if rng.random() < 0.7:
-                    log.submitted(logged_submit(t, 1.0, rng.choice((noop_a, noop_b)), "n", "threads"))
+                    log.submitted(t, 1.0, rng.choice((noop_a, noop_b)), "n", "threads")
                 if rng.random() < 0.6:
-                    log.done(logged_done(t, rng.randint(1, 3), rng.choice((None, 0.5)), 2.0))
+                    log.done(t, rng.randint(1, 3), rng.choice((None, 0.5)), 2.0)
                 elif rng.random() < 0.5:  # an HTEX backend's result; one lost before is not told
                     lost = rng.choice((0, 0, 1))
                     meta = (t, P.OK, 0.1, 1.0, 1.5, -1.0, 7, 99, 0, 0, lost, 1, 0)

@@ -677,6 +677,60 @@ def test_a_task_with_resources_waits_for_express_tasks_and_their_end_wakes_the_p
                 assert not overlaps(run, got), f"it ran on a worker busy with an express task: {got} {ended}"
 
 
+@pytest.mark.parametrize("arranged", ["resources", "walltime"])
+@needs_two_cpus
+def test_a_task_a_pool_must_arrange_waits_in_the_driver_until_the_express_task_out_has_ended(arranged):
+    # A pool learns that its worker runs an express task only once the worker has read it;
+    # until then (here the worker is stopped before it can) the pool counts it idle, and would
+    # pin a task for every core beside it or start a walltime clock behind it.  So the driver
+    # keeps such a task, and everything behind it, until the express task's result is back.
+    workers = len(CPUS)
+    for _round in range(3):
+        with HighThroughputExecutor(max_workers=workers) as ex:
+            lane = warm(ex, workers)
+            first = ex.submit(window, 0.2)
+            with ex._lock:
+                conn = lane.inflight.get(first.task_id)
+            assert conn is not None, "the lone task did not take the express lane"
+            os.kill(conn.pid, signal.SIGSTOP)
+            try:
+                if arranged == "resources":
+                    view = ex.options(resources=Resources(cores=workers))
+                else:
+                    view = ex.options(walltime=60)
+                held = view.submit(window, 0.05)
+                behind = ex.submit(window, 0.05)
+                assert ex._link is not None
+                with ex._lock:
+                    assert ex._link.taken_upto < held.task_id, "the task went to the pool beside the express task"
+                    assert ex._link.taken_upto < behind.task_id, "a task overtook the one held"
+            finally:
+                os.kill(conn.pid, signal.SIGCONT)
+            ran_first = first.result(TIMEOUT)
+            ran_held = held.result(TIMEOUT)
+            ran_behind = behind.result(TIMEOUT)
+        assert ran_held["start"] >= ran_first["end"], f"it began before the express task ended: {ran_held} {ran_first}"
+        if arranged == "resources":
+            assert not overlaps(ran_behind, ran_held), "a default task ran while every core was held"
+            assert ran_held["cpus"] == tuple(CPUS)
+
+
+def test_a_task_held_behind_an_express_task_can_be_cancelled_and_the_rest_go_on():
+    with HighThroughputExecutor(max_workers=len(CPUS)) as ex, Gate() as gate:
+        lane = warm(ex, len(CPUS))
+        first = ex.submit(gated_window, gate.wait)
+        assert lane.inflight, "the lone task did not take the express lane"
+        held = ex.options(walltime=60).submit(window)
+        behind = [ex.submit(double, i) for i in range(20)]
+        assert held.cancel(), "a task still in the driver could not be cancelled"
+        assert behind[5].cancel()
+        gate.open()
+        assert first.result(TIMEOUT)["end"] > 0
+        got = {i: f.result(TIMEOUT) for i, f in enumerate(behind) if i != 5}
+    assert held.cancelled() and behind[5].cancelled()
+    assert got == {i: 2 * i for i in range(20) if i != 5}
+
+
 def test_a_block_serving_express_tasks_is_not_scaled_in():
     provider = LocalProvider(init_blocks=1, min_blocks=0, max_blocks=1)
     fast = dict(block_poll_period=0.1, heartbeat_period=0.2, heartbeat_threshold=10.0)

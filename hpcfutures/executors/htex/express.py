@@ -23,6 +23,9 @@ What HTEX promises holds on this lane:
 - Cancel: an express task is handed to a worker that begins it at once, so it counts as
   begun (``running()``) from the moment it is sent, and cannot be cancelled.
 - Priority: the lane is taken only when nothing else is out, so no task overtakes another.
+- Cores and walltime: a pool manager learns of an express task only once its worker read it,
+  so the driver holds a task with a walltime or resources (and all behind it) until the
+  express tasks out have ended (see :meth:`.link.DriverLink.take_outbox`).
 - Elastic blocks: a block whose workers ran express tasks lately is not idle (see
   :meth:`ExpressLane.busy_blocks`); once the driver drains a block its workers get no
   express task, and the drain waits until those they run have ended.

@@ -176,6 +176,10 @@ class DriverLink:
         self.next_id = itertools.count(1)
         self.taken_upto = 0  # the I/O thread has taken every task with an id up to this
         self.skip: set[int] = set()  # cancelled before the I/O thread took them
+        # Where in the outbox the first task a pool must arrange for (a walltime, resources)
+        # is, or None: such a task, and all behind it, wait there while an express task is
+        # out (see :meth:`take_outbox`).
+        self.first_arranged: int | None = None
         self.controls: list[tuple[str, Any]] = []
         self.closed = False  # the I/O thread takes no more controls (it is ending)
         self.pending: dict[int, HtexFuture] = {}
@@ -235,11 +239,11 @@ class DriverLink:
                 frames[1:],
             )
             express = self.express
+            plain = not walltime and resources == DEFAULT_RESOURCES
             if (
                 express is not None
                 and express.open_to(self.pending)
-                and not walltime
-                and resources == DEFAULT_RESOURCES
+                and plain
                 and sum(memoryview(f).nbytes for f in frames) <= MAX_EXPRESS_BYTES
                 and express.send(task_id, outgoing)
             ):
@@ -250,6 +254,8 @@ class DriverLink:
                     self.wake_pending = True
                     os.write(self.wake_w, b"\0")
                 return future
+            if not plain and self.first_arranged is None:
+                self.first_arranged = len(self.outbox)
             self.outbox.append(outgoing)
             if not self.wake_pending:
                 self.wake_pending = True
@@ -327,7 +333,7 @@ class DriverLink:
         try:
             while True:
                 watch_room(poller, sock.fd, sock, pollout=select.POLLOUT)
-                timeout = 0 if self.outbox else max(0.0, next_check - time.monotonic()) * 1000
+                timeout = 0 if self.outbox and not self.holding() else max(0.0, next_check - time.monotonic()) * 1000
                 events = poller.poll(int(timeout))
                 if events:
                     try:
@@ -339,7 +345,7 @@ class DriverLink:
                     if express is not None:
                         self.serve_express(express, poller, events)
                 with self.lock:
-                    outbox, self.outbox = self.outbox, []
+                    outbox = self.take_outbox()
                     controls, self.controls = self.controls, []
                     self.wake_pending = False
                     if outbox:
@@ -349,7 +355,11 @@ class DriverLink:
                             self.recording.submitted(first, self.taken_upto, self.recording.take_changes())
                     skip = self.skip
                     if skip:
-                        self.skip = set()
+                        if self.outbox:  # cancels of tasks held back are for their turn
+                            self.skip = {task_id for task_id in skip if task_id > self.taken_upto}
+                            skip = skip - self.skip
+                        else:
+                            self.skip = set()
                 if outbox:
                     if skip and self.recording is not None:
                         self.recording.ended(sorted(skip), "cancelled")
@@ -372,6 +382,31 @@ class DriverLink:
             self.host._break(ExecutorError(f"the executor's I/O thread failed: {exc!r}"))
         finally:
             self.teardown()
+
+    def holding(self) -> bool:
+        """Whether the outbox's head waits for the express tasks out to end (a racy read that
+        only decides whether the I/O thread sleeps: an express result wakes it)."""
+        return self.first_arranged == 0 and self.express is not None and bool(self.express.inflight)
+
+    def take_outbox(self) -> list[Outgoing]:
+        """Take the tasks to send now from the outbox (under the lock).
+
+        A task a pool must arrange for (a walltime, resources) is not sent while an express
+        task is out, nor is anything behind it: the pool manager learns that a worker runs an
+        express task only once that worker has read it, and meanwhile it would count the
+        worker's core as free, pin a task with resources over it, or start a walltime clock
+        for a task that waits behind the express one.  Express tasks are sent only when
+        nothing else is out, so the wait is for one lone task at most.
+        """
+        outbox = self.outbox
+        cut = self.first_arranged
+        if cut is not None and self.express is not None and self.express.inflight:
+            self.outbox = outbox[cut:]
+            self.first_arranged = 0
+            return outbox[:cut]
+        self.outbox = []
+        self.first_arranged = None
+        return outbox
 
     def serve_express(self, express: ExpressLane, poller: Any, events: list[tuple[int, int]]) -> None:
         """Accept workers on the express socket, and read their hellos and results (I/O thread)."""
@@ -649,6 +684,7 @@ class DriverLink:
         with self.lock:
             pending, self.pending = self.pending, {}
             self.outbox = []
+            self.first_arranged = None
             first = self.taken_upto + 1
             self.taken_upto = max(self.taken_upto, max(pending, default=0))
             if recording is not None and self.taken_upto >= first:  # tasks never sent: submitted all the same

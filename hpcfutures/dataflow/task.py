@@ -194,7 +194,14 @@ class Task:
         if is_plain(self.args, self.kwargs):  # nothing can hold a future (or a File): skip searches
             self.plain = True
             if (log := self.host.task_log) is not None:
-                self._record_submit(log, ())
+                fut = self.future
+                if self.settings is DEFAULT_SETTINGS and not fut._outputs:  # the common case, told compactly
+                    fut._recorder = log.recorder
+                    self.queued_at = at = time()
+                    self.compact = True  # its success is told compactly too
+                    log.submitted(fut.task_id, at, self.fn, fut.name, self.label)
+                else:
+                    self._record_submit(log, ())
             self.launch()
             return
         deps = find_futures(self.args, self.kwargs)
@@ -364,8 +371,10 @@ class Task:
         if not (self.plain and self.wrap is None) and not is_plain(args, kwargs):
             fn, args, kwargs = self.host.stage(self, fn, args, kwargs)
         recorder = self.host.recorder
-        if recorder is not None:
-            self.begin_try(recorder)
+        if recorder is not None:  # begin_try, inline on this hot path
+            self.tries += 1
+            if self.queued_at is None:
+                self.queued_again(recorder)
         try:
             inner = self.host.backend_for(self.label, self.settings).submit(fn, *args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - e.g. an argument that cannot be pickled
@@ -393,15 +402,18 @@ class Task:
                     self.finish(result=inner.result())
                     return
                 if self.compact:  # the common case, told compactly
-                    meta = getattr(inner, "result_meta", None)  # an HTEX future's
-                    if meta is None:
-                        if getattr(inner, "execution", None) is None:
-                            log.done(self.future.task_id, self.tries, self.queued_at, time())
-                            self.finish(result=inner.result(), told=True)
-                            return
-                    elif log.ran(self.future.task_id, self.tries, self.queued_at, meta):
+                    kept = _KEEPS.get(type(inner))
+                    if kept is None:
+                        kept = _keeps(type(inner))
+                    if kept is _NOTHING:
+                        log.done(self.future.task_id, self.tries, self.queued_at, time())
                         self.finish(result=inner.result(), told=True)
                         return
+                    if kept is _RESULT_META:
+                        meta = inner.result_meta  # type: ignore[attr-defined]
+                        if meta is not None and log.ran(self.future.task_id, self.tries, self.queued_at, meta):
+                            self.finish(result=inner.result(), told=True)
+                            return
                 fut = self.future
                 if not fut._outputs:  # nothing to read here
                     record_done(log.recorder, fut.task_id, self.tries, self.queued_at, inner)
@@ -456,8 +468,13 @@ class Task:
         record the task is queued unless it said so at submit."""
         self.tries += 1
         if self.queued_at is None:
-            self.queued_at = at = time()
-            recorder.state(self.future.task_id, "queued", at)
+            self.queued_again(recorder)
+
+    def queued_again(self, recorder: Recorder) -> None:
+        """Tell the run record the task is queued now (a try after the first, or the first
+        of a task that waited for dependencies)."""
+        self.queued_at = at = time()
+        recorder.state(self.future.task_id, "queued", at)
 
     def end_try(
         self, recorder: Recorder, inner: Future[Any] | None, error: BaseException | None, *, charged: bool = True
@@ -566,6 +583,24 @@ class Task:
         self.fn = self.args = self.kwargs = self.inner = None  # type: ignore[assignment]
         self.record = None  # it holds the arguments and the failed attempts' tracebacks
         self.memo = self._key = None
+
+
+# What a backend's futures of one type keep about where a try ran, for the run record: an
+# HTEX result's RESULT_META (read from it as it came), an Execution, or nothing.  Looked
+# up on the class once, instead of probing each future for the attributes.
+_NOTHING, _RESULT_META, _EXECUTION = "nothing", "result_meta", "execution"
+_KEEPS: dict[type, str] = {}
+
+
+def _keeps(kind: type) -> str:
+    if hasattr(kind, "result_meta"):
+        kept = _RESULT_META
+    elif hasattr(kind, "execution"):
+        kept = _EXECUTION
+    else:
+        kept = _NOTHING
+    _KEEPS[kind] = kept
+    return kept
 
 
 def is_plain(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:

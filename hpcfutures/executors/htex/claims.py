@@ -37,13 +37,7 @@ class ClaimFile:
         flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
         if create:
             flags |= os.O_CREAT | os.O_EXCL
-            try:
-                fd = os.open(path, flags, 0o600)
-            except FileExistsError:  # left by an earlier worker of this run with the same pid (dead now)
-                os.unlink(path)
-                fd = os.open(path, flags, 0o600)
-        else:
-            fd = os.open(path, flags, 0o600)
+        fd = os.open(path, flags, 0o600)
         try:
             if create:
                 os.ftruncate(fd, _LAYOUT.size)

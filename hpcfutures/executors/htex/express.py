@@ -9,10 +9,8 @@ with the run's token.  A task then takes the express lane when nothing else is o
 other express tasks, it asks for nothing a pool must arrange (no walltime, no resources)
 and it is small (its pickles under :data:`MAX_EXPRESS_BYTES`; large arguments go
 the usual way, through ``/dev/shm``): the submitting thread writes it to an idle worker's
-connection, or behind the one task of a busy worker's (:data:`DEPTH`), and the worker writes
-the result back the same way, where the link's I/O thread reads it.  One crossing each way.
-With no room on the lane, a task waits in the driver (up to :data:`WAITING_PER_WORKER` per
-worker) for a result to make some; one more goes the usual way, after those waiting.
+connection, and the worker writes the result back the same way, where the link's I/O thread
+reads it.  One crossing each way; a burst, or anything queued behind, goes the usual way.
 
 What HTEX promises holds on this lane:
 
@@ -22,13 +20,14 @@ What HTEX promises holds on this lane:
   charged a loss, or fails it with that evidence once it was lost more than
   ``lost_task_retries`` times.  Should no word come (the pool died too), the driver decides
   after :data:`EVIDENCE_WAIT` seconds on what it knows.
-- Cancel: an express task counts as begun (``running()``) once its worker has claimed it
-  (see :mod:`.claims`); until then a cancel takes it, on the worker's connection or in the
-  driver's line.  A task queued behind one whose worker died never began: it is requeued
-  as it was, not charged a loss.
-- Priority: the lane is taken only when nothing else is out, so no task overtakes another;
-  the driver's line holds tasks of one priority, and a task of another priority sends the
-  line the usual way before it.
+- Cancel: an express task is handed to a worker that begins it at once, so it counts as
+  begun (``running()``) from the moment it is sent, and cannot be cancelled.
+- Priority: the lane is taken only when nothing else is out, so no task overtakes another.
+  When every worker of the lane runs an express task, a lone task may wait in the driver
+  for the first of them to end (one waiting task per such worker, and only tasks of one
+  priority): a dependency graph's next task then takes the lane too.  Once a task must go
+  the usual way, those waiting go first, the usual way, in order; a waiting task has not
+  begun, and a cancel takes it at once.
 - Cores and walltime: a pool manager learns of an express task only once its worker read it,
   so the driver holds a task with a walltime or resources (and all behind it) until the
   express tasks out have ended (see :meth:`.link.DriverLink.take_outbox`).
@@ -37,9 +36,8 @@ What HTEX promises holds on this lane:
   express task, and the drain waits until those they run have ended.
 - Shutdown: the driver closes the socket; workers keep serving their pool until it stops.
 
-Threads: the submitting threads take a worker with room and write to it under the link's
-lock, which also guards ``idle``, ``inflight``, ``waiting`` and the connections' tasks
-(:meth:`ExpressLane.started` reads them without it, for ``running()``); the I/O thread alone
+Threads: the submitting threads take an idle worker and write to it under the link's lock,
+which also guards ``idle``, ``inflight`` and the connections' ``task``; the I/O thread alone
 accepts connections, reads them and decides about lost tasks (taking the lock to change
 what the submitting threads read).
 """

@@ -23,11 +23,6 @@ What HTEX promises holds on this lane:
 - Cancel: an express task is handed to a worker that begins it at once, so it counts as
   begun (``running()``) from the moment it is sent, and cannot be cancelled.
 - Priority: the lane is taken only when nothing else is out, so no task overtakes another.
-  When every worker of the lane runs an express task, a lone task may wait in the driver
-  for the first of them to end (one waiting task per such worker, and only tasks of one
-  priority): a dependency graph's next task then takes the lane too.  Once a task must go
-  the usual way, those waiting go first, the usual way, in order; a waiting task has not
-  begun, and a cancel takes it at once.
 - Cores and walltime: a pool manager learns of an express task only once its worker read it,
   so the driver holds a task with a walltime or resources (and all behind it) until the
   express tasks out have ended (see :meth:`.link.DriverLink.take_outbox`).
@@ -49,11 +44,9 @@ import logging
 import os
 import socket
 import time
-from collections import deque
 from typing import Any
 
 from . import protocol as P
-from .claims import ClaimFile, claims_path
 from .pipes import Receiver, Sender
 
 logger = logging.getLogger("hpcfutures.executors.htex.executor")
@@ -63,11 +56,6 @@ MAX_EXPRESS_BYTES = 64 << 10
 #: Seconds the driver waits, after an express connection closed under a task, for the pool's
 #: word on how its worker died before deciding on what it knows.
 EVIDENCE_WAIT = 2.0
-#: How many express tasks a worker's connection holds at once: the one it runs and one
-#: queued behind it, which it begins without waiting for the driver to hear of the first.
-DEPTH = 2
-#: How many lone tasks may wait in the driver, for each worker of the lane, for room on it.
-WAITING_PER_WORKER = 4
 #: Default resources of a task (cores, memory, accelerators, nodes, ranks per node).
 DEFAULT_RESOURCES = (1, 0, 0, 0, 1)
 
@@ -78,10 +66,7 @@ Outgoing = tuple[bytes, Any, list[Any]]
 class Connection:
     """One worker's express connection."""
 
-    __slots__ = (
-        "sock", "fd", "receiver", "sender", "known", "pool", "block", "pid", "rank", "task", "outgoing", "tasks",
-        "claims",
-    )  # fmt: skip
+    __slots__ = ("sock", "fd", "receiver", "sender", "known", "pool", "block", "pid", "rank", "task", "outgoing")
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
@@ -93,10 +78,8 @@ class Connection:
         self.block = ""
         self.pid = 0
         self.rank = -1
-        self.task = 0  # the express task it runs (the first of ``tasks``), or 0
+        self.task = 0  # the express task it runs, or 0
         self.outgoing: Outgoing | None = None  # that task, to requeue if the worker dies
-        self.tasks: deque[tuple[int, Outgoing]] = deque()  # the tasks sent it, in order (at most DEPTH)
-        self.claims: ClaimFile | None = None  # its worker's claims, once known (see .claims)
 
     def describe(self) -> str:
         return f"worker {self.rank} (pid {self.pid}) of pool {self.pool}" if self.known else "an unknown process"
@@ -121,12 +104,6 @@ class ExpressLane:
         # Under the link's lock:
         self.idle: list[Connection] = []  # known, connected, running nothing
         self.inflight: dict[int, Connection] = {}  # express tasks sent and not answered, by id
-        # Lone tasks that wait for a worker of the lane to end its express task, in order, and
-        # the priority they share (see open_to and may_wait).
-        self.waiting: deque[tuple[int, Outgoing]] = deque()
-        self.waiting_priority = 0
-        self.waiting_cancelled = 0  # of those, how many were cancelled (dropped in their turn)
-        self.broken: set[Connection] = set()  # connections a write to failed, until their end is read
         self.sent = 0  # tasks sent on the lane, for tests and benchmarks
         self.workers = 0  # known connections: the workers that take express tasks
         self.draining: set[str] = set()  # blocks being drained: their workers get no express task
@@ -140,87 +117,38 @@ class ExpressLane:
 
     # -- the submitting threads (under the link's lock) -------------------------------------------
 
-    def open_to(self, pending: dict[int, Any], priority: int) -> bool:
-        """Whether a task of ``priority`` may take the lane, with ``pending`` (this one
-        included) out: nothing out but the lane's tasks (sent or waiting), and, if some wait,
-        the same priority as theirs.
+    def open_to(self, pending: dict[int, Any]) -> bool:
+        """Whether a task may take the lane now, with ``pending`` (this one included) out: an
+        idle connection, and nothing out but express tasks.
 
-        Only while nothing else is out is an idle connection's worker surely idle: a worker
-        that runs a task its manager sent it may still count as idle here, and a task handed
-        to it would wait behind that one (counted as begun meanwhile) while another worker
-        may be free.
+        Only then is an idle connection's worker surely idle: a worker that runs a task its
+        manager sent it may still count as idle here, and a task handed to it would wait
+        behind that one (counted as begun meanwhile) while another worker may be free.
         """
-        waiting = self.waiting
-        return len(pending) == len(self.inflight) + len(waiting) - self.waiting_cancelled + 1 and (
-            not waiting or priority == self.waiting_priority
-        )
-
-    def may_wait(self) -> bool:
-        """Whether a task for the lane that finds no room on it may wait in the driver: while
-        express tasks are out (their results make room), up to :data:`WAITING_PER_WORKER`
-        for each worker of the lane (a dependency graph's next tasks, say; a burst goes
-        the usual way)."""
-        return bool(self.inflight) and len(self.waiting) - self.waiting_cancelled < WAITING_PER_WORKER * self.workers
-
-    def is_waiting(self, task_id: int) -> bool:
-        """Whether task ``task_id`` waits for the lane (at most one per worker: a short scan)."""
-        return any(waiting_id == task_id for waiting_id, _ in self.waiting)
+        return bool(self.idle) and len(pending) == len(self.inflight) + 1
 
     def send(self, task_id: int, outgoing: Outgoing) -> bool:
-        """Hand the task to an idle worker, else queue it behind the one task of a busy
-        worker's connection; return whether it was sent."""
+        """Hand the task to an idle worker, if there is one; return whether it was sent."""
         idle = self.idle
-        while True:
-            roomy = idle.pop() if idle else self._roomy()
-            if roomy is None:
-                return False
-            conn = roomy
+        while idle:
+            conn = idle.pop()
             meta, main, oob = outgoing
             # Before the write: its result may be read (on the I/O thread) before it returns.
-            tasks = conn.tasks
-            tasks.append((task_id, outgoing))
-            if len(tasks) == 1:
-                conn.task = task_id
-                conn.outgoing = outgoing
+            conn.task = task_id
+            conn.outgoing = outgoing
             self.inflight[task_id] = conn
             try:
                 if conn.sender.send([P.TASKS, meta, main, *oob]):
                     self.unflushed.append(conn)  # the socket took part of it: the I/O thread writes the rest
-            except OSError:  # it is gone: the I/O thread drops it (and what it holds) when it reads the end
-                tasks.pop()
-                if not tasks:
-                    conn.task = 0
-                    conn.outgoing = None
+            except OSError:  # it is gone: the I/O thread drops it when it reads the end
+                conn.task = 0
+                conn.outgoing = None
                 del self.inflight[task_id]
-                self.broken.add(conn)
                 continue
             self.last_busy[conn.block] = time.monotonic()
             self.sent += 1
             return True
-
-    def _roomy(self) -> Connection | None:
-        """A connection of a worker that runs an express task and has room for one more (one
-        of its pool's blocks not being drained; one whose write failed is not chosen again)."""
-        for conn in self.inflight.values():
-            if (
-                len(conn.tasks) < DEPTH
-                and conn.claims is not None
-                and conn.block not in self.draining
-                and conn not in self.broken
-            ):
-                return conn
-        return None
-
-    def ended(self, conn: Connection) -> None:
-        """The first task of ``conn`` sent its result: the next one, if any, runs now."""
-        tasks = conn.tasks
-        task_id, _ = tasks.popleft()
-        self.inflight.pop(task_id, None)
-        if tasks:
-            conn.task, conn.outgoing = tasks[0]
-        else:
-            conn.task = 0
-            conn.outgoing = None
+        return False
 
     # -- the I/O thread -----------------------------------------------------------------------------
 
@@ -256,10 +184,6 @@ class ExpressLane:
             return False
         conn.pool, conn.block, conn.pid, conn.rank = pool[:200], block[:200], pid, rank
         conn.known = True
-        try:  # without them, its tasks count as begun once sent, and none queue behind them
-            conn.claims = ClaimFile(claims_path(self.path, pid))
-        except OSError:
-            conn.claims = None
         self.workers += 1
         conn.receiver.max_message = P.MAX_MESSAGE
         conn.receiver.max_frames = P.MAX_FRAMES
@@ -275,60 +199,15 @@ class ExpressLane:
             return None
         return [msg[0], memoryview(b""), msg[1], *msg[2:]]
 
-    def lost(self, conn: Connection, why: str) -> list[Outgoing]:
-        """``conn`` closed or broke the protocol: forget it.  The task it ran waits for the
-        evidence; return those queued behind it, which it never began (to requeue as they were)."""
+    def lost(self, conn: Connection, why: str) -> None:
+        """``conn`` closed or broke the protocol: forget it; a task it ran waits for the evidence."""
         if self.connections.pop(conn.fd, None) is not None and conn.known:
             self.workers -= 1
         conn.sock.close()
-        self.broken.discard(conn)
-        claims = conn.claims
-        # The task its worker began (without claims: the first, begun once sent) waits for the
-        # pool's word; those after it never began.
-        begun = claims.claimed() if claims is not None else conn.task
-        never_begun: list[Outgoing] = []
-        for task_id, outgoing in conn.tasks:
-            self.inflight.pop(task_id, None)
-            if task_id <= begun:
-                self.orphans[task_id] = (outgoing, time.monotonic() + EVIDENCE_WAIT, f"{conn.describe()} {why}")
-            else:
-                never_begun.append(outgoing)
-        conn.tasks.clear()
-        if claims is not None:
-            conn.claims = None
-            claims.close()
+        if conn.task and conn.outgoing is not None:
+            self.orphans[conn.task] = (conn.outgoing, time.monotonic() + EVIDENCE_WAIT, f"{conn.describe()} {why}")
         conn.task = 0
         conn.outgoing = None
-        return never_begun
-
-    def started(self, task_id: int) -> bool:
-        """Whether express task ``task_id`` (sent, not answered) has begun: its worker
-        claimed it, or, without claims, it was sent."""
-        conn = self.inflight.get(task_id)  # (read without the lock: running() may be asked anywhere)
-        if conn is None:
-            return False
-        claims = conn.claims
-        if claims is None:
-            return True
-        try:
-            return claims.claimed() >= task_id
-        except (ValueError, OSError):  # its worker was lost meanwhile: what it held may have begun
-            return True
-
-    def cancel(self, task_id: int) -> Connection | None:
-        """Cancel express task ``task_id`` if its worker has not begun it; return its
-        connection if it was (it no longer holds it), else None."""
-        conn = self.inflight.get(task_id)
-        if conn is None or conn.claims is None or not conn.claims.cancel(task_id):
-            return None
-        del self.inflight[task_id]
-        conn.tasks = deque(entry for entry in conn.tasks if entry[0] != task_id)
-        if conn.tasks:
-            conn.task, conn.outgoing = conn.tasks[0]
-        else:
-            conn.task = 0
-            conn.outgoing = None
-        return conn
 
     def busy_blocks(self, within: float) -> set[str]:
         """Blocks whose workers run an express task or ran one in the last ``within`` seconds."""
@@ -341,9 +220,6 @@ class ExpressLane:
         """Close the socket and every connection (the link's teardown)."""
         for conn in list(self.connections.values()):
             conn.sock.close()
-            if conn.claims is not None:
-                conn.claims.close()
-                conn.claims = None
         self.connections.clear()
         self.idle.clear()
         self.listener.close()

@@ -80,6 +80,10 @@ def double(x: int) -> int:
     return 2 * x
 
 
+def add_two(a: int, b: int) -> int:
+    return a + b
+
+
 # -- helpers ----------------------------------------------------------------------------------
 
 
@@ -281,79 +285,183 @@ def test_results_of_every_size_and_exceptions_come_back_on_the_lane():
         assert_serving(ex)
 
 
-def test_an_express_task_counts_as_begun_from_the_send_and_cannot_be_cancelled():
+def test_an_express_task_is_begun_once_its_worker_claims_it_and_then_cannot_be_cancelled():
     with HighThroughputExecutor(max_workers=1) as ex, Gate() as gate:
         lane = warm(ex, 1)
         before = lane.sent
         future = ex.submit(gate.wait, "express")
         assert lane.sent == before + 1
-        # No pool has said anything of it: the send alone makes it begun.
-        assert future.running()
-        assert not future.cancel(), "cancel() of a task handed to a worker returned True"
-        assert not future.cancelled()
         gate.wait_entered(1, TIMEOUT)
-        assert future.running() and not future.cancel()
+        assert future.running()
+        assert not future.cancel(), "cancel() of a task its worker runs returned True"
+        assert not future.cancelled()
         gate.open()
         assert future.result(TIMEOUT) == "express"
         assert not future.running() and not future.cancel()
 
 
-def test_tasks_submitted_from_done_callbacks_take_the_lane():
-    n = 100
-    with HighThroughputExecutor(max_workers=1) as ex:
+def test_a_task_queued_behind_an_express_task_is_not_begun_and_a_cancel_keeps_it_from_running(tmp_path):
+    ran = tmp_path / "ran"
+    with HighThroughputExecutor(max_workers=1) as ex, Gate() as gate:
         lane = warm(ex, 1)
         before = lane.sent
-        results: list[int] = []
-        threads: set[str] = set()
-        finished = threading.Event()
-
-        def next_task(future: Any) -> None:
-            results.append(future.result())
-            threads.add(threading.current_thread().name)
-            if len(results) < n:
-                ex.submit(square, len(results)).add_done_callback(next_task)
-            else:
-                finished.set()
-
-        ex.submit(square, 0).add_done_callback(next_task)
-        assert finished.wait(TIMEOUT), f"the chain stopped after {len(results)} tasks"
-        assert results == [i * i for i in range(n)]
-        assert lane.sent == before + n, f"{lane.sent - before} of {n} chained tasks took the lane"
-        assert threads == {"hpcfutures-htex-io"}
-
-
-def test_a_burst_mostly_goes_the_usual_way_and_every_result_is_right():
-    with HighThroughputExecutor(max_workers=2) as ex:
-        lane = warm(ex, 2)
-        before = lane.sent
-        futures = [ex.submit(square, i) for i in range(1000)]
-        taken = lane.sent - before
-        assert [f.result(TIMEOUT) for f in futures] == [i * i for i in range(1000)]
-        # The lane takes a task only while nothing but express tasks is out: at most one per
-        # idle worker at the head of the burst, and a few more should the burst fall idle.
-        assert taken <= 50, f"{taken} of a burst of 1000 tasks took the express lane"
+        first = ex.submit(gate.wait, "first")
+        gate.wait_entered(1, TIMEOUT)
+        queued = [ex.submit(faults.append_line, str(ran), f"q{i}") for i in range(express_module.DEPTH - 1)]
+        assert lane.sent == before + express_module.DEPTH, "a task did not queue on the worker's connection"
+        assert not any(f.running() for f in queued), "a task queued behind another counts as begun"
+        assert all(f.cancel() for f in queued), "a task its worker had not begun could not be cancelled"
+        after = ex.submit(faults.append_line, str(ran), "after")  # the connection has room again
+        gate.open()
+        assert first.result(TIMEOUT) == "first"
+        assert after.result(TIMEOUT) == "after"
+        assert all(f.cancelled() for f in queued)
         assert_serving(ex)
+    assert ran.read_text().split() == ["after"], "a cancelled task ran"
 
 
-def test_as_many_lone_tasks_as_workers_take_the_lane_at_once_and_the_next_goes_the_usual_way(tmp_path):
+@pytest.mark.parametrize("rounds", [1, 12])
+def test_every_task_no_worker_began_can_be_cancelled_however_many_are_cancelled_while_one_runs(tmp_path, rounds):
+    # A cancelled task keeps its place on the worker's connection until the worker passes it:
+    # were its place given to the next task at once, cancels could pile up ahead of the worker
+    # beyond what its claims file can hold, and cancel() would refuse a task not begun.
+    ran = tmp_path / "ran"
+    with HighThroughputExecutor(max_workers=1) as ex, Gate() as gate:
+        lane = warm(ex, 1)
+        held = ex.submit(gate.wait, "held")
+        gate.wait_entered(1, TIMEOUT)
+        for r in range(rounds):
+            queued = [ex.submit(faults.append_line, str(ran), f"{r}-{i}") for i in range(4)]
+            assert not any(f.running() for f in queued)
+            assert [f.cancel() for f in queued] == [True] * 4, "a task no worker began could not be cancelled"
+        after = [ex.submit(faults.append_line, str(ran), f"after{i}") for i in range(3)]
+        gate.open()
+        assert held.result(TIMEOUT) == "held"
+        assert [f.result(TIMEOUT) for f in after] == ["after0", "after1", "after2"]
+        assert_serving(ex)
+        assert not lane.waiting
+    assert ran.read_text().split() == ["after0", "after1", "after2"], "a cancelled task ran"
+
+
+def fill_the_lane(ex: HighThroughputExecutor, lane: ExpressLane, gate: Gate, workers: int) -> list[Any]:
+    """Submit gated lone tasks until every connection of the lane holds all it may (DEPTH
+    each: one running, the rest queued behind it, begun); return their futures."""
+    before = lane.sent
+    futures = [ex.submit(gate.wait, i) for i in range(express_module.DEPTH * workers)]
+    assert lane.sent == before + len(futures), "a lone task did not take the lane"
+    gate.wait_entered(workers, TIMEOUT)
+    assert sum(f.running() for f in futures) == workers, "only the tasks the workers run are begun"
+    return futures
+
+
+def test_lone_tasks_fill_the_lane_then_wait_in_the_driver_for_room_on_it(tmp_path):
     ran = tmp_path / "ran"
     with HighThroughputExecutor(max_workers=2) as ex, Gate() as gate:
         lane = warm(ex, 2)
+        sent = fill_the_lane(ex, lane, gate, 2)
         before = lane.sent
-        first, second = ex.submit(gate.wait, "first"), ex.submit(gate.wait, "second")
-        assert lane.sent == before + 2
-        assert first.running() and second.running()
-        # Every worker is busy: the next task waits for one, the usual way, and can be cancelled.
+        # No room on the lane: the next tasks wait in the driver, not begun; a cancel takes them.
         third = ex.submit(faults.append_line, str(ran), "third")
-        assert lane.sent == before + 2
+        assert lane.sent == before and len(lane.waiting) == 1
         assert not third.running() and third.cancel()
         fourth = ex.submit(faults.append_line, str(ran), "fourth")
-        assert lane.sent == before + 2
-        gate.wait_entered(2, TIMEOUT)
+        assert lane.sent == before and not fourth.running()
         gate.open()
-        assert [f.result(TIMEOUT) for f in (first, second, fourth)] == ["first", "second", "fourth"]
+        assert [f.result(TIMEOUT) for f in sent] == list(range(len(sent)))
+        assert fourth.result(TIMEOUT) == "fourth"
         assert third.cancelled()
+        assert lane.sent == before + 1, "the task that waited did not take the lane"
+        assert not lane.waiting
+        assert_serving(ex)
     assert ran.read_text().split() == ["fourth"]
+
+
+def test_when_too_many_wait_for_the_lane_they_go_the_usual_way_first(tmp_path):
+    ran = tmp_path / "ran"
+    workers = 2
+    with HighThroughputExecutor(max_workers=workers) as ex, Gate() as gate:
+        lane = warm(ex, workers)
+        sent = fill_the_lane(ex, lane, gate, workers)
+        before = lane.sent
+        limit = express_module.WAITING_PER_WORKER * workers
+        waiting = [ex.submit(faults.append_line, str(ran), f"w{i}") for i in range(limit)]
+        assert len(lane.waiting) == limit
+        # One more finds the driver's line full: it goes the usual way, and those waiting go
+        # before it, the usual way too, in order.
+        usual = ex.submit(faults.append_line, str(ran), "usual")
+        assert not lane.waiting
+        gate.open()
+        assert [f.result(TIMEOUT) for f in sent] == list(range(len(sent)))
+        assert [f.result(TIMEOUT) for f in waiting] == [f"w{i}" for i in range(limit)]
+        assert usual.result(TIMEOUT) == "usual"
+        assert lane.sent == before
+        assert_serving(ex)
+    assert sorted(ran.read_text().split()) == sorted(["usual", *(f"w{i}" for i in range(limit))])
+
+
+def test_a_task_of_another_priority_does_not_wait_for_the_lane_and_those_waiting_go_the_usual_way():
+    with HighThroughputExecutor(max_workers=2) as ex, Gate() as gate:
+        lane = warm(ex, 2)
+        sent = fill_the_lane(ex, lane, gate, 2)
+        before = lane.sent
+        low = ex.submit(square, 3)
+        assert len(lane.waiting) == 1
+        high = ex.options(priority=5).submit(square, 4)
+        assert not lane.waiting, "a task of another priority left the waiting one in the driver"
+        gate.open()
+        assert [f.result(TIMEOUT) for f in sent] == list(range(len(sent)))
+        assert (low.result(TIMEOUT), high.result(TIMEOUT)) == (9, 16)
+        assert lane.sent == before
+
+
+def test_a_worker_killed_under_an_express_task_frees_the_task_queued_behind_it_uncharged(tmp_path):
+    # The task queued on the connection never began: it runs again with no loss counted; the
+    # one that waited in the driver goes the usual way (no express task is out to make room).
+    pids = tmp_path / "pids"
+    with HighThroughputExecutor(max_workers=1, lost_task_retries=2) as ex, Gate() as gate:
+        lane = warm(ex, 1)
+        before = lane.sent
+        express = ex.submit(faults.report_pid_then, gate.wait, str(pids))
+        behind = [ex.submit(square, 5 + i) for i in range(express_module.DEPTH - 1)]
+        assert lane.sent == before + express_module.DEPTH
+        waiting = ex.submit(square, 9)
+        assert len(lane.waiting) == 1
+        gate.wait_entered(1, TIMEOUT)
+        os.kill(read_pids(pids)[0], signal.SIGKILL)
+        gate.open()  # for the express task's second run
+        assert [f.result(TIMEOUT) for f in behind] == [(5 + i) ** 2 for i in range(len(behind))]
+        assert waiting.result(TIMEOUT) == 81
+        express.result(TIMEOUT)  # run again on the new worker, charged a loss
+        assert express.execution is not None and express.execution.lost == 1
+        for future in behind:
+            assert future.execution is not None and future.execution.lost == 0, "a task that never began was charged"
+        assert not lane.waiting
+        assert_serving(ex)
+
+
+def test_a_dependency_graph_wider_than_the_pool_mostly_takes_the_lane():
+    from hpcfutures.dataflow import DataflowExecutor
+
+    width, layers = 4, 25
+    with HighThroughputExecutor(max_workers=2) as ex:
+        lane = warm(ex, 2)
+        with DataflowExecutor(ex) as dfx:
+            dfx.submit(double, 1).result(TIMEOUT)
+            before = lane.sent
+            layer = [dfx.submit(double, j) for j in range(width)]
+            futures = list(layer)
+            for _ in range(layers - 1):
+                layer = [dfx.submit(add_two, layer[j], layer[(j + 1) % width]) for j in range(width)]
+                futures.extend(layer)
+            values = [f.result(TIMEOUT) for f in futures]
+            took = lane.sent - before
+    expected = [2 * j for j in range(width)]
+    for _ in range(layers - 1):
+        expected = [expected[j] + expected[(j + 1) % width] for j in range(width)]
+    assert values[-width:] == expected
+    # Before tasks could wait for the lane, a layer wider than the pool sent most of the graph
+    # the usual way (the lane was taken only while nothing else was out).
+    assert took >= 0.8 * width * layers, f"{took} of {width * layers} tasks took the lane"
 
 
 def test_while_a_task_with_a_walltime_is_out_lone_tasks_go_the_usual_way():
@@ -384,8 +492,11 @@ def test_a_lone_task_is_not_handed_to_a_worker_busy_with_a_usual_task(tmp_path):
         gates = [gate0, gate1, gate2, gate3]
         lane = warm(ex, 2)
         before = lane.sent
-        futures = [ex.submit(faults.report_pid_then, g.wait, str(p)) for g, p in zip(gates, paths)]
-        # Two take the lane, one to each worker; the other two go the usual way, one behind each.
+        futures = [ex.submit(faults.report_pid_then, g.wait, str(p)) for g, p in zip(gates[:2], paths[:2])]
+        # Two take the lane, one to each worker; the other two go the usual way (a walltime
+        # keeps them off the lane), one behind each.
+        timed = ex.options(walltime=120)
+        futures += [timed.submit(faults.report_pid_then, g.wait, str(p)) for g, p in zip(gates[2:], paths[2:])]
         assert lane.sent == before + 2
         for i in (0, 1):
             gates[i].wait_entered(1, TIMEOUT)
@@ -1014,8 +1125,10 @@ def test_shutdown_with_cancel_futures_lets_a_running_express_task_finish(leak_ch
         running = ex.submit(gate.wait, "express")
         assert lane.sent == before + 1
         gate.wait_entered(1, TIMEOUT)
-        queued = [ex.submit(recorder.record, i) for i in range(10)]  # behind it, the usual way
-        assert lane.sent == before + 1
+        # Behind it: one queued on the worker's connection, some waiting in the driver, the
+        # rest the usual way; none begun.
+        queued = [ex.submit(recorder.record, i) for i in range(10)]
+        assert lane.sent == before + express_module.DEPTH and not queued[0].running()
         leak_check()
         stopper = threading.Thread(target=ex.shutdown, kwargs={"wait": True, "cancel_futures": True})
         stopper.start()

@@ -240,20 +240,26 @@ class DriverLink:
             )
             express = self.express
             plain = not walltime and resources == DEFAULT_RESOURCES
-            if (
-                express is not None
-                and express.open_to(self.pending)
-                and plain
-                and sum(memoryview(f).nbytes for f in frames) <= MAX_EXPRESS_BYTES
-                and express.send(task_id, outgoing)
-            ):
-                first, self.taken_upto = self.taken_upto + 1, task_id
-                if recording is not None:
-                    recording.submitted(first, task_id, recording.take_changes())
-                if express.unflushed and not self.wake_pending and threading.get_ident() != self.ident:
-                    self.wake_pending = True
-                    os.write(self.wake_w, b"\0")
-                return future
+            if express is not None:
+                if (
+                    plain
+                    and express.open_to(self.pending, priority)
+                    and sum(memoryview(f).nbytes for f in frames) <= MAX_EXPRESS_BYTES
+                ):
+                    if not express.waiting and express.send(task_id, outgoing):
+                        first, self.taken_upto = self.taken_upto + 1, task_id
+                        if recording is not None:
+                            recording.submitted(first, task_id, recording.take_changes())
+                        if express.unflushed and not self.wake_pending and threading.get_ident() != self.ident:
+                            self.wake_pending = True
+                            os.write(self.wake_w, b"\0")
+                        return future
+                    if express.may_wait():
+                        express.waiting.append((task_id, outgoing))
+                        express.waiting_priority = priority
+                        return future
+                if express.waiting:  # they were submitted first: they go first, the usual way
+                    self.release_waiting(express)
             if not plain and self.first_arranged is None:
                 self.first_arranged = len(self.outbox)
             self.outbox.append(outgoing)
@@ -265,10 +271,49 @@ class DriverLink:
                     os.write(self.wake_w, b"\0")
         return future
 
+    def release_waiting(self, express: ExpressLane) -> None:
+        """Put the tasks waiting for the lane at the head of the outbox, in order (under the
+        lock; the caller wakes the I/O thread or is it)."""
+        released = [outgoing for _task_id, outgoing in express.waiting]
+        express.waiting.clear()
+        express.waiting_cancelled = 0  # the outbox drops them (they are in skip)
+        self.outbox[:0] = released
+        if self.first_arranged is not None:
+            self.first_arranged += len(released)
+
+    def pump_lane(self, express: ExpressLane) -> None:
+        """Hand the tasks waiting for the lane to its workers while they have room, in order;
+        if no room can come (no express task is out), send them the usual way (under the
+        lock, on the I/O thread or a submitting thread)."""
+        waiting = express.waiting
+        recording = self.recording
+        while waiting:
+            task_id, outgoing = waiting[0]
+            if task_id in self.skip:  # cancelled while it waited
+                self.skip.discard(task_id)
+                waiting.popleft()
+                express.waiting_cancelled -= 1
+                first, self.taken_upto = self.taken_upto + 1, task_id
+                if recording is not None:
+                    recording.submitted(first, task_id, recording.take_changes())
+                    recording.ended([task_id], "cancelled")
+                continue
+            if not express.send(task_id, outgoing):
+                break
+            waiting.popleft()
+            first, self.taken_upto = self.taken_upto + 1, task_id
+            if recording is not None:
+                recording.submitted(first, task_id, recording.take_changes())
+        if waiting and not express.inflight:  # no room, and no result will make any
+            self.release_waiting(express)
+
     def is_started(self, task_id: int) -> bool:
-        """Whether a worker has begun task ``task_id`` (as far as the pools have said), or it
-        was handed to one on the express lane (which begins it at once)."""
-        return task_id in self.started_ids or (self.express is not None and task_id in self.express.inflight)
+        """Whether a worker has begun task ``task_id``: as far as the pools have said, or, on
+        the express lane, as its worker's claims say."""
+        if task_id in self.started_ids:
+            return True
+        express = self.express
+        return express is not None and express.started(task_id)
 
     def on_io_thread(self) -> bool:
         """Whether the caller runs on the I/O thread (in a done-callback, say)."""
@@ -279,11 +324,21 @@ class DriverLink:
         not begun); return whether all of ``futures`` were."""
         remote: list[HtexFuture] = []
         with self.lock:
+            express = self.express
             for fut in futures:
                 if fut.task_id > self.taken_upto:
                     self.skip.add(fut.task_id)
-                    self.pending.pop(fut.task_id, None)
+                    if (
+                        self.pending.pop(fut.task_id, None) is not None
+                        and express is not None
+                        and express.waiting
+                        and express.is_waiting(fut.task_id)
+                    ):
+                        express.waiting_cancelled += 1
                     fut._cancel_locally()
+                elif express is not None and fut.task_id in express.inflight:
+                    if self.cancel_express(express, fut):
+                        continue
                 elif not fut.done():
                     remote.append(fut)
         if not remote and not everything:
@@ -293,6 +348,25 @@ class DriverLink:
         if not self.on_io_thread():
             done.wait(CANCEL_TIMEOUT)
         return all(f.cancelled() for f in futures)
+
+    def cancel_express(self, express: ExpressLane, fut: HtexFuture) -> bool:
+        """Cancel a task sent on the express lane if its worker has not begun it (under the
+        lock); return whether it was."""
+        conn = express.cancel(fut.task_id)
+        if conn is None:
+            return False
+        self.pending.pop(fut.task_id, None)
+        fut._cancel_locally()
+        if self.recording is not None:
+            self.recording.ended([fut.task_id], "cancelled")
+        if not conn.tasks and conn.block not in express.draining and conn not in express.broken:
+            express.idle.append(conn)  # its worker skips the task and waits for the next
+        if express.waiting:
+            self.pump_lane(express)
+        if express.unflushed and not self.wake_pending and threading.get_ident() != self.ident:
+            self.wake_pending = True
+            os.write(self.wake_w, b"\0")
+        return True
 
     def control(self, kind: str, payload: Any) -> None:
         """Hand an order to the I/O thread: ``cancel``, ``drain``, ``stop`` or ``fail``.
@@ -349,23 +423,23 @@ class DriverLink:
                     controls, self.controls = self.controls, []
                     self.wake_pending = False
                     if outbox:
-                        first = self.taken_upto + 1
-                        self.taken_upto = P.TASK_META.unpack(outbox[-1][0])[0]
-                        if self.recording is not None:
-                            self.recording.submitted(first, self.taken_upto, self.recording.take_changes())
+                        last = P.TASK_META.unpack(outbox[-1][0])[0]
+                        if last > self.taken_upto:  # (an express task may have had a later id)
+                            first, self.taken_upto = self.taken_upto + 1, last
+                            if self.recording is not None:
+                                self.recording.submitted(first, last, self.recording.take_changes())
                     skip = self.skip
-                    if skip:
-                        if self.outbox:  # cancels of tasks held back are for their turn
-                            self.skip = {task_id for task_id in skip if task_id > self.taken_upto}
-                            skip = skip - self.skip
-                        else:
-                            self.skip = set()
+                    if skip:  # cancels of tasks held back or waiting for the lane are for their turn
+                        self.skip = {task_id for task_id in skip if task_id > self.taken_upto}
+                        skip = skip - self.skip
                 if outbox:
                     if skip and self.recording is not None:
                         self.recording.ended(sorted(skip), "cancelled")
                     self.send_tasks(outbox, skip)
                 for kind, payload in controls:
                     self.obey(kind, payload)
+                if express is not None and express.unflushed:  # the lane's pump wrote part of a task
+                    self.flush_express(express, poller)
                 for message in receiver.read():
                     self.on_message(message)
                 if receiver.closed:
@@ -412,14 +486,7 @@ class DriverLink:
         """Accept workers on the express socket, and read their hellos and results (I/O thread)."""
         connections = express.connections
         if express.unflushed:
-            with self.lock:
-                unflushed, express.unflushed = express.unflushed, []
-                for conn in unflushed:
-                    try:
-                        conn.sender.flush()
-                    except OSError:
-                        pass  # it is gone: its end is read below
-                    watch_room(poller, conn.fd, conn.sender, pollout=select.POLLOUT, base=select.POLLIN)
+            self.flush_express(express, poller)
         for fd, event in events:
             writable = connections.get(fd)
             if writable is not None and event & select.POLLOUT:
@@ -446,24 +513,38 @@ class DriverLink:
                     with self.lock:
                         if conn.block not in express.draining:
                             express.idle.append(conn)
+                            if express.waiting:
+                                self.pump_lane(express)
                     continue
                 results = express.result_of(conn, msg)
                 if results is None:
                     self.drop_express(express, poller, conn, "sent what is not its task's result")
                     return
                 with self.lock:
-                    express.inflight.pop(conn.task, None)
-                    conn.task = 0
-                    conn.outgoing = None
+                    express.ended(conn)
                     express.last_busy[conn.block] = time.monotonic()
-                    if conn.block not in express.draining:
+                    if not conn.tasks and conn.block not in express.draining:
                         express.idle.append(conn)
+                    if express.waiting:
+                        self.pump_lane(express)
                 self.on_results(results)
                 if self.drains_waiting:
                     self.send_waiting_drains(express)
             if conn.receiver.closed:
                 why = conn.receiver.error or "closed its connection"
                 self.drop_express(express, poller, conn, why)
+
+    def flush_express(self, express: ExpressLane, poller: Any) -> None:
+        """Write on what the submitting threads (or the lane's pump) left partly written, and
+        watch those connections for room for the rest (I/O thread)."""
+        with self.lock:
+            unflushed, express.unflushed = express.unflushed, []
+            for conn in unflushed:
+                try:
+                    conn.sender.flush()
+                except OSError:
+                    pass  # it is gone: its end is read when it is next polled
+                watch_room(poller, conn.fd, conn.sender, pollout=select.POLLOUT, base=select.POLLIN)
 
     def send_waiting_drains(self, express: ExpressLane) -> None:
         """Drain the blocks that waited for their express tasks to end, now that they have."""
@@ -493,7 +574,11 @@ class DriverLink:
             if conn in express.idle:
                 express.idle.remove(conn)
             express.inflight.pop(conn.task, None)
-            express.lost(conn, why)
+            never_begun = express.lost(conn, why)
+            if express.waiting:
+                self.pump_lane(express)
+        if never_begun:  # queued behind the lost task: requeued as they were, not charged
+            self.send_tasks(never_begun, set())
         self.settle_orphans(express, time.monotonic())
         if self.drains_waiting:
             self.send_waiting_drains(express)
@@ -558,6 +643,8 @@ class DriverLink:
                     express.draining.add(block)
                     express.idle[:] = [conn for conn in express.idle if conn.block != block]
                     running = any(conn.block == block for conn in express.inflight.values())
+                    if express.waiting:
+                        self.pump_lane(express)
                 if running:  # its pools would stop under them: drain once they have ended
                     self.drains_waiting.append(block)
                     return
@@ -685,6 +772,9 @@ class DriverLink:
             pending, self.pending = self.pending, {}
             self.outbox = []
             self.first_arranged = None
+            if self.express is not None:
+                self.express.waiting.clear()
+                self.express.waiting_cancelled = 0
             first = self.taken_upto + 1
             self.taken_upto = max(self.taken_upto, max(pending, default=0))
             if recording is not None and self.taken_upto >= first:  # tasks never sent: submitted all the same

@@ -48,6 +48,7 @@ from ...serialize import (
 )
 from . import protocol as P
 from .board import JOURNAL_RESULTS, WorkerBoard
+from .claims import ClaimFile, claims_path
 from .pipes import Receiver, Sender
 from .slots import Allocation, pinned
 
@@ -170,12 +171,17 @@ class _Link:
         self.express_receiver: Receiver | None = None
         self.express_sender: Sender | None = None
         self.express_inbox: deque[list[memoryview]] = deque()
+        self.express_claims: ClaimFile | None = None  # see .claims
 
     def connect_express(self, path: str, token: bytes, who: dict[str, Any]) -> None:
         """Connect to the driver's express socket at ``path`` and say who this worker is.
 
         A driver that cannot be reached only means no express tasks: the pool's tasks go on.
         """
+        try:  # without it the driver queues nothing behind this worker's express task
+            self.express_claims = ClaimFile(claims_path(path, os.getpid()), create=True)
+        except OSError:
+            self.express_claims = None
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.connect(path)
@@ -425,6 +431,9 @@ def _run_express(
         link.close_express()
         return
     fields, main, oob = items[0]
+    claims = link.express_claims
+    if claims is not None and not claims.claim(fields[0]):
+        return  # the driver cancelled it before this worker began it
     frames = [main, *oob]
     del msg, items, main, oob  # the call's pickles go once it is loaded (_load_and_run empties the list)
     board.running_express(fields[0])

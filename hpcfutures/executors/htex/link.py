@@ -9,8 +9,9 @@ asks of its :class:`LinkHost` (the executor).
 Who owns what:
 
 - under ``lock`` (the executor's, which it also holds while changing its lifecycle):
-  ``outbox``, ``wake_pending``, ``next_id``, ``taken_upto``, ``skip``, ``controls``,
-  ``closed``, adding to ``pending``, and the function changes of ``recording``;
+  ``outbox``, ``first_arranged``, ``wake_pending``, ``next_id``, ``taken_upto``, ``skip``,
+  ``controls``, ``closed``, adding to ``pending``, the function changes of ``recording``,
+  and the express lane's idle connections, tasks out and waiting line;
 - the I/O thread alone: resolving ``pending``, ``started_ids``, ``cancel_requests``, the stop
   flags, the pipes to the interchange, ``pool_names`` (read by any thread) and the rest of
   ``recording``.
@@ -470,7 +471,8 @@ class DriverLink:
         express task only once that worker has read it, and meanwhile it would count the
         worker's core as free, pin a task with resources over it, or start a walltime clock
         for a task that waits behind the express one.  Express tasks are sent only when
-        nothing else is out, so the wait is for one lone task at most.
+        nothing else is out, and the tasks waiting for the lane go the usual way ahead of
+        this one, so the wait is for the few tasks already on the workers' connections.
         """
         outbox = self.outbox
         cut = self.first_arranged

@@ -248,12 +248,8 @@ class DriverLink:
                     and sum(memoryview(f).nbytes for f in frames) <= MAX_EXPRESS_BYTES
                 ):
                     if not express.waiting and express.send(task_id, outgoing):
-                        first, self.taken_upto = self.taken_upto + 1, task_id
-                        if recording is not None:
-                            recording.submitted(first, task_id, recording.take_changes())
-                        if express.unflushed and not self.wake_pending and threading.get_ident() != self.ident:
-                            self.wake_pending = True
-                            os.write(self.wake_w, b"\0")
+                        self.taken(task_id)
+                        self.wake_for_unflushed(express)
                         return future
                     if express.may_wait():
                         express.waiting.append((task_id, outgoing))
@@ -271,6 +267,21 @@ class DriverLink:
                 if threading.get_ident() != self.ident:
                     os.write(self.wake_w, b"\0")
         return future
+
+    def taken(self, task_id: int) -> None:
+        """Task ``task_id`` left the driver on the lane (or, cancelled, its turn passed): every
+        task up to it is taken; tell the run record so (under the lock)."""
+        first, self.taken_upto = self.taken_upto + 1, task_id
+        recording = self.recording
+        if recording is not None:
+            recording.submitted(first, task_id, recording.take_changes())
+
+    def wake_for_unflushed(self, express: ExpressLane) -> None:
+        """Wake the I/O thread to write the rest of an express task the socket took only
+        part of, unless the caller is that thread (under the lock)."""
+        if express.unflushed and not self.wake_pending and threading.get_ident() != self.ident:
+            self.wake_pending = True
+            os.write(self.wake_w, b"\0")
 
     def release_waiting(self, express: ExpressLane) -> None:
         """Put the tasks waiting for the lane at the head of the outbox, in order (under the
@@ -294,17 +305,14 @@ class DriverLink:
                 self.skip.discard(task_id)
                 waiting.popleft()
                 express.waiting_cancelled -= 1
-                first, self.taken_upto = self.taken_upto + 1, task_id
+                self.taken(task_id)
                 if recording is not None:
-                    recording.submitted(first, task_id, recording.take_changes())
                     recording.ended([task_id], "cancelled")
                 continue
             if not express.send(task_id, outgoing):
                 break
             waiting.popleft()
-            first, self.taken_upto = self.taken_upto + 1, task_id
-            if recording is not None:
-                recording.submitted(first, task_id, recording.take_changes())
+            self.taken(task_id)
         if waiting and not express.inflight:  # no room, and no result will make any
             self.release_waiting(express)
 
@@ -364,9 +372,7 @@ class DriverLink:
             express.idle.append(conn)  # its worker skips the task and waits for the next
         if express.waiting:
             self.pump_lane(express)
-        if express.unflushed and not self.wake_pending and threading.get_ident() != self.ident:
-            self.wake_pending = True
-            os.write(self.wake_w, b"\0")
+        self.wake_for_unflushed(express)
         return True
 
     def control(self, kind: str, payload: Any) -> None:

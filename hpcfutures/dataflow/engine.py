@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from ..errors import DependencyError, UnsupportedOptionError, WorkflowStoppedError
 from ..resources import SupportsOptions, submit_never_blocks
 from .dispatch import Dispatcher
-from .futures import DataflowFuture
+from .futures import DataflowFuture, future_type_for
 from .join import run_join
 from .retry import RetryHandler
 from .settings import TaskSettings
@@ -88,6 +88,7 @@ class Engine:
         self.staging_dirs = False  # whether any task was given a staging directory
         self.recorder = recorder
         self.task_log = TaskLog(recorder) if recorder is not None else None
+        self.future_type = future_type_for(recorder)
 
     # -- submitting ----------------------------------------------------------------------------
 
@@ -105,11 +106,13 @@ class Engine:
         if not callable(fn):
             raise TypeError(f"submit() needs a callable first argument, got {type(fn).__name__}")
         task_id = next(self.ids)
-        future = DataflowFuture(task_id, name or getattr(fn, "__name__", None) or type(fn).__name__)
+        future = self.future_type(task_id, name or getattr(fn, "__name__", None) or type(fn).__name__)
         task = Task(self, future, fn, args, kwargs, settings, wrap)
         future._task = task
         if setup is not None:
             setup(future)
+            if future._outputs:  # its tries keep an exit code or output tails: never told compactly
+                task.compact = False
         with self.lock:
             if self.stopped is not None:
                 raise self.stopped

@@ -37,7 +37,7 @@ class DataflowFuture(LeanFuture):
     stdout: str | None = None
     stderr: str | None = None
     _user_callbacks = False  # set once a callback not in ENGINE_CALLBACKS is added
-    _recorder: Any = None  # the Recorder of the run that records this task, if any
+    _recorder: Any = None  # the Recorder of the run that records this task (see future_type_for)
     _bash = False  # a bash app's task: its tries keep the command's exit code
     _outputs = False  # an app's task whose tries keep an exit code or output tails
     #: True once the result came from the cache (a stored result, or an identical call's) without running.
@@ -89,6 +89,23 @@ class DataflowFuture(LeanFuture):
 
     def __repr__(self) -> str:
         return f"<DataflowFuture task {self.task_id} ({self.name}) state={self._state.lower()}>"
+
+
+def future_type_for(recorder: Any) -> type[DataflowFuture]:
+    """The class of the futures an executor makes: DataflowFuture, or, when a Recorder
+    records its run, a subclass of it whose ``_recorder`` is that Recorder.
+
+    A recorded task's future must say which run it belongs to (a dependency on another
+    executor's task is no edge of this run's graph); as a class attribute, that costs
+    nothing per task, where a store on each future costs the submit a dict of its own.
+    """
+    if recorder is None:
+        return DataflowFuture
+    return type(
+        "DataflowFuture",
+        (DataflowFuture,),
+        {"__slots__": (), "_recorder": recorder, "__module__": __name__, "__doc__": DataflowFuture.__doc__},
+    )
 
 
 class DataFuture(Future[File]):

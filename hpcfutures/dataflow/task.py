@@ -51,9 +51,11 @@ from .recording import (
 )
 from .retry import RetryHandler, TaskRecord, should_retry
 from .settings import DEFAULT_SETTINGS, TaskSettings
-from .tasklog import function_name
+from .tasklog import function_name, htex_done_record, pack_done, pack_submit
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
     from ..monitor.recorder import Recorder
     from .caching import Memoizer
     from .memo import CacheKey
@@ -184,7 +186,10 @@ class Task:
         self.settled = False  # finish() has run (a cancel and the backend's outcome may race)
         self.tries = 0  # tries recorded or begun (only counted while the run is recorded)
         self.queued_at: float | None = None  # when the try in progress was queued, while recorded
-        self.compact = False  # its submit went to the run record's TaskLog, and its success may too
+        # Recorded runs only: its submit goes to the run record's TaskLog, and its success may
+        # too.  True until the engine (an app's future with output files) or the submit (a
+        # task with dependencies or resources) says otherwise, so that the common case stores nothing.
+        self.compact = True
         self.lock = threading.Lock()  # guards state and inner
 
     # -- waiting for dependencies --------------------------------------------------------------
@@ -194,12 +199,16 @@ class Task:
         if is_plain(self.args, self.kwargs):  # nothing can hold a future (or a File): skip searches
             self.plain = True
             if (log := self.host.task_log) is not None:
-                fut = self.future
-                if self.settings is DEFAULT_SETTINGS and not fut._outputs:  # the common case, told compactly
-                    fut._recorder = log.recorder
+                if self.compact and self.settings is DEFAULT_SETTINGS:  # the common case, told compactly
+                    # TaskLog.submitted, inline on this hot path: the default label's kind of
+                    # task is most often the last one's
                     self.queued_at = at = time()
-                    self.compact = True  # its success is told compactly too
-                    log.submitted(fut.task_id, at, self.fn, fut.name, self.label)
+                    fut, last = self.future, log.last
+                    if self.fn is last[0] and fut.name is last[1]:
+                        kind = last[2]
+                    else:
+                        kind = log.default_kind(self.fn, fut.name, self.label)
+                    log.submits.append(pack_submit(fut.task_id, at, kind))
                 else:
                     self._record_submit(log, ())
             self.launch()
@@ -220,17 +229,16 @@ class Task:
         dependencies, else queued (a cached call that follows a running twin goes back to
         pending)."""
         fut = self.future
-        fut._recorder = recorder = log.recorder
+        recorder = log.recorder
         at = time()
         settings = self.settings
         resources = None if settings is DEFAULT_SETTINGS else resources_of(settings)
         if not deps:
             self.queued_at = at
-            if resources is None:  # the common case, told compactly
-                # its success is told compactly too, unless it has output files to read
-                self.compact = not fut._outputs
+            if resources is None:  # told compactly; so is its success, unless it has output files to read
                 log.submitted(fut.task_id, at, self.fn, fut.name, self.label)
                 return
+        self.compact = False
         recorder.submitted(
             fut.task_id, function_name(self.fn, fut.name), at, name=fut.name, executor=self.label,
             parents=parents_of(deps, recorder) if deps else (), resources=resources,
@@ -401,17 +409,17 @@ class Task:
                 if log is None:
                     self.finish(result=inner.result())
                     return
-                if self.compact:  # the common case, told compactly
-                    kept = _KEEPS.get(type(inner))
-                    if kept is None:
-                        kept = _keeps(type(inner))
+                if self.compact:  # the common case, told compactly (TaskLog.done and .ran, inline)
+                    kept = _KEEPS[type(inner)]
                     if kept is _NOTHING:
-                        log.done(self.future.task_id, self.tries, self.queued_at, time())
+                        ended = time()
+                        log.dones.append(pack_done(self.future.task_id, self.tries, self.queued_at or ended, ended))
                         self.finish(result=inner.result(), told=True)
                         return
-                    if kept is _RESULT_META:
+                    if kept is _RESULT_META:  # an HTEX future: where and how it ran, as it came
                         meta = inner.result_meta  # type: ignore[attr-defined]
-                        if meta is not None and log.ran(self.future.task_id, self.tries, self.queued_at, meta):
+                        if meta is not None and not meta[_htex.R_LOST] and meta[_htex.R_STATUS] == _htex.OK:
+                            log.htex_dones.append(_pack_htex_done(self.future.task_id, self.tries, self.queued_at or 0.0, *meta))
                             self.finish(result=inner.result(), told=True)
                             return
                 fut = self.future
@@ -586,21 +594,32 @@ class Task:
 
 
 # What a backend's futures of one type keep about where a try ran, for the run record: an
-# HTEX result's RESULT_META (read from it as it came), an Execution, or nothing.  Looked
-# up on the class once, instead of probing each future for the attributes.
+# HTEX result's RESULT_META (read from it as it came), an Execution, or nothing.  Learned
+# from the class on first sight, instead of probing each future for the attributes.
 _NOTHING, _RESULT_META, _EXECUTION = "nothing", "result_meta", "execution"
-_KEEPS: dict[type, str] = {}
+# The HTEX protocol and the packer of an HTEX success's record, once an HTEX future is seen:
+# a run that records no HTEX task never imports them.
+_htex: ModuleType
+_pack_htex_done: Callable[..., bytes]
 
 
-def _keeps(kind: type) -> str:
-    if hasattr(kind, "result_meta"):
-        kept = _RESULT_META
-    elif hasattr(kind, "execution"):
-        kept = _EXECUTION
-    else:
-        kept = _NOTHING
-    _KEEPS[kind] = kept
-    return kept
+class _Keeps(dict[type, str]):
+    def __missing__(self, kind: type) -> str:
+        global _htex, _pack_htex_done
+        if hasattr(kind, "result_meta"):
+            from ..executors.htex import protocol
+
+            _htex, _pack_htex_done = protocol, htex_done_record().pack
+            kept = _RESULT_META
+        elif hasattr(kind, "execution"):
+            kept = _EXECUTION
+        else:
+            kept = _NOTHING
+        self[kind] = kept
+        return kept
+
+
+_KEEPS = _Keeps()
 
 
 def is_plain(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:

@@ -83,8 +83,11 @@ class HtexFuture(LeanFuture):
     """
 
     spilled: list[str] | None = None  # shared-memory files holding large arguments
-    _meta: tuple[Any, ...] | None = None  # its result's RESULT_META fields, once it came
-    _execution: Execution | None = None  # built from _meta on first use
+    #: Its result's RESULT_META fields (:data:`.protocol.RESULT_META`), once it came: what
+    #: :attr:`execution` is built from, for a run record that packs them as they are.  (A
+    #: plain attribute, set by the driver's link, because a property costs a call to read.)
+    result_meta: tuple[Any, ...] | None = None
+    _execution: Execution | None = None  # built from result_meta on first use
 
     def __init__(self, link: DriverLink, task_id: int):
         super().__init__()
@@ -104,12 +107,6 @@ class HtexFuture(LeanFuture):
         return not self.done() and self._link.is_started(self.task_id)
 
     @property
-    def result_meta(self) -> tuple[Any, ...] | None:
-        """Its result's RESULT_META fields (:data:`.protocol.RESULT_META`), once it came: what
-        :attr:`execution` is built from, for a run record that packs them as they are."""
-        return self._meta
-
-    @property
     def execution(self) -> Execution | None:
         """Where and how the task ran (times, pool, host, worker, pid, CPU, peak RSS), once
         its result came; None before, and for a task cancelled or failed in the driver.
@@ -119,7 +116,7 @@ class HtexFuture(LeanFuture):
         built = self._execution
         if built is not None:
             return built
-        meta = self._meta
+        meta = self.result_meta
         if meta is None:
             return None
         from .recording import execution_from
@@ -744,7 +741,7 @@ class DriverLink:
             fut = pending.pop(task_id, None)
             if fut is None:
                 continue
-            fut._meta = fields
+            fut.result_meta = fields
             started.discard(task_id)
             if fut.spilled:
                 unlink_spilled(fut)

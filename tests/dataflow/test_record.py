@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -376,9 +377,11 @@ def test_a_follower_and_a_checkpoint_are_recorded_as_cache_decisions(tmp_path: P
     assert (row["state"], row["cache"], row["cache_key"]) == ("memo_done", "checkpoint", rows[leader.task_id]["cache_key"])
 
 
-def test_a_future_of_another_executor_is_no_parent(tmp_path: Path) -> None:
+@pytest.mark.parametrize("other_records", [False, True], ids=["other-unrecorded", "other-recorded"])
+def test_a_future_of_another_executor_is_no_parent(tmp_path: Path, other_records: bool) -> None:
     record = tmp_path / "two.db"
-    with DataflowExecutor(ThreadExecutor(max_workers=1), shutdown_executors=True, record=False) as other:
+    other_record = tmp_path / "other.db" if other_records else False
+    with DataflowExecutor(ThreadExecutor(max_workers=1), shutdown_executors=True, record=other_record) as other:
         outside = other.submit(add, 1)
         dfx = DataflowExecutor(ThreadExecutor(max_workers=1), shutdown_executors=True, record=record)
         inside = dfx.submit(add, 2)
@@ -388,6 +391,62 @@ def test_a_future_of_another_executor_is_no_parent(tmp_path: Path) -> None:
         assert recorder is not None
         dfx.shutdown()
     assert edges(record, recorder.run_id) == {(inside.task_id, child.task_id)}
+
+
+class _Scaler:
+    def __init__(self, factor: int):
+        self.factor = factor
+
+    def times(self, x: int) -> int:
+        return self.factor * x
+
+
+def negate(x: int) -> int:
+    return -x
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_plain_tasks_from_many_threads_keep_their_functions_while_the_log_ships_all_the_time(
+    tmp_path: Path, round_: int
+) -> None:
+    # The submit of a plain task is packed by the thread that submits it, which reuses the
+    # kind (function, name) of the task before when it is the same: eight threads submit
+    # tasks of four functions at once, one of them a bound method made anew for each call,
+    # in an order of their own, while the record ships every millisecond.
+    record = tmp_path / "threads.db"
+    dfx = DataflowExecutor(ThreadExecutor(max_workers=4), shutdown_executors=True, record=record)
+    recorder = dfx.recorder
+    assert recorder is not None
+    recorder.flush_interval = 0.001
+    scaler = _Scaler(3)
+    per_thread, threads = 1500, 8
+    submitted: list[list[tuple[Any, str]]] = [[] for _ in range(threads)]
+    start = threading.Barrier(threads)
+
+    def submit_many(index: int) -> None:
+        names = ("add", "negate", "_Scaler.times", "square")
+        start.wait(TIMEOUT)
+        for n in range(per_thread):
+            which = (n * (index + 1) + n // 7) % len(names)
+            fn = (add, negate, scaler.times, square)[which]  # scaler.times: a new bound method each time
+            submitted[index].append((dfx.submit(fn, n), names[which]))
+
+    workers = [threading.Thread(target=submit_many, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(TIMEOUT)
+    everything = [pair for part in submitted for pair in part]
+    assert len(everything) == per_thread * threads
+    for future, _ in everything:
+        future.result(TIMEOUT)
+    dfx.shutdown()
+    recorded = tasks(record, recorder.run_id)
+    assert len(recorded) == len(everything)
+    wrong = [(f.task_id, func, recorded[f.task_id]["func"]) for f, func in everything if recorded[f.task_id]["func"] != func]
+    assert wrong == []
+    assert {row["state"] for row in recorded.values()} == {"done"}
+    assert all(row["tries"] == 1 and row["submitted"] <= row["ended"] for row in recorded.values())
 
 
 class _RecordingThreads(ThreadExecutor):

@@ -86,8 +86,6 @@ class TaskLog:
         self.dones: list[bytes] = []
         #: Packed successes on an HTEX backend, with where and how they ran (:func:`htex_done_record`).
         self.htex_dones: list[bytes] = []
-        self._pack_ran: Callable[..., bytes] | None = None  # see ran()
-        self._lost_field = self._status_field = self._ok = 0
         self._ids: dict[tuple[str, str, str], int] = {}
         self._kinds: list[tuple[str, str, str]] = []  # (function, name, executor label) by index
         #: The function and name of the last task :meth:`default_kind` was asked for, and
@@ -110,21 +108,20 @@ class TaskLog:
 
     def done(self, task_id: int, try_no: int, queued: float | None, ended: float) -> None:
         """Task ``task_id``'s try ``try_no``, queued at ``queued``, succeeded at ``ended``,
-        where nothing more is known of it; the task is done."""
+        where nothing more is known of it; the task is done.  (:class:`~.task.Task` does the
+        same inline on its hot path.)"""
         self.dones.append(pack_done(task_id, try_no, queued or ended, ended))
 
     def ran(self, task_id: int, try_no: int, queued: float | None, meta: tuple[Any, ...]) -> bool:
         """Task ``task_id``'s try ``try_no``, queued at ``queued``, succeeded on an HTEX
         worker, whose result's RESULT_META fields are ``meta``; the task is done.  Return
-        False, telling nothing, if the executor lost it before (those tries are told in full)."""
-        if self._pack_ran is None:
-            from ..executors.htex import protocol as P
+        False, telling nothing, if the executor lost it before (those tries are told in full).
+        (:class:`~.task.Task` does the same inline on its hot path.)"""
+        from ..executors.htex import protocol as P
 
-            self._lost_field, self._status_field, self._ok = P.R_LOST, P.R_STATUS, P.OK
-            self._pack_ran = htex_done_record().pack
-        if meta[self._lost_field] or meta[self._status_field] != self._ok:
+        if meta[P.R_LOST] or meta[P.R_STATUS] != P.OK:
             return False
-        self.htex_dones.append(self._pack_ran(task_id, try_no, queued or 0.0, *meta))
+        self.htex_dones.append(htex_done_record().pack(task_id, try_no, queued or 0.0, *meta))
         return True
 
     def kind(self, fn: Callable[..., Any], name: str, executor: str) -> int:
